@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { GuestMemory } from '@ioplane/guest-memory';
 import {
   type DeviceQueue,
   PackedDeviceQueue,
@@ -208,7 +209,7 @@ describe('split device: every guest-written field is validated', () => {
 
   it('refuses a read-only buffer as device-writable', () => {
     const mem = testMemory(MEM);
-    const ro = new (mem.constructor as typeof import('@ioplane/guest-memory').GuestMemory)([
+    const ro = new GuestMemory([
       { gpa: 0, backing: mem.regions[0]!.bytes },
       { gpa: MEM, size: 0x1000, readonly: true },
     ]);
