@@ -21,8 +21,13 @@ const TWO_32 = 0x1_0000_0000;
 const FLAGS_U16 = 7;
 
 function writeFields(dv: DataView, off: number, addr: number, len: number, id: number): void {
-  dv.setUint32(off, addr % TWO_32, true);
-  dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  if (addr < TWO_32) {
+    dv.setUint32(off, addr, true);
+    dv.setUint32(off + 4, 0, true);
+  } else {
+    dv.setUint32(off, addr % TWO_32, true);
+    dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  }
   dv.setUint32(off + 8, len, true);
   dv.setUint16(off + 12, id, true);
 }
