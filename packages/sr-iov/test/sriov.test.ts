@@ -212,7 +212,7 @@ describe('virtual functions', () => {
     }
     expect(vf.configRead(defs.PCI_INTERRUPT_PIN, 1)).toBe(0);
     expect(vf.configRead(0x2c, 2)).toBe(0x8086); // Subsystem Vendor ID = PF's
-    expect(vf.configRead(0x09, 4) >>> 8).toBe(0x0200); // class
+    expect(vf.configRead(0x08, 4) >>> 8).toBe(0x020000); // class code = PF's
     // Command: only Bus Master Enable (§9.3.4.1.3).
     vf.configWrite(defs.PCI_COMMAND, 2, 0xffff);
     expect(vf.configRead(defs.PCI_COMMAND, 2)).toBe(defs.PCI_COMMAND_MASTER);
