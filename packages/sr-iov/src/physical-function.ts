@@ -1,5 +1,5 @@
 import { type Ari, type AriParams, ariCapability } from './capabilities/ari.js';
-import { Sriov, type SriovConfigErrorKind, type SriovParams, sriovCapability } from './capabilities/sriov.js';
+import { type Sriov, type SriovConfigErrorKind, type SriovParams, sriovCapability } from './capabilities/sriov.js';
 import {
   PCI_SRIOV_CTRL,
   PCI_SRIOV_CTRL_ARI,

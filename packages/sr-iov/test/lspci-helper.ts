@@ -26,9 +26,9 @@ export function runLspci(dump: string, args: readonly string[] = ['-vvv']): stri
     try {
       return execFileSync('lspci', ['-F', file, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000, maxBuffer: 64 << 20 });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(INSTALL_HINT);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(INSTALL_HINT, { cause: e });
       const err = e as { stderr?: string; status?: number };
-      throw new Error(`lspci failed (status ${String(err.status)}): ${String(err.stderr)}`);
+      throw new Error(`lspci failed (status ${String(err.status)}): ${String(err.stderr)}`, { cause: e });
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
