@@ -227,6 +227,11 @@ export class PciFunction {
     return this.bar(index).size;
   }
 
+  /** As `barSize`, as a number (no allocation; exact below 2^53). */
+  barSizeNumber(index: number): number {
+    return Number(this.bar(index).size);
+  }
+
   /** Whether the function decodes memory now (Command.MSE; for a VF, the PF's VF MSE). */
   get memoryEnabled(): boolean {
     return (this.config.getU16(PCI_COMMAND) & PCI_COMMAND_MEMORY) !== 0;
@@ -247,7 +252,7 @@ export class PciFunction {
       if (bar.kind === 'io') continue;
       const base = this.barAddressNumber(bar.index);
       if (base <= 0) continue;
-      if (address >= base && address - base < Number(this.barSize(bar.index))) return bar.index;
+      if (address >= base && address - base < this.barSizeNumber(bar.index)) return bar.index;
     }
     return -1;
   }
@@ -294,9 +299,8 @@ export class PciFunction {
   }
 
   protected bar(index: number): Bar {
-    const bar = this.implementedBars().find((b) => b.index === index);
-    if (!bar) throw new SrIovError('invalid-argument', `BAR ${String(index)} is not implemented by ${this.address}`, index);
-    return bar;
+    for (const bar of this.implementedBars()) if (bar.index === index) return bar;
+    throw new SrIovError('invalid-argument', `BAR ${String(index)} is not implemented by ${this.address}`, index);
   }
 
   protected checkMsixBar(index: number, end: number): void {
@@ -307,9 +311,8 @@ export class PciFunction {
   }
 
   private checkMmio(bar: number, offset: number, size: number): void {
-    const b = this.bar(bar);
     checkAccessSize(size);
-    if (!Number.isInteger(offset) || offset < 0 || BigInt(offset + size) > this.barSize(b.index) || offset & (size - 1)) {
+    if (!Number.isInteger(offset) || offset < 0 || offset + size > this.barSizeNumber(bar) || offset & (size - 1)) {
       throw new SrIovError('out-of-range', `memory access of ${size} byte(s) at ${hex(offset)} is outside BAR ${bar} of ${this.address} or misaligned`, offset);
     }
   }

@@ -111,8 +111,13 @@ export class VirtualFunction extends PciFunction {
     this.bar(index);
     const base = this.pf.sriov.vfBarAddressNumber(index);
     if (base < 0) return -1;
-    const a = base + this.index * Number(this.pf.sriov.vfBarSize(index));
+    const a = base + this.index * this.pf.sriov.vfBarSizeNumber(index);
     return Number.isSafeInteger(a) ? a : -1;
+  }
+
+  override barSizeNumber(index: number): number {
+    this.bar(index);
+    return this.pf.sriov.vfBarSizeNumber(index);
   }
 
   override barSize(index: number): bigint {

@@ -92,7 +92,7 @@ export class Msix {
   signal(vector: number): MsixSignal {
     this.checkVector(vector);
     if (!this.enabled) return 'disabled';
-    if (!(this.space.getU16(0x04 /* PCI_COMMAND */) & PCI_COMMAND_MASTER)) return 'blocked';
+    if (!(this.space.getU16(PCI_COMMAND) & PCI_COMMAND_MASTER)) return 'blocked';
     if (this.functionMasked || this.table[vector * 4 + 3]! & PCI_MSIX_ENTRY_CTRL_MASKBIT) {
       this.pba[vector >>> 5]! |= 1 << (vector & 31);
       return 'pending';

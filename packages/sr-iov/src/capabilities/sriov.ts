@@ -131,6 +131,8 @@ export class Sriov {
     if (!Number.isInteger(total) || total < 1 || total > 0xffff) throw new SrIovError('invalid-argument', `TotalVFs ${String(total)} is not 1..65535`, total);
     const initial = p.initialVfs ?? total;
     if (!Number.isInteger(initial) || initial < 0 || initial > total) throw new SrIovError('invalid-argument', `InitialVFs ${String(initial)} is not 0..TotalVFs (${total})`, initial, total);
+    // §9.3.3.5: without VF Migration, InitialVFs must equal TotalVFs.
+    if (!p.migrationCapable && initial !== total) throw new SrIovError('invalid-argument', `InitialVFs ${initial} must equal TotalVFs ${total} when VF Migration is not supported`, initial, total);
     if (!Number.isInteger(p.vfDeviceId) || p.vfDeviceId < 0 || p.vfDeviceId > 0xffff) throw new SrIovError('invalid-argument', `VF Device ID ${String(p.vfDeviceId)} is not 16-bit`, p.vfDeviceId);
     const sup = p.supportedPageSizes ?? PCI_SRIOV_SUP_PGSIZE_MINREQ;
     if (!Number.isInteger(sup) || sup < 0 || sup > 0xffffffff || (sup & PCI_SRIOV_SUP_PGSIZE_MINREQ) !== PCI_SRIOV_SUP_PGSIZE_MINREQ) {
@@ -231,9 +233,15 @@ export class Sriov {
   }
 
   vfBar(index: number): Bar {
-    const bar = this.vfBars.find((b) => b.index === index);
-    if (!bar) throw new SrIovError('invalid-argument', `VF BAR ${String(index)} is not implemented`, index);
-    return bar;
+    for (const bar of this.vfBars) if (bar.index === index) return bar;
+    throw new SrIovError('invalid-argument', `VF BAR ${String(index)} is not implemented`, index);
+  }
+
+  /** As `vfBarSize`, as a number (no allocation; exact below 2^53). */
+  vfBarSizeNumber(index: number): number {
+    const size = Number(this.vfBar(index).size);
+    const page = this.systemPageSize;
+    return size > page ? size : page;
   }
 
   /** The layout the device reports for `numVfs` and an ARI setting (what the registers will show). */
@@ -244,17 +252,11 @@ export class Sriov {
   // ── Write rules ──────────────────────────────────────────────────────────
 
   private onWrite(rel: number, size: AccessSize, written: number): void {
-    const touches = (r: number, len: number): boolean => rel < r + len && rel + size > r;
-    const field = (r: number, len: number): number => {
-      const shift = 8 * (r - rel);
-      const v = shift >= 0 ? written >>> shift : (written << -shift) >>> 0;
-      return len === 4 ? v >>> 0 : v & ((1 << (8 * len)) - 1);
-    };
     const regs = this.offset;
-    if (touches(PCI_SRIOV_NUM_VF, 2)) {
-      const wanted = field(PCI_SRIOV_NUM_VF, 2);
+    if (touches(rel, size, PCI_SRIOV_NUM_VF, 2)) {
+      const wanted = field(rel, written, PCI_SRIOV_NUM_VF, 2);
       if (this.enabled) {
-        if (rel === PCI_SRIOV_NUM_VF && size >= 2 && wanted !== this.num) this.p.host.configError('num-vfs-while-enabled', wanted);
+        if (rel === PCI_SRIOV_NUM_VF && wanted !== this.num) this.p.host.configError('num-vfs-while-enabled', wanted);
       } else {
         const v = this.space.getU16(regs + PCI_SRIOV_NUM_VF);
         if (v > this.totalVfs) {
@@ -266,19 +268,20 @@ export class Sriov {
         }
       }
     }
-    if (touches(PCI_SRIOV_SYS_PGSIZE, 4)) {
+    if (touches(rel, size, PCI_SRIOV_SYS_PGSIZE, 4)) {
       const v = this.space.getU32(regs + PCI_SRIOV_SYS_PGSIZE);
       if (this.enabled) {
-        if (size === 4 && field(PCI_SRIOV_SYS_PGSIZE, 4) !== this.pageSize) this.p.host.configError('page-size-while-enabled', field(PCI_SRIOV_SYS_PGSIZE, 4));
+        const wanted = field(rel, written, PCI_SRIOV_SYS_PGSIZE, 4);
+        if (size === 4 && wanted !== this.pageSize) this.p.host.configError('page-size-while-enabled', wanted);
       } else if (v === 0 || (v & (v - 1)) !== 0 || (v & this.supportedPageSizes) !== v) {
         this.space.setU32(regs + PCI_SRIOV_SYS_PGSIZE, this.pageSize);
-        this.p.host.configError('invalid-page-size', size === 4 ? field(PCI_SRIOV_SYS_PGSIZE, 4) : v);
+        this.p.host.configError('invalid-page-size', size === 4 ? written : v);
       } else if (v !== this.pageSize) {
         this.pageSize = v;
         for (const bar of this.vfBars) resizeBar(this.space, regs + PCI_SRIOV_BAR + 4 * bar.index, bar, this.vfBarSize(bar.index));
       }
     }
-    if (touches(PCI_SRIOV_CTRL, 1)) this.onControl(field(PCI_SRIOV_CTRL, 1));
+    if (touches(rel, size, PCI_SRIOV_CTRL, 1)) this.onControl(field(rel, written, PCI_SRIOV_CTRL, 1));
   }
 
   private onControl(written: number): void {
@@ -353,6 +356,18 @@ export class Sriov {
     this.updateLayout();
     if (was) this.p.host.disableVfs();
   }
+}
+
+/** Whether an access of `size` bytes at `rel` covers any byte of the register [reg, reg+len). */
+function touches(rel: number, size: number, reg: number, len: number): boolean {
+  return rel < reg + len && rel + size > reg;
+}
+
+/** The bytes of `written` (an access at `rel`) that land in the register at `reg`, shifted to bit 0. */
+function field(rel: number, written: number, reg: number, len: number): number {
+  const shift = 8 * (reg - rel);
+  const v = shift >= 0 ? written >>> shift : (written << -shift) >>> 0;
+  return len === 4 ? v >>> 0 : v & ((1 << (8 * len)) - 1);
 }
 
 /** The SR-IOV extended capability definition (ID 0010h, version 1). */
