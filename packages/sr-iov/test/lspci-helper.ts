@@ -18,13 +18,13 @@ export interface LspciDevice {
  * removed even on failure. lspci's libkmod warning on stderr is discarded.
  * Fails (never skips) when lspci is missing, naming the apt-get line.
  */
-export function runLspci(dump: string, args: readonly string[] = ['-vvv']): string {
+export function runLspci(dump: string, args: readonly string[] = ['-vvv'], bin = 'lspci'): string {
   const dir = mkdtempSync(join(tmpdir(), 'ioplane-lspci-'));
   try {
     const file = join(dir, 'dump.txt');
     writeFileSync(file, dump);
     try {
-      return execFileSync('lspci', ['-F', file, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000, maxBuffer: 64 << 20 });
+      return execFileSync(bin, ['-F', file, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000, maxBuffer: 64 << 20 });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(INSTALL_HINT, { cause: e });
       const err = e as { stderr?: string; status?: number };

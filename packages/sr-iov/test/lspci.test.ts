@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PciSegment, type PhysicalFunction, formatRid, intel82599LikePf, intelE810LikePf, lspciDump } from '../src/index.js';
-import { field, parseLspci, runLspci } from './lspci-helper.js';
+import { INSTALL_HINT, field, parseLspci, runLspci } from './lspci-helper.js';
 
 function sriovBlock(dev: { text: string }): string {
   const at = dev.text.indexOf('Single Root I/O Virtualization (SR-IOV)');
@@ -167,5 +167,16 @@ describe('lspciDump format', () => {
     expect(dump.split('\n')[0]).toMatch(/^0001:03:00\.0 /);
     const out = parseLspci(runLspci(dump));
     expect([...out.keys()]).toEqual(['0001:03:00.0', '0001:03:10.0', '0001:03:10.2']);
+  });
+});
+
+describe('the lspci harness', () => {
+  it('fails naming the apt-get line when lspci is missing (never skips)', () => {
+    expect(() => runLspci('', ['-vvv'], '/nonexistent/lspci')).toThrow(INSTALL_HINT);
+    expect(INSTALL_HINT).toContain('apt-get install -y --no-install-recommends pciutils');
+  });
+
+  it('reports lspci rejecting a malformed dump', () => {
+    expect(() => runLspci('03:00.0 x\n00: zz\n')).toThrow(/lspci failed|Malformed/);
   });
 });

@@ -256,7 +256,7 @@ export class Sriov {
     if (touches(rel, size, PCI_SRIOV_NUM_VF, 2)) {
       const wanted = field(rel, written, PCI_SRIOV_NUM_VF, 2);
       if (this.enabled) {
-        if (rel === PCI_SRIOV_NUM_VF && wanted !== this.num) this.p.host.configError('num-vfs-while-enabled', wanted);
+        if (rel === PCI_SRIOV_NUM_VF && size >= 2 && wanted !== this.num) this.p.host.configError('num-vfs-while-enabled', wanted);
       } else {
         const v = this.space.getU16(regs + PCI_SRIOV_NUM_VF);
         if (v > this.totalVfs) {
