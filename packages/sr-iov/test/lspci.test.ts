@@ -180,3 +180,30 @@ describe('the lspci harness', () => {
     expect(() => runLspci('03:00.0 x\n00: zz\n')).toThrow(/lspci failed|Malformed/);
   });
 });
+
+describe('real lspci decodes what configuration writes did', () => {
+  it('Command, PM state, MSI-X enable/mask, System Page Size, relocated VF BARs, Device Status', () => {
+    const pf = intel82599LikePf();
+    pf.configWrite(0x04, 2, 0x0006); // Mem+ BusMaster+
+    pf.configWrite(0x44, 2, 3); // D3hot
+    pf.configWrite(0x72, 2, 0xc000); // MSI-X Enable+ Masked+
+    const S = pf.sriov.offset;
+    pf.configWrite(S + 0x20, 4, 1 << 4); // 64 KiB system pages
+    pf.configWrite(S + 0x24, 4, 0xd0000000);
+    pf.configWrite(S + 0x28, 4, 0x1);
+    pf.express!.reportError(0b0001);
+    pf.setSriovNumVfs(2);
+    const out = parseLspci(runLspci(lspciDump([pf, ...pf.vfs], { view: 'os' })));
+    const dev = out.get('03:00.0')!;
+    expect(dev.text).toMatch(/Control: I\/O- Mem\+ BusMaster\+/);
+    expect(dev.text).toMatch(/Status: D3 NoSoftRst\+/);
+    expect(dev.text).toMatch(/MSI-X: Enable\+ Count=64 Masked\+/);
+    expect(dev.text).toMatch(/DevSta:\tCorrErr\+ NonFatalErr- FatalErr- UnsupReq-/);
+    const iov = dev.text.slice(dev.text.indexOf('SR-IOV'));
+    expect(iov).toMatch(/System Page Size: 00000010/);
+    expect(iov).toMatch(/Region 0: Memory at 00000001d0000000 \(64-bit, prefetchable\)/);
+    // VFs are carved with the 64 KiB aperture the page size imposes.
+    const vf1 = out.get('03:10.2')!;
+    expect(vf1.text).toMatch(/Region 0: Memory at 1d0010000 \(64-bit, prefetchable\)/);
+  });
+});
