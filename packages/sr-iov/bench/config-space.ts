@@ -1,14 +1,16 @@
 /**
  * Configuration-space access rates: ConfigSpace.read/write (range, alignment
  * and mask checks, RW1C, hooks) against a bare DataView over 4 KiB, measured
- * in the same run, alternating baseline and candidate, medians of 15 runs.
+ * in the same run, alternating baseline and candidate, medians of 21 runs
+ * after 3 discarded warm-up rounds (this machine's timings are bimodal).
  *
  *   pnpm --filter @ioplane/sr-iov bench
  */
 import { ConfigSpace, intel82599LikePf } from '../src/index.js';
 
 const OPS = 2_000_000;
-const RUNS = 15;
+const RUNS = 21;
+const WARMUP = 3;
 /** DW-aligned offsets spread over the header, capabilities and extended space. */
 const OFFSETS = Uint16Array.from({ length: 1024 }, (_, i) => (i * 37 * 4) % 4096);
 
@@ -40,6 +42,7 @@ const cases: [string, () => number][] = [
 ];
 
 const results = new Map<string, number[]>(cases.map(([n]) => [n, []]));
+for (let r = 0; r < WARMUP; r++) for (const [, fn] of cases) time(fn);
 for (let r = 0; r < RUNS; r++) for (const [name, fn] of cases) results.get(name)!.push(time(fn));
 
 const readBase = median(results.get('DataView getUint32 (baseline)')!);
@@ -48,6 +51,6 @@ console.log(`config-space access, ${OPS.toLocaleString()} ops × ${RUNS} runs (m
 for (const [name] of cases) {
   const xs = results.get(name)!;
   const m = median(xs);
-  const base = name.includes('read') || name.includes('get') ? readBase : writeBase;
+  const base = /read|get/i.test(name) ? readBase : writeBase;
   console.log(`  ${name.padEnd(34)} ${(m / 1e6).toFixed(1).padStart(7)} M ops/s  (${(Math.min(...xs) / 1e6).toFixed(1)}–${(Math.max(...xs) / 1e6).toFixed(1)})  ×${(m / base).toFixed(2)} of baseline`);
 }

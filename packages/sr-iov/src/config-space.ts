@@ -78,6 +78,8 @@ export class ConfigSpace {
   readonly wmask = new Uint8Array(CONFIG_SPACE_SIZE);
   readonly w1cmask = new Uint8Array(CONFIG_SPACE_SIZE);
   private readonly dv = new DataView(this.bytes.buffer);
+  private readonly wdv = new DataView(this.wmask.buffer);
+  private readonly cdv = new DataView(this.w1cmask.buffer);
   /** Per DW: index into `hooks`, 0 for none. */
   private readonly hookAt = new Uint16Array(CONFIG_SPACE_SIZE / 4);
   private readonly hooks: WriteHook[] = [() => undefined];
@@ -121,14 +123,18 @@ export class ConfigSpace {
   writeUnchecked(offset: number, size: AccessSize, value: number): void {
     const hook = this.hookAt[offset >>> 2]!;
     const previous = hook === NO_HOOK ? 0 : this.readUnchecked(offset, size);
-    const bytes = this.bytes;
-    const wmask = this.wmask;
-    const w1c = this.w1cmask;
-    for (let i = 0; i < size; i++) {
-      const o = offset + i;
-      const v = (value >>> (8 * i)) & 0xff;
-      const w = wmask[o]!;
-      bytes[o] = ((bytes[o]! & ~w) | (v & w)) & ~(v & w1c[o]!);
+    // The per-byte rule is bitwise, so it applies to a whole DW or word at once.
+    if (size === 4) {
+      const w = this.wdv.getUint32(offset, true);
+      const c = this.cdv.getUint32(offset, true);
+      this.dv.setUint32(offset, (((this.dv.getUint32(offset, true) & ~w) | (value & w)) & ~(value & c)) >>> 0, true);
+    } else if (size === 2) {
+      const w = this.wdv.getUint16(offset, true);
+      const c = this.cdv.getUint16(offset, true);
+      this.dv.setUint16(offset, ((this.dv.getUint16(offset, true) & ~w) | (value & w)) & ~(value & c) & 0xffff, true);
+    } else {
+      const w = this.wmask[offset]!;
+      this.bytes[offset] = ((this.bytes[offset]! & ~w) | (value & w)) & ~(value & this.w1cmask[offset]!) & 0xff;
     }
     if (hook !== NO_HOOK) this.hooks[hook]!(offset, size, previous, size === 4 ? value >>> 0 : value & ((1 << (8 * size)) - 1));
   }
