@@ -21,7 +21,7 @@ export { PciFunction, type PciFunctionOptions, type FunctionIdentity, type Funct
 export { PhysicalFunction, type PhysicalFunctionOptions, type PhysicalFunctionEvents, type SriovSysfsAttribute } from './physical-function.js';
 export { VirtualFunction, type VfTemplate } from './virtual-function.js';
 export { type VfConfig, type VfLinkState, DEFAULT_VF_CONFIG } from './vf-settings.js';
-export { PciSegment } from './segment.js';
+export { PciSegment, ECAM_WINDOW_SIZE } from './segment.js';
 export { lspciDump, className, type LspciDumpOptions } from './lspci.js';
 export { intel82599LikePf, intelE810LikePf, type PresetOptions } from './presets.js';
 export { type RoutingId, type PciAddressInput, makeRid, formatRid, parseAddress, ridBus, ridDevice, ridFunction, ridDevfn } from './routing-id.js';

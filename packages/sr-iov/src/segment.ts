@@ -79,6 +79,21 @@ export class PciSegment {
     return fn.config.readUnchecked(offset, size);
   }
 
+  /**
+   * A read at `offset` into this segment's ECAM window (PCIe Base 6.0 §7.2.2):
+   * A[27:20] bus, A[19:15] device, A[14:12] function, A[11:0] register.
+   */
+  ecamRead(offset: number, size: AccessSize): number {
+    const { rid, reg } = ecamDecode(offset, size);
+    return this.configRead(rid, reg, size);
+  }
+
+  /** A write into the ECAM window (see `ecamRead`). */
+  ecamWrite(offset: number, size: AccessSize, value: number): void {
+    const { rid, reg } = ecamDecode(offset, size);
+    this.configWrite(rid, reg, size, value);
+  }
+
   /** A configuration write routed by RID; to nothing, it is dropped (Unsupported Request). */
   configWrite(rid: RoutingId, offset: number, size: AccessSize, value: number): void {
     const fn = this.byRid.get(rid);
@@ -88,4 +103,18 @@ export class PciSegment {
     }
     fn.config.write(offset, size, value);
   }
+}
+
+/** ECAM covers 256 buses × 32 devices × 8 functions × 4 KiB = 256 MiB. */
+export const ECAM_WINDOW_SIZE = 1 << 28;
+
+const decoded = { rid: 0, reg: 0 };
+
+function ecamDecode(offset: number, size: number): { rid: RoutingId; reg: number } {
+  if (!Number.isInteger(offset) || offset < 0 || offset + size > ECAM_WINDOW_SIZE) {
+    throw new SrIovError('out-of-range', `ECAM access at ${String(offset)} is outside the 256 MiB window`, offset, ECAM_WINDOW_SIZE);
+  }
+  decoded.rid = offset >>> 12;
+  decoded.reg = offset & 0xfff;
+  return decoded;
 }

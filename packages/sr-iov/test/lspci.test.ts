@@ -148,6 +148,17 @@ describe('real lspci decodes an E810-like PF with 256 VFs and ARI', () => {
 });
 
 describe('lspciDump format', () => {
+  it('round-trips through lspci -xxxx byte for byte (all 4 KiB of every function)', () => {
+    const pf = intelE810LikePf();
+    pf.setSriovNumVfs(3);
+    pf.configWrite(0x04, 2, 0x0406);
+    const dump = lspciDump([pf, ...pf.vfs]);
+    const back = runLspci(dump, ['-xxxx']);
+    const strip = (t: string) => t.split('\n').filter((l) => /^[0-9a-f]{2,3}: /.test(l)).join('\n');
+    expect(strip(back)).toBe(strip(dump));
+    expect(strip(back).split('\n').length).toBe(4 * 256);
+  });
+
   it('writes a header line with text after the address and 256 rows of 16 bytes per function', () => {
     const pf = intel82599LikePf();
     const lines = lspciDump([pf]).split('\n');

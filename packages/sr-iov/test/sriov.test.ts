@@ -427,4 +427,19 @@ describe('PCI segment', () => {
     expect(seg.functions()).toEqual([]);
     expectSrIovError(() => new PciSegment(1).add(intelE810LikePf()), 'invalid-argument');
   });
+
+  it('decodes ECAM offsets: bus << 20 | device << 15 | function << 12 | register (§7.2.2)', () => {
+    const seg = new PciSegment();
+    const pf = intel82599LikePf();
+    seg.add(pf);
+    pf.setSriovNumVfs(2);
+    expect(seg.ecamRead((0x03 << 20) | (0 << 15) | (0 << 12) | 0x00, 4)).toBe(0x10fb8086);
+    expect(seg.ecamRead((0x03 << 20) | (0 << 15) | (0 << 12) | (S + 0x1a), 2)).toBe(0x10ed);
+    const vf1 = (0x03 << 20) | (0x10 << 15) | (2 << 12);
+    seg.ecamWrite(vf1 + defs.PCI_COMMAND, 2, defs.PCI_COMMAND_MASTER);
+    expect(pf.vf(1).busMasterEnabled).toBe(true);
+    expect(seg.ecamRead((0x04 << 20) | 0x0, 4)).toBe(0xffffffff);
+    expectSrIovError(() => seg.ecamRead(1 << 28, 4), 'out-of-range');
+    expectSrIovError(() => seg.ecamRead(vf1 + 2, 4), 'misaligned');
+  });
 });
