@@ -242,10 +242,12 @@ export class PhysicalFunction extends PciFunction {
   }
 
   // ── Per-VF settings (ndo_set_vf_*, `ip link set PF vf N …`) ──────────────
+  // The VF index is checked first (`invalid-vf`), then the value.
 
   /** `ip link set PF vf N mac M` (ndo_set_vf_mac). */
   setVfMac(index: number, mac: string | Uint8Array): void {
-    this.update(index, 'mac', parseMac(mac));
+    const vf = this.vf(index);
+    this.update(vf, 'mac', parseMac(mac));
   }
 
   /** `ip link set PF vf N vlan V qos Q proto P` (ndo_set_vf_vlan); VLAN 0 and QoS 0 clear it. */
@@ -264,18 +266,21 @@ export class PhysicalFunction extends PciFunction {
 
   /** `ip link set PF vf N spoofchk on|off` (ndo_set_vf_spoofchk). */
   setVfSpoofChk(index: number, on: boolean): void {
-    this.update(index, 'spoofChk', bool(on, 'spoofchk'));
+    const vf = this.vf(index);
+    this.update(vf, 'spoofChk', bool(on, 'spoofchk'));
   }
 
   /** `ip link set PF vf N trust on|off` (ndo_set_vf_trust). */
   setVfTrust(index: number, on: boolean): void {
-    this.update(index, 'trust', bool(on, 'trust'));
+    const vf = this.vf(index);
+    this.update(vf, 'trust', bool(on, 'trust'));
   }
 
   /** `ip link set PF vf N state auto|enable|disable` (ndo_set_vf_link_state). */
   setVfLinkState(index: number, state: VfLinkState): void {
+    const vf = this.vf(index);
     if (state !== 'auto' && state !== 'enable' && state !== 'disable') throw new SrIovError('invalid-setting', `link state ${JSON.stringify(state)} is not auto, enable or disable`, String(state));
-    this.update(index, 'linkState', state);
+    this.update(vf, 'linkState', state);
   }
 
   /** `ndo_get_vf_config`: the settings of VF `index`. */
@@ -322,8 +327,7 @@ export class PhysicalFunction extends PciFunction {
     }
   }
 
-  private update<K extends keyof VfConfig>(index: number, key: K, value: VfConfig[K]): void {
-    const vf = this.vf(index);
+  private update<K extends keyof VfConfig>(vf: VirtualFunction, key: K, value: VfConfig[K]): void {
     this.set(vf, { ...vf.settings, [key]: value }, key);
   }
 
