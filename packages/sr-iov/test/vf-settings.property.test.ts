@@ -64,7 +64,7 @@ describe('per-VF settings against a reference of the rtnetlink rules', () => {
             else if (o.t === 'rate') pf.setVfRate(o.vf, o.min, o.max);
             else if (o.t === 'spoof') pf.setVfSpoofChk(o.vf, o.on);
             else if (o.t === 'trust') pf.setVfTrust(o.vf, o.on);
-            else pf.setVfLinkState(o.vf, o.state as never);
+            else if (o.t === 'link') pf.setVfLinkState(o.vf, o.state as never);
           } catch (e) {
             if (!(e instanceof SrIovError)) throw e;
             got = e.kind;
