@@ -315,7 +315,7 @@ export class ConfigSpace {
       for (let i = o; i < o + size; i++) {
         if (this.owned[i]) {
           free = false;
-          o = (i & ~3) ;
+          o = i & ~3;
           break;
         }
       }

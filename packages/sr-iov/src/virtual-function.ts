@@ -3,6 +3,7 @@ import { type Ari, ariCapability } from './capabilities/ari.js';
 import type { ExpressParams } from './capabilities/express.js';
 import type { MsixParams } from './capabilities/msix.js';
 import type { PowerManagementParams } from './capabilities/power-management.js';
+import { PCI_SUBSYSTEM_ID, PCI_SUBSYSTEM_VENDOR_ID } from './defs.js';
 import { PciFunction, type Placed } from './pci-function.js';
 import type { PhysicalFunction } from './physical-function.js';
 import { DEFAULT_VF_CONFIG, type VfConfig } from './vf-settings.js';
@@ -53,8 +54,8 @@ export class VirtualFunction extends PciFunction {
         deviceId: pf.sriov.vfDeviceId,
         revisionId: template.revisionId ?? 0,
         classCode: template.classCode ?? pf.classCode,
-        subsystemVendorId: pf.config.getU16(0x2c),
-        subsystemId: template.subsystemId ?? pf.config.getU16(0x2e),
+        subsystemVendorId: pf.config.getU16(PCI_SUBSYSTEM_VENDOR_ID),
+        subsystemId: template.subsystemId ?? pf.config.getU16(PCI_SUBSYSTEM_ID),
         name: template.name ?? `${pf.name} Virtual Function`,
         powerManagement: template.powerManagement ?? false,
         ...(template.msix ? { msix: template.msix } : {}),
