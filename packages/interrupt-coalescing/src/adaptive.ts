@@ -1,0 +1,167 @@
+import { CoalescingError, checkInt, checkNumber } from './errors.js';
+import { DELIVER_NOW, checkFixedParams, type CoalescingPolicy, type FixedParams } from './policy.js';
+
+/** One moderation profile: the `fixed` limits in force while it is selected. */
+export type Profile = FixedParams;
+
+const p = (maxUsecs: number, maxFrames: number): Profile => Object.freeze({ maxUsecs, maxFrames });
+
+/** Linux `lib/dim/net_dim.c` RX profiles, timer started from the first event (EQE mode). */
+export const NET_DIM_RX_EQE_PROFILES: readonly Profile[] = Object.freeze([p(1, 256), p(8, 256), p(64, 256), p(128, 256), p(256, 256)]);
+/** Linux net_dim RX profiles, timer restarted per completion (CQE mode; here applied as EQE). */
+export const NET_DIM_RX_CQE_PROFILES: readonly Profile[] = Object.freeze([p(2, 256), p(8, 128), p(16, 64), p(32, 64), p(64, 64)]);
+/** Linux net_dim TX profiles, EQE mode. */
+export const NET_DIM_TX_EQE_PROFILES: readonly Profile[] = Object.freeze([p(1, 128), p(8, 128), p(32, 128), p(64, 128), p(128, 128)]);
+/** Linux net_dim TX profiles, CQE mode. */
+export const NET_DIM_TX_CQE_PROFILES: readonly Profile[] = Object.freeze([p(5, 128), p(8, 64), p(16, 32), p(32, 32), p(64, 32)]);
+/**
+ * The default: profile 0 is no moderation, so a light load pays nothing;
+ * frame limits sized for block queue depths (net_dim's 64–256 frames are
+ * never reached at QD ≤ 128).
+ */
+export const BLOCK_PROFILES: readonly Profile[] = Object.freeze([p(0, 1), p(8, 8), p(16, 16), p(32, 32), p(64, 64)]);
+
+export interface AdaptiveOptions {
+  /** Profiles from least to most moderation. Default {@link BLOCK_PROFILES}. */
+  profiles?: readonly Profile[];
+  /** Profile at start and after reset. Default 0. */
+  startProfile?: number;
+  /** Interrupts between two evaluations of the rate (net_dim's DIM_NEVENTS). Default 64. */
+  nEvents?: number;
+  /** A rate change counts when it exceeds this many percent of the reference (net_dim: 10). Default 10. */
+  significancePercent?: number;
+  /** Below this completion rate (per second) profile 0 is forced. Default 0 (off). */
+  minRatePerSec?: number;
+}
+
+/**
+ * `adaptive`: moderation that steps between profiles from the measured
+ * completion rate, in the manner of Linux's net_dim (`lib/dim`): a table of
+ * usecs/frames profiles, the rate re-measured every `nEvents` interrupts, and
+ * a change acted on only when it is significant (more than
+ * `significancePercent` from the reference). A significant rise steps one
+ * profile up (more moderation), a significant fall one down; the reference is
+ * the rate at the last step, so a slow drift adds up until it counts.
+ *
+ * What differs from net_dim, and why: net_dim is a hill-climber on NIC
+ * throughput (it keeps a direction while bytes/packets per ms improve, turns
+ * when they get worse, parks when stable or "tired"), which needs the NIC's
+ * feedback from moderation to throughput. A virtual device's completion rate
+ * is set mostly by its back-end, and a falling rate makes a hill-climber turn
+ * back up as often as down; stepping by the rate itself moves up under a
+ * rising rate and back down under a falling one, which is the behaviour asked
+ * of this policy.
+ */
+export class AdaptivePolicy implements CoalescingPolicy {
+  readonly name = 'adaptive';
+  readonly profiles: readonly Profile[];
+  readonly nEvents: number;
+  readonly significance: number;
+  readonly minRatePerSec: number;
+  private readonly startProfile: number;
+  private readonly usecs: Uint32Array;
+  private readonly frames: Uint32Array;
+  private readonly maxDelay: number;
+  private ix = new Uint8Array(0);
+  private events = new Uint32Array(0);
+  private windowCompletions = new Float64Array(0);
+  private windowStartNs = new Float64Array(0);
+  private refRate = new Float64Array(0);
+  /** Profile changes so far (up, down), for statistics. */
+  stepsUp = 0;
+  stepsDown = 0;
+
+  constructor(options: AdaptiveOptions = {}) {
+    const profiles = options.profiles ?? BLOCK_PROFILES;
+    if (!Array.isArray(profiles) || profiles.length < 1 || profiles.length > 255) {
+      throw new CoalescingError('invalid-config', 'profiles must be an array of 1 to 255 profiles', 'profiles', profiles);
+    }
+    this.profiles = profiles.map((pr, i) => {
+      const c = checkFixedParams(pr, `profiles[${i}]`);
+      if (c.maxUsecs === 0 && c.maxFrames !== 1) {
+        throw new CoalescingError('invalid-config', `profiles[${i}] has a frame limit but no time limit: its delay would be unbounded`, `profiles[${i}]`, pr);
+      }
+      return Object.freeze(c);
+    });
+    this.usecs = Uint32Array.from(this.profiles, (x) => x.maxUsecs);
+    this.frames = Uint32Array.from(this.profiles, (x) => x.maxFrames);
+    this.maxDelay = Math.max(...this.usecs) * 1000;
+    this.startProfile = checkInt('startProfile', options.startProfile ?? 0, 0, this.profiles.length - 1);
+    this.nEvents = checkInt('nEvents', options.nEvents ?? 64, 1, 1 << 20);
+    this.significance = checkNumber('significancePercent', options.significancePercent ?? 10, 0, 1000) / 100;
+    this.minRatePerSec = checkNumber('minRatePerSec', options.minRatePerSec ?? 0, 0, 1e12);
+  }
+
+  bind(queues: number): void {
+    this.ix = new Uint8Array(queues).fill(this.startProfile);
+    this.events = new Uint32Array(queues);
+    this.windowCompletions = new Float64Array(queues);
+    this.windowStartNs = new Float64Array(queues).fill(NaN);
+    this.refRate = new Float64Array(queues);
+  }
+
+  /** The profile index in force on `queue`. */
+  profileOf(queue: number): number {
+    return this.ix[queue]!;
+  }
+
+  onCompletion(queue: number, inFlight: number, now: number, pending: number, firstNs: number): number {
+    if (Number.isNaN(this.windowStartNs[queue]!)) this.windowStartNs[queue] = now;
+    this.windowCompletions[queue]!++;
+    return this.recheck(queue, inFlight, now, pending, firstNs);
+  }
+
+  recheck(queue: number, _inFlight: number, _now: number, pending: number, firstNs: number): number {
+    const i = this.ix[queue]!;
+    const frames = this.frames[i]!;
+    const usecs = this.usecs[i]!;
+    if (pending >= frames || usecs === 0) return DELIVER_NOW;
+    return firstNs + usecs * 1000;
+  }
+
+  delivered(queue: number, now: number): void {
+    if (++this.events[queue]! < this.nEvents) return;
+    const start = this.windowStartNs[queue]!;
+    const elapsed = now - start;
+    if (!(elapsed > 0)) return; // keep counting until time has passed
+    const rate = (this.windowCompletions[queue]! * 1e9) / elapsed;
+    this.events[queue] = 0;
+    this.windowCompletions[queue] = 0;
+    this.windowStartNs[queue] = now;
+    const ref = this.refRate[queue]!;
+    const i = this.ix[queue]!;
+    if (rate < this.minRatePerSec) {
+      if (i !== 0) this.stepsDown++;
+      this.ix[queue] = 0;
+      this.refRate[queue] = rate;
+    } else if (ref === 0) {
+      this.refRate[queue] = rate;
+    } else if (rate > ref * (1 + this.significance)) {
+      if (i < this.profiles.length - 1) {
+        this.ix[queue] = i + 1;
+        this.stepsUp++;
+      }
+      this.refRate[queue] = rate;
+    } else if (rate < ref * (1 - this.significance)) {
+      if (i > 0) {
+        this.ix[queue] = i - 1;
+        this.stepsDown++;
+      }
+      this.refRate[queue] = rate;
+    }
+  }
+
+  maxDelayNs(): number {
+    return this.maxDelay;
+  }
+
+  reset(): void {
+    this.ix.fill(this.startProfile);
+    this.events.fill(0);
+    this.windowCompletions.fill(0);
+    this.windowStartNs.fill(NaN);
+    this.refRate.fill(0);
+    this.stepsUp = 0;
+    this.stepsDown = 0;
+  }
+}
