@@ -32,6 +32,12 @@ export interface AdaptiveOptions {
   significancePercent?: number;
   /** Below this completion rate (per second) profile 0 is forced. Default 0 (off). */
   minRatePerSec?: number;
+  /**
+   * Deliver at once when the device reports nothing else in flight on the
+   * queue: no later completion can share the interrupt, so waiting only adds
+   * latency. A NIC's net_dim cannot know this; a virtual device does. Default true.
+   */
+  flushWhenIdle?: boolean;
 }
 
 /**
@@ -58,6 +64,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
   readonly nEvents: number;
   readonly significance: number;
   readonly minRatePerSec: number;
+  readonly flushWhenIdle: boolean;
   private readonly startProfile: number;
   private readonly usecs: Uint32Array;
   private readonly frames: Uint32Array;
@@ -90,6 +97,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
     this.nEvents = checkInt('nEvents', options.nEvents ?? 64, 1, 1 << 20);
     this.significance = checkNumber('significancePercent', options.significancePercent ?? 10, 0, 1000) / 100;
     this.minRatePerSec = checkNumber('minRatePerSec', options.minRatePerSec ?? 0, 0, 1e12);
+    this.flushWhenIdle = options.flushWhenIdle ?? true;
   }
 
   bind(queues: number): void {
@@ -111,11 +119,11 @@ export class AdaptivePolicy implements CoalescingPolicy {
     return this.recheck(queue, inFlight, now, pending, firstNs);
   }
 
-  recheck(queue: number, _inFlight: number, _now: number, pending: number, firstNs: number): number {
+  recheck(queue: number, inFlight: number, _now: number, pending: number, firstNs: number): number {
     const i = this.ix[queue]!;
     const frames = this.frames[i]!;
     const usecs = this.usecs[i]!;
-    if (pending >= frames || usecs === 0) return DELIVER_NOW;
+    if (pending >= frames || usecs === 0 || (inFlight === 0 && this.flushWhenIdle)) return DELIVER_NOW;
     return firstNs + usecs * 1000;
   }
 

@@ -89,12 +89,21 @@ export interface SimOptions {
   policy: CoalescingPolicy;
   /** Service time for requests whose trace gave none. */
   fallbackService?: () => number;
-  /** Requests arriving before this time (ns) are run but not measured. */
+  /**
+   * Guest CPU time to take one interrupt (exit, injection, handler entry), ns,
+   * and to process each completion it covers. The guest handles interrupts one
+   * at a time and sees (and refills) completions when the handling ends. Both
+   * default to 0: then coalescing can only cost latency, never gain throughput.
+   */
+  interruptCostNs?: number;
+  perCompletionCostNs?: number;
+  /** Requests issued before this time (ns) are run but not measured (warm-up). */
   warmupNs?: number;
 }
 
 export interface SimResult {
   ios: number;
+  /** Interrupts that covered at least one measured request. */
   interrupts: number;
   interruptsPerIo: number;
   /** Completion → interrupt delay, µs. */
@@ -132,6 +141,9 @@ export function simulate(options: SimOptions): SimResult {
   const par = checkInt('parallelism', options.parallelism, 1, 65536);
   const warmupNs = checkNumber('warmupNs', options.warmupNs ?? 0, 0, Number.MAX_SAFE_INTEGER);
   const fallback = options.fallbackService;
+  const irqCost = checkNumber('interruptCostNs', options.interruptCostNs ?? 0, 0, 1e12);
+  const perCost = checkNumber('perCompletionCostNs', options.perCompletionCostNs ?? 0, 0, 1e12);
+  const cpuModel = irqCost > 0 || perCost > 0;
 
   const clock = new FakeClock();
   const scheduler = new FakeScheduler(clock, 10 * n + 1000);
@@ -165,7 +177,7 @@ export function simulate(options: SimOptions): SimResult {
   let outstanding = 0; // issued, not yet seen complete by the guest
   let deviceInFlight = 0; // in the device's queue or being served
   let busy = 0;
-  let interrupts = 0;
+  let interrupts = 0; // interrupts covering at least one measured request
 
   const heapPush = (t: number, id: number): void => {
     let i = heapN++;
@@ -213,6 +225,20 @@ export function simulate(options: SimOptions): SimResult {
     }
   };
 
+  // Guest CPU: batches handled in order; when one is done its slots refill.
+  let cpuFreeAt = 0;
+  const handled = new Int32Array(n);
+  let hHead = 0;
+  let hTail = 0;
+  const guestTimer = scheduler.createTimer(() => {
+    const now = clock.now();
+    while (hHead < hTail && deliveredAt[handled[hHead]!]! <= now) {
+      hHead++;
+      outstanding--;
+    }
+    if (hHead < hTail) guestTimer.arm(deliveredAt[handled[hHead]!]!);
+    issue(now);
+  });
   const coalescer = new InterruptCoalescer({
     queues: 1,
     clock,
@@ -220,12 +246,20 @@ export function simulate(options: SimOptions): SimResult {
     policy,
     deliver: () => {
       const now = clock.now();
-      interrupts++;
+      let measured = false;
+      const count = uTail - uHead;
+      // The guest sees the batch when its CPU has handled the interrupt.
+      const seen = cpuModel ? (cpuFreeAt = Math.max(now, cpuFreeAt) + irqCost + count * perCost) : now;
       while (uHead < uTail) {
-        deliveredAt[undelivered[uHead++]!] = now;
-        outstanding--;
+        const id = undelivered[uHead++]!;
+        deliveredAt[id] = seen;
+        if (issuedAt[id]! >= warmupNs) measured = true;
+        if (!cpuModel) outstanding--;
+        else handled[hTail++] = id;
       }
-      issue(now);
+      if (measured) interrupts++;
+      if (cpuModel && !guestTimer.armed) guestTimer.arm(seen);
+      else issue(now);
     },
   });
 
@@ -240,7 +274,10 @@ export function simulate(options: SimOptions): SimResult {
       continue;
     }
     if (t === Infinity) {
-      if (uHead < uTail) coalescer.flush(); // a policy without a time bound left some: the end of the run covers them
+      if (uHead < uTail) {
+        coalescer.flush(); // a policy without a time bound left some: the end of the run covers them
+        continue;
+      }
       break;
     }
     if (t > clock.now()) scheduler.advanceTo(t);
@@ -261,7 +298,7 @@ export function simulate(options: SimOptions): SimResult {
 
   // Metrics over measured requests.
   let m = 0;
-  for (let i = 0; i < n; i++) if (workload.arrivalsNs[i]! >= warmupNs) m++;
+  for (let i = 0; i < n; i++) if (issuedAt[i]! >= warmupNs) m++;
   const added = new Float64Array(m);
   const lat = new Float64Array(m);
   const resp = new Float64Array(m);
@@ -269,7 +306,7 @@ export function simulate(options: SimOptions): SimResult {
   let firstIssue = Infinity;
   let lastDelivery = 0;
   for (let i = 0; i < n; i++) {
-    if (workload.arrivalsNs[i]! < warmupNs) continue;
+    if (issuedAt[i]! < warmupNs) continue;
     const d = deliveredAt[i]!;
     if (Number.isNaN(d)) throw new CoalescingError('invalid-config', `simulation ended with request ${i} never delivered`, 'request', i);
     added[j] = (d - completedAt[i]!) / 1000;
@@ -282,11 +319,10 @@ export function simulate(options: SimOptions): SimResult {
   added.sort();
   lat.sort();
   resp.sort();
-  const st = coalescer.stats;
   return {
     ios: m,
-    interrupts: st.interrupts,
-    interruptsPerIo: st.interrupts / n,
+    interrupts,
+    interruptsPerIo: m > 0 ? interrupts / m : 0,
     addedP50Us: percentile(added, 0.5),
     addedP99Us: percentile(added, 0.99),
     addedMaxUs: m > 0 ? added[m - 1]! : 0,
