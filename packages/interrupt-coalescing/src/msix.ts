@@ -227,10 +227,11 @@ export class MsixTable {
    * write ... Pending Bits"), as are writes outside the regions.
    */
   write(region: 'table' | 'pba', offset: number, size: 1 | 2 | 4, value: number): void {
-    if (region === 'pba' || !this.inRange(this.tableBytes, offset, size)) {
+    if (region === 'pba') {
       this.ignoredAccesses++;
       return;
     }
+    if (!this.inRange(this.tableBytes, offset, size)) return;
     let v = value >>> 0;
     for (let i = 0; i < size; i++) {
       const at = offset + i;
