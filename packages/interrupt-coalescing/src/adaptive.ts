@@ -83,7 +83,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
     if (!Array.isArray(profiles) || profiles.length < 1 || profiles.length > 255) {
       throw new CoalescingError('invalid-config', 'profiles must be an array of 1 to 255 profiles', 'profiles', profiles);
     }
-    this.profiles = profiles.map((pr, i) => {
+    this.profiles = (profiles as readonly Profile[]).map((pr, i) => {
       const c = checkFixedParams(pr, `profiles[${i}]`);
       if (c.maxUsecs === 0 && c.maxFrames !== 1) {
         throw new CoalescingError('invalid-config', `profiles[${i}] has a frame limit but no time limit: its delay would be unbounded`, `profiles[${i}]`, pr);

@@ -184,7 +184,7 @@ function lspci(dump: string): string {
       return execFileSync('lspci', ['-F', file, '-vvv'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new Error('lspci not found: apt-get install -y --no-install-recommends pciutils');
+        throw new Error('lspci not found: apt-get install -y --no-install-recommends pciutils', { cause: e });
       }
       throw e;
     }
