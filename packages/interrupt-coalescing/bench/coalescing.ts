@@ -158,7 +158,7 @@ function runMatrix(): Row[] {
 }
 
 function printTable(rows: Row[]): void {
-  const head = ['workload', 'QD', 'policy', 'int/IO', '(min–max)', 'added p50 µs', 'added p99 µs', 'lat p99 µs', 'p99 vs none', 'IOPS vs none'];
+  const head = ['workload', 'QD', 'policy', 'int/IO', '(min–max)', 'added p50 µs', 'added p99 µs', 'lat p99 µs', 'lat p99 vs none', 'IOPS vs none'];
   const body = rows.map((r) => [
     r.kind,
     String(r.qd),
@@ -233,6 +233,7 @@ console.log(
     ? `Recorded trace ${TRACE}; device ${PARALLELISM}-way parallel`
     : `Synthetic workloads, ${SEEDS} seeds, ${MEASURED_IOS} measured I/Os per run after ${WARMUP_US / 1000} ms warm-up; device ${PARALLELISM}-way parallel, service log-normal median ${SERVICE_MEDIAN_US} µs σ ${SERVICE_SIGMA}; poisson at 80 %, bursty at 50 % (4× peaks, bursts of 32) of capacity min(QD, ${PARALLELISM})/mean service; guest CPU ${IRQ_US} µs per interrupt + ${PER_IO_US} µs per completion`,
 );
+console.log('added = completion → interrupt (the delay coalescing adds); lat = issue → guest has handled the completion (incl. guest CPU)');
 const rows = runMatrix();
 printTable(rows);
 targets(rows);

@@ -106,14 +106,14 @@ export interface SimResult {
   /** Interrupts that covered at least one measured request. */
   interrupts: number;
   interruptsPerIo: number;
-  /** Completion → interrupt delay, µs. */
+  /** Completion → interrupt: the delay coalescing adds, µs. */
   addedP50Us: number;
   addedP99Us: number;
   addedMaxUs: number;
-  /** Issue → interrupt (what the guest sees of the device), µs. */
+  /** Issue → the guest has handled the completion (interrupt delay and guest CPU included), µs. */
   latencyP50Us: number;
   latencyP99Us: number;
-  /** Arrival → interrupt, including waiting for a queue slot, µs. */
+  /** Arrival → handled, including waiting for a queue slot, µs. */
   responseP99Us: number;
   /** Measured I/Os per second of simulated time. */
   iops: number;
@@ -149,7 +149,8 @@ export function simulate(options: SimOptions): SimResult {
   const scheduler = new FakeScheduler(clock, 10 * n + 1000);
   const issuedAt = new Float64Array(n);
   const completedAt = new Float64Array(n);
-  const deliveredAt = new Float64Array(n).fill(NaN);
+  const interruptAt = new Float64Array(n).fill(NaN); // when the interrupt covering it was sent
+  const deliveredAt = new Float64Array(n).fill(NaN); // when the guest had handled it
   const service = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     let s = workload.serviceNs[i]!;
@@ -252,6 +253,7 @@ export function simulate(options: SimOptions): SimResult {
       const seen = cpuModel ? (cpuFreeAt = Math.max(now, cpuFreeAt) + irqCost + count * perCost) : now;
       while (uHead < uTail) {
         const id = undelivered[uHead++]!;
+        interruptAt[id] = now;
         deliveredAt[id] = seen;
         if (issuedAt[id]! >= warmupNs) measured = true;
         if (!cpuModel) outstanding--;
@@ -309,7 +311,7 @@ export function simulate(options: SimOptions): SimResult {
     if (issuedAt[i]! < warmupNs) continue;
     const d = deliveredAt[i]!;
     if (Number.isNaN(d)) throw new CoalescingError('invalid-config', `simulation ended with request ${i} never delivered`, 'request', i);
-    added[j] = (d - completedAt[i]!) / 1000;
+    added[j] = (interruptAt[i]! - completedAt[i]!) / 1000;
     lat[j] = (d - issuedAt[i]!) / 1000;
     resp[j] = (d - workload.arrivalsNs[i]!) / 1000;
     if (issuedAt[i]! < firstIssue) firstIssue = issuedAt[i]!;
