@@ -80,7 +80,7 @@ describe('wiring on real time', () => {
 
   it('RealScheduler: the vIC backstop fires when completions stop', async () => {
     const scheduler = new RealScheduler(monotonicClock, { unref: true });
-    const policy = new VicPolicy({ iopsThreshold: 0, epochPeriodUs: 1, backstopUs: 500 });
+    const policy = new VicPolicy({ iopsThreshold: 1, epochPeriodUs: 1, backstopUs: 500 });
     const times: number[] = [];
     const coalescer = new InterruptCoalescer({ queues: 1, clock: monotonicClock, scheduler, policy, deliver: () => times.push(monotonicClock.now()) });
     coalescer.onCompletion(0, 64); // first epoch: no IOPS yet, delivered at once
