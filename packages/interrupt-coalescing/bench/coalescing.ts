@@ -21,6 +21,8 @@
 import { readFileSync } from 'node:fs';
 import {
   AdaptivePolicy,
+  BLOCK_PROFILES,
+  NetDimPolicy,
   FakeClock,
   FakeScheduler,
   FixedPolicy,
@@ -63,6 +65,7 @@ const POLICIES: { label: string; make: () => CoalescingPolicy }[] = [
   { label: 'nvme thr7/time1', make: () => nvmeAggregationPolicy(7, 1) },
   { label: 'vic', make: () => new VicPolicy() },
   { label: 'adaptive', make: () => new AdaptivePolicy() },
+  { label: 'net_dim', make: () => new NetDimPolicy({ profiles: BLOCK_PROFILES }) },
 ];
 
 const QDS = [1, 4, 32, 128];

@@ -87,8 +87,9 @@ export class InterruptCoalescer {
    * The device published a used buffer on `queue`; `inFlight` requests remain
    * outstanding on that queue (taken from the guest, not yet completed).
    * `notify` false: the guest turned interrupts off for it (counted, not held).
+   * `bytes`: the payload size, for policies that weigh throughput (net_dim).
    */
-  onCompletion(queue: number, inFlight: number, notify = true): void {
+  onCompletion(queue: number, inFlight: number, notify = true, bytes = 0): void {
     if (!(queue >= 0 && queue < this.queues) || !Number.isInteger(queue)) {
       throw new CoalescingError('invalid-queue', `queue ${queue} is not in [0, ${this.queues})`, 'queue', queue);
     }
@@ -110,7 +111,7 @@ export class InterruptCoalescer {
     } else {
       this.sumNs[queue]! += now;
     }
-    this.apply(queue, this.policies[queue]!.onCompletion(queue, cif, now, n, this.firstNs[queue]!), now, false);
+    this.apply(queue, this.policies[queue]!.onCompletion(queue, cif, now, n, this.firstNs[queue]!, bytes > 0 ? bytes : 0), now, false);
   }
 
   /** Re-asks the queue's policy (after its parameters changed, e.g. NOTF_COAL); delivers if the condition is now met. */

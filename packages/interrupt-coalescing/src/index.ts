@@ -25,6 +25,8 @@ export { VicPolicy, type VicOptions, type VicRatio } from './vic.js';
 export {
   AdaptivePolicy,
   type AdaptiveOptions,
+  NetDimPolicy,
+  type NetDimOptions,
   type Profile,
   BLOCK_PROFILES,
   NET_DIM_RX_EQE_PROFILES,

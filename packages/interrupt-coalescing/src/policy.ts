@@ -22,9 +22,10 @@ export interface CoalescingPolicy {
    * `pending` counts completions awaiting an interrupt including this one, and
    * `firstNs` is when the oldest of them completed. Returns the absolute
    * deadline (ns) for the interrupt: ≤ `now` delivers now, `Infinity` waits for
-   * more completions without a timer.
+   * more completions without a timer. `bytes` is the completion's payload
+   * size when the device reports it (0 otherwise).
    */
-  onCompletion(queue: number, inFlight: number, now: number, pending: number, firstNs: number): number;
+  onCompletion(queue: number, inFlight: number, now: number, pending: number, firstNs: number, bytes: number): number;
   /** The same question without a new completion: parameters changed, or `reevaluate` was called. */
   recheck(queue: number, inFlight: number, now: number, pending: number, firstNs: number): number;
   /** An interrupt (or a guest-suppressed one) covered `count` completions of `queue` at `now`. */

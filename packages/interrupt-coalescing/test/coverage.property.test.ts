@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   AdaptivePolicy,
   FakeClock,
+  NetDimPolicy,
   FakeScheduler,
   FixedPolicy,
   InterruptCoalescer,
@@ -41,7 +42,8 @@ type PolicySpec =
   | { kind: 'fixed'; params: FixedParams }
   | { kind: 'nvme'; thr: number; time: number }
   | { kind: 'vic'; cifThreshold: number; iopsThreshold: number; epochPeriodUs: number; backstopUs: number }
-  | { kind: 'adaptive'; nEvents: number; significancePercent: number; startProfile: number };
+  | { kind: 'adaptive'; nEvents: number; significancePercent: number; startProfile: number }
+  | { kind: 'net_dim'; nEvents: number; significancePercent: number; startProfile: number };
 
 const policySpec: fc.Arbitrary<PolicySpec> = fc.oneof(
   fc.constant({ kind: 'none' as const }),
@@ -60,6 +62,12 @@ const policySpec: fc.Arbitrary<PolicySpec> = fc.oneof(
     significancePercent: fc.integer({ min: 0, max: 50 }),
     startProfile: fc.integer({ min: 0, max: 4 }),
   }),
+  fc.record({
+    kind: fc.constant('net_dim' as const),
+    nEvents: fc.integer({ min: 1, max: 8 }),
+    significancePercent: fc.integer({ min: 0, max: 50 }),
+    startProfile: fc.integer({ min: 0, max: 4 }),
+  }),
 );
 
 function make(spec: PolicySpec): CoalescingPolicy {
@@ -74,6 +82,8 @@ function make(spec: PolicySpec): CoalescingPolicy {
       return new VicPolicy(spec);
     case 'adaptive':
       return new AdaptivePolicy(spec);
+    case 'net_dim':
+      return new NetDimPolicy(spec);
   }
 }
 

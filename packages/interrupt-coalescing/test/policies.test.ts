@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   AdaptivePolicy,
   CoalescingError,
+  NetDimPolicy,
   FixedPolicy,
   NO_COALESCING,
   NonePolicy,
@@ -348,5 +349,69 @@ describe('coalescer', () => {
     expect(st.meanDelayNs).toBe(15 * US); // delays 30, 20, 10, 0 µs per batch
     const json = st.toJSON() as { delayHistogram: { upperUs: number; count: number }[] };
     expect(json.delayHistogram).toEqual([{ upperUs: 32, count: 2 }]);
+  });
+});
+
+describe('net_dim (Linux lib/dim hill-climbing)', () => {
+  it('walks the profile table as net_dim decides: exit parking, edge, climb, turn', () => {
+    const p = new NetDimPolicy();
+    harness(p);
+    const step = (ppms: number): [number, string] => {
+      p.decide(0, 0, ppms, 10);
+      return [p.profileOf(0), p.stateOf(0)];
+    };
+    expect([p.profileOf(0), p.stateOf(0)]).toEqual([1, 'parking-on-top']);
+    expect(step(100)).toEqual([0, 'going-left']); // first measurement is "better" than nothing: leave the park towards 0
+    expect(step(120)).toEqual([0, 'parking-on-top']); // better, but at the left edge: park
+    expect(step(150)).toEqual([1, 'going-right']); // a significant change leaves the park, rightwards from 0
+    expect(step(200)).toEqual([2, 'going-right']); // better: keep going
+    expect(step(150)).toEqual([1, 'going-left']); // worse: turn
+    expect(step(152)).toEqual([2, 'going-right']); // not better: turn again
+    expect(step(300)).toEqual([3, 'going-right']);
+  });
+
+  it('parks on top after going both ways around a profile', () => {
+    const p = new NetDimPolicy({ startProfile: 0 });
+    harness(p);
+    p.decide(0, 0, 100, 10); // → right, ix 1
+    p.decide(0, 0, 200, 10); // better → ix 2
+    p.decide(0, 0, 100, 10); // worse → turn left, ix 1
+    p.decide(0, 0, 50, 10); // worse → turn right, ix 2 (steps: right 1)
+    p.decide(0, 0, 20, 10); // worse → turn left, ix 1
+    p.decide(0, 0, 30, 10); // better → left, ix 0 (steps left 2)
+    p.decide(0, 0, 10, 10); // worse → turn right: stepsLeft 2 > 1, stepsRight 0 → step to 1
+    expect(p.stateOf(0)).toBe('going-right');
+    p.decide(0, 0, 5, 10); // worse → turn left; stepsRight 1, stepsLeft 0 → step
+    expect(p.profileOf(0)).toBe(0);
+  });
+
+  it('gets tired after 2×profiles steps without settling, rests, then leaves the park', () => {
+    const p = new NetDimPolicy({ startProfile: 2 });
+    harness(p);
+    let rate = 1000;
+    p.decide(0, 0, rate, 10);
+    for (let i = 0; i < 10; i++) p.decide(0, 0, (rate *= 0.8), 10); // always worse: turn and step each time
+    expect(p.stateOf(0)).toBe('parking-tired');
+    const ix = p.profileOf(0);
+    for (let i = 0; i < 9; i++) p.decide(0, 0, (rate *= 0.8), 10);
+    expect(p.stateOf(0)).toBe('parking-tired');
+    expect(p.profileOf(0)).toBe(ix);
+    p.decide(0, 0, rate, 10);
+    expect(p.stateOf(0)).not.toBe('parking-tired');
+  });
+
+  it('weighs bytes first when the device reports them', () => {
+    const p = new NetDimPolicy({ startProfile: 0, nEvents: 2, profiles: [{ maxUsecs: 0, maxFrames: 1 }, { maxUsecs: 10, maxFrames: 2 }] });
+    const h = harness(p);
+    h.coalescer.onCompletion(0, 3, true, 1500);
+    h.at(US);
+    h.coalescer.onCompletion(0, 3, true, 1500); // 2 interrupts: a measurement with bytes
+    expect([p.profileOf(0), p.stateOf(0)]).toEqual([1, 'going-right']); // more than nothing: leave the park rightwards
+    // 3000 bytes in 1 µs = 3e6 bytes/ms. Now 17 % more bytes/ms with far fewer packets/ms: bytes decide, it is better.
+    p.decide(0, 3.5e6, 1, 1);
+    expect([p.profileOf(0), p.stateOf(0)]).toEqual([1, 'parking-on-top']); // better, at the right edge: park
+    // Bytes within 10 %: packets decide; 1 → 0.5 per ms is worse, which leaves the park.
+    p.decide(0, 3.4e6, 0.5, 1);
+    expect([p.profileOf(0), p.stateOf(0)]).toEqual([0, 'going-left']);
   });
 });
