@@ -18,8 +18,10 @@ export interface CoalescerOptions {
   /**
    * Asked at the moment an interrupt is due: does the guest want it? With
    * VIRTIO_F_EVENT_IDX the answer depends on the used index at that moment
-   * (VirtIO 1.2 §2.7.10 "used_event"), without it on VIRTQ_AVAIL_F_NO_INTERRUPT
-   * (§2.7.7), so it is a callback, not a value fixed at completion time. The
+   * (`used_event`), without it on VIRTQ_AVAIL_F_NO_INTERRUPT (VirtIO 1.2 §2.7.7
+   * "Used Buffer Notification Suppression"; a packed ring's event suppression
+   * structure plays the same part), so it is
+   * a callback, not a value fixed at completion time. The
    * virtqueue answers it; a `false` covers the pending completions (the
    * driver will find them when it polls) without an interrupt.
    */
@@ -216,7 +218,7 @@ export class InterruptCoalescer {
     }
     if (vectors && vectors.shares(queue)) {
       // The driver's handler looks through every virtqueue mapped to the
-      // vector (VirtIO 1.2 §4.1.5.5), so this interrupt covers their batches.
+      // vector (VirtIO 1.2 §4.1.5.5 "Driver Handling Interrupts"), so this interrupt covers their batches.
       for (let q = 0; q < this.queues; q++) {
         if (q !== queue && this.pending[q]! > 0 && vectors.get(q) === vector) {
           this.take(q, now);

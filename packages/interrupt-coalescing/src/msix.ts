@@ -283,6 +283,8 @@ export class MsixTable {
  */
 export class QueueVectors {
   private readonly map: Uint16Array;
+  /** Queues mapped to each vector, so `shares` is O(1) on the interrupt path. */
+  private readonly users: Uint32Array;
   /** The configuration-change vector (`config_msix_vector`). */
   config = NO_VECTOR;
   constructor(
@@ -292,11 +294,15 @@ export class QueueVectors {
     checkInt('queues', queues, 1, 65536);
     checkInt('tableSize', tableSize, 1, MSIX_MAX_VECTORS);
     this.map = new Uint16Array(queues).fill(NO_VECTOR);
+    this.users = new Uint32Array(tableSize);
   }
   /** Maps `queue` to `vector`; returns what the driver reads back: `vector`, or NO_VECTOR if it is out of the table. */
   set(queue: number, vector: number): number {
     this.checkQueue(queue);
     const v = Number.isInteger(vector) && vector >= 0 && vector < this.tableSize ? vector : NO_VECTOR;
+    const old = this.map[queue]!;
+    if (old !== NO_VECTOR) this.users[old]!--;
+    if (v !== NO_VECTOR) this.users[v]!++;
     this.map[queue] = v;
     return v;
   }
@@ -310,12 +316,11 @@ export class QueueVectors {
   /** Whether any other queue maps to the same vector as `queue`. */
   shares(queue: number): boolean {
     const v = this.map[queue]!;
-    if (v === NO_VECTOR) return false;
-    for (let q = 0; q < this.map.length; q++) if (q !== queue && this.map[q] === v) return true;
-    return false;
+    return v !== NO_VECTOR && this.users[v]! > 1;
   }
   reset(): void {
     this.map.fill(NO_VECTOR);
+    this.users.fill(0);
     this.config = NO_VECTOR;
   }
   private checkQueue(queue: number): void {

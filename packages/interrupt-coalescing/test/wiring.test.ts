@@ -3,7 +3,7 @@ import { FixedPolicy, InterruptCoalescer, RealScheduler, VicPolicy, monotonicClo
 import { US, harness } from './harness.js';
 
 /**
- * A stand-in for the virtqueue's side of the question, VirtIO 1.2 §2.7.10:
+ * A stand-in for the virtqueue's side of the question, VirtIO 1.2 §2.7.7 (Used Buffer Notification Suppression):
  * with VIRTIO_F_EVENT_IDX the device notifies iff used_event lies in
  * (old, new], where old is the used index at the previous notification
  * decision: vring_need_event(event_idx, new_idx, old_idx) =
