@@ -2,7 +2,7 @@ import type { Clock, Timer, TimerScheduler } from './clock.js';
 import { CoalescingError, checkInt } from './errors.js';
 import { NO_VECTOR, type QueueVectors } from './msix.js';
 import type { CoalescingPolicy } from './policy.js';
-import { CoalescingStats } from './stats.js';
+import { CoalescingStats, bucketOf } from './stats.js';
 
 export interface CoalescerOptions {
   /** Number of queues (virtqueue indices 0..queues−1). */
@@ -27,6 +27,8 @@ export interface CoalescerOptions {
    */
   shouldNotify?: (queue: number) => boolean;
   stats?: CoalescingStats;
+  /** Completion timestamps kept per queue for the exact per-completion delay histogram. Default 256. */
+  timestampsPerQueue?: number;
 }
 
 /**
@@ -56,6 +58,9 @@ export class InterruptCoalescer {
   private readonly deadline: Float64Array;
   private readonly lastInFlight: Uint32Array;
   private readonly timers: Timer[];
+  /** Per queue, the completion times of the current batch (the first `cap` of them). */
+  private readonly stamps: Float64Array;
+  private readonly cap: number;
 
   constructor(options: CoalescerOptions) {
     this.queues = checkInt('queues', options.queues, 1, 65536);
@@ -81,6 +86,8 @@ export class InterruptCoalescer {
     this.sumNs = new Float64Array(this.queues);
     this.deadline = new Float64Array(this.queues).fill(Infinity);
     this.lastInFlight = new Uint32Array(this.queues);
+    this.cap = checkInt('timestampsPerQueue', options.timestampsPerQueue ?? 256, 1, 65536);
+    this.stamps = new Float64Array(this.queues * this.cap);
     this.timers = [];
     for (let q = 0; q < this.queues; q++) this.timers.push(options.scheduler.createTimer(() => this.onTimer(q)));
   }
@@ -113,6 +120,7 @@ export class InterruptCoalescer {
     } else {
       this.sumNs[queue]! += now;
     }
+    if (n <= this.cap) this.stamps[queue * this.cap + n - 1] = now;
     this.apply(queue, this.policies[queue]!.onCompletion(queue, cif, now, n, this.firstNs[queue]!, bytes > 0 ? bytes : 0), now, false);
   }
 
@@ -198,7 +206,14 @@ export class InterruptCoalescer {
       this.timers[queue]!.cancel();
       this.deadline[queue] = Infinity;
     }
-    this.stats.recordBatch(n, now - this.firstNs[queue]!, n * now - this.sumNs[queue]!);
+    const st = this.stats;
+    st.recordBatch(n, now - this.firstNs[queue]!, n * now - this.sumNs[queue]!);
+    // Per-completion delays: exact for the stored ones, the rest bounded by the last stored.
+    const base = queue * this.cap;
+    const exact = n < this.cap ? n : this.cap;
+    const h = st.delayHistogram;
+    for (let i = 0; i < exact; i++) h[bucketOf(now - this.stamps[base + i]!)]!++;
+    if (n > exact) h[bucketOf(now - this.stamps[base + exact - 1]!)]! += n - exact;
     this.policies[queue]!.delivered(queue, now, n);
     return n;
   }

@@ -6,7 +6,8 @@ export function delayBucketUpperUs(i: number): number {
   return i >= DELAY_BUCKETS - 1 ? Infinity : 2 ** i;
 }
 
-function bucketOf(delayNs: number): number {
+/** @internal */
+export function bucketOf(delayNs: number): number {
   const us = delayNs / 1000;
   if (!(us >= 1)) return 0;
   const b = Math.floor(Math.log2(us)) + 1;
@@ -38,8 +39,17 @@ export class CoalescingStats {
   totalDelayNs = 0;
   /** Largest completion→interrupt delay seen, ns. */
   maxDelayNs = 0;
-  /** Per batch: delay of its oldest completion, in log2-µs buckets (see {@link delayBucketUpperUs}). */
+  /**
+   * Per completion: its completion→interrupt delay, in log2-µs buckets (see
+   * {@link delayBucketUpperUs}). Exact for the first `timestampsPerQueue`
+   * completions of a batch; later ones in a larger batch are counted in the
+   * bucket of the last exact one (an upper bound on their delay).
+   */
   readonly delayHistogram = new Float64Array(DELAY_BUCKETS);
+  /** Per interrupt: the delay of the oldest completion it covers. */
+  readonly oldestDelayHistogram = new Float64Array(DELAY_BUCKETS);
+  /** Per interrupt: completions covered, bucket i = [2^i, 2^(i+1)). */
+  readonly batchSizeHistogram = new Float64Array(DELAY_BUCKETS);
   readonly queueCompletions: Float64Array;
   readonly queueInterrupts: Float64Array;
 
@@ -63,13 +73,17 @@ export class CoalescingStats {
     this.covered += count;
     this.totalDelayNs += sumDelayNs;
     if (oldestDelayNs > this.maxDelayNs) this.maxDelayNs = oldestDelayNs;
-    this.delayHistogram[bucketOf(oldestDelayNs)]!++;
+    this.oldestDelayHistogram[bucketOf(oldestDelayNs)]!++;
+    const b = 31 - Math.clz32(count);
+    this.batchSizeHistogram[b < DELAY_BUCKETS ? b : DELAY_BUCKETS - 1]!++;
   }
 
   reset(): void {
     this.completions = this.unwanted = this.interrupts = this.suppressed = this.noVector = 0;
     this.sharedCovered = this.timerFired = this.covered = this.totalDelayNs = this.maxDelayNs = 0;
     this.delayHistogram.fill(0);
+    this.oldestDelayHistogram.fill(0);
+    this.batchSizeHistogram.fill(0);
     this.queueCompletions.fill(0);
     this.queueInterrupts.fill(0);
   }
@@ -89,6 +103,8 @@ export class CoalescingStats {
       meanDelayNs: this.meanDelayNs,
       maxDelayNs: this.maxDelayNs,
       delayHistogram: Array.from(this.delayHistogram, (count, i) => ({ upperUs: delayBucketUpperUs(i), count })).filter((b) => b.count > 0),
+      oldestDelayHistogram: Array.from(this.oldestDelayHistogram, (count, i) => ({ upperUs: delayBucketUpperUs(i), count })).filter((b) => b.count > 0),
+      batchSizeHistogram: Array.from(this.batchSizeHistogram, (count, i) => ({ atLeast: 2 ** i, count })).filter((b) => b.count > 0),
       queueCompletions: Array.from(this.queueCompletions),
       queueInterrupts: Array.from(this.queueInterrupts),
     };

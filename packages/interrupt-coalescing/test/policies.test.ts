@@ -347,8 +347,27 @@ describe('coalescer', () => {
     expect(st.coalescingRatio).toBe(4);
     expect(st.maxDelayNs).toBe(30 * US);
     expect(st.meanDelayNs).toBe(15 * US); // delays 30, 20, 10, 0 µs per batch
-    const json = st.toJSON() as { delayHistogram: { upperUs: number; count: number }[] };
-    expect(json.delayHistogram).toEqual([{ upperUs: 32, count: 2 }]);
+    const json = st.toJSON() as Record<string, { count: number }[]>;
+    expect(json['oldestDelayHistogram']).toEqual([{ upperUs: 32, count: 2 }]);
+    // Per completion: delays 0, 10, 20, 30 µs twice → buckets <1, [8,16), [16,32) ×2.
+    expect(json['delayHistogram']).toEqual([
+      { upperUs: 1, count: 2 },
+      { upperUs: 16, count: 2 },
+      { upperUs: 32, count: 4 },
+    ]);
+    expect(json['batchSizeHistogram']).toEqual([{ atLeast: 4, count: 2 }]);
+  });
+
+  it('per-completion histogram past the stored timestamps is bounded by the last stored one', () => {
+    const h = harness(new FixedPolicy({ maxFrames: 10, maxUsecs: 1000 }), 1, { timestampsPerQueue: 2 });
+    for (let i = 0; i < 10; i++) {
+      h.at(i * 100 * US);
+      h.coalescer.onCompletion(0, 20);
+    }
+    const hist = h.coalescer.stats.delayHistogram;
+    // Delivered at 900 µs: stored completions at 0 and 100 µs waited 900 and 800 µs ([512, 1024)); the other 8 counted there too.
+    expect(hist[10]).toBe(10);
+    expect(h.coalescer.stats.covered).toBe(10);
   });
 });
 
