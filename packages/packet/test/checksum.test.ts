@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import {
+  completePartialChecksum, completePartialChecksumOrThrow, computeIpv4HeaderChecksum, internetChecksum, onesComplementSum,
+  PacketError, PacketInfo, parsePacket, pseudoHeaderSum, verifyIpv4HeaderChecksum, verifyL4Checksum, buildUdp, parseIpv4,
+  parseMac, parseIpv6, computeL4Checksum, fillL4Checksum,
+} from '../src/index.js';
+import { hex } from './helpers.js';
+
+describe('Internet checksum', () => {
+  it('matches the RFC 1071 §3 worked example', () => {
+    // RFC 1071 §3: bytes 00 01 f2 03 f4 f5 f6 f7 sum to ddf2 (folded); the checksum is its complement.
+    const b = hex('0001f203f4f5f6f7');
+    expect(onesComplementSum(b, 0, b.length)).toBe(0xddf2);
+    expect(internetChecksum(b)).toBe(0x220d);
+  });
+
+  it('computes the well-known IPv4 header checksum b861', () => {
+    const h = hex('4500 0073 0000 4000 4011 0000 c0a8 0001 c0a8 00c7');
+    expect(computeIpv4HeaderChecksum(h, 0)).toBe(0xb861);
+    h[10] = 0xb8;
+    h[11] = 0x61;
+    expect(verifyIpv4HeaderChecksum(h, 0)).toBe(true);
+    h[11] = 0x62;
+    expect(verifyIpv4HeaderChecksum(h, 0)).toBe(false);
+  });
+
+  it('pads an odd final byte with zero', () => {
+    expect(onesComplementSum(hex('ab'), 0, 1)).toBe(0xab00);
+    expect(onesComplementSum(hex('0102ab'), 0, 3)).toBe(0x0102 + 0xab00);
+  });
+
+  it('verifies and fills UDP checksums over IPv4 and IPv6, and treats an IPv4 zero as none (RFC 768)', () => {
+    const out = new Uint8Array(200);
+    const info = new PacketInfo();
+    const mac = parseMac('02:00:00:00:00:01');
+    for (const [src, dst] of [[parseIpv4('10.200.0.1'), parseIpv4('10.200.0.2')], [parseIpv6('fd00::1'), parseIpv6('fd00::2')]] as const) {
+      const n = buildUdp(out, { srcMac: mac, dstMac: mac, srcIp: src, dstIp: dst, srcPort: 1234, dstPort: 53, payload: hex('deadbeef01') });
+      const f = out.subarray(0, n);
+      parsePacket(f, info);
+      expect(verifyL4Checksum(f, info)).toBe(true);
+      f[n - 1] = f[n - 1]! ^ 1;
+      expect(verifyL4Checksum(f, info)).toBe(false);
+      expect(fillL4Checksum(f, info)).toBe(true);
+      expect(verifyL4Checksum(f, info)).toBe(true);
+    }
+    const n = buildUdp(out, { srcMac: mac, dstMac: mac, srcIp: 1, dstIp: 2, srcPort: 1, dstPort: 2, checksum: false });
+    parsePacket(out.subarray(0, n), info);
+    expect(verifyL4Checksum(out.subarray(0, n), info)).toBe(true);
+  });
+
+  it('completes a NEEDS_CSUM partial checksum to the full one (VirtIO 1.2 §5.1.6.2)', () => {
+    const out = new Uint8Array(200);
+    const info = new PacketInfo();
+    const mac = parseMac('02:00:00:00:00:01');
+    const n = buildUdp(out, { srcMac: mac, dstMac: mac, srcIp: parseIpv4('10.0.0.1'), dstIp: parseIpv4('10.0.0.2'), srcPort: 9, dstPort: 7, payload: hex('0102030405') });
+    const f = out.subarray(0, n);
+    parsePacket(f, info);
+    const full = computeL4Checksum(f, info);
+    // The driver leaves the uncomplemented pseudo-header sum in the field.
+    const p = pseudoHeaderSum(f, info);
+    f[info.l4Offset + 6] = p >>> 8;
+    f[info.l4Offset + 7] = p & 0xff;
+    expect(completePartialChecksum(f, info.l4Offset, 6)).toBe(true);
+    expect((f[info.l4Offset + 6]! << 8) | f[info.l4Offset + 7]!).toBe(full);
+  });
+
+  it('refuses csum offsets outside the frame and changes nothing', () => {
+    const f = new Uint8Array(20).fill(7);
+    expect(completePartialChecksum(f, 18, 1)).toBe(false);
+    expect(completePartialChecksum(f, -1, 0)).toBe(false);
+    expect(completePartialChecksum(f, 0, 19)).toBe(false);
+    expect(completePartialChecksum(f, 0, 18, 10)).toBe(false);
+    expect(completePartialChecksum(f, 1.5, 0)).toBe(false);
+    expect([...f].every((b) => b === 7)).toBe(true);
+    expect(() => completePartialChecksumOrThrow(f, 30, 0)).toThrow(PacketError);
+    expect(completePartialChecksum(f, 0, 18)).toBe(true);
+  });
+});
