@@ -8,3 +8,8 @@ export {
   LoopbackBackend, SharedLoopbackBackend, createLoopbackPair, createSharedLoopback,
   type LoopbackOptions, type LoopbackPair, type SharedLoopbackChannel,
 } from './loopback.js';
+export { UdpBackend, type UdpBackendOptions, type Endpoint } from './udp.js';
+export {
+  VxlanEndpoint, VxlanBackend,
+  type VxlanEndpointOptions, type VxlanNetworkOptions, type VxlanRemote, type VxlanEndpointStats, type FdbView,
+} from './vxlan.js';
