@@ -13,3 +13,4 @@ export {
   VxlanEndpoint, VxlanBackend,
   type VxlanEndpointOptions, type VxlanNetworkOptions, type VxlanRemote, type VxlanEndpointStats, type FdbView,
 } from './vxlan.js';
+export { TapBackend, type TapBackendOptions } from './tap.js';
