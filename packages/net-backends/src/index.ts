@@ -14,3 +14,7 @@ export {
   type VxlanEndpointOptions, type VxlanNetworkOptions, type VxlanRemote, type VxlanEndpointStats, type FdbView,
 } from './vxlan.js';
 export { TapBackend, type TapBackendOptions } from './tap.js';
+export {
+  CaptureBackend, CaptureWriter, capture,
+  type CaptureOptions, type CaptureStats, type CaptureTime, type CaptureDirection,
+} from './capture.js';
