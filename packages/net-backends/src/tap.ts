@@ -63,7 +63,8 @@ async function loadLibc(): Promise<Libc> {
   }
   let koffi: Koffi;
   try {
-    koffi = (await import('koffi')).default as unknown as Koffi;
+    const mod: { default: unknown } = await import('koffi');
+    koffi = mod.default as Koffi;
   } catch (e) {
     throw new NetBackendError('unsupported', `koffi (the FFI used for TUNSETIFF) did not load: ${(e as Error).message}`, 'koffi');
   }

@@ -14,8 +14,8 @@ export function requireRootAndTools(...tools: string[]): void {
   for (const t of ['ip', ...tools]) {
     try {
       execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore' });
-    } catch {
-      throw new Error(`${t} is missing: ${t === 'tshark' ? 'apt-get install -y --no-install-recommends tshark' : APT}`);
+    } catch (e) {
+      throw new Error(`${t} is missing: ${t === 'tshark' ? 'apt-get install -y --no-install-recommends tshark' : APT}`, { cause: e });
     }
   }
 }
@@ -25,7 +25,7 @@ export function sh(cmd: string, args: string[], timeout = 10_000): string {
     return execFileSync(cmd, args, { encoding: 'utf8', timeout, stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: string; stdout?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${err.stderr || err.stdout || err.message}`);
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${err.stderr || err.stdout || err.message}`, { cause: e });
   }
 }
 

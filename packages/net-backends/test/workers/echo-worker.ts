@@ -21,10 +21,9 @@ if (mode === 'corrupt') {
     if (out.length === 1) setImmediate(flush);
   });
   const flush = (): void => {
-    let n = b.send(out);
+    const n = b.send(out);
     out.splice(0, n);
     if (out.length > 0) void b.writable().then(flush);
-    n = 0;
   };
   parentPort!.on('message', (m) => {
     if (m === 'stop') void b.close().then(() => parentPort!.postMessage({ stats: b.stats }));
