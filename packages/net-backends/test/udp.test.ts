@@ -36,3 +36,12 @@ describe('UDP specifics', () => {
     await expect(UdpBackend.open({ local: { address: '192.0.2.77' }, remote: { address: '127.0.0.1', port: 5 } })).rejects.toMatchObject({ kind: 'io', field: 'bind' });
   });
 });
+
+testNetBackend('UDP over IPv6 (::1)', async () => {
+  const b0 = await UdpBackend.open({ local: { address: '::1' }, remote: { address: '::1', port: 9 } });
+  const port = b0.local.port;
+  await b0.close();
+  const a = await UdpBackend.open({ local: { address: '::1' }, remote: { address: '::1', port } });
+  const b = await UdpBackend.open({ local: { address: '::1', port }, remote: { address: '::1', port: a.local.port } });
+  return { a, b };
+}, { lossless: false, peerSeesClose: false });

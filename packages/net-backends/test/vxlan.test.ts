@@ -204,3 +204,11 @@ describe('VXLAN specifics (RFC 7348)', () => {
     await expect(VxlanEndpoint.open({ local: { address: '127.0.0.1', port: 0 }, sourceSockets: 0 })).rejects.toMatchObject({ kind: 'invalid-config' });
   });
 });
+
+testNetBackend('VXLAN over IPv6 (two endpoints on ::1)', async () => {
+  const ea = await VxlanEndpoint.open({ local: { address: '::1', port: 0 }, sourceSockets: 1 });
+  const eb = await VxlanEndpoint.open({ local: { address: '::1', port: 0 }, sourceSockets: 1 });
+  const a = ea.attach({ vni: 1, remotes: [{ address: '::1', port: eb.local.port }] });
+  const b = eb.attach({ vni: 1, remotes: [{ address: '::1', port: ea.local.port }] });
+  return { a, b, cleanup: async () => { await ea.close(); await eb.close(); } };
+}, { lossless: false, peerSeesClose: false });
