@@ -6,7 +6,7 @@ import {
 } from './ring.js';
 
 /** Frames handed to the receiver per drain before yielding to the event loop. */
-const DRAIN_BATCH = 256;
+const DRAIN_BATCH = 1024;
 
 export interface LoopbackOptions {
   /** L3 MTU (default 1500). */
