@@ -18,8 +18,9 @@ const model: fc.Arbitrary<PacketModel> = fc.record({
 });
 
 describe('parsePacket against the reference serializer', () => {
-  it('recovers every offset the description implies, with no anomaly', () => {
+  it('recovers every offset and flow-key field the description implies, with no anomaly', () => {
     const info = new PacketInfo();
+    const key = new FlowKey();
     fc.assert(
       fc.property(model, (m) => {
         const { bytes, expect: e } = serialize(m);
@@ -40,6 +41,20 @@ describe('parsePacket against the reference serializer', () => {
           expect((info.fragment & FRAG_LATER) !== 0).toBe(e.laterFragment);
           if (m.l3 === 'ipv6') expect(info.ipv6ExtensionCount).toBe(m.ipv6Ext.length);
         }
+        // The flow key holds what the description says.
+        extractFlowKey(bytes, info, key);
+        expect(key.get('eth_type')).toBe(e.etherType);
+        expect(key.get('vlan_tci')).toBe(m.vlans.length ? (m.vlans[0]!.tci | 0x1000) & 0xffff : 0);
+        if (m.l3 === 'ipv4' || m.l3 === 'ipv6') {
+          expect(key.get('nw_proto')).toBe(e.ipProtocol);
+          expect(key.get('nw_frag')).toBe(info.fragment);
+          const l4Present = e.l4Offset >= 0 && m.l4 !== 'none';
+          const ports = !l4Present ? [0, 0] : m.l4 === 'icmp' ? [8, 0] : [1000, 2000];
+          expect([key.get('tp_src'), key.get('tp_dst')]).toEqual(ports);
+          if (m.l3 === 'ipv4') expect(key.get('nw_src')).toBe(0x0a000001);
+          else expect(key.words[13]).toBe(0x0c0d0e0f);
+        }
+        if (m.l3 === 'arp') expect([key.get('nw_proto'), key.get('nw_src'), key.get('nw_dst')]).toEqual([1, 0x0a000001, 0x0a000002]);
       }),
       { numRuns: 500 },
     );
