@@ -3,7 +3,7 @@ import { fillIpv4HeaderChecksum, internetChecksum, onesComplementSum, pseudoHead
 import {
   ARP_ETH_IPV4_LEN, ARP_OP_REPLY, ARP_OP_REQUEST, ETH_HEADER_LEN, ETH_MIN_FRAME, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
   ETH_P_IPV6, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP,
-  IPPROTO_ICMPV6, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN, VXLAN_PORT,
+  IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, TCP_MIN_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN, VXLAN_PORT,
 } from './constants.js';
 import { PacketError } from './errors.js';
 
@@ -341,4 +341,66 @@ export function writeVxlanHeader(out: Uint8Array, offset: number, vni: number): 
  */
 export function vxlanSourcePort(flowHash: number, min = 49152, max = 65535): number {
   return min + ((flowHash >>> 0) % (max - min + 1));
+}
+
+export interface TcpFields {
+  srcMac: Uint8Array;
+  dstMac: Uint8Array;
+  srcIp: IpAddress;
+  dstIp: IpAddress;
+  srcPort: number;
+  dstPort: number;
+  seq: number;
+  ack?: number;
+  /** The 8 low flag bits (CWR ECE URG ACK PSH RST SYN FIN); default ACK. */
+  flags?: number;
+  window?: number;
+  /** TCP options, padded with zeros (EOL) to a multiple of 4, at most 40 bytes. */
+  options?: Uint8Array;
+  payload?: Uint8Array;
+  ttl?: number;
+  ipId?: number;
+  dontFragment?: boolean;
+  vlanTci?: number;
+}
+
+/** Builds an Ethernet/IP/TCP segment (RFC 9293 §3.1), checksums filled; returns its length. */
+export function buildTcp(out: Uint8Array, f: TcpFields, offset = 0): number {
+  const payload = f.payload ?? EMPTY;
+  const opts = f.options ?? EMPTY;
+  if (opts.length > 40) throw new PacketError('invalid-field', `${opts.length} bytes of TCP options is above 40`, 'options', opts.length);
+  checkRange('seq', f.seq, 0xffffffff);
+  checkRange('ack', f.ack ?? 0, 0xffffffff);
+  checkRange('flags', f.flags ?? 0x10, 0xff);
+  checkRange('window', f.window ?? 65535, 0xffff);
+  const thl = TCP_MIN_HEADER_LEN + ((opts.length + 3) & ~3);
+  const h = writeEthernet(out, offset, f.dstMac, f.srcMac, etherTypeOf(f.srcIp), f.vlanTci);
+  const l3 = offset + h;
+  const l4Length = thl + payload.length;
+  const ih = writeIpHeader(out, l3, { src: f.srcIp, dst: f.dstIp, protocol: IPPROTO_TCP, payloadLength: l4Length, ttl: f.ttl, id: f.ipId, dontFragment: f.dontFragment });
+  const l4 = l3 + ih;
+  need(out, l4, l4Length, 'a TCP segment');
+  checkRange('srcPort', f.srcPort, 0xffff);
+  checkRange('dstPort', f.dstPort, 0xffff);
+  const seq = f.seq;
+  const ack = f.ack ?? 0;
+  const win = f.window ?? 65535;
+  out[l4] = f.srcPort >>> 8;
+  out[l4 + 1] = f.srcPort & 0xff;
+  out[l4 + 2] = f.dstPort >>> 8;
+  out[l4 + 3] = f.dstPort & 0xff;
+  writeIpv4(out, l4 + 4, seq);
+  writeIpv4(out, l4 + 8, ack);
+  out[l4 + 12] = (thl / 4) << 4;
+  out[l4 + 13] = f.flags ?? 0x10;
+  out[l4 + 14] = win >>> 8;
+  out[l4 + 15] = win & 0xff;
+  out.fill(0, l4 + 16, l4 + thl);
+  out.set(opts, l4 + TCP_MIN_HEADER_LEN);
+  out.set(payload, l4 + thl);
+  const sum = onesComplementSum(out, l4, l4 + l4Length, pseudo(out, l3, { src: f.srcIp, dst: f.dstIp }, IPPROTO_TCP, l4Length));
+  const c = ~sum & 0xffff;
+  out[l4 + 16] = c >>> 8;
+  out[l4 + 17] = c & 0xff;
+  return h + ih + l4Length;
 }

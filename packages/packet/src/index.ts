@@ -11,12 +11,13 @@ export {
   fillIpv4HeaderChecksum, completePartialChecksum, completePartialChecksumOrThrow,
 } from './checksum.js';
 export {
-  BROADCAST_MAC, writeEthernet, writeIpHeader, buildArp, buildArpRequest, buildArpReply, buildIcmpEcho, buildUdp,
+  BROADCAST_MAC, writeEthernet, writeIpHeader, buildArp, buildArpRequest, buildArpReply, buildIcmpEcho, buildUdp, buildTcp,
   encapsulateVxlan, writeVxlanHeader, vxlanSourcePort,
-  type IpAddress, type IpHeaderFields, type ArpFields, type EchoFields, type UdpFields, type VxlanOuter,
+  type IpAddress, type IpHeaderFields, type ArpFields, type EchoFields, type UdpFields, type TcpFields, type VxlanOuter,
 } from './build.js';
 export {
   FlowKey, FlowKeyExtractor, extractFlowKey, flowHashWords, FLOW_KEY_WORDS, FLOW_FIELDS, FlowWord, TUPLE_MASK, VLAN_PRESENT,
   hasPorts, type FlowField, type FlowFieldName,
 } from './flow-key.js';
 export { ArpIcmpResponder, type ResponderStats } from './responder.js';
+export { segmentTcp } from './segment.js';

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildArpReply, buildArpRequest, buildIcmpEcho, buildUdp, encapsulateVxlan, parseIpv4, parseIpv6, parseMac } from '../src/index.js';
+import { buildArpReply, buildArpRequest, buildIcmpEcho, buildTcp, buildUdp, encapsulateVxlan, parseIpv4, parseIpv6, parseMac, segmentTcp } from '../src/index.js';
 
 function pcap(frames: Uint8Array[]): Buffer {
   const parts: Buffer[] = [];
@@ -64,6 +64,30 @@ describe('tshark decodes what the builders build', () => {
       expect(rows[5]).toMatchObject({ 'udp.dstport': '9998', 'udp.checksum.status': '1' });
       // The VXLAN frame: outer and inner IP checksums good, outer UDP checksum good, inner echo decoded.
       expect(rows[6]).toMatchObject({ 'vxlan.vni': '777', 'ip.checksum.status': '1,1', 'udp.checksum.status': '1', 'icmp.type': '8', 'icmp.checksum.status': '1' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a TCP segment split by segmentTcp: tshark sees consecutive sequence numbers, lengths and good checksums', () => {
+    const big = new Uint8Array(4000);
+    const n = buildTcp(big, { srcMac: parseMac('02:00:00:00:00:01'), dstMac: parseMac('02:00:00:00:00:02'), srcIp: parseIpv4('10.200.9.1'), dstIp: parseIpv4('10.200.9.2'),
+      srcPort: 5001, dstPort: 80, seq: 1_000_000, ack: 7, flags: 0x18, options: new Uint8Array([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), payload: new Uint8Array(2500).fill(0x5a) });
+    const frames: Uint8Array[] = [];
+    segmentTcp(big.subarray(0, n), 1000, new Uint8Array(2000), (s, len) => frames.push(s.slice(0, len)));
+    const dir = mkdtempSync(join(tmpdir(), 'ioplane-packet-'));
+    try {
+      const file = join(dir, 'tso.pcap');
+      writeFileSync(file, pcap(frames));
+      const out = execFileSync('tshark', ['-r', file, '-n', '-o', 'ip.check_checksum:TRUE', '-o', 'tcp.check_checksum:TRUE', '-o', 'tcp.relative_sequence_numbers:FALSE', '-T', 'fields', '-E', 'separator=|',
+        '-e', 'tcp.seq', '-e', 'tcp.len', '-e', 'tcp.flags.push', '-e', 'tcp.checksum.status', '-e', 'ip.checksum.status', '-e', 'ip.id', '-e', 'tcp.options.timestamp.tsval'], { encoding: 'utf8', timeout: 30_000 });
+      const rows = out.trim().split('\n').map((l) => l.split('|'));
+      expect(rows.map((r) => [r[0], r[1], r[2], r[3], r[4], r[6]])).toEqual([
+        ['1000000', '1000', '0', '1', '1', '1'],
+        ['1001000', '1000', '0', '1', '1', '1'],
+        ['1002000', '500', '1', '1', '1', '1'],
+      ]);
+      expect(rows.map((r) => Number(r[5]))).toEqual([0, 1, 2]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
