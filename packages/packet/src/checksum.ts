@@ -76,7 +76,7 @@ export function pseudoHeaderSum(bytes: Uint8Array, info: PacketInfo): number {
     const dst = ((bytes[l3 + 16]! << 24) | (bytes[l3 + 17]! << 16) | (bytes[l3 + 18]! << 8) | bytes[l3 + 19]!) >>> 0;
     return pseudoHeaderSumV4(src, dst, info.ipProtocol, info.l4Length);
   }
-  return pseudoHeaderSumV6(bytes, l3 + 8, l3 + 24, info.ipProtocol, info.l4Length);
+  return pseudoHeaderSumV6(bytes, l3 + 8, info.ipv6FinalDstOffset >= 0 ? info.ipv6FinalDstOffset : l3 + 24, info.ipProtocol, info.l4Length);
 }
 
 /**

@@ -80,6 +80,12 @@ export class PacketInfo {
   ipEnd = -1;
   ipv4OptionsLength = 0;
   ipv6ExtensionCount = 0;
+  /**
+   * Where the IPv6 final destination is (RFC 8200 §8.1, for the pseudo-header): the
+   * Destination Address, or with a Routing header that has segments left, its last
+   * address (type 0), its home address (type 2) or Segment List[0] (type 4, RFC 8754).
+   */
+  ipv6FinalDstOffset = -1;
   /** FRAG_ANY | FRAG_LATER (Open vSwitch's nw_frag). */
   fragment = 0;
   fragmentOffset = 0;
@@ -108,6 +114,7 @@ export class PacketInfo {
     this.ipEnd = -1;
     this.ipv4OptionsLength = 0;
     this.ipv6ExtensionCount = 0;
+    this.ipv6FinalDstOffset = -1;
     this.fragment = 0;
     this.fragmentOffset = 0;
     this.moreFragments = false;
@@ -292,6 +299,7 @@ function parseIpv6(b: Uint8Array, info: PacketInfo, l3: number, len: number, vxl
     end = len;
   }
   info.ipEnd = end;
+  info.ipv6FinalDstOffset = l3 + 24;
   let next = b[l3 + 6]!;
   let at = l3 + IPV6_HEADER_LEN;
   const cut = l3 + IPV6_HEADER_LEN + payload > len;
@@ -335,6 +343,13 @@ function parseIpv6(b: Uint8Array, info: PacketInfo, l3: number, len: number, vxl
       info.anomalies |= cut ? Anomaly.TRUNCATED : Anomaly.BAD_IPV6_EXTENSION;
       stopped = true;
       break;
+    }
+    if (next === IPPROTO_ROUTING && b[at + 3]! > 0) {
+      // RFC 8200 §4.4: Routing Type at +2, Segments Left at +3; addresses from +8.
+      const type = b[at + 2]!;
+      const addrs = (hlen - 8) >> 4;
+      if (type === 0 && addrs > 0) info.ipv6FinalDstOffset = at + 8 + 16 * (addrs - 1);
+      else if ((type === 2 || type === 4) && addrs > 0) info.ipv6FinalDstOffset = at + 8;
     }
     info.ipv6ExtensionCount++;
     next = b[at]!;

@@ -76,3 +76,38 @@ describe('Internet checksum', () => {
     expect(completePartialChecksum(f, 0, 18)).toBe(true);
   });
 });
+
+describe('IPv6 pseudo-header with a Routing header (RFC 8200 §8.1)', () => {
+  it('uses the final destination: Segment List[0] of an SRH with segments left, the Destination Address when none are left', () => {
+    const mac = parseMac('02:00:00:00:00:01');
+    const src = parseIpv6('fd00::1');
+    const final = parseIpv6('fd00::99');
+    const out = new Uint8Array(300);
+    // Build UDP to the final destination, then splice in an SRH (type 4) with one segment and
+    // rewrite the Destination Address to the next hop: the checksum must still verify.
+    const n = buildUdp(out, { srcMac: mac, dstMac: mac, srcIp: src, dstIp: final, srcPort: 1, dstPort: 2, payload: hex('0102') });
+    const udp = out.slice(54, n);
+    const srh = new Uint8Array(8 + 32);
+    srh.set([17, 4, 4, 1, 1, 0, 0, 0]); // next UDP, hdr ext len 4 (40 bytes), type 4, segments left 1, last entry 1
+    srh.set(final, 8);
+    srh.set(parseIpv6('fd00::50'), 24);
+    const f = new Uint8Array(54 + srh.length + udp.length);
+    f.set(out.subarray(0, 54));
+    f[18] = 0;
+    f[19] = srh.length + udp.length;
+    f[20] = 43;
+    f.set(parseIpv6('fd00::50'), 38);
+    f.set(srh, 54);
+    f.set(udp, 54 + srh.length);
+    const info = new PacketInfo();
+    parsePacket(f, info);
+    expect(info.anomalies).toBe(0);
+    expect(info.ipv6FinalDstOffset).toBe(62);
+    expect(verifyL4Checksum(f, info)).toBe(true);
+    // With no segments left the Destination Address is the final one; ours is not, so it fails.
+    f[57] = 0;
+    parsePacket(f, info);
+    expect(info.ipv6FinalDstOffset).toBe(38);
+    expect(verifyL4Checksum(f, info)).toBe(false);
+  });
+});
