@@ -17,8 +17,8 @@ const run = promisify(execFile);
 const PKG = new URL('..', import.meta.url).pathname;
 
 /** ping from inside a namespace without blocking the event loop (our responder runs on it). */
-async function ping(ns: Netns, ip: string, count = 3): Promise<string> {
-  const { stdout } = await run('ip', ['netns', 'exec', ns.name, 'ping', '-n', '-c', String(count), '-i', '0.2', '-W', '3', ip], { timeout: 30_000 });
+async function ping(ns: Netns, ip: string, count = 3, size = 56): Promise<string> {
+  const { stdout } = await run('ip', ['netns', 'exec', ns.name, 'ping', '-n', '-c', String(count), '-s', String(size), '-i', '0.2', '-W', '3', ip], { timeout: 30_000 });
   return stdout;
 }
 
@@ -84,6 +84,9 @@ describe('real Linux peers', () => {
 
       const out = await ping(nsKernel, overlayIoplane);
       expect(received(out), out).toBe(3);
+      // Near the VXLAN device's MTU (1450): 1400 bytes of data, a 1442-byte inner frame.
+      const big = await ping(nsKernel, overlayIoplane, 2, 1400);
+      expect(received(big), big).toBe(2);
 
       // The kernel learned the responder's MAC behind ioplane's endpoint ...
       expect(sh('bridge', ['-n', nsKernel.name, 'fdb', 'show', 'dev', 'vx0'])).toMatch(new RegExp(`${responderMac} dst ${underlayIoplane.replace(/\./g, '\\.')}`));
@@ -91,7 +94,7 @@ describe('real Linux peers', () => {
       const report = (await next()) as { responder: { arpReplies: number; echoReplies: number }; fdb: { mac: string; address: string; port: number }[]; endpoint: { rxBadHeader: number; rxUnknownVni: number } };
       // ... and ioplane learned the kernel VTEP's MAC at its underlay address (RFC 7348 §4.1).
       expect(report.fdb).toContainEqual(expect.objectContaining({ mac: kernelMac, address: underlayKernel, port: 4789 }));
-      expect(report.responder.echoReplies).toBeGreaterThanOrEqual(3);
+      expect(report.responder.echoReplies).toBeGreaterThanOrEqual(5);
       expect(report.responder.arpReplies).toBeGreaterThanOrEqual(1);
       expect(report.endpoint).toMatchObject({ rxBadHeader: 0, rxUnknownVni: 0 });
     } finally {
@@ -126,12 +129,15 @@ describe('real Linux peers', () => {
       });
       const res = await ping(ns, ioplaneIp);
       expect(received(res), res).toBe(3);
-      expect(responder.stats.echoReplies).toBeGreaterThanOrEqual(3);
+      // A full-MTU ping: 1472 bytes of data make a 1500-byte IP packet, a 1514-byte frame.
+      const big = await ping(ns, ioplaneIp, 2, 1472);
+      expect(received(big), big).toBe(2);
+      expect(responder.stats.echoReplies).toBeGreaterThanOrEqual(5);
       expect(ns.ip('neigh', 'show', ioplaneIp)).toContain('02:00:0a:c8:00:09');
       await cap.close();
       const rows = execFileSyncFields(join(dir, 'tap.pcapng'));
       const echoes = rows.filter((r) => r[0] === '8' || r[0] === '0');
-      expect(echoes.filter((r) => r[0] === '8').length).toBeGreaterThanOrEqual(3);
+      expect(echoes.filter((r) => r[0] === '8').length).toBeGreaterThanOrEqual(5);
       // Requests came from the kernel (inbound), replies went out; ICMP checksums good both ways.
       for (const r of echoes) {
         expect(r[1]).toBe('1');
