@@ -3,7 +3,8 @@ import {
   Anomaly, ArpIcmpResponder, ArpView, buildArpReply, buildArpRequest, buildIcmpEcho, buildUdp, encapsulateVxlan, EthernetView,
   FLOW_FIELDS, FlowKey, FlowKeyExtractor, formatIpv4, formatIpv6, formatMac, IcmpView, Ipv4View, Ipv6View, Layer, PacketError,
   PacketInfo, parseIpv4, parseIpv6, parseMac, parsePacket, TcpView, UdpView, verifyIpv4HeaderChecksum, verifyL4Checksum,
-  VLAN_PRESENT, VlanTagView, vxlanSourcePort, VxlanView, FRAG_ANY, FRAG_LATER, macToNumber,
+  VLAN_PRESENT, VlanTagView, vxlanSourcePort, VxlanView, FRAG_ANY, FRAG_LATER, macToNumber, writeEthernet, writeIpHeader,
+  internetChecksum, pseudoHeaderSumV6,
 } from '../src/index.js';
 import { hex, toHex } from './helpers.js';
 
@@ -333,7 +334,46 @@ describe('ARP/ICMP responder', () => {
     const bad = hex(GOLDEN_ECHO_V4);
     bad[bad.length - 1] = bad[bad.length - 1]! ^ 0xff;
     expect(r.respond(bad, out)).toBe(0);
-    expect(r.stats).toEqual({ arpReplies: 1, echoReplies: 1, errors: 1, ignored: 0 });
+    expect(r.stats).toEqual({ arpReplies: 1, neighborAdvertisements: 0, echoReplies: 1, errors: 1, ignored: 0 });
     expect(new ArpIcmpResponder(B, IP_A).respond(hex(GOLDEN_ECHO_V4), out)).toBe(0);
+  });
+
+  it('answers IPv6 Neighbor Solicitations (RFC 4861 §7.2.4) and ICMPv6 echo when given an IPv6 address', () => {
+    const me = parseIpv6('fd00::1');
+    const peer = parseIpv6('fd00::2');
+    const r = new ArpIcmpResponder(B, IP_B, me);
+    const out = new Uint8Array(1600);
+    const info = new PacketInfo();
+    // A Neighbor Solicitation from fd00::2 for fd00::1, to the solicited-node group.
+    const ns = new Uint8Array(14 + 40 + 32);
+    writeEthernet(ns, 0, parseMac('33:33:ff:00:00:01'), A, 0x86dd);
+    writeIpHeader(ns, 14, { src: peer, dst: parseIpv6('ff02::1:ff00:1'), protocol: 58, payloadLength: 32, ttl: 255 });
+    ns[54] = 135;
+    ns.set(me, 62);
+    ns.set([1, 1, ...A], 78);
+    const c = internetChecksum(ns, 54, 86, pseudoHeaderSumV6(ns, 22, 38, 58, 32));
+    ns[56] = c >>> 8;
+    ns[57] = c & 0xff;
+    let n = r.respond(ns, out);
+    const na = out.subarray(0, n);
+    parsePacket(na, info);
+    expect(info.layers & Layer.ICMPV6).toBeTruthy();
+    expect(verifyL4Checksum(na, info)).toBe(true);
+    expect([na[54], na[58], na[21]]).toEqual([136, 0x60, 255]);
+    expect(formatIpv6(na, 62)).toBe('fd00::1');
+    expect(formatMac(na, 80)).toBe(formatMac(B));
+    expect(formatMac(na, 0)).toBe(formatMac(A));
+    // A hop limit other than 255 is ignored (§7.1.1).
+    const bad = Uint8Array.from(ns);
+    bad[21] = 64;
+    expect(r.respond(bad, out)).toBe(0);
+    // ICMPv6 echo to us.
+    n = buildIcmpEcho(out, { srcMac: A, dstMac: B, srcIp: peer, dstIp: me, id: 5, sequence: 6, payload: hex('abcd') });
+    const req = out.slice(0, n);
+    n = r.respond(req, out);
+    parsePacket(out.subarray(0, n), info);
+    expect(verifyL4Checksum(out.subarray(0, n), info)).toBe(true);
+    expect(out[info.l4Offset]).toBe(129);
+    expect(r.stats).toMatchObject({ neighborAdvertisements: 1, echoReplies: 1, ignored: 1 });
   });
 });
