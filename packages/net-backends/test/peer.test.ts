@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { ArpIcmpResponder, formatMac, parseIpv4, parseMac } from '@ioplane/packet';
+import { ArpIcmpResponder, formatMac, parseIpv4, parseIpv6, parseMac } from '@ioplane/packet';
 import { describe, expect, it } from 'vitest';
 import { capture, TapBackend } from '../src/index.js';
 import { Netns, requireRootAndTools, sh, subnet, uniq } from './netns.js';
@@ -18,7 +18,7 @@ const PKG = new URL('..', import.meta.url).pathname;
 
 /** ping from inside a namespace without blocking the event loop (our responder runs on it). */
 async function ping(ns: Netns, ip: string, count = 3, size = 56): Promise<string> {
-  const { stdout } = await run('ip', ['netns', 'exec', ns.name, 'ping', '-n', '-c', String(count), '-s', String(size), '-i', '0.2', '-W', '3', ip], { timeout: 30_000 });
+  const { stdout } = await run('ip', ['netns', 'exec', ns.name, 'ping', ...(ip.includes(':') ? ['-6'] : []), '-n', '-c', String(count), '-s', String(size), '-i', '0.2', '-W', '3', ip], { timeout: 30_000 });
   return stdout;
 }
 
@@ -107,7 +107,7 @@ describe('real Linux peers', () => {
     }
   });
 
-  it('(b) a TAP moved into a namespace pings an ioplane responder behind the TAP; the capture reads back in tshark', async () => {
+  it('(b) a TAP moved into a namespace pings (IPv4 and IPv6) an ioplane responder behind the TAP; the capture reads back in tshark', async () => {
     requireRootAndTools('ping', 'tshark');
     const s = subnet();
     const kernelIp = `10.200.${s}.2`;
@@ -119,9 +119,13 @@ describe('real Linux peers', () => {
     try {
       sh('ip', ['link', 'set', tap.name, 'netns', ns.name]);
       ns.ip('addr', 'add', `${kernelIp}/24`, 'dev', tap.name);
+      // IPv6 on this link only (the namespace has it off elsewhere); no DAD delay.
+      ns.exec('sysctl', ['-qw', `net.ipv6.conf.${tap.name}.disable_ipv6=0`]);
+      ns.ip('-6', 'addr', 'add', `fd00:c8:${s.toString(16)}::2/64`, 'dev', tap.name, 'nodad');
       ns.ip('link', 'set', tap.name, 'up');
       const kernelMac = /link\/ether ([0-9a-f:]+)/.exec(ns.ip('link', 'show', tap.name))![1]!;
-      const responder = new ArpIcmpResponder(parseMac('02:00:0a:c8:00:09'), parseIpv4(ioplaneIp));
+      const ioplaneIp6 = `fd00:c8:${s.toString(16)}::1`;
+      const responder = new ArpIcmpResponder(parseMac('02:00:0a:c8:00:09'), parseIpv4(ioplaneIp), parseIpv6(ioplaneIp6));
       const out = new Uint8Array(2048);
       cap.onReceive((f) => {
         const n = responder.respond(f, out);
@@ -132,8 +136,13 @@ describe('real Linux peers', () => {
       // A full-MTU ping: 1472 bytes of data make a 1500-byte IP packet, a 1514-byte frame.
       const big = await ping(ns, ioplaneIp, 2, 1472);
       expect(received(big), big).toBe(2);
-      expect(responder.stats.echoReplies).toBeGreaterThanOrEqual(5);
+      // IPv6: neighbour discovery answered by the responder, then ping -6.
+      const v6 = await ping(ns, ioplaneIp6, 2);
+      expect(received(v6), v6).toBe(2);
+      expect(responder.stats.neighborAdvertisements).toBeGreaterThanOrEqual(1);
+      expect(responder.stats.echoReplies).toBeGreaterThanOrEqual(7);
       expect(ns.ip('neigh', 'show', ioplaneIp)).toContain('02:00:0a:c8:00:09');
+      expect(ns.ip('-6', 'neigh', 'show', ioplaneIp6)).toContain('02:00:0a:c8:00:09');
       await cap.close();
       const rows = execFileSyncFields(join(dir, 'tap.pcapng'));
       const echoes = rows.filter((r) => r[0] === '8' || r[0] === '0');
