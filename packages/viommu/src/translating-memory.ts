@@ -91,7 +91,7 @@ export class TranslatingMemory implements DmaMemory {
         try {
           this.inner.checkRange(this.gpas[i]!, this.lens[i]!, access);
         } catch (e) {
-          throw this.badTarget(e, addr, len, access, i);
+          throw this.badChunk(e, addr, len, access, i);
         }
       }
     }
@@ -138,10 +138,29 @@ export class TranslatingMemory implements DmaMemory {
     return new DmaFault(record);
   }
 
-  /** The translation worked but the guest-physical target is not (writable) guest memory. */
-  private badTarget(e: unknown, addr: number, len: number, access: Access, chunk: number): unknown {
+  /**
+   * The translation worked but the guest-physical target is not (writable)
+   * guest memory: a fault at the first IOVA whose target fails, found by
+   * bisecting the chunk with `checkRange` (fault path only).
+   */
+  private badTarget(e: unknown, addr: number, len: number, access: Access, iova: number, gpa: number, n: number): unknown {
     if (!(e instanceof GuestMemoryError)) return e;
-    return this.fault(FaultCode.badTarget, this.chunkIova(addr, chunk), addr, len, access);
+    let ok = 0; // [gpa, gpa+ok) is accessible
+    let bad = n; // [gpa, gpa+bad) is not
+    while (bad - ok > 1) {
+      const mid = ok + Math.floor((bad - ok) / 2);
+      try {
+        this.inner.checkRange(gpa, mid, access);
+        ok = mid;
+      } catch {
+        bad = mid;
+      }
+    }
+    return this.fault(FaultCode.badTarget, iova + ok, addr, len, access);
+  }
+
+  private badChunk(e: unknown, addr: number, len: number, access: Access, chunk: number): unknown {
+    return this.badTarget(e, addr, len, access, this.chunkIova(addr, chunk), this.gpas[chunk]!, this.lens[chunk]!);
   }
 
   checkRange(addr: number, len: number, access: Access): void {
@@ -154,7 +173,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       return this.inner.readU8(g);
     } catch (e) {
-      throw this.badTarget(e, addr, 1, 'read', 0);
+      throw this.badTarget(e, addr, 1, 'read', addr, g, 1);
     }
   }
 
@@ -167,7 +186,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       return this.inner.readU16(g);
     } catch (e) {
-      throw this.badTarget(e, addr, 2, 'read', 0);
+      throw this.badTarget(e, addr, 2, 'read', addr, g, 2);
     }
   }
 
@@ -180,7 +199,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       return this.inner.readU32(g);
     } catch (e) {
-      throw this.badTarget(e, addr, 4, 'read', 0);
+      throw this.badTarget(e, addr, 4, 'read', addr, g, 4);
     }
   }
 
@@ -193,7 +212,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       return this.inner.readU64(g);
     } catch (e) {
-      throw this.badTarget(e, addr, 8, 'read', 0);
+      throw this.badTarget(e, addr, 8, 'read', addr, g, 8);
     }
   }
 
@@ -214,7 +233,7 @@ export class TranslatingMemory implements DmaMemory {
       if (e instanceof GuestMemoryError && e.kind === 'too-large') {
         throw new GuestMemoryError('too-large', addr, 8, `u64 at IOVA 0x${addr.toString(16)} does not fit in 53 bits`, 'read');
       }
-      throw this.badTarget(e, addr, 8, 'read', 0);
+      throw this.badTarget(e, addr, 8, 'read', addr, g, 8);
     }
   }
 
@@ -223,7 +242,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       this.inner.writeU8(g, value);
     } catch (e) {
-      throw this.badTarget(e, addr, 1, 'write', 0);
+      throw this.badTarget(e, addr, 1, 'write', addr, g, 1);
     }
   }
 
@@ -237,7 +256,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       this.inner.writeU16(g, value);
     } catch (e) {
-      throw this.badTarget(e, addr, 2, 'write', 0);
+      throw this.badTarget(e, addr, 2, 'write', addr, g, 2);
     }
   }
 
@@ -251,7 +270,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       this.inner.writeU32(g, value);
     } catch (e) {
-      throw this.badTarget(e, addr, 4, 'write', 0);
+      throw this.badTarget(e, addr, 4, 'write', addr, g, 4);
     }
   }
 
@@ -265,7 +284,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       this.inner.writeU64(g, value);
     } catch (e) {
-      throw this.badTarget(e, addr, 8, 'write', 0);
+      throw this.badTarget(e, addr, 8, 'write', addr, g, 8);
     }
   }
 
@@ -283,7 +302,7 @@ export class TranslatingMemory implements DmaMemory {
     try {
       this.inner.writeU53(g, value);
     } catch (e) {
-      throw this.badTarget(e, addr, 8, 'write', 0);
+      throw this.badTarget(e, addr, 8, 'write', addr, g, 8);
     }
   }
 
@@ -295,7 +314,7 @@ export class TranslatingMemory implements DmaMemory {
       try {
         this.inner.readInto(this.gpas[0]!, dest);
       } catch (e) {
-        throw this.badTarget(e, addr, len, 'read', 0);
+        throw this.badChunk(e, addr, len, 'read', 0);
       }
       return;
     }
@@ -316,7 +335,7 @@ export class TranslatingMemory implements DmaMemory {
       try {
         this.inner.writeFrom(this.gpas[0]!, src);
       } catch (e) {
-        throw this.badTarget(e, addr, len, 'write', 0);
+        throw this.badChunk(e, addr, len, 'write', 0);
       }
       return;
     }
@@ -354,7 +373,7 @@ export class TranslatingMemory implements DmaMemory {
       try {
         this.inner.checkRange(this.gpas[i]!, this.lens[i]!, access);
       } catch (e) {
-        throw this.badTarget(e, addr, len, access, i);
+        throw this.badChunk(e, addr, len, access, i);
       }
     }
   }
