@@ -38,7 +38,7 @@ export class Domain {
   invalidate(m: Mapping): void {
     const tlb = this.tlb;
     if (tlb === undefined || m.startNum >= TWO_53) return;
-    tlb.invalidate(m.startNum, m.endNum + 1);
+    tlb.invalidateRun(m.startNum, m.endNum + 1);
   }
 }
 

@@ -13,10 +13,14 @@ import { ViommuError } from './errors.js';
 export class IommuRequest {
   /** Used length the device reported (bytes written at the start of `writable`). */
   used = 0;
+  /** A little-endian view of `readable`, for the encoders. */
+  readonly view: DataView;
   constructor(
     readonly readable: Uint8Array,
     readonly writable: Uint8Array,
-  ) {}
+  ) {
+    this.view = new DataView(readable.buffer, readable.byteOffset, readable.byteLength);
+  }
 
   /**
    * The status the device wrote: the tail is the last 4 of the `used` bytes.
@@ -34,10 +38,11 @@ export class IommuRequest {
 }
 
 function request(readableSize: number, writableSize: number, type: number): { req: IommuRequest; v: DataView } {
-  const readable = new Uint8Array(readableSize);
-  readable[d.HEAD_TYPE] = type;
-  const req = new IommuRequest(readable, new Uint8Array(writableSize));
-  return { req, v: new DataView(readable.buffer) };
+  // One buffer for both parts: one allocation per request.
+  const both = new Uint8Array(readableSize + writableSize);
+  both[d.HEAD_TYPE] = type;
+  const req = new IommuRequest(both.subarray(0, readableSize), both.subarray(readableSize));
+  return { req, v: req.view };
 }
 
 export function attachRequest(domain: number, endpoint: number, flags = 0): IommuRequest {
@@ -72,6 +77,34 @@ export function unmapRequest(domain: number, virtStart: bigint, virtEnd: bigint)
   v.setBigUint64(d.UNMAP_VIRT_START, BigInt.asUintN(64, virtStart), true);
   v.setBigUint64(d.UNMAP_VIRT_END, BigInt.asUintN(64, virtEnd), true);
   return req;
+}
+
+const TWO_32 = 0x1_0000_0000;
+
+/** Writes a u64 given as a number (< 2^53) without making a bigint. */
+function setU64(v: DataView, at: number, value: number): void {
+  v.setUint32(at, value >>> 0, true);
+  v.setUint32(at + 4, Math.floor(value / TWO_32), true);
+}
+
+/** Re-encodes a pooled MAP request in place (addresses below 2^53; `end` inclusive). */
+function refillMap(req: IommuRequest, domain: number, start: number, end: number, phys: number, flags: number): void {
+  const v = req.view;
+  v.setUint32(d.MAP_DOMAIN, domain, true);
+  setU64(v, d.MAP_VIRT_START, start);
+  setU64(v, d.MAP_VIRT_END, end);
+  setU64(v, d.MAP_PHYS_START, phys);
+  v.setUint32(d.MAP_FLAGS, flags, true);
+  req.used = 0;
+}
+
+/** Re-encodes a pooled UNMAP request in place. */
+function refillUnmap(req: IommuRequest, domain: number, start: number, end: number): void {
+  const v = req.view;
+  v.setUint32(d.UNMAP_DOMAIN, domain, true);
+  setU64(v, d.UNMAP_VIRT_START, start);
+  setU64(v, d.UNMAP_VIRT_END, end);
+  req.used = 0;
 }
 
 /** PROBE `endpoint`; the writable part holds `probeSize` bytes of properties and the tail. */
@@ -323,6 +356,9 @@ export class DmaDomain {
   /** deferred: unmapped, UNMAP not yet sent. optimistic: unmapped, still live in the device (oldest first). */
   private readonly pending: LiveMapping[] = [];
   private readonly cache = new Map<string, LiveMapping[]>();
+  /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
+  private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
+  private readonly unmapReqs: IommuRequest[] = [];
   private readonly batchSize: number;
   private readonly flushDelay: number;
   private readonly quota: number;
@@ -385,7 +421,8 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
-    const req = mapRequest(this.id, BigInt(iova), BigInt(iova + size - 1), BigInt(gpaPage), flags);
+    const req = this.mapReq;
+    refillMap(req, this.id, iova, iova + size - 1, gpaPage, flags);
     this.stats.requests++;
     this.stats.batches++;
     try {
@@ -457,7 +494,10 @@ export class DmaDomain {
   }
 
   private sendUnmaps(batch: LiveMapping[]): void {
-    const reqs = batch.map((m) => unmapRequest(this.id, BigInt(m.iova), BigInt(m.iova + m.size - 1)));
+    const pool = this.unmapReqs;
+    while (pool.length < batch.length) pool.push(unmapRequest(0, 0n, 0n));
+    for (let i = 0; i < batch.length; i++) refillUnmap(pool[i]!, this.id, batch[i]!.iova, batch[i]!.iova + batch[i]!.size - 1);
+    const reqs = batch.length === pool.length ? pool : pool.slice(0, batch.length);
     this.stats.requests += reqs.length;
     this.stats.batches++;
     this.driver.transport.submit(reqs);

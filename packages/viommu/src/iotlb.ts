@@ -69,6 +69,31 @@ export class Iotlb {
     }
   }
 
+  /**
+   * Drops the entries filled from one run [start, endExclusive) that no entry
+   * crosses (a virtio-iommu mapping: its entries lie inside it and sit at the
+   * index of one of its pages). Visits only the run's pages when there are
+   * fewer of them than entries, else scans everything.
+   */
+  invalidateRun(start: number, endExclusive: number): void {
+    const first = Math.floor(start / Iotlb.PAGE_SIZE);
+    const last = Math.floor((endExclusive - 1) / Iotlb.PAGE_SIZE);
+    if (last - first + 1 >= this.size) {
+      this.invalidate(start, endExclusive);
+      return;
+    }
+    this.invalidations++;
+    const s = this.start;
+    const e = this.end;
+    for (let p = first; p <= last; p++) {
+      const i = (p >>> 0) & this.mask;
+      if (s[i]! < endExclusive && e[i]! > start) {
+        s[i] = 1;
+        e[i] = 0;
+      }
+    }
+  }
+
   flush(): void {
     this.invalidations++;
     this.start.fill(1);
