@@ -15,7 +15,7 @@
 import { GuestMemory } from '@ioplane/guest-memory';
 import { GuestIommuDriver, VirtioIommu, VtdRemapper, attachRequest, directTransport, mapRequest, parseConfig } from '../src/index.js';
 
-const RUNS = Number(process.env.RUNS ?? 11);
+const RUNS = Number(process.env.RUNS ?? 15);
 const OPS = 1 << 20;
 const PAGE = 4096;
 
@@ -135,13 +135,14 @@ const median = (xs: number[]) => {
   const v = [...xs].sort((a, b) => a - b);
   return v[v.length >> 1]!;
 };
-console.log(`@ioplane/viommu translation benchmark — medians of ${RUNS} runs (node ${process.version})`);
-console.log('scenario'.padEnd(40), 'ops/s'.padStart(14), 'min..max'.padStart(24), 'ratio'.padStart(8));
+console.log(`@ioplane/viommu translation benchmark — ${RUNS} rounds, each running every scenario once (node ${process.version})`);
+console.log('ratio = median over rounds of (scenario / its baseline in the same round); spread = min..max of those ratios');
+console.log('scenario'.padEnd(40), 'ops/s'.padStart(10), 'ratio'.padStart(8), 'spread'.padStart(14));
+const fmt = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : `${(x / 1e3).toFixed(1)}k`);
 for (const s of scenarios) {
   const xs = samples.get(s.name)!;
-  const m = median(xs);
-  const b = median(samples.get(s.base)!);
-  const fmt = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : `${(x / 1e3).toFixed(1)}k`);
-  console.log(s.name.padEnd(40), fmt(m).padStart(14), `${fmt(Math.min(...xs))}..${fmt(Math.max(...xs))}`.padStart(24), (m / b).toFixed(3).padStart(8));
+  const bs = samples.get(s.base)!;
+  const ratios = xs.map((x, i) => x / bs[i]!);
+  console.log(s.name.padEnd(40), fmt(median(xs)).padStart(10), median(ratios).toFixed(3).padStart(8), `${Math.min(...ratios).toFixed(2)}..${Math.max(...ratios).toFixed(2)}`.padStart(14));
 }
 if (sink === 0.5) console.log(sink);
