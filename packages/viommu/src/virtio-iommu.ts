@@ -33,6 +33,12 @@ export interface VirtioIommuOptions {
   onFault?: (fault: FaultRecord) => void;
 }
 
+/** One buffer of a descriptor chain: `len` bytes of guest memory at `addr`. */
+export interface ChainSegment {
+  readonly addr: number;
+  readonly len: number;
+}
+
 /** Counters, for tests, metrics and the management socket. */
 export interface VirtioIommuStats {
   requests: number;
@@ -91,6 +97,9 @@ export class VirtioIommu implements FaultSink {
   /** The 40-byte configuration space (§5.13.4), kept current. */
   readonly config = new Uint8Array(d.CONFIG_SIZE);
   private readonly configView = new DataView(this.config.buffer);
+  /** Scratch for `processChain` / `processEvent`: the chain is gathered here, never allocated per request. */
+  private readonly inScratch = new Uint8Array(128);
+  private outScratch: Uint8Array;
   readonly stats: VirtioIommuStats = { requests: 0, dropped: 0, statuses: new Array<number>(9).fill(0), faults: 0, eventsDropped: 0, badConfigWrites: 0 };
 
   constructor(options: VirtioIommuOptions = {}) {
@@ -124,6 +133,7 @@ export class VirtioIommu implements FaultSink {
     this.onFault = options.onFault;
     if (this.iotlbEntries !== 0) new Domain(0, false, 1, this.iotlbEntries); // validates the size now rather than at the first ATTACH
     this.writeConfigSpace(this.initialBypass);
+    this.outScratch = new Uint8Array(this.probeSize + d.TAIL_SIZE);
   }
 
   private has(bit: number): boolean {
@@ -305,6 +315,44 @@ export class VirtioIommu implements FaultSink {
     return this.tail(response, 0, status);
   }
 
+  /**
+   * Answers one request-queue element given as descriptor-chain segments in
+   * guest memory `mem` (the device's own memory: the IOMMU's queues are not
+   * translated by itself). The device-readable segments are gathered (only
+   * the first 128 bytes matter: longer payloads are ignored, §5.13.6), the
+   * answer is scattered over the device-writable segments; returns the used
+   * length. Guest memory errors propagate (the transport marks the device
+   * broken, as QEMU's virtio_error does). Bounded by the segment lists, which
+   * the virtqueue already bounds by the queue size (VirtIO 1.2 §2.7.5.3.1).
+   */
+  processChain(mem: DmaMemory, readable: readonly ChainSegment[], writable: readonly ChainSegment[]): number {
+    const inBuf = this.inScratch;
+    let inLen = 0;
+    let total = 0;
+    for (const seg of readable) {
+      const n = Math.min(seg.len, inBuf.length - inLen);
+      if (n > 0) mem.readInto(seg.addr, inBuf.subarray(inLen, inLen + n));
+      inLen += n;
+      total += seg.len;
+    }
+    let outLen = 0;
+    for (const seg of writable) outLen += seg.len;
+    const out = this.outScratch;
+    const used = this.handleRequest(inBuf.subarray(0, Math.min(total, inBuf.length)), out.subarray(0, Math.min(outLen, out.length)));
+    scatter(mem, out, used, writable);
+    return used;
+  }
+
+  /** Fills one event-queue element (device-writable segments) with the oldest pending fault; returns the used length (24 or 0). */
+  processEvent(mem: DmaMemory, writable: readonly ChainSegment[]): number {
+    let outLen = 0;
+    for (const seg of writable) outLen += seg.len;
+    const out = this.outScratch.length >= d.FAULT_SIZE ? this.outScratch : (this.outScratch = new Uint8Array(d.FAULT_SIZE));
+    const used = this.takeFaultEvent(out.subarray(0, Math.min(outLen, d.FAULT_SIZE)));
+    scatter(mem, out, used, writable);
+    return used;
+  }
+
   private drop(): number {
     this.stats.dropped++;
     return 0;
@@ -472,6 +520,17 @@ export class VirtioIommu implements FaultSink {
     // "If the device doesn't fill all probe_size bytes with properties, it SHOULD fill the remaining bytes with zeroes."
     response.fill(0, at, this.probeSize);
     return this.tail(response, this.probeSize, d.VIRTIO_IOMMU_S_OK);
+  }
+}
+
+/** Writes the first `used` bytes of `src` over the segments, in order. */
+function scatter(mem: DmaMemory, src: Uint8Array, used: number, segs: readonly ChainSegment[]): void {
+  let done = 0;
+  for (const seg of segs) {
+    if (done >= used) break;
+    const n = Math.min(seg.len, used - done);
+    mem.writeFrom(seg.addr, src.subarray(done, done + n));
+    done += n;
   }
 }
 
