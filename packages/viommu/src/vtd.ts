@@ -67,12 +67,6 @@ interface Context {
   tlb: Iotlb | undefined;
 }
 
-/** Reserved-bit masks of a second-level entry, split into 32-bit halves. */
-interface Masks {
-  lo: number;
-  hi: number;
-}
-
 export class VtdRemapper implements FaultSink {
   readonly memory: DmaMemory;
   readonly haw: number;
@@ -91,6 +85,7 @@ export class VtdRemapper implements FaultSink {
   private readonly onFault: ((f: FaultRecord) => void) | undefined;
   /** Bits above HAW in the high half of an entry (address bits 32..63), minus the ignored bits 52..61 and 63. */
   private readonly hiAboveHaw: number;
+  private readonly hiAboveHawLeaf: number;
   private readonly hawHiMask: number;
   readonly faults: FaultRecord[] = [];
   readonly stats = { walks: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
@@ -112,6 +107,7 @@ export class VtdRemapper implements FaultSink {
     this.hawHiMask = (2 ** (this.haw - 32) - 1) >>> 0;
     const ignored = 0xbff0_0000; // bits 63 and 61:52 of the entry, in the high half
     this.hiAboveHaw = (~(this.hawHiMask | ignored)) >>> 0;
+    this.hiAboveHawLeaf = (this.hiAboveHaw & ~0x4000_0000) >>> 0;
   }
 
   /** Sets the root-table address (GCMD.SRTP) and enables translation (GCMD.TE). Invalidates every cache. */
@@ -207,12 +203,24 @@ export class VtdRemapper implements FaultSink {
 
   // --- translation ---
 
-  private readEntry(addr: number): { lo: number; hi: number } | undefined {
+  /** The halves of the last entry `readEntry` read (no object per read: the walk is a hot path). */
+  private eLo = 0;
+  private eHi = 0;
+
+  /** Reads the 64-bit entry at `addr` into eLo/eHi; false if it is not guest memory. */
+  private readEntry(addr: number): boolean {
     try {
-      return { lo: this.memory.readU32(addr), hi: this.memory.readU32(addr + 4) };
+      this.eLo = this.memory.readU32(addr);
+      this.eHi = this.memory.readU32(addr + 4);
+      return true;
     } catch {
-      return undefined;
+      return false;
     }
+  }
+
+  /** Context-path read (allocation is fine there: contexts are cached). */
+  private readPair(addr: number): { lo: number; hi: number } | undefined {
+    return this.readEntry(addr) ? { lo: this.eLo, hi: this.eHi } : undefined;
   }
 
   /** Reads, checks and caches the context of `sid`; returns it or a fault code. */
@@ -221,15 +229,15 @@ export class VtdRemapper implements FaultSink {
     if (cached !== undefined) return cached;
     const bus = sid >>> 8;
     const devfn = sid & 0xff;
-    const root = this.readEntry(this.rootTable + bus * 16);
-    const rootHi = this.readEntry(this.rootTable + bus * 16 + 8);
+    const root = this.readPair(this.rootTable + bus * 16);
+    const rootHi = this.readPair(this.rootTable + bus * 16 + 8);
     if (root === undefined || rootHi === undefined) return FaultCode.rootTableInvalid;
     if ((root.lo & 1) === 0) return FaultCode.rootNotPresent;
     if ((root.lo & 0xffe) !== 0 || (root.hi & ~this.hawHiMask) !== 0 || rootHi.lo !== 0 || rootHi.hi !== 0) return FaultCode.rootReserved;
     const ctp = (root.lo & 0xffff_f000) >>> 0;
     const ctable = root.hi * U32 + ctp;
-    const lo = this.readEntry(ctable + devfn * 16);
-    const hi = this.readEntry(ctable + devfn * 16 + 8);
+    const lo = this.readPair(ctable + devfn * 16);
+    const hi = this.readPair(ctable + devfn * 16 + 8);
     if (lo === undefined || hi === undefined) return FaultCode.contextTableInvalid;
     if ((lo.lo & 1) === 0) return FaultCode.contextNotPresent;
     if ((lo.lo & 0xff0) !== 0 || (lo.hi & ~this.hawHiMask) !== 0 || (hi.lo & 0xff00_0080) !== 0 || hi.hi !== 0) return FaultCode.contextReserved;
@@ -257,16 +265,19 @@ export class VtdRemapper implements FaultSink {
     return ctx;
   }
 
-  /** Reserved bits of a present entry at `level` (leaf = PS set at level 2/3, or level 1). */
-  private reserved(level: number, leaf: boolean): Masks {
-    // Low half: SNP (bit 11) always; PS (bit 7) at level 4; bits 20:12 / 29:12 under a 2 MiB / 1 GiB leaf.
+  /**
+   * Reserved bits in the low half of a present entry at `level` (leaf = PS set
+   * at level 2/3, or level 1): SNP (bit 11) always; PS (bit 7) at level 4;
+   * bits 20:12 / 29:12 under a 2 MiB / 1 GiB leaf. In the high half: the bits
+   * above HAW except the ignored ones, and TM (bit 62) outside leaves
+   * (`hiAboveHaw` / `hiAboveHawLeaf`).
+   */
+  private reservedLo(level: number, leaf: boolean): number {
     let lo = 0x800;
     if (level === 4) lo |= 0x80;
     if (leaf && level === 2) lo |= 0x1f_f000;
     if (leaf && level === 3) lo |= 0x3fff_f000;
-    // High half: bits above HAW except the ignored ones; TM (bit 62) is allowed only in leaves.
-    const hi = leaf ? (this.hiAboveHaw & ~0x4000_0000) >>> 0 : this.hiAboveHaw;
-    return { lo, hi };
+    return lo;
   }
 
   /** Walks the second-level tables for `addr`; fills `out` and returns 0, or returns a fault code. */
@@ -279,17 +290,17 @@ export class VtdRemapper implements FaultSink {
     for (let level = ctx.levels; level >= 1; level--) {
       const shift = 12 + 9 * (level - 1);
       const index = Math.floor(addr / 2 ** shift) % 512;
-      const e = this.readEntry(tableHi * U32 + tableLo + index * 8);
-      if (e === undefined) return FaultCode.pagingEntryInvalid;
-      rights &= e.lo & 3;
-      if ((e.lo & 3) === 0 || (rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
-      const ps = (e.lo & 0x80) !== 0 && level > 1;
+      if (!this.readEntry(tableHi * U32 + tableLo + index * 8)) return FaultCode.pagingEntryInvalid;
+      const lo = this.eLo;
+      const hi = this.eHi;
+      rights &= lo & 3;
+      if ((lo & 3) === 0 || (rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+      const ps = (lo & 0x80) !== 0 && level > 1;
       if (ps && ((level === 2 && !this.lp2m) || (level === 3 && !this.lp1g) || level === 4)) return FaultCode.pagingReserved;
       const leaf = level === 1 || ps;
-      const m = this.reserved(level, leaf);
-      if ((e.lo & m.lo) !== 0 || (e.hi & m.hi) !== 0) return FaultCode.pagingReserved;
-      tableLo = (e.lo & 0xffff_f000) >>> 0;
-      tableHi = e.hi & this.hawHiMask;
+      if ((lo & this.reservedLo(level, leaf)) !== 0 || (hi & (leaf ? this.hiAboveHawLeaf : this.hiAboveHaw)) !== 0) return FaultCode.pagingReserved;
+      tableLo = (lo & 0xffff_f000) >>> 0;
+      tableHi = hi & this.hawHiMask;
       if (leaf) {
         const size = 2 ** shift;
         const pageStart = addr - (addr % size);
