@@ -46,6 +46,12 @@ export class Domain {
 export interface BypassState {
   /** Unattached endpoints are in bypass (config `bypass` = 1 with VIRTIO_IOMMU_F_BYPASS_CONFIG offered). */
   bypass: boolean;
+  /**
+   * Bumped by every change that can invalidate a translation already handed
+   * out: an UNMAP that removed something, ATTACH, DETACH, a `bypass` change,
+   * reset. (MAP only adds translations.)
+   */
+  generation: number;
 }
 
 /** A device behind the vIOMMU, identified by its endpoint ID (§5.13.6.1). */
@@ -64,6 +70,10 @@ export class Endpoint implements TranslationSource {
     this.reserved = [...reserved].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
     this.resvStart = Float64Array.from(this.reserved, (r) => Number(r.start));
     this.resvEnd = Float64Array.from(this.reserved, (r) => Number(r.end));
+  }
+
+  get generation(): number {
+    return this.state.generation;
   }
 
   /** The reserved region holding `addr`, as an index, or -1. */
@@ -96,6 +106,7 @@ export class Endpoint implements TranslationSource {
         if (i >= 0) {
           if ((tlb.perm[i]! & need) === 0) return FaultCode.permission;
           out.gpa = addr + tlb.delta[i]!;
+          out.start = tlb.start[i]!;
           out.end = tlb.end[i]!;
           return 0;
         }
@@ -116,6 +127,7 @@ export class Endpoint implements TranslationSource {
       if (end > TWO_53 - delta) end = TWO_53 - delta;
       tlb?.insert(addr, m.startNum, end, delta, perm);
       out.gpa = gpa;
+      out.start = m.startNum;
       out.end = end;
       return 0;
     }
@@ -125,6 +137,7 @@ export class Endpoint implements TranslationSource {
     }
     if (d === undefined && !this.state.bypass) return FaultCode.unattached;
     out.gpa = addr;
+    out.start = addr;
     out.end = this.nextReservedAfter(addr);
     return 0;
   }
@@ -133,6 +146,7 @@ export class Endpoint implements TranslationSource {
     if (this.reserved[r]!.subtype !== VIRTIO_IOMMU_RESV_MEM_T_MSI) return FaultCode.reserved;
     // MSI doorbell: identity, as the interrupt controller decodes it.
     out.gpa = addr;
+    out.start = addr;
     const end = this.resvEnd[r]! + 1;
     out.end = end > TWO_53 ? TWO_53 : end;
     return 0;

@@ -5,6 +5,8 @@ import { DmaFault, FAULT_REASONS, FaultCode, type FaultRecord, type FaultSink, V
 export interface TranslationOut {
   /** The guest-physical address `addr` translates to. */
   gpa: number;
+  /** Start of the run holding `addr` (≤ addr): [start, end) all translate with the same offset and permission. */
+  start: number;
   /** One past the last bus address contiguous with `addr` under the same translation and permission (> addr). */
   end: number;
 }
@@ -16,6 +18,12 @@ export interface TranslationOut {
 export interface TranslationSource {
   /** The endpoint ID faults are reported against. */
   readonly endpoint: number;
+  /**
+   * Changes whenever a translation this source returned may have stopped
+   * being valid (an unmap, a detach, an invalidation). A caller may keep a
+   * translation only while the generation it was made under is current.
+   */
+  readonly generation: number;
   /**
    * Translates `addr` (a non-negative safe integer) for `access`. Returns 0 and
    * fills `out`, or returns a nonzero `FaultCode` and leaves `out` alone.
@@ -42,7 +50,21 @@ const TWO_53 = 2 ** 53;
  * (the `DmaMemory` interface takes whole arrays).
  */
 export class TranslatingMemory implements DmaMemory {
-  private readonly out: TranslationOut = { gpa: 0, end: 0 };
+  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0 };
+  /**
+   * The last run translated for each direction (a one-entry TLB in front of
+   * the source's IOTLB, for the ring-index and descriptor reads that hit the
+   * same page over and over). Valid only while the source's generation is
+   * the one it was filled under, so it is never stale either.
+   */
+  private rGen = -1;
+  private rStart = 1;
+  private rEnd = 0;
+  private rDelta = 0;
+  private wGen = -1;
+  private wStart = 1;
+  private wEnd = 0;
+  private wDelta = 0;
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
   private count = 0;
@@ -53,15 +75,47 @@ export class TranslatingMemory implements DmaMemory {
     readonly inner: DmaMemory,
     readonly source: TranslationSource,
     private readonly sink?: FaultSink,
+    /** Keep the last run per direction (false: every access asks the source). */
+    private readonly micro = true,
   ) {}
+
+  /** Translates `addr` into `this.out` through the one-entry cache, then the source; returns 0 or a fault code. */
+  private translateOne(addr: number, access: Access): number {
+    const out = this.out;
+    if (access === 'read') {
+      if (addr >= this.rStart && addr < this.rEnd && this.rGen === this.source.generation) {
+        out.gpa = addr + this.rDelta;
+        out.end = this.rEnd;
+        return 0;
+      }
+    } else if (addr >= this.wStart && addr < this.wEnd && this.wGen === this.source.generation) {
+      out.gpa = addr + this.wDelta;
+      out.end = this.wEnd;
+      return 0;
+    }
+    const code = this.source.translate(addr, access, out);
+    if (code === 0 && this.micro) {
+      if (access === 'read') {
+        this.rGen = this.source.generation;
+        this.rStart = out.start;
+        this.rEnd = out.end;
+        this.rDelta = out.gpa - addr;
+      } else {
+        this.wGen = this.source.generation;
+        this.wStart = out.start;
+        this.wEnd = out.end;
+        this.wDelta = out.gpa - addr;
+      }
+    }
+    return code;
+  }
 
   /** Translates a scalar access of `len` bytes; returns its guest-physical address, or -1 if it crosses a translation boundary. */
   private scalar(addr: number, len: number, access: Access): number {
     if (!Number.isSafeInteger(addr) || addr < 0 || addr + len > TWO_53) throw invalid(addr, len, access);
-    const out = this.out;
-    const code = this.source.translate(addr, access, out);
+    const code = this.translateOne(addr, access);
     if (code !== 0) throw this.fault(code, addr, addr, len, access);
-    if (out.end >= addr + len) return out.gpa;
+    if (this.out.end >= addr + len) return this.out.gpa;
     return -1;
   }
 
@@ -80,9 +134,11 @@ export class TranslatingMemory implements DmaMemory {
     // Each round advances `a` by at least one byte (out.end > a), and in
     // practice by a whole mapping or leaf page.
     while (a < end) {
-      const code = this.source.translate(a, access, out);
+      const code = this.translateOne(a, access);
       if (code !== 0) throw this.fault(code, a, addr, len, access);
       const stop = out.end < end ? out.end : end;
+      // A source must make progress (end > addr); one that does not is refused rather than looped on.
+      if (!(stop > a)) throw this.fault(FaultCode.badTarget, a, addr, len, access);
       this.push(out.gpa, stop - a);
       a = stop;
     }

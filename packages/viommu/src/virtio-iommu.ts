@@ -125,7 +125,7 @@ export class VirtioIommu implements FaultSink {
     if (!isU32(this.probeSize) || this.probeSize > 1 << 20) throw new ViommuError('invalid-option', `probeSize ${this.probeSize} is not between 0 and 1 MiB`, this.probeSize);
     this.physLimit = options.physLimit ?? d.U64_MAX;
     this.initialBypass = options.bypass ?? false;
-    this.state = { bypass: false };
+    this.state = { bypass: false, generation: 0 };
     this.iotlbEntries = options.iotlbEntries ?? 512;
     this.maxMappings = positiveInt('maxMappingsPerDomain', options.maxMappingsPerDomain ?? 65536);
     this.maxDomains = positiveInt('maxDomains', options.maxDomains ?? 65536);
@@ -167,6 +167,7 @@ export class VirtioIommu implements FaultSink {
   private setBypass(on: boolean): void {
     // §5.13.4.2: the device never presents anything but 0 or 1.
     this.config[d.CONFIG_BYPASS] = on ? 1 : 0;
+    this.state.generation++;
     // §5.13.6: bypass applies with BYPASS_CONFIG offered, even if the driver did not accept it.
     this.state.bypass = on && this.offers(d.VIRTIO_IOMMU_F_BYPASS_CONFIG);
   }
@@ -193,6 +194,7 @@ export class VirtioIommu implements FaultSink {
     for (const ep of this.endpoints.values()) ep.domain = undefined;
     for (const dom of this.domains.values()) dom.tlb?.flush();
     this.domains.clear();
+    this.state.generation++;
     this.events.length = 0;
     this.negotiated = this.offeredFeatures;
   }
@@ -237,7 +239,7 @@ export class VirtioIommu implements FaultSink {
   dmaMemory(endpoint: number, ram: DmaMemory): TranslatingMemory {
     const ep = this.endpoints.get(endpoint);
     if (ep === undefined) throw new ViommuError('endpoint', `endpoint ${endpoint} is not registered (addEndpoint first)`, endpoint);
-    return new TranslatingMemory(ram, ep, this);
+    return new TranslatingMemory(ram, ep, this, this.iotlbEntries > 0);
   }
 
   /** FaultSink: queues the fault for the event queue (§5.13.6.7), dropping the oldest beyond `maxPendingEvents`. */
@@ -405,6 +407,7 @@ export class VirtioIommu implements FaultSink {
     }
     dom.endpoints.add(ep);
     ep.domain = dom;
+    this.state.generation++;
     return d.VIRTIO_IOMMU_S_OK;
   }
 
@@ -413,6 +416,7 @@ export class VirtioIommu implements FaultSink {
     if (dom === undefined) return;
     dom.endpoints.delete(ep);
     ep.domain = undefined;
+    this.state.generation++;
     // §5.13.6.2: "After all endpoints have been successfully detached from a domain, it ceases to exist."
     if (dom.endpoints.size === 0) {
       dom.mappings.clear();
@@ -484,6 +488,7 @@ export class VirtioIommu implements FaultSink {
     // The IOTLB forgets each removed mapping before the status is written: once
     // the driver sees OK, no endpoint of the domain can use the mapping.
     for (const m of r.removed) dom.invalidate(m);
+    if (r.removed.length > 0) this.state.generation++;
     return d.VIRTIO_IOMMU_S_OK;
   }
 

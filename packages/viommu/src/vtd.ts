@@ -74,6 +74,8 @@ export class VtdRemapper implements FaultSink {
   private enabled = false;
   /** Bumped on every context-cache invalidation; endpoints re-read their context when it moves. */
   generation = 0;
+  /** Bumped on every invalidation of any kind (and SRTP, TE): cached translations older than it are void. */
+  translationGeneration = 0;
   private readonly contexts = new Map<number, Context>();
   private readonly tlbs = new Map<number, Iotlb>();
   private readonly levels: ReadonlySet<number>;
@@ -123,6 +125,7 @@ export class VtdRemapper implements FaultSink {
 
   /** Turns translation off (GCMD.TE = 0): every request passes untranslated. */
   disable(): void {
+    this.translationGeneration++;
     this.enabled = false;
   }
 
@@ -133,30 +136,35 @@ export class VtdRemapper implements FaultSink {
   // --- invalidation (VT-d §6.5: register-based and queued invalidation) ---
 
   invalidateContextGlobal(): void {
+    this.translationGeneration++;
     this.contexts.clear();
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateContextDomain(domainId: number): void {
+    this.translationGeneration++;
     for (const [sid, c] of this.contexts) if (c.domainId === domainId) this.contexts.delete(sid);
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateContextDevice(sourceId: number): void {
+    this.translationGeneration++;
     this.contexts.delete(sourceId);
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateIotlbGlobal(): void {
+    this.translationGeneration++;
     for (const t of this.tlbs.values()) t.flush();
     this.stats.iotlbInvalidations++;
   }
 
   /** Domain-selective IOTLB invalidation (DSI). */
   invalidateIotlbDomain(domainId: number): void {
+    this.translationGeneration++;
     this.tlbs.get(domainId)?.flush();
     this.stats.iotlbInvalidations++;
   }
@@ -168,6 +176,7 @@ export class VtdRemapper implements FaultSink {
    */
   invalidateIotlbPages(domainId: number, addr: number, am: number): void {
     if (!Number.isInteger(am) || am < 0 || am > 52) throw new ViommuError('invalid-option', `address mask ${String(am)} is not between 0 and 52`, am);
+    this.translationGeneration++;
     const size = PAGE * 2 ** am;
     const start = addr - (addr % size);
     this.tlbs.get(domainId)?.invalidate(start, start + size);
@@ -308,6 +317,7 @@ export class VtdRemapper implements FaultSink {
         const delta = base - pageStart;
         cache?.insert(addr, pageStart, pageStart + size, delta, rights);
         out.gpa = addr + delta;
+        out.start = pageStart;
         out.end = pageStart + size;
         return 0;
       }
@@ -319,6 +329,7 @@ export class VtdRemapper implements FaultSink {
   translate(sid: number, addr: number, access: Access, out: TranslationOut): number {
     if (!this.enabled) {
       out.gpa = addr;
+      out.start = 0;
       out.end = 2 ** 53;
       return 0;
     }
@@ -330,6 +341,7 @@ export class VtdRemapper implements FaultSink {
   translateIn(ctx: Context, addr: number, access: Access, out: TranslationOut): number {
     if (ctx.passThrough) {
       out.gpa = addr;
+      out.start = 0;
       out.end = ctx.limit;
       return addr < ctx.limit ? 0 : FaultCode.addressWidth;
     }
@@ -340,6 +352,7 @@ export class VtdRemapper implements FaultSink {
       if (i >= 0) {
         if ((tlb.perm[i]! & (access === 'read' ? 1 : 2)) === 0) return access === 'read' ? FaultCode.vtdRead : FaultCode.vtdWrite;
         out.gpa = addr + tlb.delta[i]!;
+        out.start = tlb.start[i]!;
         out.end = tlb.end[i]!;
         return 0;
       }
@@ -363,13 +376,13 @@ export class VtdRemapper implements FaultSink {
   /** The `DmaMemory` through which the device with source-id `sid` reaches `ram`. */
   dmaMemory(sid: number, ram: DmaMemory): TranslatingMemory {
     if (!Number.isInteger(sid) || sid < 0 || sid > 0xffff) throw new ViommuError('endpoint', `source-id ${String(sid)} is not a 16-bit bus/devfn`, sid);
-    return new TranslatingMemory(ram, new VtdSource(this, sid), this);
+    return new TranslatingMemory(ram, new VtdSource(this, sid), this, this.iotlbEntries > 0);
   }
 }
 
 /** The translation source of one source-id; keeps its decoded context until a context-cache invalidation. */
 export class VtdSource implements TranslationSource {
-  private generation = -1;
+  private contextGeneration = -1;
   private ctx: ReturnType<VtdRemapper['context']> = 0;
 
   constructor(
@@ -377,12 +390,16 @@ export class VtdSource implements TranslationSource {
     readonly endpoint: number,
   ) {}
 
+  get generation(): number {
+    return this.unit.translationGeneration;
+  }
+
   translate(addr: number, access: Access, out: TranslationOut): number {
     const unit = this.unit;
     if (!unit.translationEnabled) return unit.translate(this.endpoint, addr, access, out);
-    if (this.generation !== unit.generation || typeof this.ctx === 'number') {
+    if (this.contextGeneration !== unit.generation || typeof this.ctx === 'number') {
       this.ctx = unit.context(this.endpoint);
-      this.generation = unit.generation;
+      this.contextGeneration = unit.generation;
     }
     const ctx = this.ctx;
     if (typeof ctx === 'number') return ctx;

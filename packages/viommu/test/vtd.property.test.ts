@@ -103,7 +103,7 @@ describe('VT-d walker agrees with a naive page map after each invalidation (prop
           const tb = new Tables();
           const vtd = new VtdRemapper({ memory: tb.ram, iotlbEntries: entries });
           vtd.setRootTable(0x1000);
-          const out: TranslationOut = { gpa: 0, end: 0 };
+          const out: TranslationOut = { gpa: 0, start: 0, end: 0 };
           const edited: [number, number][] = []; // [iova, size]
           for (const raw of ops) {
             let o = raw;

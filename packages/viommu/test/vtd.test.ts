@@ -40,7 +40,7 @@ function tables(options: Partial<VtdOptions> = {}) {
   return { ram, q, vtd };
 }
 
-const out: TranslationOut = { gpa: 0, end: 0 };
+const out: TranslationOut = { gpa: 0, start: 0, end: 0 };
 function tr(vtd: VtdRemapper, sid: number, addr: number, access: 'read' | 'write' = 'read'): string | [number, number] {
   const code = vtd.translate(sid, addr, access, out);
   return code === 0 ? [out.gpa, out.end] : FAULT_REASONS[code]!;
