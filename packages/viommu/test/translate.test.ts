@@ -165,6 +165,22 @@ describe('translating DmaMemory over a virtio-iommu domain', () => {
     expect(faults.map((f) => f.reason)).toEqual(['unattached', 'unmapped']);
   });
 
+  it('turning bypass off, or a device reset, revokes a translation the DmaMemory just used', () => {
+    const { dev, dma } = setup({ bypass: true });
+    expect(dma.readU8(0x10)).toBe(CANARY);
+    dma.writeU8(0x20, 1);
+    dev.writeConfig(36, Uint8Array.of(0));
+    expectFault(() => dma.readU8(0x10), { reason: 'unattached' });
+    expectFault(() => dma.writeU8(0x20, 1), { reason: 'unattached' });
+    dev.writeConfig(36, Uint8Array.of(1));
+    attach(dev, 1, 1);
+    map(dev, 1, 0x1000n, 0x1fffn, 0x1000n);
+    expect(dma.readU8(0x1000)).toBe(CANARY);
+    dev.reset();
+    dev.writeConfig(36, Uint8Array.of(0));
+    expectFault(() => dma.readU8(0x1000), { reason: 'unattached' });
+  });
+
   it('a bypass domain passes addresses through; initial bypass from the options', () => {
     const { dev, dma } = setup({ bypass: true });
     expect(dma.readU8(0x10)).toBe(CANARY);

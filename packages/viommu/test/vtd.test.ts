@@ -219,6 +219,26 @@ describe('VT-d behind the DmaMemory interface', () => {
     expect(before.length).toBe(snapshot.length);
   });
 
+  it('through the DmaMemory too, an edited leaf is seen exactly after its invalidation', () => {
+    const { vtd, q, ram } = tables();
+    const dma = vtd.dmaMemory(SID4, ram);
+    ram.writeU8(0x8000, 1);
+    ram.writeU8(0x9000, 2);
+    expect(dma.readU8(0x2000)).toBe(1);
+    q(0x6000 + 2 * 8, 0x9000n | RW);
+    expect(dma.readU8(0x2000)).toBe(1); // not invalidated yet: the old leaf, as on hardware
+    vtd.invalidateIotlbPages(5, 0x2000, 0);
+    expect(dma.readU8(0x2000)).toBe(2);
+    q(0x6000 + 2 * 8, 0n);
+    vtd.invalidateDescriptor(2n | (2n << 4n) | (5n << 16n), 0n); // queued domain-selective
+    expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+    const uncached = tables({ iotlbEntries: 0 });
+    const d2 = uncached.vtd.dmaMemory(SID4, uncached.ram);
+    expect(d2.readU8(0x2000)).toBe(0);
+    uncached.q(0x6000 + 2 * 8, 0n);
+    expect(() => d2.readU8(0x2000)).toThrow(DmaFault); // no IOTLB: every access walks
+  });
+
   it('suppresses fault recording for a context with FPD set, but still fails the DMA', () => {
     const { vtd, q, ram } = tables();
     q(0x2000 + SID4 * 16, 0x3000n | P | 2n);
