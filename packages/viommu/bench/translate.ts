@@ -4,6 +4,7 @@
  *
  * Scenarios (each run alternates all of them; medians over RUNS runs):
  *  - direct          GuestMemory.readU32, the baseline
+ *  - one page        readU32 within one page, direct and translated (TranslatingMemory's run cache)
  *  - iotlb-hit       readU32 through a virtio-iommu domain, working set (64 pages) inside the IOTLB
  *  - iotlb-miss      4096 single-page mappings visited in a scattered order with a 512-entry IOTLB
  *  - no-iotlb        the same 4096 mappings with the IOTLB off (every access walks the table)
@@ -63,6 +64,11 @@ const directAddrs = new Float64Array(OPS);
 for (let i = 0; i < OPS; i++) directAddrs[i] = ((i * 2654435761) % 64) * PAGE + ((i * 4) % PAGE);
 
 const hit = virtio(512, 64);
+// Ring-like: every access in one 4 KiB page (the one-entry run cache of TranslatingMemory).
+const samePage = new Float64Array(OPS);
+for (let i = 0; i < OPS; i++) samePage[i] = 0x1000_0000 + ((i * 4) % PAGE);
+const directSamePage = new Float64Array(OPS);
+for (let i = 0; i < OPS; i++) directSamePage[i] = (i * 4) % PAGE;
 const miss = virtio(512, 4096);
 const none = virtio(0, 4096);
 const vHit = vtd(512, 64);
@@ -106,6 +112,8 @@ function pathRig(mode: 'strict' | 'deferred' | 'optimistic' | 'static' | 'off'):
 
 const scenarios: { name: string; ops: number; run: () => number; base: string }[] = [
   { name: 'direct readU32', ops: OPS, run: () => scalarLoop(ram, directAddrs), base: 'direct readU32' },
+  { name: 'direct readU32, one page', ops: OPS, run: () => scalarLoop(ram, directSamePage), base: 'direct readU32, one page' },
+  { name: 'virtio-iommu, one page (run cache)', ops: OPS, run: () => scalarLoop(hit.dma, samePage), base: 'direct readU32, one page' },
   { name: 'virtio-iommu IOTLB hit', ops: OPS, run: () => scalarLoop(hit.dma, hit.addrs), base: 'direct readU32' },
   { name: 'virtio-iommu IOTLB miss', ops: OPS, run: () => scalarLoop(miss.dma, miss.addrs), base: 'direct readU32' },
   { name: 'virtio-iommu no IOTLB', ops: OPS, run: () => scalarLoop(none.dma, none.addrs), base: 'direct readU32' },
