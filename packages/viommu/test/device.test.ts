@@ -30,7 +30,7 @@ import {
   probeRequest,
   unmapRequest,
 } from '../src/index.js';
-import { R, RW, W, attach, device, map, raw, send, status, unmap } from './helpers.js';
+import { RW, W, attach, device, map, raw, send, status, unmap } from './helpers.js';
 
 const bit = (n: number) => 1n << BigInt(n);
 
@@ -455,6 +455,6 @@ describe('malformed requests', () => {
     map(dev, 9, 0n, 0xfffn, 0n);
     expect(dev.stats.statuses[VIRTIO_IOMMU_S_OK]).toBe(1);
     expect(dev.stats.statuses[VIRTIO_IOMMU_S_NOENT]).toBe(1);
-    expect(R | W).toBe(RW);
+    expect(dev.stats.requests).toBe(2);
   });
 });

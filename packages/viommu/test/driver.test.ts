@@ -56,11 +56,14 @@ describe('guest driver: strict mode', () => {
   it('reports failures as ViommuError with the device status', () => {
     const { driver } = rig();
     expect(() => driver.attach(9)).toThrow(ViommuError);
+    let err: unknown;
     try {
       driver.send(mapRequest(77, 0x1000n, 0x1fffn, 0n, 3));
     } catch (e) {
-      expect(e).toMatchObject({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOENT });
+      err = e;
     }
+    expect(err).toBeInstanceOf(ViommuError);
+    expect(err).toMatchObject({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOENT });
     const dom = driver.attach(1);
     expect(() => dom.unmap(0x1234)).toThrow(/not mapped/);
     expect(() => dom.map(0, 0, 'to-device')).toThrow(ViommuError);
