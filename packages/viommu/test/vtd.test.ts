@@ -122,9 +122,10 @@ describe('VT-d second-level walker: golden translations', () => {
     q(0x2000 + 0x20 * 16, P | (2n << 2n));
     q(0x2000 + 0x20 * 16 + 8, 2n | (7n << 8n));
     expect(tr(vtd, 0x20, 0x1234)).toEqual([0x1234, 2 ** 48]);
-    const { vtd: noPt } = tables({ passThrough: false });
-    q(0x2000 + 0x20 * 16, P | (2n << 2n));
-    expect(tr(noPt, 0x20, 0)).toBe('context-not-present'); // different memory: noPt has its own tables
+    const noPt = tables({ passThrough: false });
+    noPt.q(0x2000 + 0x20 * 16, P | (2n << 2n));
+    noPt.q(0x2000 + 0x20 * 16 + 8, 2n | (7n << 8n));
+    expect(tr(noPt.vtd, 0x20, 0)).toBe('context-invalid'); // TT = 2 without ECAP.PT
     vtd.disable();
     expect(tr(vtd, 0x0500, 0x1234)).toEqual([0x1234, 2 ** 53]);
   });
@@ -197,7 +198,6 @@ describe('VT-d behind the DmaMemory interface', () => {
     const dma = vtd.dmaMemory(SID4, ram);
     ram.writeU32(0x7010, 0x11223344);
     expect(dma.readU32(0x1010)).toBe(0x11223344);
-    const before = ram.regions[0]!.bytes.slice();
     try {
       dma.writeFrom(0x2ff0, new Uint8Array(0x20).fill(0xee)); // 0x2000 read-write, 0x3000 write-only: both permit
     } catch (e) {
@@ -216,7 +216,6 @@ describe('VT-d behind the DmaMemory interface', () => {
     expect(fault!.fault).toMatchObject({ endpoint: SID4, address: 0xff0, reason: 'vtd-write', vtdReason: 5 });
     expect(Buffer.compare(ram.regions[0]!.bytes, snapshot)).toBe(0);
     expect(vtd.faults.length).toBe(1);
-    expect(before.length).toBe(snapshot.length);
   });
 
   it('through the DmaMemory too, an edited leaf is seen exactly after its invalidation', () => {
