@@ -1,5 +1,3 @@
-import { U64_MAX } from './defs.js';
-
 const TWO_53 = 2 ** 53;
 
 /** One mapping created by a single MAP request: [virtStart, virtEnd] (inclusive) → physStart. */
@@ -133,15 +131,4 @@ export class MappingTable {
   clear(): Mapping[] {
     return this.list.splice(0, this.list.length);
   }
-}
-
-/** Clamps a u64 to the number line a `DmaMemory` can address: [0, 2^53]. */
-export function toNumberClamped(v: bigint): number {
-  if (v < 0n) return 0;
-  if (v > BigInt(TWO_53)) return TWO_53;
-  return Number(v);
-}
-
-export function isU64(v: bigint): boolean {
-  return v >= 0n && v <= U64_MAX;
 }

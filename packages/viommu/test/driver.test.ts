@@ -4,6 +4,9 @@ import {
   DmaFault,
   GuestIommuDriver,
   VIRTIO_IOMMU_S_NOENT,
+  VIRTIO_IOMMU_S_NOMEM,
+  detachRequest,
+  parseFaultEvent,
   VIRTIO_IOMMU_T_MAP,
   VIRTIO_IOMMU_T_UNMAP,
   ViommuError,
@@ -186,5 +189,54 @@ describe('request encoders and decoders', () => {
     v.setUint16(56, 1, true);
     v.setUint16(58, 20, true); // would run past the end
     expect(parseProbeProperties(b).length).toBe(1);
+  });
+});
+
+describe('guest driver: failures and exhaustion', () => {
+  it('flushes pending unmaps to find IOVA space, then reports exhaustion', () => {
+    const dev = new VirtioIommu({ inputRange: { start: 0x1000n, end: 0x4fffn } });
+    dev.addEndpoint(1);
+    const driver = new GuestIommuDriver(directTransport(dev), parseConfig(dev.config));
+    const dom = driver.attach(1, { mode: 'deferred', batchSize: 100, flushDelayMs: 1e9 });
+    const a = [0, 1, 2, 3].map((i) => dom.map(i * 4096, 4096, 'to-device'));
+    expect(a).toEqual([0x1000, 0x2000, 0x3000, 0x4000]);
+    dom.unmap(a[1]!);
+    dom.unmap(a[2]!);
+    expect(dom.reachable).toBe(4);
+    expect(dom.map(0x10000, 8192, 'to-device')).toBe(0x2000); // needed the flush
+    expect(dom.reachable).toBe(3);
+    expect(() => dom.map(0x20000, 4096, 'to-device')).toThrow(/exhausted/);
+  });
+
+  it('a refused MAP gives its IOVA back; a refused UNMAP keeps it out of use and throws', () => {
+    const dev = new VirtioIommu({ maxMappingsPerDomain: 1 });
+    dev.addEndpoint(1);
+    const driver = new GuestIommuDriver(directTransport(dev), parseConfig(dev.config));
+    const dom = driver.attach(1);
+    const a = dom.map(0, 4096, 'to-device');
+    expect(() => dom.map(0x8000, 4096, 'to-device')).toThrow(expect.objectContaining({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOMEM }));
+    dom.unmap(a);
+    expect(dom.map(0x8000, 4096, 'to-device')).toBe(a);
+    // The domain disappears behind the driver's back: its UNMAP gets NOENT.
+    driver.send(detachRequest(dom.id, 1));
+    expect(() => dom.unmap(a)).toThrow(expect.objectContaining({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOENT }));
+  });
+
+  it('rejects unusable configs and short buffers', () => {
+    const dev = new VirtioIommu();
+    expect(() => parseConfig(dev.config.subarray(0, 39))).toThrow(/shorter/);
+    expect(() => new GuestIommuDriver(directTransport(dev), { ...parseConfig(dev.config), pageSizeMask: 0n })).toThrow(/granule/);
+    expect(parseFaultEvent(new Uint8Array(24), 23)).toBeUndefined();
+    expect(parseFaultEvent(new Uint8Array(20))).toBeUndefined();
+    const noAddress = new Uint8Array(24);
+    noAddress[4] = 1;
+    expect(parseFaultEvent(noAddress)).toEqual({ reason: 0, flags: 1, endpoint: 0 });
+  });
+
+  it('keeps IOVAs out of every reserved region, in any order', () => {
+    const { driver } = rig({ reserved: [{ start: 0x5000n, end: 0x5fffn }, { start: 0x1000n, end: 0x2fffn }] });
+    const dom = driver.attach(1);
+    const got = [0, 1, 2, 3].map((i) => dom.map(i * 4096, 4096, 'to-device'));
+    expect(got).toEqual([0x3000, 0x4000, 0x6000, 0x7000]);
   });
 });

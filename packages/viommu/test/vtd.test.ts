@@ -247,6 +247,45 @@ describe('VT-d behind the DmaMemory interface', () => {
     expect(vtd.stats.suppressedFaults).toBe(1);
   });
 
+  it('executes context-cache descriptors at each granularity and refuses unknown ones', () => {
+    const { vtd, q } = tables();
+    const dma = vtd.dmaMemory(SID4, vtd.memory);
+    const cut = () => q(0x2000 + SID4 * 16, 0n);
+    const restore = () => q(0x2000 + SID4 * 16, 0x3000n | P);
+    for (const desc of [1n | (1n << 4n), 1n | (2n << 4n) | (5n << 16n), 1n | (3n << 4n) | (BigInt(SID4) << 32n)]) {
+      expect(dma.readU8(0x2000)).toBe(0);
+      cut();
+      expect(dma.readU8(0x2000)).toBe(0); // cached context
+      expect(vtd.invalidateDescriptor(desc, 0n)).toBe(true);
+      expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+      restore();
+    }
+    expect(vtd.invalidateDescriptor(1n, 0n)).toBe(false); // granularity 0
+    expect(vtd.invalidateDescriptor(2n, 0n)).toBe(false);
+    expect(vtd.invalidateDescriptor(2n | (1n << 4n), 0n)).toBe(true); // global IOTLB
+  });
+
+  it('faults 7h when a paging entry lies outside guest memory, and bounds its fault log', () => {
+    const { vtd, q, ram } = tables({ maxFaults: 2 });
+    q(0x5000 + 3 * 8, 0x80_0000n | RW); // PD[3] → a page table past the end of RAM
+    expect(tr(vtd, SID4, 3 * 0x20_0000)).toBe('paging-entry-invalid');
+    const dma = vtd.dmaMemory(SID4, ram);
+    for (let i = 0; i < 5; i++) expect(() => dma.readU8(0x5000 + i)).toThrow(DmaFault);
+    expect(vtd.faults.length).toBe(2);
+    expect(vtd.faults[1]!.address).toBe(0x5004);
+    expect(vtd.stats.faults).toBe(5);
+  });
+
+  it('with translation disabled, a source-id’s DmaMemory sees guest-physical memory', () => {
+    const { vtd, ram } = tables();
+    const dma = vtd.dmaMemory(0x0700, ram);
+    expect(() => dma.readU8(0x10)).toThrow(DmaFault); // root entry of bus 7 not present
+    vtd.disable();
+    expect(dma.readU8(0x1000)).toBe(0x01); // the root table's first byte, untranslated
+    vtd.setRootTable(0x1000);
+    expect(() => dma.readU8(0x10)).toThrow(DmaFault);
+  });
+
   it('validates its options', () => {
     const ram = GuestMemory.create(0x1000);
     expect(() => new VtdRemapper({ memory: ram, haw: 60 })).toThrow(/haw/);
