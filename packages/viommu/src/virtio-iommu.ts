@@ -394,7 +394,7 @@ export class VirtioIommu implements FaultSink {
       if (ep.domain === dom) return d.VIRTIO_IOMMU_S_OK;
       // "If properties of the endpoint are [not] compatible with ... other endpoints already attached ... UNSUPP":
       // an endpoint whose reserved regions the domain already maps could reach them through the domain.
-      for (const m of dom.mappings.all()) if (ep.reservedOverlaps(m.virtStart, m.virtEnd)) return d.VIRTIO_IOMMU_S_UNSUPP;
+      for (const r of ep.reserved) if (dom.mappings.firstOverlap(r.start, r.end) !== undefined) return d.VIRTIO_IOMMU_S_UNSUPP;
     } else {
       const freed = ep.domain !== undefined && ep.domain.endpoints.size === 1 ? 1 : 0;
       if (this.domains.size - freed >= this.maxDomains) return d.VIRTIO_IOMMU_S_NOMEM;
