@@ -111,6 +111,8 @@ export class VirtioIommu implements FaultSink {
     }
     this.offeredFeatures = features;
     this.negotiated = features;
+    this.offeredLow = Number(features & 0xff_ffffn);
+    this.negotiatedLow = this.offeredLow;
     const mask = options.pageSizeMask ?? d.U64_MAX ^ 0xfffn;
     if (mask <= 0n || mask > d.U64_MAX) throw new ViommuError('invalid-option', `pageSizeMask 0x${mask.toString(16)} must set at least one bit of a u64 (§5.13.4)`, mask);
     this.pageSizeMask = mask;
@@ -136,17 +138,22 @@ export class VirtioIommu implements FaultSink {
     this.outScratch = new Uint8Array(this.probeSize + d.TAIL_SIZE);
   }
 
+  /** The device-specific feature bits (0–23) as numbers: checked on every request, where bigint masks cost. */
+  private negotiatedLow = 0;
+  private offeredLow = 0;
+
   private has(bit: number): boolean {
-    return (this.negotiated & (1n << BigInt(bit))) !== 0n;
+    return ((this.negotiatedLow >>> bit) & 1) === 1;
   }
 
   private offers(bit: number): boolean {
-    return (this.offeredFeatures & (1n << BigInt(bit))) !== 0n;
+    return ((this.offeredLow >>> bit) & 1) === 1;
   }
 
   /** The driver's accepted features (FEATURES_OK): the device honours only these from now on. */
   ackFeatures(driverFeatures: bigint): void {
     this.negotiated = this.offeredFeatures & driverFeatures;
+    this.negotiatedLow = Number(this.negotiated & 0xff_ffffn);
   }
 
   get negotiatedFeatures(): bigint {
@@ -197,6 +204,7 @@ export class VirtioIommu implements FaultSink {
     this.state.generation++;
     this.events.length = 0;
     this.negotiated = this.offeredFeatures;
+    this.negotiatedLow = this.offeredLow;
   }
 
   /** System reset: a device reset that also restores `bypass` to its initial value. */
@@ -283,7 +291,7 @@ export class VirtioIommu implements FaultSink {
     this.stats.requests++;
     if (request.length < d.HEAD_SIZE) return this.drop();
     const type = request[d.HEAD_TYPE]!;
-    const req = new DataView(request.buffer, request.byteOffset, request.byteLength);
+    const req = this.viewOf(request);
     if (type === d.VIRTIO_IOMMU_T_PROBE) {
       if (!this.offers(d.VIRTIO_IOMMU_F_PROBE)) return this.drop();
       return this.probe(request, req, response);
@@ -353,6 +361,26 @@ export class VirtioIommu implements FaultSink {
     const used = this.takeFaultEvent(out.subarray(0, Math.min(outLen, d.FAULT_SIZE)));
     scatter(mem, out, used, writable);
     return used;
+  }
+
+  /** Two cached DataViews (a driver alternates MAP and UNMAP buffers; processChain uses one scratch). */
+  private viewA: DataView | undefined;
+  private viewB: DataView | undefined;
+
+  /** A little-endian view starting at `b`'s first byte, reused when `b` sits where a cached one does. */
+  private viewOf(b: Uint8Array): DataView {
+    const a = this.viewA;
+    if (a !== undefined && a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength >= b.byteLength) return a;
+    const c = this.viewB;
+    if (c !== undefined && c.buffer === b.buffer && c.byteOffset === b.byteOffset && c.byteLength >= b.byteLength) {
+      this.viewB = a;
+      this.viewA = c;
+      return c;
+    }
+    const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    this.viewB = a;
+    this.viewA = v;
+    return v;
   }
 
   private drop(): number {
