@@ -238,6 +238,18 @@ export class VirtioIommu implements FaultSink {
     return this.domains.get(id);
   }
 
+  /** IOTLB counters summed over the domains that exist now (for metrics). */
+  iotlbTotals(): { hits: number; misses: number; invalidations: number } {
+    const t = { hits: 0, misses: 0, invalidations: 0 };
+    for (const dom of this.domains.values()) {
+      if (dom.tlb === undefined) continue;
+      t.hits += dom.tlb.hits;
+      t.misses += dom.tlb.misses;
+      t.invalidations += dom.tlb.invalidations;
+    }
+    return t;
+  }
+
   /** Every domain that currently exists. */
   listDomains(): Domain[] {
     return [...this.domains.values()];

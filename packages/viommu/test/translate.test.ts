@@ -211,7 +211,11 @@ describe('translating DmaMemory over a virtio-iommu domain', () => {
     map(dev, 1, 0x1000n, 0x1fffn, 0x5000n);
     expect(dma.readU8(0x1000)).toBe(CANARY); // now cached
     expect(dev.domain(1)!.tlb!.hits + dev.domain(1)!.tlb!.misses).toBeGreaterThan(0);
+    expect(dev.iotlbTotals()).toEqual({ hits: 0, misses: 1, invalidations: 0 });
+    dma.readU8(0x1001); // the TranslatingMemory's own run: the IOTLB is not even asked
+    expect(dev.iotlbTotals().hits).toBe(0);
     expect(unmap(dev, 1, 0x1000n, 0x1fffn)).toBe(VIRTIO_IOMMU_S_OK);
+    expect(dev.iotlbTotals().invalidations).toBe(1);
     expectFault(() => dma.readU8(0x1000), { reason: 'unmapped' });
     // Remapped elsewhere: the new translation, not the old one.
     map(dev, 1, 0x1000n, 0x1fffn, 0x9000n, R);
