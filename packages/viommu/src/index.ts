@@ -1,0 +1,29 @@
+export * from './defs.js';
+export { ViommuError, type ViommuErrorKind, DmaFault, type FaultRecord, type FaultReason, type FaultSink, FAULT_REASONS, FaultCode, VTD_FAULT_CODES } from './errors.js';
+export { Iotlb } from './iotlb.js';
+export { Mapping, MappingTable, type UnmapResult } from './mapping-table.js';
+export { TranslatingMemory, type TranslationOut, type TranslationSource } from './translating-memory.js';
+export { Domain, Endpoint, type ReservedRegion, type BypassState } from './domain.js';
+export { VirtioIommu, type ChainSegment, type VirtioIommuOptions, type VirtioIommuStats, DEFAULT_FEATURES, encodeFault } from './virtio-iommu.js';
+export {
+  IommuRequest,
+  attachRequest,
+  detachRequest,
+  mapRequest,
+  unmapRequest,
+  probeRequest,
+  parseProbeProperties,
+  parseFaultEvent,
+  parseConfig,
+  directTransport,
+  GuestIommuDriver,
+  DmaDomain,
+  type FaultEvent,
+  type IommuConfig,
+  type IommuTransport,
+  type DmaDirection,
+  type InvalidationMode,
+  type DmaDomainOptions,
+  type DriverStats,
+} from './driver.js';
+export { VtdRemapper, VtdSource, type VtdOptions } from './vtd.js';

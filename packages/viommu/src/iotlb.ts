@@ -1,0 +1,102 @@
+/**
+ * A direct-mapped IOTLB: `size` entries indexed by the 4 KiB bus page number.
+ * Each entry holds one translated run [start, end) of bus addresses, the
+ * offset `delta` to add to reach the guest-physical address, and the
+ * permission bits (1 = device may read, 2 = device may write).
+ *
+ * An entry never extends past the mapping (or leaf page) it was filled from,
+ * and it is stored at the index of a page inside its own run. Invalidation
+ * scans every entry for overlap (`size` compares, about a microsecond for the
+ * default 512), so an entry can never outlive the translation it caches,
+ * whatever page it was filled through.
+ *
+ * Addresses are JS numbers below 2^53; runs above that are never cached.
+ */
+export class Iotlb {
+  static readonly PAGE_SIZE = 4096;
+  readonly size: number;
+  private readonly mask: number;
+  readonly start: Float64Array;
+  readonly end: Float64Array;
+  readonly delta: Float64Array;
+  readonly perm: Uint8Array;
+  hits = 0;
+  misses = 0;
+  invalidations = 0;
+
+  constructor(size: number) {
+    if (!Number.isInteger(size) || size < 1 || size > 1 << 20 || (size & (size - 1)) !== 0) {
+      throw new RangeError(`IOTLB size ${String(size)} is not a power of two between 1 and 2^20`);
+    }
+    this.size = size;
+    this.mask = size - 1;
+    this.start = new Float64Array(size).fill(1);
+    this.end = new Float64Array(size);
+    this.delta = new Float64Array(size);
+    this.perm = new Uint8Array(size);
+  }
+
+  /** The index of the entry holding `addr`, or -1 (counts a hit or a miss). */
+  find(addr: number): number {
+    const i = ((addr / Iotlb.PAGE_SIZE) >>> 0) & this.mask;
+    if (addr >= this.start[i]! && addr < this.end[i]!) {
+      this.hits++;
+      return i;
+    }
+    this.misses++;
+    return -1;
+  }
+
+  /** Caches the run [start, end) → start + delta with `perm`, at the index of `addr` (which must lie in the run). */
+  insert(addr: number, start: number, end: number, delta: number, perm: number): void {
+    const i = ((addr / Iotlb.PAGE_SIZE) >>> 0) & this.mask;
+    this.start[i] = start;
+    this.end[i] = end;
+    this.delta[i] = delta;
+    this.perm[i] = perm;
+  }
+
+  /** Drops every entry overlapping [start, endExclusive). */
+  invalidate(start: number, endExclusive: number): void {
+    this.invalidations++;
+    const s = this.start;
+    const e = this.end;
+    for (let i = 0; i < this.size; i++) {
+      if (s[i]! < endExclusive && e[i]! > start) {
+        s[i] = 1;
+        e[i] = 0;
+      }
+    }
+  }
+
+  /**
+   * Drops the entries filled from one run [start, endExclusive) that no entry
+   * crosses (a virtio-iommu mapping: its entries lie inside it and sit at the
+   * index of one of its pages). Visits only the run's pages when there are
+   * fewer of them than entries, else scans everything.
+   */
+  invalidateRun(start: number, endExclusive: number): void {
+    const first = Math.floor(start / Iotlb.PAGE_SIZE);
+    const last = Math.floor((endExclusive - 1) / Iotlb.PAGE_SIZE);
+    if (last - first + 1 >= this.size) {
+      this.invalidate(start, endExclusive);
+      return;
+    }
+    this.invalidations++;
+    const s = this.start;
+    const e = this.end;
+    for (let p = first; p <= last; p++) {
+      const i = (p >>> 0) & this.mask;
+      if (s[i]! < endExclusive && e[i]! > start) {
+        s[i] = 1;
+        e[i] = 0;
+      }
+    }
+  }
+
+  flush(): void {
+    this.invalidations++;
+    this.start.fill(1);
+    this.end.fill(0);
+  }
+}

@@ -1,0 +1,440 @@
+import { type Access, type DmaMemory, GuestMemoryError } from '@ioplane/guest-memory';
+import { DmaFault, FAULT_REASONS, FaultCode, type FaultRecord, type FaultSink, VTD_FAULT_CODES } from './errors.js';
+
+/** Where a successful translation is written (preallocated by the caller: no object per access). */
+export interface TranslationOut {
+  /** The guest-physical address `addr` translates to. */
+  gpa: number;
+  /** Start of the run holding `addr` (≤ addr): [start, end) all translate with the same offset and permission. */
+  start: number;
+  /** One past the last bus address contiguous with `addr` under the same translation and permission (> addr). */
+  end: number;
+}
+
+/**
+ * Something that turns bus addresses (IOVAs) of one endpoint into
+ * guest-physical addresses: a virtio-iommu endpoint, a VT-d context.
+ */
+export interface TranslationSource {
+  /** The endpoint ID faults are reported against. */
+  readonly endpoint: number;
+  /**
+   * Changes whenever a translation this source returned may have stopped
+   * being valid (an unmap, a detach, an invalidation). A caller may keep a
+   * translation only while the generation it was made under is current.
+   */
+  readonly generation: number;
+  /**
+   * Translates `addr` (a non-negative safe integer) for `access`. Returns 0 and
+   * fills `out`, or returns a nonzero `FaultCode` and leaves `out` alone.
+   */
+  translate(addr: number, access: Access, out: TranslationOut): number;
+}
+
+const TWO_53 = 2 ** 53;
+
+/**
+ * A `DmaMemory` that translates every address through a `TranslationSource`
+ * before touching the inner (guest-physical) memory: the vIOMMU as a wrapper
+ * of guest memory, as rust-vmm `vm-memory`'s `IommuMemory` is.
+ *
+ * Every access is translated whole before a byte moves: the range is split
+ * into guest-physical chunks (adjacent chunks merged), every chunk is checked
+ * against the inner memory, and only then is anything read or written. A
+ * range may span several mappings as long as each permits the access. A
+ * failure reports one `FaultRecord` to the sink and throws a `DmaFault` (a
+ * `GuestMemoryError` of kind `fault`) naming the IOVA, with no effect.
+ *
+ * Allocation: scalar accesses and single-chunk ranges allocate nothing; a
+ * range that translates to several chunks makes one `subarray` view per chunk
+ * (the `DmaMemory` interface takes whole arrays).
+ */
+export class TranslatingMemory implements DmaMemory {
+  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0 };
+  /**
+   * The last run translated for each direction (a one-entry TLB in front of
+   * the source's IOTLB, for the ring-index and descriptor reads that hit the
+   * same page over and over). Valid only while the source's generation is
+   * the one it was filled under, so it is never stale either.
+   */
+  private rGen = -1;
+  private rStart = 1;
+  private rEnd = 0;
+  private rDelta = 0;
+  private wGen = -1;
+  private wStart = 1;
+  private wEnd = 0;
+  private wDelta = 0;
+  private gpas = new Float64Array(8);
+  private lens = new Float64Array(8);
+  private count = 0;
+  private readonly scratch = new DataView(new ArrayBuffer(8));
+  private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
+
+  constructor(
+    readonly inner: DmaMemory,
+    readonly source: TranslationSource,
+    private readonly sink?: FaultSink,
+    /** Keep the last run per direction (false: every access asks the source). */
+    private readonly micro = true,
+  ) {}
+
+  /** Translates `addr` into `this.out` through the one-entry cache, then the source; returns 0 or a fault code. */
+  private translateOne(addr: number, access: Access): number {
+    const out = this.out;
+    if (access === 'read') {
+      if (addr >= this.rStart && addr < this.rEnd && this.rGen === this.source.generation) {
+        out.gpa = addr + this.rDelta;
+        out.end = this.rEnd;
+        return 0;
+      }
+    } else if (addr >= this.wStart && addr < this.wEnd && this.wGen === this.source.generation) {
+      out.gpa = addr + this.wDelta;
+      out.end = this.wEnd;
+      return 0;
+    }
+    const code = this.source.translate(addr, access, out);
+    if (code === 0 && this.micro) {
+      if (access === 'read') {
+        this.rGen = this.source.generation;
+        this.rStart = out.start;
+        this.rEnd = out.end;
+        this.rDelta = out.gpa - addr;
+      } else {
+        this.wGen = this.source.generation;
+        this.wStart = out.start;
+        this.wEnd = out.end;
+        this.wDelta = out.gpa - addr;
+      }
+    }
+    return code;
+  }
+
+  /** Translates a scalar access of `len` bytes; returns its guest-physical address, or -1 if it crosses a translation boundary. */
+  private scalar(addr: number, len: number, access: Access): number {
+    if (!Number.isSafeInteger(addr) || addr < 0 || addr + len > TWO_53) throw invalid(addr, len, access);
+    const code = this.translateOne(addr, access);
+    if (code !== 0) throw this.fault(code, addr, addr, len, access);
+    if (this.out.end >= addr + len) return this.out.gpa;
+    return -1;
+  }
+
+  /**
+   * Resolves [addr, addr+len) into `count` guest-physical chunks, or throws.
+   * With `checkInner`, also checks every chunk against the inner memory.
+   */
+  private resolve(addr: number, len: number, access: Access, checkInner: boolean): void {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len < 0 || addr + len > TWO_53) {
+      throw invalid(addr, len, access);
+    }
+    this.count = 0;
+    const end = addr + len;
+    const out = this.out;
+    let a = addr;
+    // Each round advances `a` by at least one byte (out.end > a), and in
+    // practice by a whole mapping or leaf page.
+    while (a < end) {
+      const code = this.translateOne(a, access);
+      if (code !== 0) throw this.fault(code, a, addr, len, access);
+      const stop = out.end < end ? out.end : end;
+      // A source must make progress (end > addr); one that does not is refused rather than looped on.
+      if (!(stop > a)) throw this.fault(FaultCode.badTarget, a, addr, len, access);
+      this.push(out.gpa, stop - a);
+      a = stop;
+    }
+    if (checkInner) {
+      for (let i = 0; i < this.count; i++) {
+        try {
+          this.inner.checkRange(this.gpas[i]!, this.lens[i]!, access);
+        } catch (e) {
+          throw this.badChunk(e, addr, len, access, i);
+        }
+      }
+    }
+  }
+
+  private push(gpa: number, n: number): void {
+    const c = this.count;
+    if (c > 0 && this.gpas[c - 1]! + this.lens[c - 1]! === gpa) {
+      this.lens[c - 1] = this.lens[c - 1]! + n;
+      return;
+    }
+    if (c === this.gpas.length) {
+      const g = new Float64Array(c * 2);
+      g.set(this.gpas);
+      this.gpas = g;
+      const l = new Float64Array(c * 2);
+      l.set(this.lens);
+      this.lens = l;
+    }
+    this.gpas[c] = gpa;
+    this.lens[c] = n;
+    this.count = c + 1;
+  }
+
+  /** The IOVA where chunk `index` begins. */
+  private chunkIova(addr: number, index: number): number {
+    let a = addr;
+    for (let i = 0; i < index; i++) a += this.lens[i]!;
+    return a;
+  }
+
+  private fault(code: number, at: number, addr: number, len: number, access: Access): DmaFault {
+    const vtd = VTD_FAULT_CODES[code];
+    const record: FaultRecord = {
+      endpoint: this.source.endpoint,
+      address: at,
+      accessStart: addr,
+      accessLength: len,
+      access,
+      reason: FAULT_REASONS[code] ?? 'bad-target',
+      ...(vtd === undefined ? {} : { vtdReason: vtd }),
+    };
+    this.sink?.report(record);
+    return new DmaFault(record);
+  }
+
+  /**
+   * The translation worked but the guest-physical target is not (writable)
+   * guest memory: a fault at the first IOVA whose target fails, found by
+   * bisecting the chunk with `checkRange` (fault path only).
+   */
+  private badTarget(e: unknown, addr: number, len: number, access: Access, iova: number, gpa: number, n: number): unknown {
+    if (!(e instanceof GuestMemoryError)) return e;
+    let ok = 0; // [gpa, gpa+ok) is accessible
+    let bad = n; // [gpa, gpa+bad) is not
+    while (bad - ok > 1) {
+      const mid = ok + Math.floor((bad - ok) / 2);
+      try {
+        this.inner.checkRange(gpa, mid, access);
+        ok = mid;
+      } catch {
+        bad = mid;
+      }
+    }
+    return this.fault(FaultCode.badTarget, iova + ok, addr, len, access);
+  }
+
+  private badChunk(e: unknown, addr: number, len: number, access: Access, chunk: number): unknown {
+    return this.badTarget(e, addr, len, access, this.chunkIova(addr, chunk), this.gpas[chunk]!, this.lens[chunk]!);
+  }
+
+  checkRange(addr: number, len: number, access: Access): void {
+    if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
+    this.resolve(addr, len, access, true);
+  }
+
+  readU8(addr: number): number {
+    const g = this.scalar(addr, 1, 'read');
+    try {
+      return this.inner.readU8(g);
+    } catch (e) {
+      throw this.badTarget(e, addr, 1, 'read', addr, g, 1);
+    }
+  }
+
+  readU16(addr: number): number {
+    const g = this.scalar(addr, 2, 'read');
+    if (g < 0) {
+      this.readInto(addr, this.scratchBytes.subarray(0, 2));
+      return this.scratch.getUint16(0, true);
+    }
+    try {
+      return this.inner.readU16(g);
+    } catch (e) {
+      throw this.badTarget(e, addr, 2, 'read', addr, g, 2);
+    }
+  }
+
+  readU32(addr: number): number {
+    const g = this.scalar(addr, 4, 'read');
+    if (g < 0) {
+      this.readInto(addr, this.scratchBytes.subarray(0, 4));
+      return this.scratch.getUint32(0, true);
+    }
+    try {
+      return this.inner.readU32(g);
+    } catch (e) {
+      throw this.badTarget(e, addr, 4, 'read', addr, g, 4);
+    }
+  }
+
+  readU64(addr: number): bigint {
+    const g = this.scalar(addr, 8, 'read');
+    if (g < 0) {
+      this.readInto(addr, this.scratchBytes);
+      return this.scratch.getBigUint64(0, true);
+    }
+    try {
+      return this.inner.readU64(g);
+    } catch (e) {
+      throw this.badTarget(e, addr, 8, 'read', addr, g, 8);
+    }
+  }
+
+  readU53(addr: number): number {
+    const g = this.scalar(addr, 8, 'read');
+    if (g < 0) {
+      this.readInto(addr, this.scratchBytes);
+      const lo = this.scratch.getUint32(0, true);
+      const hi = this.scratch.getUint32(4, true);
+      if (hi > 0x1f_ffff) {
+        throw new GuestMemoryError('too-large', addr, 8, `u64 at IOVA 0x${addr.toString(16)} does not fit in 53 bits`, 'read');
+      }
+      return hi * 0x1_0000_0000 + lo;
+    }
+    try {
+      return this.inner.readU53(g);
+    } catch (e) {
+      if (e instanceof GuestMemoryError && e.kind === 'too-large') {
+        throw new GuestMemoryError('too-large', addr, 8, `u64 at IOVA 0x${addr.toString(16)} does not fit in 53 bits`, 'read');
+      }
+      throw this.badTarget(e, addr, 8, 'read', addr, g, 8);
+    }
+  }
+
+  writeU8(addr: number, value: number): void {
+    const g = this.scalar(addr, 1, 'write');
+    try {
+      this.inner.writeU8(g, value);
+    } catch (e) {
+      throw this.badTarget(e, addr, 1, 'write', addr, g, 1);
+    }
+  }
+
+  writeU16(addr: number, value: number): void {
+    const g = this.scalar(addr, 2, 'write');
+    if (g < 0) {
+      this.scratch.setUint16(0, value, true);
+      this.writeFrom(addr, this.scratchBytes.subarray(0, 2));
+      return;
+    }
+    try {
+      this.inner.writeU16(g, value);
+    } catch (e) {
+      throw this.badTarget(e, addr, 2, 'write', addr, g, 2);
+    }
+  }
+
+  writeU32(addr: number, value: number): void {
+    const g = this.scalar(addr, 4, 'write');
+    if (g < 0) {
+      this.scratch.setUint32(0, value, true);
+      this.writeFrom(addr, this.scratchBytes.subarray(0, 4));
+      return;
+    }
+    try {
+      this.inner.writeU32(g, value);
+    } catch (e) {
+      throw this.badTarget(e, addr, 4, 'write', addr, g, 4);
+    }
+  }
+
+  writeU64(addr: number, value: bigint): void {
+    const g = this.scalar(addr, 8, 'write');
+    if (g < 0) {
+      this.scratch.setBigUint64(0, BigInt.asUintN(64, value), true);
+      this.writeFrom(addr, this.scratchBytes);
+      return;
+    }
+    try {
+      this.inner.writeU64(g, value);
+    } catch (e) {
+      throw this.badTarget(e, addr, 8, 'write', addr, g, 8);
+    }
+  }
+
+  writeU53(addr: number, value: number): void {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new GuestMemoryError('too-large', addr, 8, `value ${String(value)} written at IOVA ${String(addr)} is not a non-negative safe integer`, 'write');
+    }
+    const g = this.scalar(addr, 8, 'write');
+    if (g < 0) {
+      this.scratch.setUint32(0, value >>> 0, true);
+      this.scratch.setUint32(4, Math.floor(value / 0x1_0000_0000), true);
+      this.writeFrom(addr, this.scratchBytes);
+      return;
+    }
+    try {
+      this.inner.writeU53(g, value);
+    } catch (e) {
+      throw this.badTarget(e, addr, 8, 'write', addr, g, 8);
+    }
+  }
+
+  readInto(addr: number, dest: Uint8Array): void {
+    const len = dest.byteLength;
+    if (len === 0) return;
+    this.resolve(addr, len, 'read', false);
+    if (this.count === 1) {
+      try {
+        this.inner.readInto(this.gpas[0]!, dest);
+      } catch (e) {
+        throw this.badChunk(e, addr, len, 'read', 0);
+      }
+      return;
+    }
+    this.checkChunks(addr, len, 'read');
+    let off = 0;
+    for (let i = 0; i < this.count; i++) {
+      const n = this.lens[i]!;
+      this.inner.readInto(this.gpas[i]!, dest.subarray(off, off + n));
+      off += n;
+    }
+  }
+
+  writeFrom(addr: number, src: Uint8Array): void {
+    const len = src.byteLength;
+    if (len === 0) return;
+    this.resolve(addr, len, 'write', false);
+    if (this.count === 1) {
+      try {
+        this.inner.writeFrom(this.gpas[0]!, src);
+      } catch (e) {
+        throw this.badChunk(e, addr, len, 'write', 0);
+      }
+      return;
+    }
+    this.checkChunks(addr, len, 'write');
+    let off = 0;
+    for (let i = 0; i < this.count; i++) {
+      const n = this.lens[i]!;
+      this.inner.writeFrom(this.gpas[i]!, src.subarray(off, off + n));
+      off += n;
+    }
+  }
+
+  fill(addr: number, len: number, value: number): void {
+    if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
+    this.resolve(addr, len, 'write', true);
+    for (let i = 0; i < this.count; i++) this.inner.fill(this.gpas[i]!, this.lens[i]!, value);
+  }
+
+  tryView(addr: number, len: number, access: Access): Uint8Array | undefined {
+    if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return new Uint8Array(0);
+    this.resolve(addr, len, access, true);
+    if (this.count !== 1) return undefined;
+    return this.inner.tryView(this.gpas[0]!, len, access);
+  }
+
+  slices(addr: number, len: number, access: Access, out: Uint8Array[] = []): Uint8Array[] {
+    if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return out;
+    this.resolve(addr, len, access, true);
+    for (let i = 0; i < this.count; i++) this.inner.slices(this.gpas[i]!, this.lens[i]!, access, out);
+    return out;
+  }
+
+  private checkChunks(addr: number, len: number, access: Access): void {
+    for (let i = 0; i < this.count; i++) {
+      try {
+        this.inner.checkRange(this.gpas[i]!, this.lens[i]!, access);
+      } catch (e) {
+        throw this.badChunk(e, addr, len, access, i);
+      }
+    }
+  }
+}
+
+function invalid(addr: number, len: number, access: Access): GuestMemoryError {
+  return new GuestMemoryError('invalid-address', addr, len, `DMA of ${String(len)} byte(s) at IOVA ${String(addr)} is not a valid address range`, access);
+}

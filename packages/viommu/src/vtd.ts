@@ -1,0 +1,408 @@
+import type { Access, DmaMemory } from '@ioplane/guest-memory';
+import { FaultCode, type FaultRecord, type FaultSink, ViommuError } from './errors.js';
+import { Iotlb } from './iotlb.js';
+import { TranslatingMemory, type TranslationOut, type TranslationSource } from './translating-memory.js';
+
+/*
+ * A VT-d-style DMA remapping unit, second-level translation in legacy mode
+ * (Intel VT-d spec §3.4–3.6, §9.1–9.3; QEMU hw/i386/intel_iommu.c checked
+ * for behaviour). The tables live in guest memory and are read through a
+ * `DmaMemory` of guest-physical addresses:
+ *
+ *  root table (4 KiB, 256 × 16-byte root entries, indexed by bus)
+ *    root entry lo: bit 0 P; bits 11:1 reserved; bits HAW-1:12 context-table pointer. hi: reserved.
+ *  context table (4 KiB, 256 × 16-byte context entries, indexed by devfn)
+ *    lo: bit 0 P; bit 1 FPD; bits 3:2 TT (0 translate, 1 translate + device-TLB, 2 pass-through,
+ *        3 reserved); bits 11:4 reserved; bits HAW-1:12 second-level page-table pointer.
+ *    hi: bits 2:0 AW (1 = 39-bit/3-level, 2 = 48-bit/4-level); bits 6:3 ignored; bit 7 reserved;
+ *        bits 23:8 domain ID; bits 63:24 reserved.
+ *  second-level entries (8 bytes, 512 per 4 KiB table; index = IOVA bits 12+9(l−1) … 20+9(l−1)):
+ *    bit 0 R; bit 1 W; bit 2 X (ignored here); bits 6:3 EMT/IPAT (leaves); bit 7 PS (a 1 GiB leaf at
+ *    level 3, a 2 MiB leaf at level 2; reserved at level 4); bit 11 SNP (reserved: no snoop control);
+ *    bits HAW-1:12 address; bits 61:52 and 63 ignored; bit 62 TM (leaves only).
+ *
+ * A present entry has R or W set; access rights are the AND over every level
+ * (§3.6: "the effective access rights"). Reserved bits are checked in every
+ * present entry. Faults carry the VT-d fault reason codes (§7.1.3).
+ *
+ * Caching follows the architecture: valid context entries are cached per
+ * source-id and leaf translations per domain ID, and a guest that edits its
+ * tables must invalidate (context-cache: global, domain, device; IOTLB:
+ * global, domain-selective, page-selective) before the change is guaranteed
+ * to be seen, as on hardware. Not-present entries are never cached (CM = 0).
+ */
+
+const U32 = 0x1_0000_0000;
+const PAGE = 4096;
+
+export interface VtdOptions {
+  /** Guest-physical memory holding the tables (and, usually, the DMA targets). */
+  memory: DmaMemory;
+  /** Host address width in bits (CAP.MGAW + 1): table pointers and page addresses must be below 2^haw. Default 48. */
+  haw?: number;
+  /** Supported adjusted guest address widths in levels (CAP.SAGAW). Default [3, 4]. */
+  levels?: readonly (3 | 4)[];
+  /** 2 MiB and 1 GiB second-level leaves (CAP.SLLPS bits 34, 35). Default both true. */
+  largePages2M?: boolean;
+  largePages1G?: boolean;
+  /** Pass-through contexts (ECAP.PT). Default true. */
+  passThrough?: boolean;
+  /** IOTLB entries per domain ID (a power of two), 0 to disable. Default 512. */
+  iotlbEntries?: number;
+  /** Fault records kept (the fault recording registers of a real unit hold a few). Default 256. */
+  maxFaults?: number;
+  onFault?: (fault: FaultRecord) => void;
+}
+
+/** A decoded, valid context entry. */
+interface Context {
+  domainId: number;
+  passThrough: boolean;
+  fpd: boolean;
+  levels: number;
+  /** Input addresses must be below 2^agaw. */
+  limit: number;
+  tableLo: number;
+  tableHi: number;
+  tlb: Iotlb | undefined;
+}
+
+export class VtdRemapper implements FaultSink {
+  readonly memory: DmaMemory;
+  readonly haw: number;
+  private rootTable = 0;
+  private enabled = false;
+  /** Bumped on every context-cache invalidation; endpoints re-read their context when it moves. */
+  generation = 0;
+  /** Bumped on every invalidation of any kind (and SRTP, TE): cached translations older than it are void. */
+  translationGeneration = 0;
+  private readonly contexts = new Map<number, Context>();
+  private readonly tlbs = new Map<number, Iotlb>();
+  private readonly levels: ReadonlySet<number>;
+  private readonly lp2m: boolean;
+  private readonly lp1g: boolean;
+  private readonly pt: boolean;
+  private readonly iotlbEntries: number;
+  private readonly maxFaults: number;
+  private readonly onFault: ((f: FaultRecord) => void) | undefined;
+  /** Bits above HAW in the high half of an entry (address bits 32..63), minus the ignored bits 52..61 and 63. */
+  private readonly hiAboveHaw: number;
+  private readonly hiAboveHawLeaf: number;
+  private readonly hawHiMask: number;
+  readonly faults: FaultRecord[] = [];
+  readonly stats = { walks: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
+
+  constructor(options: VtdOptions) {
+    this.memory = options.memory;
+    this.haw = options.haw ?? 48;
+    if (!Number.isInteger(this.haw) || this.haw < 32 || this.haw > 52) throw new ViommuError('invalid-option', `haw ${String(this.haw)} is not between 32 and 52 bits`, this.haw);
+    this.levels = new Set(options.levels ?? [3, 4]);
+    for (const l of this.levels) if (l !== 3 && l !== 4) throw new ViommuError('invalid-option', `page-table depth ${String(l)} is not 3 or 4`, l);
+    this.lp2m = options.largePages2M ?? true;
+    this.lp1g = options.largePages1G ?? true;
+    this.pt = options.passThrough ?? true;
+    this.iotlbEntries = options.iotlbEntries ?? 512;
+    if (this.iotlbEntries !== 0) new Iotlb(this.iotlbEntries);
+    this.maxFaults = options.maxFaults ?? 256;
+    this.onFault = options.onFault;
+    // High-half bits: address bits HAW-1..32 valid; bits 52..61 and 63 ignored; bit 62 TM (handled per level).
+    this.hawHiMask = (2 ** (this.haw - 32) - 1) >>> 0;
+    const ignored = 0xbff0_0000; // bits 63 and 61:52 of the entry, in the high half
+    this.hiAboveHaw = (~(this.hawHiMask | ignored)) >>> 0;
+    this.hiAboveHawLeaf = (this.hiAboveHaw & ~0x4000_0000) >>> 0;
+  }
+
+  /** Sets the root-table address (GCMD.SRTP) and enables translation (GCMD.TE). Invalidates every cache. */
+  setRootTable(gpa: number): void {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || gpa % PAGE !== 0 || gpa >= 2 ** this.haw) {
+      throw new ViommuError('invalid-option', `root table address ${String(gpa)} is not a 4 KiB-aligned address below 2^${this.haw}`, gpa);
+    }
+    this.rootTable = gpa;
+    this.enabled = true;
+    this.invalidateContextGlobal();
+    this.invalidateIotlbGlobal();
+  }
+
+  /** Turns translation off (GCMD.TE = 0): every request passes untranslated. */
+  disable(): void {
+    this.translationGeneration++;
+    this.enabled = false;
+  }
+
+  get translationEnabled(): boolean {
+    return this.enabled;
+  }
+
+  // --- invalidation (VT-d §6.5: register-based and queued invalidation) ---
+
+  invalidateContextGlobal(): void {
+    this.translationGeneration++;
+    this.contexts.clear();
+    this.generation++;
+    this.stats.contextInvalidations++;
+  }
+
+  invalidateContextDomain(domainId: number): void {
+    this.translationGeneration++;
+    for (const [sid, c] of this.contexts) if (c.domainId === domainId) this.contexts.delete(sid);
+    this.generation++;
+    this.stats.contextInvalidations++;
+  }
+
+  invalidateContextDevice(sourceId: number): void {
+    this.translationGeneration++;
+    this.contexts.delete(sourceId);
+    this.generation++;
+    this.stats.contextInvalidations++;
+  }
+
+  invalidateIotlbGlobal(): void {
+    this.translationGeneration++;
+    for (const t of this.tlbs.values()) t.flush();
+    this.stats.iotlbInvalidations++;
+  }
+
+  /** Domain-selective IOTLB invalidation (DSI). */
+  invalidateIotlbDomain(domainId: number): void {
+    this.translationGeneration++;
+    this.tlbs.get(domainId)?.flush();
+    this.stats.iotlbInvalidations++;
+  }
+
+  /**
+   * Page-selective IOTLB invalidation (PSI): the 2^am pages of 4 KiB aligned
+   * on their size around `addr` (IVA/ADDR with address mask AM). Any cached
+   * leaf overlapping them (a 2 MiB or 1 GiB one too) is dropped.
+   */
+  invalidateIotlbPages(domainId: number, addr: number, am: number): void {
+    if (!Number.isInteger(am) || am < 0 || am > 52) throw new ViommuError('invalid-option', `address mask ${String(am)} is not between 0 and 52`, am);
+    this.translationGeneration++;
+    const size = PAGE * 2 ** am;
+    const start = addr - (addr % size);
+    this.tlbs.get(domainId)?.invalidate(start, start + size);
+    this.stats.iotlbInvalidations++;
+  }
+
+  /**
+   * Executes one queued-invalidation descriptor (VT-d §6.5.2): type 1
+   * context-cache (granularity bits 5:4 global/domain/device, DID 31:16,
+   * SID 47:32) or type 2 IOTLB (granularity 5:4 global/domain/page, DID
+   * 31:16; hi: ADDR 63:12, AM 5:0). Returns false for other types (left to the caller).
+   */
+  invalidateDescriptor(lo: bigint, hi: bigint): boolean {
+    const type = Number(lo & 0xfn);
+    const g = Number((lo >> 4n) & 3n);
+    const did = Number((lo >> 16n) & 0xffffn);
+    if (type === 1) {
+      if (g === 1) this.invalidateContextGlobal();
+      else if (g === 2) this.invalidateContextDomain(did);
+      else if (g === 3) this.invalidateContextDevice(Number((lo >> 32n) & 0xffffn));
+      else return false;
+      return true;
+    }
+    if (type === 2) {
+      if (g === 1) this.invalidateIotlbGlobal();
+      else if (g === 2) this.invalidateIotlbDomain(did);
+      else if (g === 3) this.invalidateIotlbPages(did, Number(hi & ~0xfffn & ((1n << 53n) - 1n)), Number(hi & 0x3fn));
+      else return false;
+      return true;
+    }
+    return false;
+  }
+
+  // --- translation ---
+
+  /** The halves of the last entry `readEntry` read (no object per read: the walk is a hot path). */
+  private eLo = 0;
+  private eHi = 0;
+
+  /** Reads the 64-bit entry at `addr` into eLo/eHi; false if it is not guest memory. */
+  private readEntry(addr: number): boolean {
+    try {
+      this.eLo = this.memory.readU32(addr);
+      this.eHi = this.memory.readU32(addr + 4);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Context-path read (allocation is fine there: contexts are cached). */
+  private readPair(addr: number): { lo: number; hi: number } | undefined {
+    return this.readEntry(addr) ? { lo: this.eLo, hi: this.eHi } : undefined;
+  }
+
+  /** Reads, checks and caches the context of `sid`; returns it or a fault code. */
+  context(sid: number): Context | number {
+    const cached = this.contexts.get(sid);
+    if (cached !== undefined) return cached;
+    const bus = sid >>> 8;
+    const devfn = sid & 0xff;
+    const root = this.readPair(this.rootTable + bus * 16);
+    const rootHi = this.readPair(this.rootTable + bus * 16 + 8);
+    if (root === undefined || rootHi === undefined) return FaultCode.rootTableInvalid;
+    if ((root.lo & 1) === 0) return FaultCode.rootNotPresent;
+    if ((root.lo & 0xffe) !== 0 || (root.hi & ~this.hawHiMask) !== 0 || rootHi.lo !== 0 || rootHi.hi !== 0) return FaultCode.rootReserved;
+    const ctp = (root.lo & 0xffff_f000) >>> 0;
+    const ctable = root.hi * U32 + ctp;
+    const lo = this.readPair(ctable + devfn * 16);
+    const hi = this.readPair(ctable + devfn * 16 + 8);
+    if (lo === undefined || hi === undefined) return FaultCode.contextTableInvalid;
+    if ((lo.lo & 1) === 0) return FaultCode.contextNotPresent;
+    if ((lo.lo & 0xff0) !== 0 || (lo.hi & ~this.hawHiMask) !== 0 || (hi.lo & 0xff00_0080) !== 0 || hi.hi !== 0) return FaultCode.contextReserved;
+    const tt = (lo.lo >>> 2) & 3;
+    const aw = hi.lo & 7;
+    const domainId = (hi.lo >>> 8) & 0xffff;
+    const fpd = (lo.lo & 2) !== 0;
+    let ctx: Context;
+    if (tt === 2) {
+      if (!this.pt) return FaultCode.contextInvalid;
+      ctx = { domainId, passThrough: true, fpd, levels: 0, limit: 2 ** this.haw, tableLo: 0, tableHi: 0, tlb: undefined };
+    } else if (tt === 3) {
+      return FaultCode.contextInvalid;
+    } else {
+      const levels = aw + 2;
+      if ((aw !== 1 && aw !== 2) || !this.levels.has(levels)) return FaultCode.contextInvalid;
+      let tlb: Iotlb | undefined;
+      if (this.iotlbEntries > 0) {
+        tlb = this.tlbs.get(domainId);
+        if (tlb === undefined) this.tlbs.set(domainId, (tlb = new Iotlb(this.iotlbEntries)));
+      }
+      ctx = { domainId, passThrough: false, fpd, levels, limit: 2 ** (12 + 9 * levels), tableLo: (lo.lo & 0xffff_f000) >>> 0, tableHi: lo.hi, tlb };
+    }
+    this.contexts.set(sid, ctx);
+    return ctx;
+  }
+
+  /**
+   * Reserved bits in the low half of a present entry at `level` (leaf = PS set
+   * at level 2/3, or level 1): SNP (bit 11) always; PS (bit 7) at level 4;
+   * bits 20:12 / 29:12 under a 2 MiB / 1 GiB leaf. In the high half: the bits
+   * above HAW except the ignored ones, and TM (bit 62) outside leaves
+   * (`hiAboveHaw` / `hiAboveHawLeaf`).
+   */
+  private reservedLo(level: number, leaf: boolean): number {
+    let lo = 0x800;
+    if (level === 4) lo |= 0x80;
+    if (leaf && level === 2) lo |= 0x1f_f000;
+    if (leaf && level === 3) lo |= 0x3fff_f000;
+    return lo;
+  }
+
+  /** Walks the second-level tables for `addr`; fills `out` and returns 0, or returns a fault code. */
+  walk(ctx: Context, addr: number, access: Access, out: TranslationOut, cache: Iotlb | undefined): number {
+    this.stats.walks++;
+    const need = access === 'read' ? 1 : 2;
+    let tableLo = ctx.tableLo;
+    let tableHi = ctx.tableHi;
+    let rights = 3;
+    for (let level = ctx.levels; level >= 1; level--) {
+      const shift = 12 + 9 * (level - 1);
+      const index = Math.floor(addr / 2 ** shift) % 512;
+      if (!this.readEntry(tableHi * U32 + tableLo + index * 8)) return FaultCode.pagingEntryInvalid;
+      const lo = this.eLo;
+      const hi = this.eHi;
+      rights &= lo & 3;
+      if ((lo & 3) === 0 || (rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+      const ps = (lo & 0x80) !== 0 && level > 1;
+      if (ps && ((level === 2 && !this.lp2m) || (level === 3 && !this.lp1g) || level === 4)) return FaultCode.pagingReserved;
+      const leaf = level === 1 || ps;
+      if ((lo & this.reservedLo(level, leaf)) !== 0 || (hi & (leaf ? this.hiAboveHawLeaf : this.hiAboveHaw)) !== 0) return FaultCode.pagingReserved;
+      tableLo = (lo & 0xffff_f000) >>> 0;
+      tableHi = hi & this.hawHiMask;
+      if (leaf) {
+        const size = 2 ** shift;
+        const pageStart = addr - (addr % size);
+        const base = tableHi * U32 + tableLo;
+        const delta = base - pageStart;
+        cache?.insert(addr, pageStart, pageStart + size, delta, rights);
+        out.gpa = addr + delta;
+        out.start = pageStart;
+        out.end = pageStart + size;
+        return 0;
+      }
+    }
+    return FaultCode.pagingEntryInvalid;
+  }
+
+  /** Translates one request of source-id `sid` (bus << 8 | devfn). */
+  translate(sid: number, addr: number, access: Access, out: TranslationOut): number {
+    if (!this.enabled) {
+      out.gpa = addr;
+      out.start = 0;
+      out.end = 2 ** 53;
+      return 0;
+    }
+    const ctx = this.context(sid);
+    if (typeof ctx === 'number') return ctx;
+    return this.translateIn(ctx, addr, access, out);
+  }
+
+  translateIn(ctx: Context, addr: number, access: Access, out: TranslationOut): number {
+    if (ctx.passThrough) {
+      out.gpa = addr;
+      out.start = 0;
+      out.end = ctx.limit;
+      return addr < ctx.limit ? 0 : FaultCode.addressWidth;
+    }
+    if (addr >= ctx.limit) return FaultCode.addressWidth;
+    const tlb = ctx.tlb;
+    if (tlb !== undefined) {
+      const i = tlb.find(addr);
+      if (i >= 0) {
+        if ((tlb.perm[i]! & (access === 'read' ? 1 : 2)) === 0) return access === 'read' ? FaultCode.vtdRead : FaultCode.vtdWrite;
+        out.gpa = addr + tlb.delta[i]!;
+        out.start = tlb.start[i]!;
+        out.end = tlb.end[i]!;
+        return 0;
+      }
+    }
+    return this.walk(ctx, addr, access, out, tlb);
+  }
+
+  /** FaultSink: records the fault unless the context set FPD (fault processing disable). */
+  report(fault: FaultRecord): void {
+    const ctx = this.contexts.get(fault.endpoint);
+    if (ctx?.fpd === true) {
+      this.stats.suppressedFaults++;
+      return;
+    }
+    this.stats.faults++;
+    if (this.faults.length >= this.maxFaults) this.faults.shift();
+    this.faults.push(fault);
+    this.onFault?.(fault);
+  }
+
+  /** The `DmaMemory` through which the device with source-id `sid` reaches `ram`. */
+  dmaMemory(sid: number, ram: DmaMemory): TranslatingMemory {
+    if (!Number.isInteger(sid) || sid < 0 || sid > 0xffff) throw new ViommuError('endpoint', `source-id ${String(sid)} is not a 16-bit bus/devfn`, sid);
+    return new TranslatingMemory(ram, new VtdSource(this, sid), this, this.iotlbEntries > 0);
+  }
+}
+
+/** The translation source of one source-id; keeps its decoded context until a context-cache invalidation. */
+export class VtdSource implements TranslationSource {
+  private contextGeneration = -1;
+  private ctx: ReturnType<VtdRemapper['context']> = 0;
+
+  constructor(
+    private readonly unit: VtdRemapper,
+    readonly endpoint: number,
+  ) {}
+
+  get generation(): number {
+    return this.unit.translationGeneration;
+  }
+
+  translate(addr: number, access: Access, out: TranslationOut): number {
+    const unit = this.unit;
+    if (!unit.translationEnabled) return unit.translate(this.endpoint, addr, access, out);
+    if (this.contextGeneration !== unit.generation || typeof this.ctx === 'number') {
+      this.ctx = unit.context(this.endpoint);
+      this.contextGeneration = unit.generation;
+    }
+    const ctx = this.ctx;
+    if (typeof ctx === 'number') return ctx;
+    return unit.translateIn(ctx, addr, access, out);
+  }
+}

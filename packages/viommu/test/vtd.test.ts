@@ -1,0 +1,298 @@
+import { GuestMemory } from '@ioplane/guest-memory';
+import { describe, expect, it } from 'vitest';
+import { DmaFault, FAULT_REASONS, type TranslationOut, VtdRemapper, type VtdOptions } from '../src/index.js';
+
+/*
+ * Golden tests on hand-built VT-d tables (legacy mode, second-level). Layout:
+ *   0x1000 root table; 0x2000 context table of bus 0
+ *   device 00:01.0 (sid 0x08): 4-level (AW=2), domain 5, PML4 at 0x3000 → PDPT 0x4000 → PD 0x5000 → PT 0x6000
+ *   device 00:02.0 (sid 0x10): 3-level (AW=1), domain 6, PDPT-level root at 0x9000 → PD 0xa000 → PT 0xb000
+ */
+const SID4 = 0x08;
+const SID3 = 0x10;
+const P = 1n;
+const R = 1n;
+const W = 2n;
+const RW = 3n;
+const PS = 0x80n;
+
+function tables(options: Partial<VtdOptions> = {}) {
+  const ram = GuestMemory.create(0x100000);
+  const q = (addr: number, v: bigint) => ram.writeU64(addr, v);
+  q(0x1000, 0x2000n | P); // root entry, bus 0
+  q(0x2000 + SID4 * 16, 0x3000n | P); // context lo: SLPTPTR, TT = 0
+  q(0x2000 + SID4 * 16 + 8, 2n | (5n << 8n)); // context hi: AW = 2 (48-bit), DID 5
+  q(0x3000, 0x4000n | RW); // PML4[0]
+  q(0x4000, 0x5000n | RW); // PDPT[0]
+  q(0x4000 + 8, 0x8000_0000n | PS | RW); // PDPT[1]: 1 GiB leaf, IOVA 1 GiB → GPA 2 GiB
+  q(0x5000, 0x6000n | RW); // PD[0]
+  q(0x5000 + 8, 0x40_0000n | PS | RW); // PD[1]: 2 MiB leaf, IOVA 2 MiB → GPA 4 MiB
+  q(0x6000 + 1 * 8, 0x7000n | R); // PT[1]: IOVA 0x1000 → 0x7000, read-only
+  q(0x6000 + 2 * 8, 0x8000n | RW); // PT[2]: IOVA 0x2000 → 0x8000
+  q(0x6000 + 3 * 8, 0xe000n | W); // PT[3]: IOVA 0x3000 → 0xe000, write-only
+  q(0x2000 + SID3 * 16, 0x9000n | P);
+  q(0x2000 + SID3 * 16 + 8, 1n | (6n << 8n)); // AW = 1 (39-bit), DID 6
+  q(0x9000, 0xa000n | RW);
+  q(0xa000, 0xb000n | RW);
+  q(0xb000 + 3 * 8, 0xc000n | RW); // IOVA 0x3000 → 0xc000
+  const vtd = new VtdRemapper({ memory: ram, ...options });
+  vtd.setRootTable(0x1000);
+  return { ram, q, vtd };
+}
+
+const out: TranslationOut = { gpa: 0, start: 0, end: 0 };
+function tr(vtd: VtdRemapper, sid: number, addr: number, access: 'read' | 'write' = 'read'): string | [number, number] {
+  const code = vtd.translate(sid, addr, access, out);
+  return code === 0 ? [out.gpa, out.end] : FAULT_REASONS[code]!;
+}
+
+describe('VT-d second-level walker: golden translations', () => {
+  it('walks 4-level tables to 4 KiB, 2 MiB and 1 GiB leaves', () => {
+    const { vtd } = tables();
+    expect(tr(vtd, SID4, 0x1234)).toEqual([0x7234, 0x2000]);
+    expect(tr(vtd, SID4, 0x2fff, 'write')).toEqual([0x8fff, 0x3000]);
+    expect(tr(vtd, SID4, 0x20_0000 + 0x12345)).toEqual([0x40_0000 + 0x12345, 0x40_0000]);
+    expect(tr(vtd, SID4, 0x4000_0000 + 0x1234_5678)).toEqual([0x8000_0000 + 0x1234_5678, 0x8000_0000]);
+    expect(tr(vtd, SID4, 0x7fff_ffff, 'write')).toEqual([0xbfff_ffff, 0x8000_0000]);
+  });
+
+  it('walks 3-level tables and refuses input addresses at or above 2^39 (fault 4h)', () => {
+    const { vtd } = tables();
+    expect(tr(vtd, SID3, 0x3008, 'write')).toEqual([0xc008, 0x4000]);
+    expect(tr(vtd, SID3, 2 ** 39)).toBe('address-width');
+    expect(tr(vtd, SID4, 2 ** 48)).toBe('address-width');
+    expect(tr(vtd, SID3, 0x4000)).toBe('vtd-read'); // PT[4] not present
+  });
+
+  it('checks rights at every level: read-only and write-only leaves, and a read-only upper level', () => {
+    const { vtd, q } = tables();
+    expect(tr(vtd, SID4, 0x1000, 'write')).toBe('vtd-write');
+    expect(tr(vtd, SID4, 0x3000, 'read')).toBe('vtd-read');
+    expect(tr(vtd, SID4, 0x3000, 'write')).toEqual([0xe000, 0x4000]);
+    q(0x3000, 0x4000n | R); // PML4[0] read-only: every leaf below is read-only
+    vtd.invalidateIotlbDomain(5);
+    expect(tr(vtd, SID4, 0x2000, 'write')).toBe('vtd-write');
+    expect(tr(vtd, SID4, 0x2000, 'read')).toEqual([0x8000, 0x3000]);
+  });
+
+  it('reports root and context faults with their VT-d reason codes', () => {
+    const { vtd, q, ram } = tables();
+    expect(tr(vtd, 0x0100, 0)).toBe('root-not-present'); // bus 1
+    expect(tr(vtd, 0x18, 0)).toBe('context-not-present');
+    q(0x2000 + 0x18 * 16, 0x3000n | P);
+    q(0x2000 + 0x18 * 16 + 8, 3n); // AW = 3 (57-bit): not supported
+    expect(tr(vtd, 0x18, 0)).toBe('context-invalid');
+    q(0x2000 + 0x18 * 16, 0x3000n | P | (3n << 2n)); // TT = 3: reserved
+    q(0x2000 + 0x18 * 16 + 8, 2n);
+    expect(tr(vtd, 0x18, 0)).toBe('context-invalid');
+    q(0x2000 + 0x18 * 16, 0x3000n | P | 0x10n); // reserved bit 4
+    expect(tr(vtd, 0x18, 0)).toBe('context-reserved');
+    q(0x2000 + 0x18 * 16, 0x3000n | P);
+    q(0x2000 + 0x18 * 16 + 8, 2n | (1n << 40n)); // reserved bit 104 of the entry
+    expect(tr(vtd, 0x18, 0)).toBe('context-reserved');
+    q(0x1000 + 2 * 16, 0x2000n | P | 0x100n); // root entry of bus 2 with reserved bit 8
+    expect(tr(vtd, 0x0200, 0)).toBe('root-reserved');
+    q(0x1000 + 3 * 16, 0x20_0000n | P); // bus 3: context table outside guest memory
+    expect(tr(vtd, 0x0300, 0)).toBe('context-table-invalid');
+    const tiny = new VtdRemapper({ memory: GuestMemory.create(0x1800) });
+    tiny.setRootTable(0x1000);
+    expect(tr(tiny, 0xff00, 0)).toBe('root-table-invalid'); // bus 255's entry is past memory
+    expect(ram.size).toBe(0x100000);
+  });
+
+  it('refuses reserved bits in paging entries (fault Ch): SNP, PS at level 4, address above HAW, unsupported large pages', () => {
+    const { vtd, q } = tables({ haw: 39 });
+    q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n); // SNP
+    expect(tr(vtd, SID4, 0x5000)).toBe('paging-reserved');
+    q(0x6000 + 6 * 8, (1n << 40n) | RW); // address bit 40 > HAW 39
+    expect(tr(vtd, SID4, 0x6000)).toBe('paging-reserved');
+    q(0x6000 + 7 * 8, 0x9000n | RW | (1n << 62n) | (0x3ffn << 52n) | (1n << 63n)); // TM + ignored bits: fine in a leaf
+    expect(tr(vtd, SID4, 0x7000)).toEqual([0x9000, 0x8000]);
+    q(0x5000 + 2 * 8, 0x40_1000n | PS | RW); // 2 MiB leaf with bits 20:12 set
+    expect(tr(vtd, SID4, 0x40_0000)).toBe('paging-reserved');
+    q(0x3000 + 8, 0n | PS | RW); // PS in a PML4 entry (IOVA 2^39: within AGAW 48 even with HAW 39)
+    expect(tr(vtd, SID4, 2 ** 39)).toBe('paging-reserved');
+    const { vtd: no1g } = tables({ largePages1G: false, largePages2M: false });
+    expect(tr(no1g, SID4, 0x4000_0000)).toBe('paging-reserved');
+    expect(tr(no1g, SID4, 0x20_0000)).toBe('paging-reserved');
+  });
+
+  it('passes through for TT = 2 and when translation is disabled', () => {
+    const { vtd, q } = tables();
+    q(0x2000 + 0x20 * 16, P | (2n << 2n));
+    q(0x2000 + 0x20 * 16 + 8, 2n | (7n << 8n));
+    expect(tr(vtd, 0x20, 0x1234)).toEqual([0x1234, 2 ** 48]);
+    const noPt = tables({ passThrough: false });
+    noPt.q(0x2000 + 0x20 * 16, P | (2n << 2n));
+    noPt.q(0x2000 + 0x20 * 16 + 8, 2n | (7n << 8n));
+    expect(tr(noPt.vtd, 0x20, 0)).toBe('context-invalid'); // TT = 2 without ECAP.PT
+    vtd.disable();
+    expect(tr(vtd, 0x0500, 0x1234)).toEqual([0x1234, 2 ** 53]);
+  });
+});
+
+describe('VT-d caching and invalidation', () => {
+  it('keeps a cached leaf until page-selective invalidation, as hardware does, then walks again', () => {
+    const { vtd, q } = tables();
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+    q(0x6000 + 2 * 8, 0x9000n | RW); // the guest edits its table...
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]); // ...and has not invalidated yet
+    vtd.invalidateIotlbPages(6, 0x2000, 0); // another domain: no effect
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+    vtd.invalidateIotlbPages(5, 0x2000, 0);
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x9000, 0x3000]);
+    q(0x6000 + 2 * 8, 0n); // unmapped
+    vtd.invalidateIotlbPages(5, 0x0, 2); // 4 pages from 0: covers 0x2000
+    expect(tr(vtd, SID4, 0x2000)).toBe('vtd-read');
+  });
+
+  it('page-selective invalidation of any 4 KiB inside a cached 2 MiB leaf drops the leaf', () => {
+    const { vtd, q } = tables();
+    expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
+    q(0x5000 + 8, 0x60_0000n | PS | RW);
+    vtd.invalidateIotlbPages(5, 0x3f_f000, 0); // the last page of the leaf
+    expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x60_0000, 0x40_0000]);
+  });
+
+  it('domain-selective and queued invalidation', () => {
+    const { vtd, q } = tables();
+    tr(vtd, SID4, 0x2000);
+    tr(vtd, SID3, 0x3000);
+    q(0x6000 + 2 * 8, 0xa000n | RW);
+    q(0xb000 + 3 * 8, 0xd000n | RW);
+    vtd.invalidateIotlbDomain(6);
+    expect(tr(vtd, SID3, 0x3000)).toEqual([0xd000, 0x4000]);
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+    // Queued IOTLB invalidate descriptor: type 2, granularity 3 (page), DID 5; hi: ADDR 0x2000, AM 0.
+    expect(vtd.invalidateDescriptor(2n | (3n << 4n) | (5n << 16n), 0x2000n)).toBe(true);
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0xa000, 0x3000]);
+    expect(vtd.invalidateDescriptor(5n, 0n)).toBe(false); // wait descriptor: the caller's business
+  });
+
+  it('caches context entries until a context-cache invalidation (device, domain, global)', () => {
+    const { vtd, q } = tables();
+    const dma = vtd.dmaMemory(SID4, vtd.memory);
+    expect(dma.readU8(0x2000)).toBe(0);
+    q(0x2000 + SID4 * 16, 0n); // context cleared
+    expect(dma.readU8(0x2000)).toBe(0);
+    vtd.invalidateContextDevice(SID4);
+    expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+    q(0x2000 + SID4 * 16, 0x3000n | P);
+    expect(dma.readU8(0x2000)).toBe(0); // not-present entries are never cached
+    q(0x2000 + SID4 * 16 + 8, 1n | (5n << 8n)); // now 3-level
+    vtd.invalidateContextDomain(6);
+    expect(dma.readU8(0x2000)).toBe(0);
+    vtd.invalidateContextGlobal();
+    // The context now says 3 levels from 0x3000, where that walk finds no leaf for 0x2000; but the
+    // domain's IOTLB still holds the old leaf until software invalidates it too, as on hardware.
+    expect(dma.readU8(0x2000)).toBe(0);
+    vtd.invalidateIotlbDomain(5);
+    expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+  });
+});
+
+describe('VT-d behind the DmaMemory interface', () => {
+  it('reads and writes through the walk, faults with the VT-d reason, touches nothing on a fault', () => {
+    const { vtd, ram } = tables();
+    const faults: unknown[] = [];
+    const dma = vtd.dmaMemory(SID4, ram);
+    ram.writeU32(0x7010, 0x11223344);
+    expect(dma.readU32(0x1010)).toBe(0x11223344);
+    try {
+      dma.writeFrom(0x2ff0, new Uint8Array(0x20).fill(0xee)); // 0x2000 read-write, 0x3000 write-only: both permit
+    } catch (e) {
+      faults.push(e);
+    }
+    expect(faults).toEqual([]);
+    expect(ram.readU8(0xe000)).toBe(0xee);
+    const snapshot = ram.regions[0]!.bytes.slice();
+    let fault: DmaFault | undefined;
+    try {
+      dma.writeFrom(0xff0, new Uint8Array(0x20).fill(0xdd)); // 0x1000 is read-only
+    } catch (e) {
+      fault = e as DmaFault;
+    }
+    expect(fault).toBeInstanceOf(DmaFault);
+    expect(fault!.fault).toMatchObject({ endpoint: SID4, address: 0xff0, reason: 'vtd-write', vtdReason: 5 });
+    expect(Buffer.compare(ram.regions[0]!.bytes, snapshot)).toBe(0);
+    expect(vtd.faults.length).toBe(1);
+  });
+
+  it('through the DmaMemory too, an edited leaf is seen exactly after its invalidation', () => {
+    const { vtd, q, ram } = tables();
+    const dma = vtd.dmaMemory(SID4, ram);
+    ram.writeU8(0x8000, 1);
+    ram.writeU8(0x9000, 2);
+    expect(dma.readU8(0x2000)).toBe(1);
+    q(0x6000 + 2 * 8, 0x9000n | RW);
+    expect(dma.readU8(0x2000)).toBe(1); // not invalidated yet: the old leaf, as on hardware
+    vtd.invalidateIotlbPages(5, 0x2000, 0);
+    expect(dma.readU8(0x2000)).toBe(2);
+    q(0x6000 + 2 * 8, 0n);
+    vtd.invalidateDescriptor(2n | (2n << 4n) | (5n << 16n), 0n); // queued domain-selective
+    expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+    const uncached = tables({ iotlbEntries: 0 });
+    const d2 = uncached.vtd.dmaMemory(SID4, uncached.ram);
+    expect(d2.readU8(0x2000)).toBe(0);
+    uncached.q(0x6000 + 2 * 8, 0n);
+    expect(() => d2.readU8(0x2000)).toThrow(DmaFault); // no IOTLB: every access walks
+  });
+
+  it('suppresses fault recording for a context with FPD set, but still fails the DMA', () => {
+    const { vtd, q, ram } = tables();
+    q(0x2000 + SID4 * 16, 0x3000n | P | 2n);
+    const dma = vtd.dmaMemory(SID4, ram);
+    expect(() => dma.writeU8(0x1000, 1)).toThrow(DmaFault);
+    expect(vtd.faults.length).toBe(0);
+    expect(vtd.stats.suppressedFaults).toBe(1);
+  });
+
+  it('executes context-cache descriptors at each granularity and refuses unknown ones', () => {
+    const { vtd, q } = tables();
+    const dma = vtd.dmaMemory(SID4, vtd.memory);
+    const cut = () => q(0x2000 + SID4 * 16, 0n);
+    const restore = () => q(0x2000 + SID4 * 16, 0x3000n | P);
+    for (const desc of [1n | (1n << 4n), 1n | (2n << 4n) | (5n << 16n), 1n | (3n << 4n) | (BigInt(SID4) << 32n)]) {
+      expect(dma.readU8(0x2000)).toBe(0);
+      cut();
+      expect(dma.readU8(0x2000)).toBe(0); // cached context
+      expect(vtd.invalidateDescriptor(desc, 0n)).toBe(true);
+      expect(() => dma.readU8(0x2000)).toThrow(DmaFault);
+      restore();
+    }
+    expect(vtd.invalidateDescriptor(1n, 0n)).toBe(false); // granularity 0
+    expect(vtd.invalidateDescriptor(2n, 0n)).toBe(false);
+    expect(vtd.invalidateDescriptor(2n | (1n << 4n), 0n)).toBe(true); // global IOTLB
+  });
+
+  it('faults 7h when a paging entry lies outside guest memory, and bounds its fault log', () => {
+    const { vtd, q, ram } = tables({ maxFaults: 2 });
+    q(0x5000 + 3 * 8, 0x80_0000n | RW); // PD[3] → a page table past the end of RAM
+    expect(tr(vtd, SID4, 3 * 0x20_0000)).toBe('paging-entry-invalid');
+    const dma = vtd.dmaMemory(SID4, ram);
+    for (let i = 0; i < 5; i++) expect(() => dma.readU8(0x5000 + i)).toThrow(DmaFault);
+    expect(vtd.faults.length).toBe(2);
+    expect(vtd.faults[1]!.address).toBe(0x5004);
+    expect(vtd.stats.faults).toBe(5);
+  });
+
+  it('with translation disabled, a source-id’s DmaMemory sees guest-physical memory', () => {
+    const { vtd, ram } = tables();
+    const dma = vtd.dmaMemory(0x0700, ram);
+    expect(() => dma.readU8(0x10)).toThrow(DmaFault); // root entry of bus 7 not present
+    vtd.disable();
+    expect(dma.readU8(0x1000)).toBe(0x01); // the root table's first byte, untranslated
+    vtd.setRootTable(0x1000);
+    expect(() => dma.readU8(0x10)).toThrow(DmaFault);
+  });
+
+  it('validates its options', () => {
+    const ram = GuestMemory.create(0x1000);
+    expect(() => new VtdRemapper({ memory: ram, haw: 60 })).toThrow(/haw/);
+    expect(() => new VtdRemapper({ memory: ram, levels: [5 as 4] })).toThrow(/3 or 4/);
+    const v = new VtdRemapper({ memory: ram });
+    expect(() => v.setRootTable(0x10)).toThrow(/aligned/);
+    expect(() => v.invalidateIotlbPages(0, 0, 99)).toThrow(/address mask/);
+    expect(() => v.dmaMemory(0x10000, ram)).toThrow(/source-id/);
+  });
+});
