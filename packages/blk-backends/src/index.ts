@@ -21,3 +21,4 @@ export {
 export { parseHeader, serializeHeader, type Qcow2Header, type FeatureName } from './qcow2/format.js';
 export { openImage, createImage, probeFormat, type ImageFormat, type OpenImageOptions, type CreateImageOptions } from './open.js';
 export { parseSize } from './size.js';
+export { main as imgMain, mapImage, copyImage, type MapEntry } from './img.js';

@@ -151,7 +151,7 @@ export class RawFileBackend implements BlockBackend {
       while (pos < end) {
         const r = this.file.dataAt(pos, end);
         const stop = Math.max(r.end, pos + 1);
-        pushExtent(out, r.data ? { offset: pos, length: stop - pos, kind: 'data', hostOffset: pos } : { offset: pos, length: stop - pos, kind: 'zero' });
+        pushExtent(out, r.data ? { offset: pos, length: stop - pos, kind: 'data', hostOffset: pos } : { offset: pos, length: stop - pos, kind: 'zero', hostOffset: pos });
         pos = stop;
       }
       return Promise.resolve(out);
