@@ -371,7 +371,7 @@ async function mapLayer(b: BlockBackend, off: number, len: number, depth: number
           const inB = Math.min(e.length, back.size - e.offset);
           await mapLayer(back, e.offset, inB, depth + 1, out);
           if (inB < e.length) pushMap(out, { start: e.offset + inB, length: e.length - inB, depth: depth + 1, present: false, zero: true, data: false });
-        } else pushMap(out, { ...base, present: false, zero: true, data: false });
+        } else pushMap(out, { ...base, present: false, zero: true, data: false, ...(e.hostOffset !== undefined && back === undefined ? { offset: e.hostOffset } : {}) });
       } else if (e.kind === 'zero') {
         pushMap(out, { ...base, present: true, zero: true, data: false, ...(e.hostOffset !== undefined ? { offset: e.hostOffset } : {}) });
       } else {

@@ -7,7 +7,7 @@ import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { deflateRaw as deflateRawCb, inflateRaw as inflateRawCb } from 'node:zlib';
-import { decompress as zstdDecompress } from 'fzstd';
+import { Decompress as ZstdDecompress } from 'fzstd';
 import {
   checkRequest,
   pushExtent,
@@ -545,7 +545,7 @@ export class Qcow2Backend implements BlockBackend {
     let data: Uint8Array;
     try {
       if (this.#h.compressionType === 1) {
-        data = zstdDecompress(raw, new Uint8Array(this.clusterSize));
+        data = zstdCluster(raw, this.clusterSize);
       } else {
         data = await inflateRaw(raw, { maxOutputLength: this.clusterSize, finishFlush: 2 /* Z_SYNC_FLUSH */ });
       }
@@ -1152,8 +1152,9 @@ export class Qcow2Backend implements BlockBackend {
             const q = Math.min((sc + 1) * ss, inC + n);
             const bit = 1 << sc;
             if (allocBits & bit) pushExtent(out, { offset: vc * cs + p, length: q - p, kind: 'data', hostOffset: host + p });
-            else if (zeroBits & bit) pushExtent(out, { offset: vc * cs + p, length: q - p, kind: 'zero' });
-            else pushExtent(out, { offset: vc * cs + p, length: q - p, kind: 'unallocated' });
+            else if (zeroBits & bit) pushExtent(out, host ? { offset: vc * cs + p, length: q - p, kind: 'zero', hostOffset: host + p } : { offset: vc * cs + p, length: q - p, kind: 'zero' });
+            // QEMU's map reports the host offset of an unallocated subcluster in an allocated cluster; so do we.
+            else pushExtent(out, host ? { offset: vc * cs + p, length: q - p, kind: 'unallocated', hostOffset: host + p } : { offset: vc * cs + p, length: q - p, kind: 'unallocated' });
             p = q;
           }
         } else {
@@ -1524,6 +1525,26 @@ export class Qcow2Backend implements BlockBackend {
       await f.close();
     }
   }
+}
+
+/**
+ * One zstd-compressed cluster: a frame followed by sector padding or the next
+ * cluster's bytes, so decoding stops once a cluster is out (as QEMU's does).
+ */
+function zstdCluster(raw: Uint8Array, cs: number): Uint8Array {
+  const out = new Uint8Array(cs);
+  let n = 0;
+  const d = new ZstdDecompress((chunk) => {
+    const k = Math.min(chunk.byteLength, cs - n);
+    out.set(chunk.subarray(0, k), n);
+    n += k;
+  });
+  try {
+    d.push(raw, false);
+  } catch (e) {
+    if (n < cs) throw e;
+  }
+  return n === cs ? out : out.subarray(0, n);
 }
 
 function v3Zero(version: number, lo: number): boolean {
