@@ -344,7 +344,15 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
     at += 8 + padded;
   };
   if (h.backingFormat !== undefined) ext(EXT_BACKING_FORMAT, enc.encode(h.backingFormat));
-  if (h.version === 3) {
+  // The feature name table is optional: like QEMU, leave it out when it would not fit (small clusters).
+  const backingLen = h.backingFile !== undefined ? enc.encode(h.backingFile).byteLength : 0;
+  const tableCount = (h.featureNames.length > 0 ? h.featureNames : DEFAULT_FEATURE_NAMES).length;
+  const others =
+    (h.backingFormat !== undefined ? 8 + Math.ceil(enc.encode(h.backingFormat).byteLength / 8) * 8 : 0) +
+    (h.bitmapsExt ? 32 : 0) +
+    h.unknownExtensions.reduce((n, u) => n + 8 + Math.ceil(u.data.byteLength / 8) * 8, 0);
+  const withTable = at + others + 8 + tableCount * 48 + 8 + backingLen <= cs;
+  if (h.version === 3 && withTable) {
     const table = h.featureNames.length > 0 ? h.featureNames : DEFAULT_FEATURE_NAMES;
     const t = new Uint8Array(table.length * 48);
     table.forEach((f, i) => {
