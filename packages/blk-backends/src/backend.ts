@@ -166,3 +166,8 @@ export function scatterFrom(segments: Segments, from: number, src: Uint8Array): 
 export function zeroSegments(segments: Segments, from: number, len: number): void {
   forEachSegmentPiece(segments, from, len, (seg, s, _r, n) => seg.fill(0, s, s + n));
 }
+
+/** A rejected promise for a caught value (always an Error). */
+export function rejectWith(e: unknown): Promise<never> {
+  return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+}

@@ -81,11 +81,12 @@ function needArgs(p: Parsed, n: number, what: string): string[] {
 function parseOptions(text: string | undefined): Map<string, string> {
   const m = new Map<string, string>();
   if (text === undefined) return m;
-  for (const part of text.replace(/,,/g, '\u0000').split(',')) {
+  const ESC = '\u0000';
+  for (const part of text.split(',,').join(ESC).split(',')) {
     if (part === '') continue;
     const eq = part.indexOf('=');
     const k = (eq < 0 ? part : part.slice(0, eq)).trim();
-    const v = (eq < 0 ? 'on' : part.slice(eq + 1)).replace(/\u0000/g, ',');
+    const v = (eq < 0 ? 'on' : part.slice(eq + 1)).split(ESC).join(',');
     m.set(k, v);
   }
   return m;

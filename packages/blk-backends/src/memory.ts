@@ -2,7 +2,8 @@ import {
   checkRequest,
   forEachSegmentPiece,
   pushExtent,
-  segmentsLength,
+segmentsLength,
+  rejectWith,
   type BlockBackend,
   type Extent,
   type Segments,
@@ -62,7 +63,7 @@ export class MemoryBackend implements BlockBackend {
       this.#copy(offset, segments, len, false);
       return Promise.resolve();
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -73,7 +74,7 @@ export class MemoryBackend implements BlockBackend {
       this.#copy(offset, segments, len, true);
       return Promise.resolve();
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -130,7 +131,7 @@ export class MemoryBackend implements BlockBackend {
       }
       return Promise.resolve();
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -149,7 +150,7 @@ export class MemoryBackend implements BlockBackend {
       }
       return Promise.resolve(out);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 

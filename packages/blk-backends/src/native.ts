@@ -52,7 +52,7 @@ export function native(): Native | undefined {
         return r === 0 ? 0 : -koffi.errno();
       },
       lseek(fd, offset, whence) {
-        const r = Number(lseek(fd, offset, whence) as number | bigint);
+        const r = Number(lseek(fd, offset, whence));
         return r >= 0 ? r : -koffi.errno();
       },
       alignedBuffer(alignment, size) {

@@ -1,4 +1,5 @@
-import { checkRequest, gatherInto, pushExtent, scatterFrom, segmentsLength, type BlockBackend, type Extent, type Segments } from './backend.js';
+import { checkRequest, gatherInto, pushExtent, scatterFrom, segmentsLength,
+  rejectWith, type BlockBackend, type Extent, type Segments } from './backend.js';
 import { BlockError } from './errors.js';
 import { HostFile } from './file.js';
 import { native } from './native.js';
@@ -84,7 +85,7 @@ export class RawFileBackend implements BlockBackend {
       if (len === 0) return Promise.resolve();
       return this.#track(this.direct ? this.#directIo(offset, segments, len, false) : this.file.readv(segments, offset));
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -95,7 +96,7 @@ export class RawFileBackend implements BlockBackend {
       if (len === 0) return Promise.resolve();
       return this.#track(this.direct ? this.#directIo(offset, segments, len, true) : this.file.writev(segments, offset));
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -128,7 +129,7 @@ export class RawFileBackend implements BlockBackend {
       checkRequest(this, 'discard', offset, length, this.#closed);
       return this.#track(this.file.zeroRange(offset, length, true).then(() => undefined));
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -137,7 +138,7 @@ export class RawFileBackend implements BlockBackend {
       checkRequest(this, 'write-zeroes', offset, length, this.#closed);
       return this.#track(this.file.zeroRange(offset, length, mayUnmap).then(() => undefined));
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 
@@ -156,7 +157,7 @@ export class RawFileBackend implements BlockBackend {
       }
       return Promise.resolve(out);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
   }
 

@@ -88,13 +88,14 @@ export function testBlockBackend(api: TestApi, name: string, factory: BackendFac
         }
       });
 
-    withBackend('has a sane geometry', async (b) => {
+    withBackend('has a sane geometry', (b) => {
       if (b.size !== SIZE) fail(`size ${b.size}, expected ${SIZE}`);
       const bs = b.logicalBlockSize;
       if (bs < 512 || (bs & (bs - 1)) !== 0) fail(`logical block size ${bs} is not a power of two ≥ 512`);
       if (b.physicalBlockSize < bs || b.physicalBlockSize % bs !== 0) fail(`physical block size ${b.physicalBlockSize} is not a multiple of ${bs}`);
       if (b.size % bs !== 0) fail('size is not a multiple of the logical block size');
       if (b.readOnly) fail('a fresh back-end is read-only');
+      return Promise.resolve();
     });
 
     withBackend('reads zeros when fresh, and a zero-length read succeeds', async (b) => {

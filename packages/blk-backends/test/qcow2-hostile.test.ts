@@ -2,7 +2,8 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockError, createImage, openImage, parseHeader, Qcow2Backend, serializeHeader, type Qcow2Header } from '../src/index.js';
+import type { Qcow2Backend} from '../src/index.js';
+import { BlockError, createImage, openImage, parseHeader, serializeHeader, type Qcow2Header } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;

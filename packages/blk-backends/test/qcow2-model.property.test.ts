@@ -7,7 +7,8 @@
  */
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createImage, MemoryBackend, openImage, Qcow2Backend, type BlockBackend } from '../src/index.js';
+import type { Qcow2Backend} from '../src/index.js';
+import { createImage, MemoryBackend, openImage, type BlockBackend } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
 let tmp: ReturnType<typeof tempDir> | undefined;

@@ -1,6 +1,6 @@
 import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockError, createImage, MemoryBackend, openImage, parseSize, Qcow2Backend, RawFileBackend } from '../src/index.js';
+import { BlockError, createImage, MemoryBackend, parseSize, Qcow2Backend, RawFileBackend } from '../src/index.js';
 import { tempDir } from './helpers.js';
 import { requireQemu, run } from './qemu.js';
 
@@ -22,7 +22,7 @@ describe('qcow2 metadata growth and caches', () => {
     tmp = tempDir();
     const f = tmp.path('g.qcow2');
     await createImage(f, 'qcow2', { size: 16 << 20, clusterSize: 512, refcountBits: 64 });
-    const q = (await Qcow2Backend.open(f, { l2CacheTables: 16, refcountCacheBlocks: 8 })) as Qcow2Backend;
+    const q = (await Qcow2Backend.open(f, { l2CacheTables: 16, refcountCacheBlocks: 8 }));
     const before = q.header.refcountTableOffset;
     const data = pattern(6 << 20, 3);
     // Scattered 4 KiB writes, then a big sequential one: many L2 tables and refcount blocks.
@@ -127,7 +127,7 @@ describe('qcow2 specifics', () => {
     const ro = await Qcow2Backend.open(f, { readOnly: true });
     expect(ro.corruptBit).toBe(true);
     await ro.close();
-    img[79] = img[79]! & ~0x02;
+    img[79] = img[79] & ~0x02;
     writeFileSync(f, img);
     const rw = await Qcow2Backend.open(f);
     expect(rw.header.autoclear).toBe(0n);

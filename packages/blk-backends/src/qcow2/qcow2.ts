@@ -11,7 +11,8 @@ import { Decompress as ZstdDecompress } from 'fzstd';
 import {
   checkRequest,
   pushExtent,
-  segmentsLength,
+segmentsLength,
+  rejectWith,
   sliceSegments,
   zeroSegments,
   gatherInto,
@@ -24,7 +25,6 @@ import { BlockError, corrupt, hex } from '../errors.js';
 import { HostFile } from '../file.js';
 import { RwLock, TableCache, type Table } from './cache.js';
 import {
-  AUTOCLEAR_BITMAPS,
   COMPAT_LAZY_REFCOUNTS,
   HI_COMPRESSED,
   HI_COPIED,
@@ -377,7 +377,7 @@ export class Qcow2Backend implements BlockBackend {
       len = segmentsLength(segments);
       checkRequest(this, 'read', offset, len, this.#closed);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     if (len === 0) return Promise.resolve();
     return this.#shared(() => this.#readRange(offset, len, segments, 0));
@@ -567,7 +567,7 @@ export class Qcow2Backend implements BlockBackend {
       len = segmentsLength(segments);
       checkRequest(this, 'write', offset, len, this.#closed);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     if (len === 0) return Promise.resolve();
     return this.#shared(() => this.#writeInPlace(offset, len, segments)).then((done) => {
@@ -751,7 +751,7 @@ export class Qcow2Backend implements BlockBackend {
       }
       if (this.#h.compressionType !== 0) throw new BlockError('unsupported', 'writing zstd-compressed clusters is not supported');
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     return this.#exclusive(async () => {
       const z = await deflateRaw(data, { windowBits: 12, memLevel: 9 });
@@ -1052,7 +1052,7 @@ export class Qcow2Backend implements BlockBackend {
     try {
       checkRequest(this, 'discard', offset, length, this.#closed);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     return this.#exclusive(() => this.#zero(offset, length, true, true));
   }
@@ -1061,7 +1061,7 @@ export class Qcow2Backend implements BlockBackend {
     try {
       checkRequest(this, 'write-zeroes', offset, length, this.#closed);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     return this.#exclusive(() => this.#zero(offset, length, mayUnmap, false));
   }
@@ -1118,7 +1118,7 @@ export class Qcow2Backend implements BlockBackend {
     try {
       checkRequest(this, 'block-status', offset, length, this.#closed);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return rejectWith(e);
     }
     return this.#shared(async () => {
       const out: Extent[] = [];
