@@ -285,7 +285,7 @@ describe('images written by ioplane pass qemu-img check and compare', () => {
     for (let i = 0; i < 1024 * 1024; i++) data[i] = 0x30 + ((i >> 9) % 40);
     data.fill(0xee, 2 * 1024 * 1024 + 4096, 2 * 1024 * 1024 + 8192);
     writeFileSync(raw, data);
-    for (const args of [['-O', 'qcow2'], ['-c', '-O', 'qcow2'], ['-c', '-O', 'qcow2', '-o', 'cluster_size=4k'], ['-O', 'qcow2', '-o', 'compat=0.10'], ['-O', 'raw']]) {
+    for (const args of [['-O', 'qcow2'], ['-c', '-O', 'qcow2'], ['-c', '-O', 'qcow2', '-o', 'cluster_size=4k'], ['-c', '-O', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=1'], ['-O', 'qcow2', '-o', 'compat=0.10'], ['-O', 'raw']]) {
       const out = tmp.path(`out-${args.join('')}.img`);
       const r = await img('convert', '-f', 'raw', ...args, raw, out);
       expect(r.stderr).toBe('');

@@ -779,7 +779,9 @@ export class Qcow2Backend implements BlockBackend {
   async #allocBytes(len: number): Promise<number> {
     const cs = this.clusterSize;
     const cur = this.#compressedCursor;
-    if (cur !== undefined && cur.used < cs) {
+    const maxRc = this.refcountBits === 64 ? MAX_OFFSET : 2 ** this.refcountBits - 1;
+    // Share the current cluster only while its refcount can take one more reference (1-bit refcounts cannot).
+    if (cur !== undefined && cur.used < cs && (await this.#getRefcount(cur.offset / cs)) < maxRc) {
       const start = cur.offset + cur.used;
       const lastNeeded = Math.floor((start - (start % 512) + Math.ceil(((start % 512) + len) / 512) * 512 - 1) / cs);
       const first = cur.offset / cs;
