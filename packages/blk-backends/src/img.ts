@@ -256,9 +256,9 @@ function human(n: number): string {
 async function check(argv: string[], out: Output): Promise<number> {
   const p = parseArgs(argv, ['-f', '-r', '--output']);
   const [file] = needArgs(p, 1, 'FILE');
-  const fmt = str(p, '-f') ?? (await probeFormat(file!));
   const repair = str(p, '-r');
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') throw new UsageError(`-r takes leaks or all, not '${repair}'`);
+  const fmt = str(p, '-f') ?? (await probeFormat(file!));
   if (fmt !== 'qcow2') {
     out.write(`This image format does not support checks\n`);
     return 63;

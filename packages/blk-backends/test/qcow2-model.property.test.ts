@@ -82,6 +82,7 @@ const layouts = fc.record({
   version: fc.constantFrom(2 as const, 3 as const),
   refcountBits: fc.constantFrom(1, 16, 64),
   lazy: fc.boolean(),
+  extendedL2: fc.boolean(),
 });
 
 describe('qcow2 equals the memory model', () => {
@@ -106,7 +107,8 @@ describe('qcow2 equals the memory model', () => {
           }
           await createImage(f, 'qcow2', {
             size: SIZE,
-            clusterSize: layout.clusterSize,
+            clusterSize: v3 && layout.extendedL2 ? Math.max(16384, layout.clusterSize) : layout.clusterSize,
+            extendedL2: v3 && layout.extendedL2,
             version: layout.version,
             refcountBits: v3 ? layout.refcountBits : 16,
             lazyRefcounts: v3 && layout.lazy,

@@ -88,6 +88,48 @@ describe('crash consistency', () => {
   }
 });
 
+describe('I/O errors', () => {
+  it('an EIO in the middle of a metadata write-back rejects with an io BlockError; a later flush completes the image', async () => {
+    requireQemu();
+    tmp = tempDir();
+    const f = tmp.path('e.qcow2');
+    await createImage(f, 'qcow2', { size: 4 << 20, clusterSize: 4096 });
+    for (let failAt = 1; failAt <= 6; failAt++) {
+      copyFileSync(f, tmp.path('clean.qcow2'));
+      const q = await Qcow2Backend.open(tmp.path('clean.qcow2'));
+      const handle = q.hostFile.handle;
+      const orig = handle.writev.bind(handle);
+      let calls = 0;
+      let armed = false;
+      handle.writev = ((bufs: NodeJS.ArrayBufferView[], pos?: number) => {
+        if (armed && ++calls === failAt) return Promise.reject(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }));
+        return orig(bufs, pos);
+      }) as typeof handle.writev;
+      for (let i = 0; i < 8; i++) await q.write(i * 300 * 1024, [pattern(8192, i)]);
+      await q.discard(0, 4096);
+      armed = true;
+      const err = await q.flush().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      if (calls >= failAt) {
+        expect(err).toBeInstanceOf(BlockError);
+        expect((err as BlockError).kind).toBe('io');
+        expect((err as BlockError).detail.code).toBe('EIO');
+        // What is on disk right now is what a crash would leave: leaks at most.
+        expect([0, 3]).toContain(run('qemu-img', ['check', tmp.path('clean.qcow2')]).status);
+      }
+      armed = false;
+      await q.flush();
+      const got = new Uint8Array(8192);
+      await q.read(300 * 1024, [got]);
+      expect(Buffer.compare(got, pattern(8192, 1))).toBe(0);
+      await q.close();
+      expect(run('qemu-img', ['check', tmp.path('clean.qcow2')]).status).toBe(0);
+    }
+  });
+});
+
 describe('qcow2 specifics', () => {
   it('overwrites compressed clusters (copy-on-write out of the compressed data) and frees them', async () => {
     tmp = tempDir();
