@@ -31,7 +31,6 @@ export class RawFileBackend implements BlockBackend {
   readonly readOnly: boolean;
   readonly direct: boolean;
   #closed = false;
-  readonly #inflight = new Set<Promise<unknown>>();
   readonly #bounce: Uint8Array[] = [];
 
   private constructor(
@@ -69,12 +68,16 @@ export class RawFileBackend implements BlockBackend {
     }
   }
 
+  #inflight = 0;
+  #idle: (() => void) | undefined;
+  readonly #done = (): void => {
+    if (--this.#inflight === 0) this.#idle?.();
+  };
+
+  /** Count a request in flight (close waits for them); no per-request allocation beyond the promise's own. */
   #track<T>(p: Promise<T>): Promise<T> {
-    this.#inflight.add(p);
-    const done = (): void => {
-      this.#inflight.delete(p);
-    };
-    p.then(done, done);
+    this.#inflight++;
+    p.then(this.#done, this.#done);
     return p;
   }
 
@@ -164,7 +167,7 @@ export class RawFileBackend implements BlockBackend {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await Promise.allSettled([...this.#inflight]);
+    if (this.#inflight > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
     await this.file.close();
   }
 }
