@@ -213,6 +213,43 @@ describe('hostile qcow2 tables are refused at the access', () => {
   });
 });
 
+describe('hostile tables cannot make loops run away', () => {
+  it('a refcount table whose every entry names one block full of ones: writes and check still end', async () => {
+    const f = await fresh({ size: 4 * 1024 * 1024, clusterSize: 4096 });
+    const q = (await openImage(f, { readOnly: true })) as Qcow2Backend;
+    const { refcountTableOffset, refcountTableClusters } = q.header;
+    await q.close();
+    patch(f, (b, dv) => {
+      const rb = Number(dv.getBigUint64(refcountTableOffset, false));
+      b.fill(0xff, rb, rb + 4096);
+      for (let i = 0; i < (refcountTableClusters * 4096) / 8; i++) dv.setBigUint64(refcountTableOffset + i * 8, BigInt(rb), false);
+    });
+    const t0 = Date.now();
+    try {
+      const b = await openImage(f);
+      await b.write(3 << 20, [new Uint8Array(65536).fill(1)]).catch((e: unknown) => expect(e).toBeInstanceOf(BlockError));
+      await b.close().catch((e: unknown) => expect(e).toBeInstanceOf(BlockError));
+      const c = await openImage(f, { readOnly: true });
+      const r = await (c as Qcow2Backend).check();
+      expect(r.corruptions + r.leaks).toBeGreaterThan(0);
+      await c.close();
+    } catch (e) {
+      expect(e).toBeInstanceOf(BlockError);
+    }
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
+  it('block status of a huge empty disk takes one step per missing L2 table, not per cluster', async () => {
+    tmp = tempDir();
+    const f = tmp.path('huge.qcow2');
+    await createImage(f, 'qcow2', { size: 2 ** 50, clusterSize: 2 * 1024 * 1024 });
+    const b = await openImage(f, { readOnly: true });
+    const ext = await b.blockStatus(0, 2 ** 50);
+    expect(ext).toEqual([{ offset: 0, length: 2 ** 50, kind: 'unallocated' }]);
+    await b.close();
+  });
+});
+
 describe('fuzzed images never crash or hang', () => {
   it('random corruption of header, L1, L2 and refcount bytes: BlockError or a clean read', async () => {
     tmp = tempDir();

@@ -55,6 +55,8 @@ const deflateRaw = promisify(deflateRawCb);
 const TWO32 = 2 ** 32;
 /** Longest backing chain followed; a deeper one is treated as a loop. */
 export const MAX_BACKING_DEPTH = 64;
+/** Most L1+L2 entries one check walks (2^30: a 64 TiB image of 64 KiB clusters, or 1 TiB with 64 snapshots). */
+const CHECK_ENTRY_BUDGET = 2 ** 30;
 
 /** Opens a backing file; `openImage` in this package by default. */
 export type BackingOpener = (path: string, format: string | undefined, chain: readonly string[]) => Promise<BlockBackend>;
@@ -161,6 +163,8 @@ export class Qcow2Backend implements BlockBackend {
   /** Clusters to decrement once the L2 tables that stopped using them are on disk. */
   #pendingFree: number[] = [];
   #freeHint = 0;
+  /** One past the highest cluster allocated in this session (some may not be written yet). */
+  #highWater = 0;
   #dataDirty = false;
   #closed = false;
   #scratch: Uint8Array;
@@ -810,6 +814,7 @@ export class Qcow2Backend implements BlockBackend {
         await this.#addRefcount(first, 1);
         for (let c = first + 1; c <= lastNeeded; c++) await this.#addRefcount(c, 1);
         this.#freeHint = Math.max(this.#freeHint, lastNeeded + 1);
+        this.#highWater = Math.max(this.#highWater, lastNeeded + 1);
         this.#compressedCursor = { offset: lastNeeded * cs, used: start + len - lastNeeded * cs };
         return start;
       }
@@ -908,6 +913,7 @@ export class Qcow2Backend implements BlockBackend {
     }
     const c = await this.#findFree(1);
     this.#freeHint = c + 1;
+    this.#highWater = Math.max(this.#highWater, c + 1);
     const t = this.#rc.create(c * this.clusterSize);
     this.#reftable[ti] = c * this.clusterSize;
     this.#reftableDirty = true;
@@ -916,7 +922,7 @@ export class Qcow2Backend implements BlockBackend {
     if (cti === ti) this.#writeRc(t, c % this.refblockEntries, 1);
     else {
       const other = await this.#ensureRefblock(cti, depth + 1);
-      this.#writeRc(other, c % this.refblockEntries, this.#readRc(other, c % this.refblockEntries) + 1);
+      this.#writeRc(other, c % this.refblockEntries, 1);
     }
     return t;
   }
@@ -943,7 +949,8 @@ export class Qcow2Backend implements BlockBackend {
     this.#reftable = table;
     this.#reftableOffset = start * cs;
     this.#freeHint = start + clusters;
-    for (let c = start; c < start + clusters; c++) await this.#addRefcount(c, 1);
+    this.#highWater = Math.max(this.#highWater, start + clusters);
+    for (let c = start; c < start + clusters; c++) await this.#setRefcount(c, 1);
     // Order: refcount blocks, then the new table, then the header that points at it, then free the old.
     await this.#rc.writeBack();
     await this.#file.datasync();
@@ -975,8 +982,16 @@ export class Qcow2Backend implements BlockBackend {
     let run = 0;
     let c = start;
     const limit = MAX_OFFSET / this.clusterSize;
+    // Past the end of the file and of everything allocated in this session nothing can be in use,
+    // whatever stale refcounts say: stop scanning there, so a hostile refcount table (every entry
+    // naming one block full of ones) cannot make this loop run for hours.
+    const beyond = Math.max(Math.ceil(this.#file.size / this.clusterSize), this.#highWater);
     while (run < n) {
       if (c >= limit) throw new BlockError('unsupported', 'the image has no free cluster below 2^53 bytes');
+      if (c >= beyond) {
+        if (run === 0) start = c;
+        return start;
+      }
       const ti = Math.floor(c / rbe);
       const off = this.#refblockOffset(ti);
       if (off === 0) {
@@ -1005,7 +1020,8 @@ export class Qcow2Backend implements BlockBackend {
   async #allocClusters(n: number): Promise<number> {
     const start = await this.#findFree(n);
     this.#freeHint = start + n;
-    for (let c = start; c < start + n; c++) await this.#addRefcount(c, 1);
+    this.#highWater = Math.max(this.#highWater, start + n);
+    for (let c = start; c < start + n; c++) await this.#setRefcount(c, 1);
     return start * this.clusterSize;
   }
 
@@ -1153,8 +1169,11 @@ export class Qcow2Backend implements BlockBackend {
         let t = this.#l2Table(vc);
         if (t instanceof Promise) t = await t;
         if (t === null) {
-          pushExtent(out, { offset: pos, length: n, kind: 'unallocated' });
-          pos += n;
+          // No L2 table: the whole range it would cover is unallocated (one step, not one per cluster).
+          const l2End = (Math.floor(vc / this.l2Entries) + 1) * this.l2Entries * cs;
+          const k = Math.min(end, l2End) - pos;
+          pushExtent(out, { offset: pos, length: k, kind: 'unallocated' });
+          pos += k;
           continue;
         }
         const ei = (vc % this.l2Entries) * this.#entryBytes;
@@ -1274,8 +1293,17 @@ export class Qcow2Backend implements BlockBackend {
     };
     inc(0, cs, 'header');
     const copiedChecks: { kind: 'l1' | 'l2'; table?: Table; index: number; host: number; copied: boolean }[] = [];
+    // Work budget: a hostile image can point every L1 entry of every snapshot at one big L2 table.
+    let budget = CHECK_ENTRY_BUDGET;
     const walkL1 = async (l1: DataView, n: number, active: boolean): Promise<void> => {
       for (let i = 0; i < n; i++) {
+        const hi0 = l1.getUint32(i * 8, false);
+        const lo0 = l1.getUint32(i * 8 + 4, false);
+        budget -= hi0 === 0 && lo0 === 0 ? 1 : 1 + this.l2Entries;
+        if (budget < 0) {
+          err(`the L1/L2 tables reference more than ${CHECK_ENTRY_BUDGET} entries; check stopped`);
+          return;
+        }
         const hi = l1.getUint32(i * 8, false);
         const lo = l1.getUint32(i * 8 + 4, false);
         const off = (hi & HI_OFFSET_MASK) * TWO32 + ((lo & LO_OFFSET_MASK) >>> 0);
