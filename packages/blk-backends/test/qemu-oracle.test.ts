@@ -278,6 +278,23 @@ describe('images written by ioplane pass qemu-img check and compare', () => {
     }
   }
 
+  it('extended L2: ioplane allocates the same subclusters qemu-io does for the same writes', async () => {
+    tmp = tempDir();
+    const base = tmp.path('base.raw');
+    qemuImg('create', '-q', '-f', 'raw', base, '2M');
+    qemuIo(base, ['write -P 0x77 0 2M'], 'raw');
+    const cmds = ['write -P 1 2k 4k', 'write -P 2 100k 1k', 'write -z 200k 8k', 'write -P 3 300k 70k', 'discard 512k 64k', 'write -P 4 1M 512'];
+    const theirs = tmp.path('theirs.qcow2');
+    const mine = tmp.path('mine.qcow2');
+    for (const f of [theirs, mine]) qemuImg('create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=64k', '-b', 'base.raw', '-F', 'raw', f);
+    qemuIo(theirs, cmds);
+    const r = await img('io', mine, ...cmds.flatMap((c) => ['-c', c]));
+    expect(r.status).toBe(0);
+    expect(normalizeMap(qemuMap(mine), false)).toEqual(normalizeMap(qemuMap(theirs), false));
+    expect(run('qemu-img', ['compare', mine, theirs]).stdout).toContain('Images are identical');
+    expect(run('qemu-img', ['check', mine]).status).toBe(0);
+  });
+
   it('ioplane-img convert (plain and -c) makes images qemu-img accepts and finds identical', async () => {
     tmp = tempDir();
     const raw = tmp.path('src.raw');

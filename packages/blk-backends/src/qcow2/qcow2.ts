@@ -692,6 +692,40 @@ export class Qcow2Backend implements BlockBackend {
         pos += k * cs;
         continue;
       }
+      // Extended L2 (Extended L2 Entries): allocate by subcluster, as QEMU does — only the touched
+      // subclusters become allocated, the partial ones first filled from below; the others keep
+      // reading from the backing file or as zeros.
+      if (this.extendedL2 && !compressed && (own || host === 0)) {
+        const ss = this.subclusterSize;
+        const s0 = Math.floor(inC / ss);
+        const s1 = Math.floor((inC + n - 1) / ss);
+        let alloc = own ? t.dv.getUint32(ei + 12, false) : 0;
+        let zero = t.dv.getUint32(ei + 8, false);
+        const buf = this.#scratch;
+        for (const sc of s0 === s1 ? [s0] : [s0, s1]) {
+          const a = sc * ss;
+          const covered = inC <= a && inC + n >= a + ss;
+          if (!covered && !(alloc & (1 << sc))) {
+            const lim = Math.min(ss, this.size - (vc * cs + a));
+            buf.fill(0, a, a + ss);
+            if (lim > 0) await this.#readRange(vc * cs + a, lim, [buf.subarray(a, a + lim)], 0);
+          } else if (!covered) {
+            await this.#file.read(buf.subarray(a, a + ss), host + a);
+          }
+        }
+        if (segs === null) buf.fill(0, inC, inC + n);
+        else gatherInto(segs, reqAt, n, buf, inC);
+        const target = own ? host : await this.#allocClusters(1);
+        if (!own) this.#checkDataTarget(target, cs);
+        await this.#file.write(buf.subarray(s0 * ss, (s1 + 1) * ss), target + s0 * ss);
+        this.#dataDirty = true;
+        const mask = s1 - s0 === 31 ? 0xffffffff : (((1 << (s1 - s0 + 1)) - 1) << s0) >>> 0;
+        alloc = (alloc | mask) >>> 0;
+        zero = (zero & ~mask) >>> 0;
+        this.#setExtL2(t, vc, target, alloc, zero);
+        pos += n;
+        continue;
+      }
       // Copy-on-write of one cluster: the guest's current view, then the new bytes over it.
       const buf = this.#scratch;
       if (n < cs) {
@@ -735,6 +769,16 @@ export class Qcow2Backend implements BlockBackend {
     } else {
       t.dv.setUint32(ei + 4, (host % TWO32) + (zero ? LO_ZERO : 0), false);
     }
+    this.#l2.markDirty(t);
+  }
+
+  /** An extended L2 entry: host cluster (COPIED when set) and its two subcluster bitmaps. */
+  #setExtL2(t: Table, vc: number, host: number, alloc: number, zero: number): void {
+    const ei = (vc % this.l2Entries) * 16;
+    t.dv.setUint32(ei, ((host !== 0 ? HI_COPIED : 0) | Math.floor(host / TWO32)) >>> 0, false);
+    t.dv.setUint32(ei + 4, host % TWO32, false);
+    t.dv.setUint32(ei + 8, zero >>> 0, false);
+    t.dv.setUint32(ei + 12, alloc >>> 0, false);
     this.#l2.markDirty(t);
   }
 
@@ -1116,6 +1160,11 @@ export class Qcow2Backend implements BlockBackend {
       const inC = pos - vc * cs;
       const n = Math.min(end - pos, cs - inC);
       const whole = inC === 0 && (n === cs || vc * cs + n === this.size);
+      if (!whole && this.extendedL2 && n >= this.subclusterSize) {
+        await this.#zeroSubclusters(vc, inC, n, unmap, discard, backed);
+        pos += n;
+        continue;
+      }
       if (!whole || (!v3 && backed && !this.extendedL2)) {
         // Part of a cluster (or v2 over a backing file, which has no zero flag): write zeros.
         await this.#writeAllocating(pos, n, null);
@@ -1147,6 +1196,44 @@ export class Qcow2Backend implements BlockBackend {
       }
       pos += n;
     }
+  }
+
+  /**
+   * Zero part of a cluster of an extended-L2 image: whole subclusters by their bitmap bits (zero, or
+   * unallocated when discarding without a backing file), the partial ends by writing zeros.
+   */
+  async #zeroSubclusters(vc: number, inC: number, n: number, unmap: boolean, discard: boolean, backed: boolean): Promise<void> {
+    const cs = this.clusterSize;
+    const ss = this.subclusterSize;
+    const first = Math.ceil(inC / ss);
+    const last = Math.floor((inC + n) / ss); // exclusive
+    if (inC < first * ss) await this.#writeAllocating(vc * cs + inC, first * ss - inC, null);
+    if (last * ss < inC + n) await this.#writeAllocating(vc * cs + last * ss, inC + n - last * ss, null);
+    if (last <= first) return;
+    const t0 = this.#l2Table(vc);
+    const existing = t0 instanceof Promise ? await t0 : t0;
+    if (existing === null && !backed) return;
+    const t = await this.#l2TableForWrite(vc);
+    const ei = (vc % this.l2Entries) * 16;
+    const hi = t.dv.getUint32(ei, false);
+    const lo = t.dv.getUint32(ei + 4, false);
+    if (hi & HI_COMPRESSED) {
+      // Compressed clusters have no subclusters: materialize, then zero.
+      await this.#writeAllocating(vc * cs + first * ss, (last - first) * ss, null);
+      return;
+    }
+    const host = this.#dataOffset(hi, lo, vc);
+    if (host !== 0 && !(hi & HI_COPIED)) {
+      await this.#writeAllocating(vc * cs + first * ss, (last - first) * ss, null);
+      return;
+    }
+    const mask = last - first === 32 ? 0xffffffff : (((1 << (last - first)) - 1) << first) >>> 0;
+    let alloc = t.dv.getUint32(ei + 12, false);
+    let zero = t.dv.getUint32(ei + 8, false);
+    alloc = (alloc & ~mask) >>> 0;
+    zero = discard && !backed ? (zero & ~mask) >>> 0 : (zero | mask) >>> 0;
+    void unmap; // The host cluster stays: other subclusters may still use it.
+    this.#setExtL2(t, vc, host, alloc, zero);
   }
 
   // ---------------------------------------------------------------- block status
