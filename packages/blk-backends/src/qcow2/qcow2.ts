@@ -384,7 +384,18 @@ export class Qcow2Backend implements BlockBackend {
       return rejectWith(e);
     }
     if (len === 0) return Promise.resolve();
-    return this.#shared(() => this.#readRange(offset, len, segments, 0));
+    const w = this.#lock.shared();
+    return w === undefined ? this.#readLocked(offset, len, segments) : w.then(() => this.#readLocked(offset, len, segments));
+  }
+
+  /** A read holding the shared lock (released here). */
+  async #readLocked(offset: number, len: number, segments: Segments): Promise<void> {
+    try {
+      if (this.#closed) throw new BlockError('closed', 'read on a closed block back-end');
+      await this.#readRange(offset, len, segments, 0);
+    } finally {
+      this.#lock.releaseShared();
+    }
   }
 
   async #shared<T>(fn: () => Promise<T>): Promise<T> {
@@ -602,6 +613,22 @@ export class Qcow2Backend implements BlockBackend {
   async #writeInPlace(off: number, len: number, segs: Segments): Promise<boolean> {
     const cs = this.clusterSize;
     const end = off + len;
+    // Fast path: one standard cluster of this layer, written in place from the caller's segments.
+    if (!this.extendedL2 && Math.floor(off / cs) === Math.floor((end - 1) / cs)) {
+      const vc = Math.floor(off / cs);
+      let t = this.#l2Table(vc);
+      if (t instanceof Promise) t = await t;
+      if (t === null) return false;
+      const ei = (vc % this.l2Entries) * 8;
+      const hi = t.dv.getUint32(ei, false);
+      const lo = t.dv.getUint32(ei + 4, false);
+      if (!(hi & HI_COPIED) || hi & HI_COMPRESSED || lo & LO_ZERO) return false;
+      const host = this.#dataOffset(hi, lo, vc);
+      if (host === 0) return false;
+      this.#dataDirty = true;
+      await this.#file.writev(segs, host + (off - vc * cs));
+      return true;
+    }
     // First pass: resolve every host offset (no I/O issued until all are known).
     const hosts: number[] = [];
     for (let pos = off; pos < end; ) {
