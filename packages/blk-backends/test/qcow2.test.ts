@@ -167,6 +167,27 @@ describe('qcow2 specifics', () => {
     await q.close();
   });
 
+  it('discard frees host space: the freed clusters are punched out of the file after the flush', async () => {
+    tmp = tempDir();
+    const f = tmp.path('p.qcow2');
+    await createImage(f, 'qcow2', { size: 16 << 20 });
+    const q = await Qcow2Backend.open(f);
+    await q.write(0, [pattern(8 << 20, 5)]);
+    await q.flush();
+    const full = statSync(f).blocks;
+    await q.discard(1 << 20, 6 << 20);
+    await q.flush();
+    expect(full - statSync(f).blocks).toBeGreaterThanOrEqual(((6 << 20) / 512) * 0.9);
+    // The freed clusters are reused by the next allocation: the file does not grow.
+    const size = statSync(f).size;
+    await q.write(10 << 20, [pattern(4 << 20, 6)]);
+    await q.flush();
+    expect(statSync(f).size).toBe(size);
+    const r = await q.check();
+    expect([r.corruptions, r.leaks]).toEqual([0, 0]);
+    await q.close();
+  });
+
   it('honours the corrupt bit (read-only only) and clears unknown autoclear bits before writing', async () => {
     tmp = tempDir();
     const f = tmp.path('b.qcow2');
