@@ -42,6 +42,48 @@ describe('qcow2 metadata growth and caches', () => {
   });
 });
 
+describe('concurrent allocating writes', () => {
+  it('256 writes in flight into shared clusters over a backing file, with discards and flushes, all land', async () => {
+    requireQemu();
+    tmp = tempDir();
+    const base = tmp.path('base.raw');
+    const f = tmp.path('top.qcow2');
+    await createImage(base, 'raw', { size: 8 << 20 });
+    const b0 = await RawFileBackend.open(base);
+    await b0.write(0, [new Uint8Array(8 << 20).fill(0xbb)]);
+    await b0.close();
+    await createImage(f, 'qcow2', { backingFile: 'base.raw', backingFormat: 'raw' });
+    const q = await Qcow2Backend.open(f);
+    const model = new MemoryBackend({ size: 8 << 20 });
+    await model.write(0, [new Uint8Array(8 << 20).fill(0xbb)]);
+    const ops: Promise<void>[] = [];
+    for (let i = 0; i < 256; i++) {
+      // 4 KiB blocks in a shuffled order: 16 writers per 64 KiB cluster, each partial.
+      const blk = (i * 167) % 512;
+      const d = pattern(4096, i);
+      ops.push(q.write(blk * 4096, [d]));
+      await model.write(blk * 4096, [d]);
+      if (i % 32 === 31) ops.push(q.flush());
+    }
+    // Discards on clusters nobody writes, and a big multi-cluster write, in flight with the rest.
+    ops.push(q.discard(6 << 20, 1 << 20));
+    await model.discard(6 << 20, 1 << 20);
+    const big = pattern(3 * 65536 + 8192, 999);
+    ops.push(q.write((4 << 20) + 4096, [big]));
+    await model.write((4 << 20) + 4096, [big]);
+    await Promise.all(ops);
+    const got = new Uint8Array(8 << 20);
+    const want = new Uint8Array(8 << 20);
+    await q.read(0, [got]);
+    await model.read(0, [want]);
+    expect(Buffer.compare(got, want)).toBe(0);
+    await q.close();
+    expect(run('qemu-img', ['check', f]).status).toBe(0);
+    writeFileSync(tmp.path('want.raw'), want);
+    expect(run('qemu-img', ['compare', '-F', 'raw', f, tmp.path('want.raw')]).stdout).toContain('Images are identical');
+  });
+});
+
 describe('crash consistency', () => {
   for (const [cs, lazy] of [
     [512, false],

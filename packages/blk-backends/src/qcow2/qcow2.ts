@@ -172,6 +172,13 @@ export class Qcow2Backend implements BlockBackend {
   #lastCompressed: { key: string; data: Uint8Array } | undefined;
   /** Refcount repair in progress: allocate only past every referenced cluster. */
   #allocFloor = 0;
+  /** Guest clusters whose allocating write is in flight outside the lock (data first, then the L2 entry). */
+  readonly #reserved = new Map<number, { wait: Promise<void>; release: () => void }>();
+  /** Host clusters allocated by those writes, referenced by no table yet. */
+  readonly #reservedHost = new Set<number>();
+  /** Mutating requests not yet settled; close waits for them. */
+  #opsInflight = 0;
+  #opsIdle: (() => void)[] = [];
 
   private constructor(file: HostFile, h: Qcow2Header, l1: Uint8Array, reftable: Float64Array, backing: BlockBackend | undefined, snapshots: Snapshot[], opts: Qcow2OpenOptions) {
     this.#file = file;
@@ -604,9 +611,144 @@ export class Qcow2Backend implements BlockBackend {
       return rejectWith(e);
     }
     if (len === 0) return Promise.resolve();
-    return this.#shared(() => this.#writeInPlace(offset, len, segments)).then((done) => {
-      if (!done) return this.#exclusive(() => this.#writeAllocating(offset, len, segments));
-    });
+    return this.#trackOp(this.#write(offset, len, segments));
+  }
+
+  async #trackOp<T>(p: Promise<T>): Promise<T> {
+    this.#opsInflight++;
+    try {
+      return await p;
+    } finally {
+      if (--this.#opsInflight === 0) for (const w of this.#opsIdle.splice(0)) w();
+    }
+  }
+
+  /**
+   * A write: in place under the shared lock when every cluster is this layer's own; otherwise
+   * under the exclusive lock, where clusters that are plainly unallocated get new host clusters
+   * reserved and the data goes out with the lock released (so allocating writes overlap), the L2
+   * entries being set after the data is written. A cluster another request is allocating is
+   * waited for, then the write starts over (writes are idempotent).
+   */
+  async #write(offset: number, len: number, segs: Segments): Promise<void> {
+    for (;;) {
+      if (await this.#shared(() => this.#writeInPlace(offset, len, segs))) return;
+      const r = await this.#exclusive(() => this.#planWrite(offset, len, segs));
+      if (r === undefined) return;
+      if (r instanceof Retry) {
+        await r.wait;
+        continue;
+      }
+      await this.#runPlan(r, offset, len, segs);
+      return;
+    }
+  }
+
+  /** Exclusive lock held: reserve and allocate for the unlocked path, or do the write here. */
+  async #planWrite(off: number, len: number, segs: Segments): Promise<Plan | Retry | undefined> {
+    const cs = this.clusterSize;
+    const vc0 = Math.floor(off / cs);
+    const vc1 = Math.floor((off + len - 1) / cs);
+    for (let vc = vc0; vc <= vc1; vc++) {
+      const r = this.#reserved.get(vc);
+      if (r !== undefined) return new Retry(r.wait);
+    }
+    await this.#beginMetadataChange();
+    if (!this.extendedL2) {
+      const seen: number[] = [];
+      let plain = true;
+      for (let vc = vc0; vc <= vc1 && plain; vc++) {
+        const t = await this.#l2TableForWrite(vc);
+        const ei = (vc % this.l2Entries) * 8;
+        const hi = t.dv.getUint32(ei, false);
+        const lo = t.dv.getUint32(ei + 4, false);
+        if (hi & HI_COMPRESSED || this.#dataOffset(hi, lo, vc) !== 0) plain = false;
+        seen.push(hi, lo);
+      }
+      if (plain) {
+        const k = vc1 - vc0 + 1;
+        const host = await this.#allocClusters(k);
+        this.#checkDataTarget(host, k * cs);
+        for (let i = 0; i < k; i++) {
+          let release!: () => void;
+          const wait = new Promise<void>((resolve) => (release = resolve));
+          this.#reserved.set(vc0 + i, { wait, release });
+          this.#reservedHost.add(host / cs + i);
+        }
+        return { vc0, k, host, seen };
+      }
+    }
+    await this.#writeAllocating(off, len, segs);
+    return undefined;
+  }
+
+  /** The unlocked part of an allocating write: lower layer around partial clusters, one pwritev, then the L2 entries. */
+  async #runPlan(plan: Plan, off: number, len: number, segs: Segments): Promise<void> {
+    const cs = this.clusterSize;
+    const { vc0, k, host } = plan;
+    const end = off + len;
+    let committed = false;
+    try {
+      const iov: Uint8Array[] = [];
+      const partial = async (vc: number, i: number): Promise<Uint8Array> => {
+        const buf = new Uint8Array(cs);
+        const lo = plan.seen[i * 2 + 1]!;
+        const csz = Math.min(cs, this.size - vc * cs);
+        // Zero flag: the cluster reads as zeros; otherwise what lies below (backing file or zeros).
+        if (!(lo & LO_ZERO && this.#h.version === 3)) await this.#readLower(vc * cs, csz, [buf.subarray(0, csz)], 0);
+        const a = Math.max(off, vc * cs);
+        const b = Math.min(end, (vc + 1) * cs);
+        gatherInto(segs, a - off, b - a, buf, a - vc * cs);
+        return buf;
+      };
+      const headPartial = off % cs !== 0 || (k === 1 && end < Math.min((vc0 + 1) * cs, this.size));
+      const vcLast = vc0 + k - 1;
+      const tailPartial = k > 1 && end % cs !== 0 && end < this.size;
+      const midStart = headPartial ? (vc0 + 1) * cs : off;
+      const midEnd = tailPartial ? vcLast * cs : end;
+      if (headPartial) iov.push(await partial(vc0, 0));
+      if (midEnd > midStart) iov.push(...sliceSegments(segs, midStart - off, midEnd - midStart));
+      if (tailPartial) iov.push(await partial(vcLast, k - 1));
+      await this.#file.writev(iov, host + (headPartial ? 0 : off - vc0 * cs));
+      this.#dataDirty = true;
+      await this.#exclusive(async () => {
+        for (let i = 0; i < k; i++) {
+          const vc = vc0 + i;
+          const t = await this.#l2TableForWrite(vc);
+          const ei = (vc % this.l2Entries) * 8;
+          const hi = t.dv.getUint32(ei, false);
+          const lo = t.dv.getUint32(ei + 4, false);
+          if (hi !== plan.seen[i * 2] || lo !== plan.seen[i * 2 + 1]) this.#releaseEntry(hi, lo);
+          this.#setL2(t, vc, host + i * cs, false);
+        }
+        committed = true;
+      });
+    } finally {
+      if (!committed) {
+        // The data write failed: nothing points at the reserved clusters; give them back.
+        await this.#exclusive(async () => {
+          for (let i = 0; i < k; i++) await this.#setRefcount(host / cs + i, 0);
+          this.#freeHint = Math.min(this.#freeHint, host / cs);
+        }).catch(() => undefined);
+      }
+      for (let i = 0; i < k; i++) {
+        this.#reserved.get(vc0 + i)?.release();
+        this.#reserved.delete(vc0 + i);
+        this.#reservedHost.delete(host / cs + i);
+      }
+    }
+  }
+
+  /** Run `fn` under the exclusive lock, waiting out and retrying on clusters being allocated. */
+  async #exclusiveRetry(fn: () => Promise<void>): Promise<void> {
+    for (;;) {
+      try {
+        return await this.#exclusive(fn);
+      } catch (e) {
+        if (!(e instanceof Retry)) throw e;
+        await e.wait;
+      }
+    }
   }
 
   /** The fast path: every cluster touched is this layer's own (COPIED, no zero flag). Returns false to take the slow path. */
@@ -675,6 +817,10 @@ export class Qcow2Backend implements BlockBackend {
     await this.#beginMetadataChange();
     const cs = this.clusterSize;
     const end = off + len;
+    for (let vc = Math.floor(off / cs); vc <= Math.floor((end - 1) / cs); vc++) {
+      const r = this.#reserved.get(vc);
+      if (r !== undefined) throw new Retry(r.wait);
+    }
     let pos = off;
     while (pos < end) {
       const vc = Math.floor(pos / cs);
@@ -847,8 +993,11 @@ export class Qcow2Backend implements BlockBackend {
     } catch (e) {
       return rejectWith(e);
     }
-    return this.#exclusive(async () => {
-      const z = await deflateRaw(data, { windowBits: 12, memLevel: 9 });
+    const z0 = deflateRaw(data, { windowBits: 12, memLevel: 9 });
+    return this.#trackOp(this.#exclusiveRetry(async () => {
+      const z = await z0;
+      const held = this.#reserved.get(offset / cs);
+      if (held !== undefined) throw new Retry(held.wait);
       if (z.byteLength >= cs - 512) return this.#writeAllocating(offset, Math.min(cs, this.size - offset), [data.subarray(0, Math.min(cs, this.size - offset))]);
       await this.#beginMetadataChange();
       const vc = offset / cs;
@@ -866,7 +1015,7 @@ export class Qcow2Backend implements BlockBackend {
       t.dv.setBigUint64(ei, e, false);
       if (this.extendedL2) t.dv.setBigUint64(ei + 8, 0n, false);
       this.#l2.markDirty(t);
-    });
+    }));
   }
 
   /** Byte-granular allocation for compressed data; each host cluster touched gains one reference. */
@@ -1162,7 +1311,7 @@ export class Qcow2Backend implements BlockBackend {
     } catch (e) {
       return rejectWith(e);
     }
-    return this.#exclusive(() => this.#zero(offset, length, true, true));
+    return this.#trackOp(this.#exclusiveRetry(() => this.#zero(offset, length, true, true)));
   }
 
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
@@ -1171,13 +1320,17 @@ export class Qcow2Backend implements BlockBackend {
     } catch (e) {
       return rejectWith(e);
     }
-    return this.#exclusive(() => this.#zero(offset, length, mayUnmap, false));
+    return this.#trackOp(this.#exclusiveRetry(() => this.#zero(offset, length, mayUnmap, false)));
   }
 
   async #zero(off: number, len: number, unmap: boolean, discard: boolean): Promise<void> {
     if (len === 0) return;
-    await this.#beginMetadataChange();
     const cs = this.clusterSize;
+    for (let vc = Math.floor(off / cs); vc <= Math.floor((off + len - 1) / cs); vc++) {
+      const r = this.#reserved.get(vc);
+      if (r !== undefined) throw new Retry(r.wait);
+    }
+    await this.#beginMetadataChange();
     const end = off + len;
     let pos = off;
     const v3 = this.#h.version === 3;
@@ -1326,6 +1479,8 @@ export class Qcow2Backend implements BlockBackend {
   // ---------------------------------------------------------------- close
 
   async close(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#opsInflight > 0) await new Promise<void>((resolve) => this.#opsIdle.push(resolve));
     if (this.#closed) return;
     if (!this.readOnly) {
       await this.#exclusive(async () => {
@@ -1485,6 +1640,8 @@ export class Qcow2Backend implements BlockBackend {
     }
     if (this.#h.bitmapsExt) await this.#countBitmaps(inc, err);
     if (this.#h.cryptoExt) inc(this.#h.cryptoExt.offset, this.#h.cryptoExt.length, 'encryption header');
+    // Clusters of allocating writes in flight: referenced as soon as their data is written.
+    for (const c of this.#reservedHost) if (c < fileClusters) refs[c]!++;
 
     // Compare with the stored refcounts.
     let leaks = 0;
@@ -1708,6 +1865,20 @@ function zstdCluster(raw: Uint8Array, cs: number): Uint8Array {
     if (n < cs) throw e;
   }
   return n === cs ? out : out.subarray(0, n);
+}
+
+/** Thrown inside the exclusive lock when a guest cluster is being allocated by another request: wait, retry. */
+class Retry {
+  constructor(readonly wait: Promise<void>) {}
+}
+
+/** An allocating write planned under the lock: k guest clusters from vc0, new host clusters from `host`. */
+interface Plan {
+  vc0: number;
+  k: number;
+  host: number;
+  /** The L2 entries (hi, lo pairs) seen when planning. */
+  seen: number[];
 }
 
 function v3Zero(version: number, lo: number): boolean {
