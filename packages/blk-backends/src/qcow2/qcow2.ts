@@ -1868,8 +1868,10 @@ function zstdCluster(raw: Uint8Array, cs: number): Uint8Array {
 }
 
 /** Thrown inside the exclusive lock when a guest cluster is being allocated by another request: wait, retry. */
-class Retry {
-  constructor(readonly wait: Promise<void>) {}
+class Retry extends Error {
+  constructor(readonly wait: Promise<void>) {
+    super('a guest cluster is being allocated by another request; retry after it');
+  }
 }
 
 /** An allocating write planned under the lock: k guest clusters from vc0, new host clusters from `host`. */
