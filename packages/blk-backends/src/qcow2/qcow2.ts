@@ -301,11 +301,9 @@ export class Qcow2Backend implements BlockBackend {
   }
 
   async #writeHeader(): Promise<void> {
-    const buf = serializeHeader(this.#h);
-    // Only the header and its extensions: never past the end of what it occupies.
-    let end = buf.byteLength;
-    while (end > 0 && buf[end - 1] === 0) end--;
-    await this.#file.write(buf.subarray(0, Math.max(end, this.#h.version === 3 ? 112 : 72)), 0);
+    // The whole first cluster, as QEMU writes it: it holds only the header, its extensions and
+    // the backing file name (Header extensions), so no stale extension bytes survive a rewrite.
+    await this.#file.write(serializeHeader(this.#h), 0);
     await this.#file.datasync();
   }
 
