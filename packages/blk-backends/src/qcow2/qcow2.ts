@@ -512,12 +512,12 @@ export class Qcow2Backend implements BlockBackend {
         pos += n;
         continue;
       }
-      if (host === 0 && !(lo & LO_ZERO)) {
-        flushRun();
-        ios.push(this.#readLower(pos, n, segs, reqAt));
-      } else if (lo & LO_ZERO && this.#h.version === 3) {
+      if (lo & LO_ZERO && this.#h.version === 3) {
         flushRun();
         zeroSegments(segs, reqAt, n);
+      } else if (host === 0) {
+        flushRun();
+        ios.push(this.#readLower(pos, n, segs, reqAt));
       } else {
         if (runLen > 0 && runHost + runLen === host + inC) runLen += n;
         else {
