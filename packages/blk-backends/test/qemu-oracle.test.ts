@@ -197,6 +197,20 @@ describe('qcow2 images written by qemu read back identically through ioplane', (
     expect(cmp.status).toBe(0);
   });
 
+  it('raw files: ioplane-img map agrees with qemu-img map on data and holes, also after an ioplane discard', async () => {
+    tmp = tempDir();
+    const f = tmp.path('h.raw');
+    qemuImg('create', '-q', '-f', 'raw', f, '8M');
+    qemuIo(f, ['write -P 1 1M 64k', 'write -P 2 5M 1M'], 'raw');
+    const mine = await img('map', '--output=json', '-f', 'raw', f);
+    expect(mine.stdout).toBe(qemuImg('map', '--output=json', '-f', 'raw', f));
+    expect((await img('io', '-f', 'raw', f, '-c', 'discard 5M 512k', '-c', 'flush')).status).toBe(0);
+    const after = await img('map', '--output=json', '-f', 'raw', f);
+    expect(after.stdout).toBe(qemuImg('map', '--output=json', '-f', 'raw', f));
+    expect(after.stdout).toContain(`{ "start": ${5767168}, "length": 524288, "depth": 0, "present": true, "zero": false, "data": true`);
+    qemuIo(f, ['read -P 0 5M 512k', 'read -P 2 5632k 512k'], 'raw');
+  });
+
   it('a lazy-refcount image left dirty by a crashed qemu-io is repaired on a read-write open', async () => {
     tmp = tempDir();
     const f = tmp.path('lazy.qcow2');
