@@ -1337,6 +1337,24 @@ export class Qcow2Backend implements BlockBackend {
       const vc = Math.floor(pos / cs);
       const inC = pos - vc * cs;
       const n = Math.min(end - pos, cs - inC);
+      if (!backed) {
+        // Without a backing file, what is not stored here reads as zeros already: skip it
+        // (a whole missing L2 table in one step), allocating nothing.
+        const t0 = this.#l2Table(vc);
+        const t1 = t0 instanceof Promise ? await t0 : t0;
+        if (t1 === null) {
+          pos = Math.min(end, (Math.floor(vc / this.l2Entries) + 1) * this.l2Entries * cs);
+          continue;
+        }
+        const ej = (vc % this.l2Entries) * this.#entryBytes;
+        const hj = t1.dv.getUint32(ej, false);
+        const lj = t1.dv.getUint32(ej + 4, false);
+        const unstored = !(hj & HI_COMPRESSED) && (this.extendedL2 ? t1.dv.getUint32(ej + 12, false) === 0 : (hj & HI_OFFSET_MASK) === 0 && (lj & LO_OFFSET_MASK) === 0);
+        if (unstored) {
+          pos += n;
+          continue;
+        }
+      }
       const whole = inC === 0 && (n === cs || vc * cs + n === this.size);
       if (!whole && this.extendedL2 && n >= this.subclusterSize) {
         await this.#zeroSubclusters(vc, inC, n, unmap, discard, backed);
@@ -1347,12 +1365,6 @@ export class Qcow2Backend implements BlockBackend {
         // Part of a cluster (or v2 over a backing file, which has no zero flag): write zeros.
         await this.#writeAllocating(pos, n, null);
         pos += n;
-        continue;
-      }
-      const ti = this.#l2Table(vc);
-      const existing = ti instanceof Promise ? await ti : ti;
-      if (existing === null && !backed) {
-        pos += n; // Unallocated without a backing file already reads zeros.
         continue;
       }
       const t = await this.#l2TableForWrite(vc);
