@@ -2,7 +2,8 @@
  * Read benchmark: 4 KiB random and 64 KiB sequential reads at queue depth 1
  * and 32 on a raw file (warm page cache) and on a qcow2 image holding the same
  * data, directly on the back-ends. Raw and qcow2 runs alternate back to back;
- * medians over RUNS runs, spread as min–max, and the qcow2/raw ratio.
+ * medians over RUNS runs, spread as min–max, and the qcow2/raw ratio. Then
+ * 4 KiB random allocating writes at QD32 into fresh images of both formats.
  *   pnpm --filter @ioplane/blk-backends bench     (RUNS=10 SIZE_MB=128 by default)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -48,6 +49,28 @@ async function runPattern(b: BlockBackend, bs: number, qd: number, random: boole
       const blk = random ? next() % blocks : seq++ % blocks;
       const s = performance.now();
       await b.read(blk * bs, seg);
+      lat[i] = performance.now() - s;
+    }
+  };
+  await Promise.all(Array.from({ length: qd }, (_, s) => worker(s)));
+  const secs = (performance.now() - t0) / 1000;
+  lat.sort();
+  return { iops: ops / secs, mbps: (ops * bs) / secs / 1e6, p50: lat[Math.floor(ops * 0.5)]! * 1000, p99: lat[Math.floor(ops * 0.99)]! * 1000 };
+}
+
+async function runWrites(b: BlockBackend, bs: number, qd: number, ops: number, seed: number): Promise<Result> {
+  const next = rng(seed);
+  const blocks = b.size / bs;
+  const lat = new Float64Array(ops);
+  const bufs = Array.from({ length: qd }, (_, i) => new Uint8Array(bs).fill(i + 1));
+  let issued = 0;
+  const t0 = performance.now();
+  const worker = async (slot: number): Promise<void> => {
+    const seg = [bufs[slot]!];
+    while (issued < ops) {
+      const i = issued++;
+      const s = performance.now();
+      await b.write((next() % blocks) * bs, seg);
       lat[i] = performance.now() - s;
     }
   };
@@ -118,6 +141,31 @@ async function main(): Promise<void> {
     }
     await raw.close();
     await qcow.close();
+
+    // Allocating writes: 4 KiB random writes at QD32 into fresh images (qcow2 allocates a cluster per
+    // first touch, copy-on-write of the rest of it; raw extends a sparse file).
+    const wr: Record<'raw' | 'qcow2', Result[]> = { raw: [], qcow2: [] };
+    const wsize = 64 * 1024 * 1024;
+    for (let run = 0; run < RUNS; run++) {
+      for (const fmt of ['raw', 'qcow2'] as const) {
+        const p = join(dir, `w.${fmt}`);
+        await createImage(p, fmt, { size: wsize });
+        const b = await openImage(p);
+        wr[fmt].push(await runWrites(b, 4096, 32, 4000, 2000 + run));
+        await b.flush();
+        await b.close();
+        rmSync(p);
+      }
+    }
+    const wratios = wr.qcow2.map((x, i) => x.iops / wr.raw[i]!.iops);
+    for (const k of ['raw', 'qcow2'] as const) {
+      const iops = wr[k].map((x) => x.iops);
+      console.log(
+        `4k randw QD32 ${k.padEnd(6)} ${median(iops).toFixed(0).padStart(8)} IOPS [${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}]  ` +
+          `${median(wr[k].map((x) => x.mbps)).toFixed(1).padStart(7)} MB/s  p50 ${median(wr[k].map((x) => x.p50)).toFixed(1).padStart(6)} µs  p99 ${median(wr[k].map((x) => x.p99)).toFixed(1).padStart(7)} µs  (fresh image)`,
+      );
+    }
+    console.log(`4k randw QD32 qcow2/raw IOPS ratio ${median(wratios).toFixed(2)} [${Math.min(...wratios).toFixed(2)}–${Math.max(...wratios).toFixed(2)}]`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
