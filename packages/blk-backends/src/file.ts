@@ -173,7 +173,8 @@ export class HostFile {
     const n = native();
     if (n !== undefined) {
       const mode = unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-      const r = n.fallocate(this.handle.fd, mode, pos, end - pos);
+      // On koffi's worker thread; any failure (EOPNOTSUPP, an old kernel) falls back to writing zeros.
+      const r = await n.fallocateAsync(this.handle.fd, mode, pos, end - pos);
       if (r === 0) return unmap;
     }
     for (let at = pos; at < end; at += ZEROS.byteLength) {

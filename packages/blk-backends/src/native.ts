@@ -18,6 +18,8 @@ export const ENXIO = 6;
 export interface Native {
   /** fallocate(2); returns 0 or -errno. */
   fallocate(fd: number, mode: number, offset: number, length: number): number;
+  /** fallocate(2) on koffi's worker thread, so a large hole punch does not block the event loop; resolves to the return value (0 or -1). */
+  fallocateAsync(fd: number, mode: number, offset: number, length: number): Promise<number>;
   /** lseek(2); returns the offset or -errno. */
   lseek(fd: number, offset: number, whence: number): number;
   /** A page-aligned ArrayBuffer that is never freed (for a fixed pool). */
@@ -26,6 +28,7 @@ export interface Native {
 
 interface KoffiFn {
   (...args: unknown[]): unknown;
+  async(...args: unknown[]): void;
 }
 interface Koffi {
   load(name: string): { func(sig: string): KoffiFn };
@@ -50,6 +53,11 @@ export function native(): Native | undefined {
       fallocate(fd, mode, offset, length) {
         const r = fallocate(fd, mode, offset, length) as number;
         return r === 0 ? 0 : -koffi.errno();
+      },
+      fallocateAsync(fd, mode, offset, length) {
+        return new Promise((resolve) => {
+          fallocate.async(fd, mode, offset, length, (err: unknown, r: number) => resolve(err ? -1 : r));
+        });
       },
       lseek(fd, offset, whence) {
         const r = Number(lseek(fd, offset, whence));
