@@ -1,0 +1,205 @@
+import { constants, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { BlockError, ioError } from './errors.js';
+import { ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, native, SEEK_DATA, SEEK_HOLE } from './native.js';
+
+const ZEROS = new Uint8Array(1 << 20);
+
+/**
+ * Byte-granular positional I/O on a host file (no alignment rules): what the
+ * raw back-end and the qcow2 driver are built on. Short reads past the end of
+ * the file read zeros, as a sparse file would.
+ */
+export class HostFile {
+  #size: number;
+  private constructor(
+    readonly path: string,
+    readonly handle: FileHandle,
+    readonly readOnly: boolean,
+    size: number,
+  ) {
+    this.#size = size;
+  }
+
+  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; direct?: boolean } = {}): Promise<HostFile> {
+    const readOnly = opts.readOnly ?? false;
+    let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
+    if (opts.create) flags |= constants.O_CREAT | constants.O_TRUNC;
+    if (opts.direct) flags |= constants.O_DIRECT;
+    let handle: FileHandle;
+    try {
+      handle = await fsp.open(path, flags, 0o644);
+    } catch (e) {
+      throw ioError(`cannot open ${path}`, e);
+    }
+    try {
+      const st = await handle.stat();
+      if (st.isDirectory()) throw new BlockError('invalid-argument', `${path} is a directory`, { path });
+      return new HostFile(path, handle, readOnly, st.size);
+    } catch (e) {
+      await handle.close().catch(() => undefined);
+      throw e instanceof BlockError ? e : ioError(`cannot stat ${path}`, e);
+    }
+  }
+
+  /** The file's length as last seen or extended by this object. */
+  get size(): number {
+    return this.#size;
+  }
+
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  async refreshSize(): Promise<number> {
+    this.#size = (await this.handle.stat()).size;
+    return this.#size;
+  }
+
+  /** Fill `buffers` from `pos`; bytes past the end of the file read as zeros. */
+  async readv(buffers: readonly Uint8Array[], pos: number): Promise<void> {
+    let i = 0;
+    let skip = 0;
+    let at = pos;
+    // Bounded: each round either reads ≥1 byte or zero-fills the rest and stops.
+    while (i < buffers.length) {
+      const batch = skip === 0 && i === 0 ? buffers : [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)];
+      let n: number;
+      try {
+        n = (await this.handle.readv(batch as Uint8Array[], at)).bytesRead;
+      } catch (e) {
+        throw ioError(`read of ${this.path} at ${at}`, e);
+      }
+      if (n === 0) {
+        for (let j = i; j < buffers.length; j++) buffers[j]!.fill(0, j === i ? skip : 0);
+        return;
+      }
+      at += n;
+      while (i < buffers.length && n > 0) {
+        const left = buffers[i]!.byteLength - skip;
+        if (n >= left) {
+          n -= left;
+          i++;
+          skip = 0;
+        } else {
+          skip += n;
+          n = 0;
+        }
+      }
+      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+    }
+  }
+
+  async read(buf: Uint8Array, pos: number): Promise<void> {
+    let done = 0;
+    while (done < buf.byteLength) {
+      let n: number;
+      try {
+        n = (await this.handle.read(buf, done, buf.byteLength - done, pos + done)).bytesRead;
+      } catch (e) {
+        throw ioError(`read of ${this.path} at ${pos + done}`, e);
+      }
+      if (n === 0) {
+        buf.fill(0, done);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async writev(buffers: readonly Uint8Array[], pos: number): Promise<void> {
+    let i = 0;
+    let skip = 0;
+    let at = pos;
+    let total = 0;
+    for (const b of buffers) total += b.byteLength;
+    while (i < buffers.length) {
+      const batch = skip === 0 && i === 0 ? buffers : [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)];
+      let n: number;
+      try {
+        n = (await this.handle.writev(batch as Uint8Array[], at)).bytesWritten;
+      } catch (e) {
+        throw ioError(`write of ${this.path} at ${at}`, e);
+      }
+      if (n === 0) throw new BlockError('io', `write of ${this.path} at ${at} made no progress`, { pos: at });
+      at += n;
+      while (i < buffers.length && n > 0) {
+        const left = buffers[i]!.byteLength - skip;
+        if (n >= left) {
+          n -= left;
+          i++;
+          skip = 0;
+        } else {
+          skip += n;
+          n = 0;
+        }
+      }
+      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+    }
+    if (pos + total > this.#size) this.#size = pos + total;
+  }
+
+  write(buf: Uint8Array, pos: number): Promise<void> {
+    return this.writev([buf], pos);
+  }
+
+  async datasync(): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (e) {
+      throw ioError(`fdatasync of ${this.path}`, e);
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    try {
+      await this.handle.truncate(size);
+    } catch (e) {
+      throw ioError(`truncate of ${this.path} to ${size}`, e);
+    }
+    this.#size = size;
+  }
+
+  /**
+   * Make [pos, pos+len) read as zeros. With `unmap`, punch a hole
+   * (fallocate PUNCH_HOLE|KEEP_SIZE: the file system frees the blocks); without,
+   * FALLOC_FL_ZERO_RANGE keeps them allocated. Where fallocate is unavailable
+   * or refused (EOPNOTSUPP), zeros are written. Returns true if space was freed.
+   */
+  async zeroRange(pos: number, len: number, unmap: boolean): Promise<boolean> {
+    if (len <= 0) return false;
+    const end = Math.min(pos + len, this.#size);
+    if (pos >= end) return false; // Past EOF already reads zeros.
+    const n = native();
+    if (n !== undefined) {
+      const mode = unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+      // On koffi's worker thread; any failure (EOPNOTSUPP, an old kernel) falls back to writing zeros.
+      const r = await n.fallocateAsync(this.handle.fd, mode, pos, end - pos);
+      if (r === 0) return unmap;
+    }
+    for (let at = pos; at < end; at += ZEROS.byteLength) {
+      await this.write(ZEROS.subarray(0, Math.min(ZEROS.byteLength, end - at)), at);
+    }
+    return false;
+  }
+
+  /**
+   * SEEK_DATA/SEEK_HOLE: is `pos` in data or in a hole, and where does that run
+   * end (≤ limit)? Without lseek support everything is data.
+   */
+  dataAt(pos: number, limit: number): { data: boolean; end: number } {
+    const n = native();
+    if (n === undefined || pos >= this.#size) return { data: pos < this.#size, end: pos >= this.#size ? limit : Math.min(limit, this.#size) };
+    const d = n.lseek(this.handle.fd, pos, SEEK_DATA);
+    if (d === -ENXIO) return { data: false, end: limit };
+    if (d < 0) return { data: true, end: Math.min(limit, this.#size) };
+    if (d > pos) return { data: false, end: Math.min(limit, d) };
+    const h = n.lseek(this.handle.fd, pos, SEEK_HOLE);
+    if (h <= pos) return { data: true, end: Math.min(limit, this.#size) };
+    return { data: true, end: Math.min(limit, h) };
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
