@@ -14,8 +14,9 @@ export function packageTestConfig(overrides: NonNullable<ViteUserConfig['test']>
     test: {
       environment: 'node',
       include: ['test/**/*.test.ts'],
-      testTimeout: 30_000,
-      hookTimeout: 30_000,
+      // Bounds, not timings: CI runs every package's suite on two shared cores.
+      testTimeout: 120_000,
+      hookTimeout: 120_000,
       // The JSON report feeds scripts/summary.mjs, which prints one closing line for CI.
       reporters: ['default', ['json', { outputFile: '.vitest-report.json' }]],
       ...overrides,

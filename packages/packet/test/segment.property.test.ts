@@ -16,7 +16,10 @@ describe('segmentTcp against the reference (reassembly)', () => {
       fc.property(
         fc.boolean(), fc.integer({ min: 0, max: 9000 }), fc.integer({ min: 1, max: 1460 }), fc.nat(0xffffffff), fc.nat(0xff), fc.nat(0xffff),
         fc.constantFrom(new Uint8Array(0), new Uint8Array([2, 4, 5, 0xb4]), new Uint8Array([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])), fc.option(fc.nat(0xfff), { nil: undefined }),
-        (v4, payloadLen, mss, seq, flags, ipId, options, vlan) => {
+        (v4, anyLen, mss, seq, flags, ipId, options, vlan) => {
+          // At most 64 segments per case: tiny MSS values with big payloads cost
+          // thousands of assertions without testing anything new.
+          const payloadLen = Math.min(anyLen, mss * 64);
           const payload = Uint8Array.from({ length: payloadLen }, (_, i) => (i * 7 + 3) & 0xff);
           const n = buildTcp(big, { srcMac: mac, dstMac: mac, srcIp: v4 ? 0x0ac80001 : v6a, dstIp: v4 ? 0x0ac80002 : v6b, srcPort: 80, dstPort: 4242, seq, flags, ipId, options, payload, vlanTci: vlan });
           const got: number[] = [];
