@@ -42,6 +42,7 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
   private readonly maxIndirect: number;
   private readonly indirectMode: IndirectMode;
 
+  private interruptsOn = true;
   private nextAvail = 0;
   private availWrap = 1;
   private nextUsed = 0;
@@ -226,6 +227,8 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
       this.nextUsed -= this.size;
       this.usedWrap ^= 1;
     }
+    // As Linux's virtqueue_get_buf_ctx_packed: keep asking for the next used descriptor.
+    if (this.features.eventIdx && this.interruptsOn) Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
   }
 
   private retire(id: number, len: number, out: UsedBuffer<T>): void {
@@ -239,6 +242,7 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   enableInterrupts(): boolean {
+    this.interruptsOn = true;
     if (this.features.eventIdx) {
       Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
       Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DESC);
@@ -253,6 +257,7 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   disableInterrupts(): void {
+    this.interruptsOn = false;
     Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DISABLE);
   }
 

@@ -64,6 +64,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private batchLeft = 0;
   private batchLastLen = 0;
 
+  private interruptsOn = true;
   private availIdx = 0;
   private lastKick = 0;
   private lastUsed = 0;
@@ -211,6 +212,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     }
     this.retire(id, len, out);
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    this.moveUsedEvent();
     return true;
   }
 
@@ -220,7 +222,17 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.batchLeft--;
     this.retire(id, this.batchLeft === 0 ? this.batchLastLen : this.writableOf[id]!, out);
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    this.moveUsedEvent();
     return true;
+  }
+
+  /**
+   * With interrupts on, ask for one at the next used entry, as Linux's
+   * virtqueue_get_buf does: otherwise an EVENT_IDX device, having crossed the
+   * old used_event once, would never interrupt again.
+   */
+  private moveUsedEvent(): void {
+    if (this.features.eventIdx && this.interruptsOn) Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
   }
 
   private retire(id: number, len: number, out: UsedBuffer<T>): void {
@@ -240,12 +252,14 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   enableInterrupts(): boolean {
+    this.interruptsOn = true;
     if (this.features.eventIdx) Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
     else Atomics.store(this.avail, AVAIL_FLAGS / 2, 0);
     return this.batchLeft > 0 || Atomics.load(this.used, USED_IDX / 2) !== this.lastUsed;
   }
 
   disableInterrupts(): void {
+    this.interruptsOn = false;
     if (!this.features.eventIdx) Atomics.store(this.avail, AVAIL_FLAGS / 2, VIRTQ_AVAIL_F_NO_INTERRUPT);
   }
 

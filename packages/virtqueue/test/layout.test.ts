@@ -112,3 +112,28 @@ describe('feature bits', () => {
     expect(ringFeatures((1n << 28n) | (1n << 35n) | (1n << 32n))).toEqual({ indirect: true, eventIdx: false, inOrder: true, packed: false });
   });
 });
+
+describe('EVENT_IDX: a driver that leaves interrupts on keeps getting them', () => {
+  for (const packed of [false, true]) {
+    it(`interrupts after every reaped batch without re-enabling (${packed ? 'packed' : 'split'})`, () => {
+      const mem = testMemory(1 << 16);
+      const f = { ...none, packed, eventIdx: true };
+      const { config } = layoutQueue(packed, 8, 0x1000);
+      const drv = packed ? new PackedDriverQueue<number>(mem, config, f) : new SplitDriverQueue<number>(mem, config, f);
+      const dev = packed ? new PackedDeviceQueue(mem, config, f) : new SplitDeviceQueue(mem, config, f);
+      drv.enableInterrupts();
+      const c = dev.createChain();
+      const out = { token: undefined as number | undefined, len: 0 };
+      for (let round = 0; round < 20; round++) {
+        drv.add(new BufferList().push(0x4000, 16, true), round);
+        drv.publish();
+        expect(dev.pop(c)).toBe(true);
+        dev.complete(c, 4);
+        // Every completion is wanted: the driver has taken everything before it.
+        expect(dev.needsInterrupt()).toBe(true);
+        expect(drv.pollUsed(out)).toBe(true);
+        expect(out.token).toBe(round);
+      }
+    });
+  }
+});
