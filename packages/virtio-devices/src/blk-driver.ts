@@ -412,6 +412,9 @@ export class VirtioBlkDriver {
       let got: boolean;
       try {
         got = d.dq.pollUsed(used);
+        // Out of used buffers: re-arm the interrupt (with EVENT_IDX, used_event moves on, §2.7.10)
+        // and look again in case the device returned more meanwhile.
+        if (!got && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
       } catch (e) {
         this.fail(new VirtioError('bad-completion', `queue ${d.q}: ${e instanceof Error ? e.message : String(e)}`, { queue: d.q }, { cause: e }));
         return n;

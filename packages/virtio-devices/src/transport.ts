@@ -220,10 +220,16 @@ export function serveTransport(device: VirtioTransportTarget, port: MessagePort,
   });
   let running = true;
   const loops = kicks.map(async (bell, q) => {
+    // Read the count before acting on it: a kick that lands while the device
+    // processes moves the count past `seen`, so the next wait returns at once.
+    let seen = bell.count;
     while (running) {
-      const seen = bell.count;
       await bell.waitAsync(seen, pollMs);
-      if (running && bell.count !== seen) device.notify(q);
+      const now = bell.count;
+      if (running && now !== seen) {
+        seen = now;
+        device.notify(q);
+      }
     }
   });
   return {
