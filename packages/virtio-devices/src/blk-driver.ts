@@ -321,7 +321,7 @@ export class VirtioBlkDriver {
     try {
       d = this.pickQueue(queue);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     return new Promise<void>((resolve, reject) => {
       const go = (): void => {

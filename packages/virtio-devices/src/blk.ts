@@ -128,7 +128,6 @@ export class VirtioBlkDevice extends VirtioDevice {
   readonly serial: Uint8Array;
   readonly capacitySectors: number;
   readonly #limits: BlkLimits;
-  readonly #readOnly: boolean;
   #state: (QueueState | undefined)[] = [];
   #writeThrough = false;
   #inFlight = 0;
@@ -160,7 +159,6 @@ export class VirtioBlkDevice extends VirtioDevice {
     const queueSize = options.queueSize ?? 256;
     super(VIRTIO_ID_BLOCK, f, numQueues, queueSize, BLK_CFG_SIZE, options);
     this.backend = b;
-    this.#readOnly = readOnly;
     this.capacitySectors = Math.floor(b.size / SECTOR_SIZE);
     const u32 = (v: number | undefined, d: number, what: string): number => {
       const x = v ?? d;

@@ -31,7 +31,7 @@ class GatedBackend implements BlockBackend {
     }
     if (!this.gate) return run();
     return new Promise<void>((resolve, reject) => {
-      this.held.push({ op, release: () => run().then(resolve, reject) });
+      this.held.push({ op, release: () => void run().then(resolve, reject) });
     });
   }
   read(o: number, s: Segments): Promise<void> {

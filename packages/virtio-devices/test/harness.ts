@@ -24,21 +24,22 @@ export async function harness(
   const backend = opts.backend ?? new MemoryBackend({ size: opts.size ?? 1 << 20 });
   const errors: VirtioError[] = [];
   const interrupts: number[] = [];
-  let driver: VirtioBlkDriver | undefined;
+  const ref: { driver?: VirtioBlkDriver } = {};
   const device = new VirtioBlkDevice({
     mem,
     backend,
     interrupts: {
       queue: (q) => {
         interrupts.push(q);
-        driver?.handleInterrupt(q);
+        ref.driver?.handleInterrupt(q);
       },
-      config: () => void driver?.handleConfigChange(),
+      config: () => void ref.driver?.handleConfigChange(),
     },
     onGuestError: (e) => errors.push(e),
     ...opts.device,
   });
-  driver = await VirtioBlkDriver.create({ transport: new DirectTransport(device), mem, area: AREA, ...opts.driver });
+  const driver = await VirtioBlkDriver.create({ transport: new DirectTransport(device), mem, area: AREA, ...opts.driver });
+  ref.driver = driver;
   return { mem, backend, device, driver, errors, interrupts };
 }
 
