@@ -6,7 +6,8 @@
  * on the back-end from this thread. Then the same through a qcow2 image
  * holding the same data. Configurations alternate run by run; medians over
  * RUNS runs, spread as min–max.
- *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default)
+ *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default;
+ *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -142,12 +143,15 @@ async function main(): Promise<void> {
       { name: '64k-seq-qd1', bs: 65536, qd: 1, random: false, ops: 3000 },
       { name: '64k-seq-qd32', bs: 65536, qd: 32, random: false, ops: 8000 },
     ];
-    const configs = [
+    const only = process.env.PATTERN;
+    if (only !== undefined) patterns.splice(0, patterns.length, ...patterns.filter((p) => p.name === only));
+    const allConfigs = [
       { name: 'raw direct', run: (j: Job) => direct(w, j) },
       { name: 'raw virtio', run: (j: Job) => raw.run(j) },
       { name: 'qcow2 direct', run: (j: Job) => direct(q, j) },
       { name: 'qcow2 virtio', run: (j: Job) => qcow.run(j) },
     ];
+    const configs = allConfigs.filter((c) => process.env.CONFIG === undefined || process.env.CONFIG.split(',').includes(c.name));
     console.log(`virtio-blk read benchmark: ${SIZE >> 20} MiB image, warm page cache, ${RUNS} runs per cell, ${PACKED ? 'packed' : 'split'} rings, medians (min–max of IOPS)`);
     console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPU(s)\n`);
     const summary: string[] = [];
@@ -177,6 +181,11 @@ async function main(): Promise<void> {
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
       console.log(`  ${line}\n`);
       summary.push(line);
+    }
+    for (const [name, g] of [['raw', raw], ['qcow2', qcow]] as const) {
+      const st = g.device.stats;
+      const bs = g.device.blkStats;
+      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt)`);
     }
     console.log('ratios (IOPS medians):');
     for (const l of summary) console.log(`  ${l}`);

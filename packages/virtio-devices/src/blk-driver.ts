@@ -146,6 +146,7 @@ export class VirtioBlkDriver {
   #publishScheduled = false;
   #closed = false;
   #failed: VirtioError | undefined;
+  readonly #bells: Doorbell[] = [];
   readonly #publish = (): void => this.publishAll();
 
   private constructor(transport: DriverTransport, mem: GuestMemory, info: BlkDeviceInfo, queues: DQ[], maxSegments: number) {
@@ -338,7 +339,7 @@ export class VirtioBlkDriver {
         const mem = this.#mem;
         mem.writeU32(hdr, type);
         mem.writeU32(hdr + 4, 0);
-        mem.writeU64(hdr + 8, BigInt(sector));
+        mem.writeU53(hdr + 8, sector);
         mem.writeU8(hdr + SLOT_STATUS, 0xff);
         const list = this.#list.clear();
         list.push(hdr, BLK_REQ_HEADER_SIZE, false);
@@ -346,7 +347,7 @@ export class VirtioBlkDriver {
           for (let i = 0; i < ranges.length; i++) {
             const r = ranges[i]!;
             const e = hdr + SLOT_TABLE + i * BLK_DWZ_SEGMENT_SIZE;
-            mem.writeU64(e, BigInt(r.sector));
+            mem.writeU53(e, r.sector);
             mem.writeU32(e + 8, r.count);
             mem.writeU32(e + 12, unmap ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0);
           }
@@ -462,9 +463,12 @@ export class VirtioBlkDriver {
 
   /**
    * Waits for used buffer notifications on `bells` (one per queue, rung by the
-   * device's thread) and completes requests, until `close()`.
+   * device's thread) and completes requests, until `close()`; with
+   * `configBell`, configuration change notifications too (DEVICE_NEEDS_RESET).
    */
-  listen(bells: readonly Doorbell[], pollMs = 50): Promise<void> {
+  listen(bells: readonly Doorbell[], pollMs = 50, configBell?: Doorbell): Promise<void> {
+    this.#bells.push(...bells);
+    if (configBell !== undefined) this.#bells.push(configBell);
     const loops = this.#queues.map(async (d) => {
       const bell = bells[d.q];
       if (bell === undefined) throw new VirtioError('invalid-argument', `no interrupt doorbell for queue ${d.q}`, { queue: d.q });
@@ -474,6 +478,21 @@ export class VirtioBlkDriver {
         await bell.waitAsync(seen, pollMs);
       }
     });
+    if (configBell !== undefined) {
+      loops.push(
+        (async () => {
+          let seen = configBell.count;
+          while (!this.#closed) {
+            await configBell.waitAsync(seen, pollMs);
+            const now = configBell.count;
+            if (now !== seen && !this.#closed) {
+              seen = now;
+              await this.handleConfigChange();
+            }
+          }
+        })(),
+      );
+    }
     return Promise.all(loops).then(() => undefined);
   }
 
@@ -482,6 +501,8 @@ export class VirtioBlkDriver {
     if (this.#closed) return;
     this.#closed = true;
     this.fail(new VirtioError('cancelled', 'the driver was closed', {}));
+    // Wake `listen` loops so they see `closed` at once.
+    for (const b of this.#bells) b.ring();
     await this.#transport.setStatus(0);
   }
 }

@@ -108,8 +108,10 @@ interface QueueState {
   free: Slot[];
   /** Used entries pushed and not yet published. */
   dirty: boolean;
-  /** Processing stopped because every slot was busy. */
-  starved: boolean;
+  /** Number of slots. */
+  slots: number;
+  /** Every slot was busy: look at the ring again at the next completion. */
+  recheck: boolean;
   processing: boolean;
 }
 
@@ -259,7 +261,7 @@ export class VirtioBlkDevice extends VirtioDevice {
         s.queue = q;
         free.push(s);
       }
-      return { dq, free, dirty: false, starved: false, processing: false };
+      return { dq, free, slots: free.length, dirty: false, recheck: false, processing: false };
     });
   }
 
@@ -308,8 +310,10 @@ export class VirtioBlkDevice extends VirtioDevice {
           if (!this.running) return;
         }
         if (st.free.length === 0) {
-          // Every slot is busy: resume when one completes (notifications stay off meanwhile).
-          st.starved = true;
+          // Every slot is busy: the next completion looks at the ring again
+          // (notifications stay off meanwhile). With slots free, the device asks
+          // for kicks instead, so a slow request (a long flush) never holds up new ones.
+          st.recheck = true;
           return;
         }
         // §2.7.10 / §2.8.21: re-enable, then re-check for buffers added meanwhile.
@@ -439,8 +443,10 @@ export class VirtioBlkDevice extends VirtioDevice {
     st.free.push(slot);
     st.dirty = true;
     if (!this.#publishScheduled) {
+      // Publish once per event-loop turn: the back-end's completions of one poll
+      // phase share one release store and at most one interrupt per queue.
       this.#publishScheduled = true;
-      queueMicrotask(this.#publish);
+      setImmediate(this.#publish);
     }
   }
 
@@ -454,8 +460,8 @@ export class VirtioBlkDevice extends VirtioDevice {
       st.dirty = false;
       st.dq.publishUsed();
       if (st.dq.needsInterrupt()) this.raiseQueueInterrupt(q);
-      if (st.starved && this.running) {
-        st.starved = false;
+      if (st.recheck && this.running) {
+        st.recheck = false;
         this.processQueue(q);
       }
     }

@@ -235,6 +235,8 @@ export function serveTransport(device: VirtioTransportTarget, port: MessagePort,
   return {
     async stop() {
       running = false;
+      // Wake the loops now (a pending Atomics.waitAsync does not keep Node's event loop alive).
+      for (const bell of kicks) bell.ring();
       await Promise.all(loops);
       port.close();
     },
