@@ -63,7 +63,7 @@ async function startGuest(backend: BlockBackend): Promise<Guest> {
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
-    execArgv: ['--conditions=@ioplane/source'],
+    execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
     workerData: { sab, bells, port: port2, packed: PACKED, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });

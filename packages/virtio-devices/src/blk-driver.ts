@@ -392,6 +392,8 @@ export class VirtioBlkDriver {
       d.dirty = false;
       d.dq.publish();
       if (d.dq.needsNotify()) this.#transport.notify(d.q);
+      // Collect completions that arrived meanwhile, without waiting for the interrupt's wake-up.
+      this.reap(d);
     }
   }
 

@@ -460,10 +460,11 @@ export class VirtioBlkDevice extends VirtioDevice {
       st.dirty = false;
       st.dq.publishUsed();
       if (st.dq.needsInterrupt()) this.raiseQueueInterrupt(q);
-      if (st.recheck && this.running) {
-        st.recheck = false;
-        this.processQueue(q);
-      }
+      // Look at the available ring while here: the driver adds requests as
+      // completions reach it, and a kick's wake-up through the event loop would
+      // come later than this (it also resumes a queue whose slots were all busy).
+      st.recheck = false;
+      if (this.running) this.processQueue(q);
     }
   }
 }
