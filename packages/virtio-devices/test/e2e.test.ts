@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
-import { createImage, openImage } from '@ioplane/blk-backends';
+import { MemoryBackend, createImage, openImage } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -30,7 +30,7 @@ interface GuestDone {
   info: { capacitySectors: number; numQueues: number };
 }
 
-async function runGuest(setup: Omit<E2eGuestSetup, 'port'>, device: VirtioBlkDevice, kicks: Doorbell[]): Promise<GuestDone> {
+async function runGuest<T = GuestDone>(setup: Omit<E2eGuestSetup, 'port'>, device: VirtioBlkDevice, kicks: Doorbell[]): Promise<T> {
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, kicks);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
@@ -39,12 +39,12 @@ async function runGuest(setup: Omit<E2eGuestSetup, 'port'>, device: VirtioBlkDev
     transferList: [port2],
   });
   try {
-    return await new Promise<GuestDone>((resolve, reject) => {
+    return await new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('the guest did not finish within 60 s')), 60_000);
-      worker.on('message', (m: GuestDone | { type: 'error'; message: string }) => {
+      worker.on('message', (m: { type: string; message?: string }) => {
         clearTimeout(timer);
         if (m.type === 'error') reject(new Error(`guest: ${m.message}`));
-        else resolve(m);
+        else resolve(m as T);
       });
       worker.on('error', (e) => {
         clearTimeout(timer);
@@ -70,7 +70,7 @@ describe('end to end: guest driver in a worker, virtio-blk in this thread, qcow2
       const numQueues = 2;
       const sab = new SharedArrayBuffer(16 << 20);
       const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
-      const bells = new Int32Array(new SharedArrayBuffer(4 * numQueues * 2));
+      const bells = new Int32Array(new SharedArrayBuffer(4 * (numQueues * 2 + 1)));
       const kicks = Array.from({ length: numQueues }, (_, q) => new Doorbell(bells, q));
       const irqs = Array.from({ length: numQueues }, (_, q) => new Doorbell(bells, numQueues + q));
       const errors: VirtioError[] = [];
@@ -121,4 +121,22 @@ describe('end to end: guest driver in a worker, virtio-blk in this thread, qcow2
       expect(chk.status, chk.stdout + chk.stderr).toBe(0);
     });
   }
+});
+
+describe('end to end: a hostile guest breaks its ring', () => {
+  it('the device sets DEVICE_NEEDS_RESET, its config interrupt crosses threads, the driver fails its requests', async () => {
+    const mem = GuestMemory.create(16 << 20);
+    const sab = mem.regions[0]!.bytes.buffer as SharedArrayBuffer;
+    const bells = new Int32Array(new SharedArrayBuffer(4 * 3));
+    const kicks = [new Doorbell(bells, 0)];
+    const irq = new Doorbell(bells, 1);
+    const cfg = new Doorbell(bells, 2);
+    const errors: VirtioError[] = [];
+    const backend = new MemoryBackend({ size: 1 << 20 });
+    const device = new VirtioBlkDevice({ mem, backend, interrupts: { queue: () => irq.ring(), config: () => cfg.ring() }, onGuestError: (e) => errors.push(e) });
+    const done = await runGuest<{ outcome: string }>({ sab, bells, numQueues: 1, writes: [], zeroes: [], packed: false, depth: 1, mode: 'corrupt' }, device, kicks);
+    expect(done.outcome).toBe('device-needs-reset');
+    expect(errors.some((e) => e.kind === 'queue-broken' && e.details.virtqueueKind === 'avail-index-ahead')).toBe(true);
+    expect(device.stats.configInterrupts).toBe(1);
+  });
 });

@@ -17,12 +17,15 @@ export interface E2eGuestSetup {
   zeroes: [number, number, boolean][];
   packed: boolean;
   depth: number;
+  /** 'corrupt': after set-up, break the available ring as a hostile guest would and report what the driver saw. */
+  mode?: 'io' | 'corrupt';
 }
 
 const setup = workerData as E2eGuestSetup;
 const mem = new GuestMemory([{ gpa: 0, backing: setup.sab }]);
 const kicks = Array.from({ length: setup.numQueues }, (_, q) => new Doorbell(setup.bells, q));
 const irqs = Array.from({ length: setup.numQueues }, (_, q) => new Doorbell(setup.bells, setup.numQueues + q));
+const configBell = new Doorbell(setup.bells, 2 * setup.numQueues);
 const transport = new MessagePortTransport(setup.port, kicks);
 const AREA = { addr: 0x10000, len: 4 << 20 };
 const DATA = 8 << 20;
@@ -37,9 +40,32 @@ function fillPattern(addr: number, len: number, seed: number): void {
   }
 }
 
+async function corrupt(): Promise<void> {
+  const driver = await VirtioBlkDriver.create({ transport, mem, area: AREA, ring: { packed: false }, queueSize: 256 });
+  const listening = driver.listen(irqs, 50, configBell);
+  await driver.read(0, DATA, 512);
+  // The split ring of queue 0 sits at the start of the driver's area: descriptors, then the
+  // available ring (flags, idx). An index 1000 ahead breaks §2.7.6.
+  const availIdx = AREA.addr + 16 * 256 + 2;
+  mem.writeU16(availIdx, mem.readU16(availIdx) + 1000);
+  transport.notify(0);
+  const outcome = await Promise.race([
+    driver.read(0, DATA, 512).then(
+      () => 'completed',
+      (e: unknown) => (e instanceof Error ? `${(e as { kind?: string }).kind}` : String(e)),
+    ),
+    new Promise<string>((r) => setTimeout(() => r('no answer in 10 s'), 10_000)),
+  ]);
+  await driver.close();
+  await listening;
+  transport.close();
+  parentPort!.postMessage({ type: 'corrupt', outcome });
+}
+
 async function main(): Promise<void> {
+  if (setup.mode === 'corrupt') return corrupt();
   const driver = await VirtioBlkDriver.create({ transport, mem, area: AREA, ring: { packed: setup.packed } });
-  const listening = driver.listen(irqs);
+  const listening = driver.listen(irqs, 50, configBell);
   // Writes at queue depth `depth`, over every queue (round robin), out of order as the device completes them.
   let next = 0;
   const worker = async (slot: number): Promise<void> => {

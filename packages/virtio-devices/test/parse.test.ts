@@ -211,3 +211,20 @@ describe('parseBlkRequest: every malformed request is answered, none reaches the
     expect(out.error).toBe('unknown-type');
   });
 });
+
+describe('parseBlkRequest: guest memory that goes away (a vIOMMU unmap between pop and parse)', () => {
+  it('answers IOERR (memory) and hands nothing on', () => {
+    const c = chain(VIRTIO_BLK_T_IN, 0, [[DATA, 512, true]]);
+    const gone = new Proxy(mem, {
+      get(target, prop, receiver) {
+        if (prop === 'slices') return () => {
+          throw new Error('unmapped');
+        };
+        const v: unknown = Reflect.get(target, prop, receiver);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const r = parseBlkRequest(c, gone, limits(), new BlkRequest());
+    expectInvalid(r, VIRTIO_BLK_S_IOERR, 'memory');
+  });
+});
