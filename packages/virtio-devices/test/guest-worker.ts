@@ -49,6 +49,9 @@ async function corrupt(): Promise<void> {
   const availIdx = AREA.addr + 16 * 256 + 2;
   mem.writeU16(availIdx, mem.readU16(availIdx) + 1000);
   transport.notify(0);
+  // Let the device see it before the driver publishes again (which would rewrite the index).
+  const deadline = Date.now() + 10_000;
+  while (((await transport.status()) & 0x40) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
   const outcome = await Promise.race([
     driver.read(0, DATA, 512).then(
       () => 'completed',
