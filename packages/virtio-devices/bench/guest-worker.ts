@@ -11,6 +11,7 @@ interface Setup {
   bells: Int32Array;
   port: MessagePort;
   packed: boolean;
+  spin: number;
 }
 
 const setup = workerData as Setup;
@@ -45,7 +46,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 
 async function main(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
-  const listening = driver.listen([irq]);
+  const listening = driver.listen([irq], { spin: setup.spin });
   parentPort!.on('message', (m: Job | { type: 'stop' }) => {
     if (m.type === 'stop') {
       void driver.close().then(() => listening).then(() => {

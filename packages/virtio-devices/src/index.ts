@@ -14,6 +14,7 @@ export {
   VirtioBlkDriver,
   type BlkDeviceInfo,
   type GuestBuffer,
+  type ListenOptions,
   type SectorRange,
   type VirtioBlkDriverOptions,
 } from './blk-driver.js';

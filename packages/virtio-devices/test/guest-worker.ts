@@ -42,7 +42,7 @@ function fillPattern(addr: number, len: number, seed: number): void {
 
 async function corrupt(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: AREA, ring: { packed: false }, queueSize: 256 });
-  const listening = driver.listen(irqs, 50, configBell);
+  const listening = driver.listen(irqs, { configBell });
   await driver.read(0, DATA, 512);
   // The split ring of queue 0 sits at the start of the driver's area: descriptors, then the
   // available ring (flags, idx). An index 1000 ahead breaks §2.7.6.
@@ -68,7 +68,7 @@ async function corrupt(): Promise<void> {
 async function main(): Promise<void> {
   if (setup.mode === 'corrupt') return corrupt();
   const driver = await VirtioBlkDriver.create({ transport, mem, area: AREA, ring: { packed: setup.packed } });
-  const listening = driver.listen(irqs, 50, configBell);
+  const listening = driver.listen(irqs, { configBell });
   // Writes at queue depth `depth`, over every queue (round robin), out of order as the device completes them.
   let next = 0;
   const worker = async (slot: number): Promise<void> => {
