@@ -22,8 +22,6 @@ import { type Job, type JobResult, rng, summarize } from './common.js';
 const RUNS = Number(process.env.RUNS ?? 10);
 const SIZE = Number(process.env.SIZE_MB ?? 128) * 1024 * 1024;
 const PACKED = process.env.PACKED === '1';
-/** Doorbell polls the guest makes before sleeping while it has requests in flight. */
-const SPIN = Number(process.env.SPIN ?? 0);
 
 async function direct(b: BlockBackend, job: Job): Promise<JobResult> {
   const next = rng(job.seed);
@@ -66,7 +64,7 @@ async function startGuest(backend: BlockBackend): Promise<Guest> {
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, spin: SPIN, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   let failure: Error | undefined;

@@ -11,7 +11,6 @@ interface Setup {
   bells: Int32Array;
   port: MessagePort;
   packed: boolean;
-  spin: number;
 }
 
 const setup = workerData as Setup;
@@ -46,7 +45,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 
 async function main(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
-  const listening = driver.listen([irq], { spin: setup.spin });
+  const listening = driver.listen([irq]);
   parentPort!.on('message', (m: Job | { type: 'stop' }) => {
     if (m.type === 'stop') {
       void driver.close().then(() => listening).then(() => {

@@ -84,8 +84,6 @@ export interface VirtioBlkDriverOptions {
 export interface ListenOptions {
   /** Longest sleep between looks at the used ring (default 50 ms). */
   pollMs?: number;
-  /** Doorbell polls before sleeping while requests are in flight (default 0). */
-  spin?: number;
   /** Configuration change notifications (DEVICE_NEEDS_RESET). */
   configBell?: Doorbell;
 }
@@ -476,11 +474,9 @@ export class VirtioBlkDriver {
    * Waits for used buffer notifications on `bells` (one per queue, rung by the
    * device's thread) and completes requests, until `close()`; with
    * `configBell`, configuration change notifications too (DEVICE_NEEDS_RESET).
-   * `spin`: doorbell polls before each sleep while requests are in flight
-   * (trades guest CPU for latency, as a polling guest driver does).
    */
   listen(bells: readonly Doorbell[], options: ListenOptions = {}): Promise<void> {
-    const { pollMs = 50, spin = 0, configBell } = options;
+    const { pollMs = 50, configBell } = options;
     this.#bells.push(...bells);
     if (configBell !== undefined) this.#bells.push(configBell);
     const loops = this.#queues.map(async (d) => {
@@ -489,12 +485,6 @@ export class VirtioBlkDriver {
       while (!this.#closed) {
         const seen = bell.count;
         this.reap(d);
-        // With requests in flight, watch the doorbell a while before sleeping (a
-        // wake-up through the event loop costs more than a short spin).
-        if (spin > 0 && d.free.length < d.slots.length) {
-          for (let i = 0; i < spin && bell.count === seen; i++);
-          if (bell.count !== seen) continue;
-        }
         await bell.waitAsync(seen, pollMs);
       }
     });
