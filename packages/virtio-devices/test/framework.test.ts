@@ -292,3 +292,30 @@ describe('configuration space (§2.5, §5.2.4)', () => {
     expect(() => new VirtioBlkDevice({ mem, backend, interrupts, maxDiscardSeg: 0 })).toThrow(VirtioError);
   });
 });
+
+describe('driver side of config_generation and the cross-thread transport', () => {
+  it('re-reads config space when config_generation moves during the read (§2.5.1)', async () => {
+    const { DirectTransport, VirtioBlkDriver } = await import('../src/index.js');
+    const { dev, mem } = setup();
+    const t = new DirectTransport(dev);
+    let gens = 0;
+    const moving = Object.create(t) as typeof t;
+    // The first read pair sees the generation move (as if the device changed config mid-read).
+    moving.configGeneration = () => Promise.resolve(gens++ === 1 ? 7 : 0);
+    const driver = await VirtioBlkDriver.create({ transport: moving, mem, area: { addr: 0x1000, len: 0xf0000 } });
+    expect(gens).toBe(4); // gen, gen (moved: retry), gen, gen
+    expect(driver.info.capacitySectors).toBe(2048);
+    await driver.close();
+  });
+
+  it('a control call with no device behind the port times out with a typed error', async () => {
+    const { MessagePortTransport } = await import('../src/index.js');
+    const { MessageChannel } = await import('node:worker_threads');
+    const { port1, port2 } = new MessageChannel();
+    const t = new MessagePortTransport(port1, [], 20);
+    await expect(t.status()).rejects.toMatchObject({ kind: 'transport' });
+    expect(() => t.notify(0)).toThrow(/no doorbell for queue 0/);
+    t.close();
+    port2.close();
+  });
+});
