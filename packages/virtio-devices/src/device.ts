@@ -21,9 +21,9 @@ import { VirtioError, hex } from './errors.js';
  * changes. An interrupt-coalescing policy plugs in here by wrapping a sink.
  */
 export interface InterruptSink {
-  /** A used buffer notification for queue `queueIndex` (§2.3.2). */
+  /** A used buffer notification for queue `queueIndex` (§2.3). */
   queue(queueIndex: number): void;
-  /** A configuration change notification (§2.3.1), also sent after DEVICE_NEEDS_RESET (§2.1.2). */
+  /** A configuration change notification (§2.3), also sent after DEVICE_NEEDS_RESET (§2.1.2). */
   config(): void;
 }
 
@@ -62,7 +62,7 @@ export interface VirtioTransportTarget {
   setQueueAddresses(q: number, descAddr: number, driverAddr: number, deviceAddr: number): void;
   queueEnabled(q: number): boolean;
   enableQueue(q: number): void;
-  /** An available buffer notification (a kick) for queue `q` (§2.3.2? §4.1.5.2). */
+  /** An available buffer notification (a kick) for queue `q` (§2.3). */
   notify(q: number): void;
   /** ISR status (§4.1.4.5): bit 0 queue interrupt, bit 1 config change; reading clears it. */
   readIsr(): number;
