@@ -1,0 +1,201 @@
+/**
+ * virtio-blk benchmark: 4 KiB random reads and 64 KiB sequential reads at
+ * queue depth 1 and 32 through the whole path — a guest driver in a worker
+ * thread → virtqueue in shared memory → virtio-blk in this thread → raw file
+ * (warm page cache) — and, in the same run, the same pattern issued directly
+ * on the back-end from this thread. Then the same through a qcow2 image
+ * holding the same data. Configurations alternate run by run; medians over
+ * RUNS runs, spread as min–max.
+ *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default;
+ *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings)
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend } from '@ioplane/blk-backends';
+import { GuestMemory } from '@ioplane/guest-memory';
+import { Doorbell } from '@ioplane/virtqueue';
+import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
+import { type Job, type JobResult, rng, summarize } from './common.js';
+
+const RUNS = Number(process.env.RUNS ?? 10);
+const SIZE = Number(process.env.SIZE_MB ?? 128) * 1024 * 1024;
+const PACKED = process.env.PACKED === '1';
+
+async function direct(b: BlockBackend, job: Job): Promise<JobResult> {
+  const next = rng(job.seed);
+  const blocks = Math.floor(b.size / job.bs);
+  const lat = new Float64Array(job.ops);
+  const bufs = Array.from({ length: job.qd }, () => new Uint8Array(new SharedArrayBuffer(job.bs)));
+  let issued = 0;
+  let seq = 0;
+  const t0 = performance.now();
+  const worker = async (slot: number): Promise<void> => {
+    const seg = [bufs[slot]!];
+    while (issued < job.ops) {
+      const i = issued++;
+      const blk = job.random ? next() % blocks : seq++ % blocks;
+      const s = performance.now();
+      await b.read(blk * job.bs, seg);
+      lat[i] = performance.now() - s;
+    }
+  };
+  await Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s)));
+  return summarize(lat, job, performance.now() - t0);
+}
+
+interface Guest {
+  worker: Worker;
+  served: ServedDevice;
+  device: VirtioBlkDevice;
+  run(job: Job): Promise<JobResult>;
+  stop(): Promise<void>;
+}
+
+async function startGuest(backend: BlockBackend): Promise<Guest> {
+  const sab = new SharedArrayBuffer(16 << 20);
+  const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
+  const bells = new Int32Array(new SharedArrayBuffer(8));
+  const kick = new Doorbell(bells, 0);
+  const irq = new Doorbell(bells, 1);
+  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, interrupts: { queue: () => irq.ring(), config: () => {} } });
+  const { port1, port2 } = new MessageChannel();
+  const served = serveTransport(device, port1, [kick]);
+  const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
+    execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
+    workerData: { sab, bells, port: port2, packed: PACKED, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    transferList: [port2],
+  });
+  let failure: Error | undefined;
+  worker.on('error', (e) => (failure = e));
+  const waitFor = <T>(type: string): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (failure) reject(failure);
+      const on = (m: { type: string; message?: string }): void => {
+        if (m.type === 'error') {
+          worker.off('message', on);
+          reject(new Error(m.message));
+        } else if (m.type === type) {
+          worker.off('message', on);
+          resolve(m as T);
+        }
+      };
+      worker.on('message', on);
+    });
+  await waitFor('ready');
+  return {
+    worker,
+    served,
+    device,
+    run: (job) => {
+      const p = waitFor<JobResult>('result');
+      worker.postMessage(job);
+      return p;
+    },
+    stop: async () => {
+      const p = waitFor('stopped');
+      worker.postMessage({ type: 'stop' });
+      await p;
+      await worker.terminate();
+      await served.stop();
+    },
+  };
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const fmt = (v: number, d = 0): string => v.toFixed(d).padStart(9);
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ioplane-vblk-bench-'));
+  const guests: Guest[] = [];
+  try {
+    const rawPath = join(dir, 'disk.raw');
+    const qPath = join(dir, 'disk.qcow2');
+    await RawFileBackend.create(rawPath, SIZE);
+    const w = await openImage(rawPath);
+    const chunk = new Uint8Array(1 << 20);
+    const dv = new DataView(chunk.buffer);
+    const r = rng(7);
+    for (let off = 0; off < SIZE; off += chunk.length) {
+      for (let i = 0; i < chunk.length; i += 4) dv.setUint32(i, r());
+      await w.write(off, [chunk]);
+    }
+    await w.flush();
+    await createImage(qPath, 'qcow2', { size: SIZE });
+    const q = await openImage(qPath);
+    await copyImage(w, q);
+    await q.flush();
+    // Warm the page cache: read both files once.
+    for (const b of [w, q]) for (let off = 0; off < SIZE; off += chunk.length) await b.read(off, [chunk]);
+
+    const raw = await startGuest(w);
+    const qcow = await startGuest(q);
+    guests.push(raw, qcow);
+    const patterns = [
+      { name: '4k-rand-qd1', bs: 4096, qd: 1, random: true, ops: 8000 },
+      { name: '4k-rand-qd32', bs: 4096, qd: 32, random: true, ops: 40000 },
+      { name: '64k-seq-qd1', bs: 65536, qd: 1, random: false, ops: 3000 },
+      { name: '64k-seq-qd32', bs: 65536, qd: 32, random: false, ops: 8000 },
+    ];
+    const only = process.env.PATTERN;
+    if (only !== undefined) patterns.splice(0, patterns.length, ...patterns.filter((p) => p.name === only));
+    const allConfigs = [
+      { name: 'raw direct', run: (j: Job) => direct(w, j) },
+      { name: 'raw virtio', run: (j: Job) => raw.run(j) },
+      { name: 'qcow2 direct', run: (j: Job) => direct(q, j) },
+      { name: 'qcow2 virtio', run: (j: Job) => qcow.run(j) },
+    ];
+    const configs = allConfigs.filter((c) => process.env.CONFIG === undefined || process.env.CONFIG.split(',').includes(c.name));
+    console.log(`virtio-blk read benchmark: ${SIZE >> 20} MiB image, warm page cache, ${RUNS} runs per cell, ${PACKED ? 'packed' : 'split'} rings, medians (min–max of IOPS)`);
+    console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPU(s)\n`);
+    const summary: string[] = [];
+    for (const p of patterns) {
+      const res = new Map<string, JobResult[]>();
+      for (let run = 0; run < RUNS + 1; run++) {
+        for (const c of configs) {
+          const job: Job = { type: 'job', bs: p.bs, qd: p.qd, random: p.random, ops: p.ops, seed: 1000 + run };
+          const out = await Promise.race([c.run(job), new Promise<JobResult>((_, rej) => setTimeout(() => rej(new Error(`${c.name} ${p.name} timed out; device stats ${JSON.stringify(guests.map((g) => [g.device.stats, g.device.blkStats, g.device.status]))}`)), 60_000).unref())]);
+          if (run === 0) continue; // warm-up round
+          const list = res.get(c.name) ?? [];
+          list.push(out);
+          res.set(c.name, list);
+        }
+      }
+      console.log(`${p.name}:        config      IOPS      MB/s   p50 µs   p99 µs   IOPS min–max`);
+      const med = new Map<string, number>();
+      for (const c of configs) {
+        const l = res.get(c.name)!;
+        const iops = l.map((x) => x.iops);
+        med.set(c.name, median(iops));
+        console.log(
+          `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
+        );
+      }
+      const ratio = (a: string, b: string): string => (med.get(a)! / med.get(b)!).toFixed(2);
+      const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
+      console.log(`  ${line}\n`);
+      summary.push(line);
+    }
+    for (const [name, g] of [['raw', raw], ['qcow2', qcow]] as const) {
+      const st = g.device.stats;
+      const bs = g.device.blkStats;
+      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt)`);
+    }
+    console.log('ratios (IOPS medians):');
+    for (const l of summary) console.log(`  ${l}`);
+    for (const g of guests.splice(0)) await g.stop();
+    await w.close();
+    await q.close();
+  } finally {
+    for (const g of guests) await g.worker.terminate();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,62 @@
+// The benchmark's guest: a virtio-blk driver in a worker thread issuing reads
+// at a given queue depth, timing each one, over shared guest memory.
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { GuestMemory } from '@ioplane/guest-memory';
+import { Doorbell } from '@ioplane/virtqueue';
+import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
+import { type Job, type JobResult, rng, summarize } from './common.js';
+
+interface Setup {
+  sab: SharedArrayBuffer;
+  bells: Int32Array;
+  port: MessagePort;
+  packed: boolean;
+}
+
+const setup = workerData as Setup;
+const mem = new GuestMemory([{ gpa: 0, backing: setup.sab }]);
+const kick = new Doorbell(setup.bells, 0);
+const irq = new Doorbell(setup.bells, 1);
+const transport = new MessagePortTransport(setup.port, [kick]);
+const DATA = 8 << 20;
+const SLOT = 64 << 10;
+
+async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
+  const next = rng(job.seed);
+  const blocks = Math.floor((driver.info.capacitySectors * 512) / job.bs);
+  const lat = new Float64Array(job.ops);
+  let issued = 0;
+  let seq = 0;
+  const sectorsPerBlock = job.bs / 512;
+  const t0 = performance.now();
+  const worker = async (slot: number): Promise<void> => {
+    const at = DATA + slot * SLOT;
+    while (issued < job.ops) {
+      const i = issued++;
+      const blk = job.random ? next() % blocks : seq++ % blocks;
+      const s = performance.now();
+      await driver.read(blk * sectorsPerBlock, at, job.bs);
+      lat[i] = performance.now() - s;
+    }
+  };
+  await Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s)));
+  return summarize(lat, job, performance.now() - t0);
+}
+
+async function main(): Promise<void> {
+  const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
+  const listening = driver.listen([irq]);
+  parentPort!.on('message', (m: Job | { type: 'stop' }) => {
+    if (m.type === 'stop') {
+      void driver.close().then(() => listening).then(() => {
+        transport.close();
+        parentPort!.postMessage({ type: 'stopped' });
+      });
+      return;
+    }
+    void run(driver, m).then((r) => parentPort!.postMessage(r), (e: unknown) => parentPort!.postMessage({ type: 'error', message: String(e) }));
+  });
+  parentPort!.postMessage({ type: 'ready' });
+}
+
+main().catch((e: unknown) => parentPort!.postMessage({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));

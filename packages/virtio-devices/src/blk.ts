@@ -1,0 +1,470 @@
+import type { BlockBackend } from '@ioplane/blk-backends';
+import type { DescriptorChain, DeviceQueue, RingFeatures } from '@ioplane/virtqueue';
+import { BlkRequest, type BlkLimits, parseBlkRequest } from './blk-request.js';
+import {
+  BLK_CFG_BLK_SIZE,
+  BLK_CFG_CAPACITY,
+  BLK_CFG_DISCARD_SECTOR_ALIGNMENT,
+  BLK_CFG_MAX_DISCARD_SECTORS,
+  BLK_CFG_MAX_DISCARD_SEG,
+  BLK_CFG_MAX_WRITE_ZEROES_SECTORS,
+  BLK_CFG_MAX_WRITE_ZEROES_SEG,
+  BLK_CFG_MIN_IO_SIZE,
+  BLK_CFG_NUM_QUEUES,
+  BLK_CFG_OPT_IO_SIZE,
+  BLK_CFG_PHYSICAL_BLOCK_EXP,
+  BLK_CFG_SEG_MAX,
+  BLK_CFG_SIZE,
+  BLK_CFG_WRITEBACK,
+  BLK_CFG_WRITE_ZEROES_MAY_UNMAP,
+  SECTOR_SIZE,
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_TOPOLOGY,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_ID_BLOCK,
+  bit,
+} from './defs.js';
+import { type AccessSize, VirtioDevice, type VirtioDeviceOptions } from './device.js';
+import { VirtioError } from './errors.js';
+
+export interface VirtioBlkOptions extends VirtioDeviceOptions {
+  backend: BlockBackend;
+  /** Request queues (default 1). More than one offers VIRTIO_BLK_F_MQ (§5.2.3). */
+  numQueues?: number;
+  /** Largest queue size the driver may choose (default 256). */
+  queueSize?: number;
+  /** Offer RO even if the back-end is writable. */
+  readOnly?: boolean;
+  /** The GET_ID answer: up to 20 bytes (ASCII), zero-padded (§5.2.6). */
+  serial?: string;
+  /** Ring features offered (default: indirect, event index, packed). IN_ORDER is never offered: requests complete out of order. */
+  ring?: Partial<Omit<RingFeatures, 'inOrder'>>;
+  /** Offer DISCARD (default true) and WRITE_ZEROES (default true). */
+  discard?: boolean;
+  writeZeroes?: boolean;
+  /** Offer CONFIG_WCE: the driver may switch the cache to writethrough (default true). */
+  configWce?: boolean;
+  /** Limits advertised in config space; defaults: 4 GiB worth of sectors and 16 segments. */
+  maxDiscardSectors?: number;
+  maxDiscardSeg?: number;
+  maxWriteZeroesSectors?: number;
+  maxWriteZeroesSeg?: number;
+}
+
+/** Counters of a virtio-blk device. */
+export interface BlkStats {
+  requests: number;
+  /** Requests answered IOERR/UNSUPP by the parser. */
+  rejected: number;
+  /** Back-end calls that failed (answered IOERR). */
+  backendErrors: number;
+  /** Completions dropped because a reset came first. */
+  dropped: number;
+}
+
+/** One request slot: a chain, its parsed request, and pre-bound completion callbacks (no allocation per request). */
+class Slot {
+  readonly req: BlkRequest;
+  queue = 0;
+  epoch = 0;
+  /** Next discard / write-zeroes range to issue. */
+  range = 0;
+  /** Used length to report on success. */
+  okLen = 0;
+  /** Counted in the device's in-flight total (handed to the back-end). */
+  async = false;
+  readonly ok: () => void;
+  readonly fail: (e: unknown) => void;
+  readonly flushed: () => void;
+  readonly nextRange: () => void;
+
+  constructor(
+    readonly dev: VirtioBlkDevice,
+    readonly chain: DescriptorChain,
+    maxRanges: number,
+  ) {
+    this.req = new BlkRequest(maxRanges);
+    this.ok = () => dev.finishSlot(this, VIRTIO_BLK_S_OK);
+    this.fail = (e: unknown) => dev.backendFailed(this, e);
+    this.flushed = () => dev.writeThroughFlush(this);
+    this.nextRange = () => dev.issueRange(this);
+  }
+}
+
+interface QueueState {
+  dq: DeviceQueue;
+  free: Slot[];
+  /** Used entries pushed and not yet published. */
+  dirty: boolean;
+  /** Number of slots. */
+  slots: number;
+  /** Every slot was busy: look at the ring again at the next completion. */
+  recheck: boolean;
+  processing: boolean;
+}
+
+const DEFAULT_RING: Omit<RingFeatures, 'inOrder'> = { indirect: true, eventIdx: true, packed: true };
+
+/**
+ * virtio-blk (VirtIO 1.2 §5.2) in front of any `BlockBackend`. Requests are
+ * parsed by `parseBlkRequest`, issued asynchronously with the guest's buffers
+ * handed to the back-end in place, many in flight per queue, completed in
+ * whatever order the back-end finishes them; used entries are published in
+ * batches (one release store and at most one interrupt per batch).
+ */
+export class VirtioBlkDevice extends VirtioDevice {
+  readonly backend: BlockBackend;
+  readonly blkStats: BlkStats = { requests: 0, rejected: 0, backendErrors: 0, dropped: 0 };
+  readonly serial: Uint8Array;
+  readonly capacitySectors: number;
+  readonly #limits: BlkLimits;
+  #state: (QueueState | undefined)[] = [];
+  #writeThrough = false;
+  #inFlight = 0;
+  #drained: (() => void) | undefined;
+  #publishScheduled = false;
+  readonly #publish = (): void => this.publishAll();
+
+  constructor(options: VirtioBlkOptions) {
+    const b = options.backend;
+    const numQueues = options.numQueues ?? 1;
+    const ring = { ...DEFAULT_RING, ...options.ring };
+    const readOnly = (options.readOnly ?? false) || b.readOnly;
+    const lbs = b.logicalBlockSize;
+    if (!Number.isInteger(lbs) || lbs < SECTOR_SIZE || (lbs & (lbs - 1)) !== 0) {
+      throw new VirtioError('invalid-argument', `back-end logical block size ${lbs} is not a power of two ≥ 512`, { logicalBlockSize: lbs });
+    }
+    const discard = (options.discard ?? true) && !readOnly;
+    const writeZeroes = (options.writeZeroes ?? true) && !readOnly;
+    const configWce = options.configWce ?? true;
+    let f = bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY);
+    if (readOnly) f |= bit(VIRTIO_BLK_F_RO);
+    if (numQueues > 1) f |= bit(VIRTIO_BLK_F_MQ);
+    if (discard) f |= bit(VIRTIO_BLK_F_DISCARD);
+    if (writeZeroes) f |= bit(VIRTIO_BLK_F_WRITE_ZEROES);
+    if (configWce) f |= bit(VIRTIO_BLK_F_CONFIG_WCE);
+    if (ring.indirect) f |= bit(VIRTIO_F_INDIRECT_DESC);
+    if (ring.eventIdx) f |= bit(VIRTIO_F_EVENT_IDX);
+    if (ring.packed) f |= bit(VIRTIO_F_RING_PACKED);
+    const queueSize = options.queueSize ?? 256;
+    super(VIRTIO_ID_BLOCK, f, numQueues, queueSize, BLK_CFG_SIZE, options);
+    this.backend = b;
+    this.capacitySectors = Math.floor(b.size / SECTOR_SIZE);
+    const u32 = (v: number | undefined, d: number, what: string): number => {
+      const x = v ?? d;
+      if (!Number.isInteger(x) || x < 1 || x > 0xffff_ffff) throw new VirtioError('invalid-argument', `${what} ${x} is outside 1..2^32-1`, { [what]: x });
+      return x;
+    };
+    const sectorsPerBlock = lbs / SECTOR_SIZE;
+    // Limits are whole logical blocks so a maximal request stays aligned.
+    const maxSectors = Math.floor(0xffff_ffff / sectorsPerBlock) * sectorsPerBlock;
+    this.#limits = {
+      capacitySectors: this.capacitySectors,
+      logicalBlockSize: lbs,
+      readOnly,
+      flush: false,
+      discard: false,
+      writeZeroes: false,
+      // Linux and QEMU: two descriptors go to the header and the status.
+      segMax: Math.max(1, queueSize - 2),
+      maxDiscardSectors: u32(options.maxDiscardSectors, maxSectors, 'maxDiscardSectors'),
+      maxDiscardSeg: u32(options.maxDiscardSeg, 16, 'maxDiscardSeg'),
+      maxWriteZeroesSectors: u32(options.maxWriteZeroesSectors, maxSectors, 'maxWriteZeroesSectors'),
+      maxWriteZeroesSeg: u32(options.maxWriteZeroesSeg, 16, 'maxWriteZeroesSeg'),
+      writeZeroesMayUnmap: true,
+    };
+    if (this.#limits.maxDiscardSeg > 4096 || this.#limits.maxWriteZeroesSeg > 4096) {
+      throw new VirtioError('invalid-argument', 'at most 4096 discard / write-zeroes segments per request', {});
+    }
+    this.serial = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+    const id = new TextEncoder().encode(options.serial ?? '');
+    if (id.length > VIRTIO_BLK_ID_BYTES) throw new VirtioError('invalid-argument', `serial '${options.serial}' is longer than 20 bytes`, { serial: options.serial });
+    this.serial.set(id);
+    this.writeConfigSpace();
+  }
+
+  /** struct virtio_blk_config at the offsets of §5.2.4. */
+  private writeConfigSpace(): void {
+    const v = this.configView;
+    const b = this.backend;
+    const l = this.#limits;
+    v.setBigUint64(BLK_CFG_CAPACITY, BigInt(this.capacitySectors), true);
+    v.setUint32(BLK_CFG_SEG_MAX, l.segMax, true);
+    v.setUint32(BLK_CFG_BLK_SIZE, b.logicalBlockSize, true);
+    // Topology: physical blocks of 2^exp logical blocks; I/O sizes in logical blocks.
+    const ratio = Math.max(1, Math.floor(b.physicalBlockSize / b.logicalBlockSize));
+    v.setUint8(BLK_CFG_PHYSICAL_BLOCK_EXP, Math.min(31, Math.floor(Math.log2(ratio))));
+    v.setUint16(BLK_CFG_MIN_IO_SIZE, Math.min(0xffff, ratio), true);
+    v.setUint32(BLK_CFG_OPT_IO_SIZE, 0, true);
+    v.setUint8(BLK_CFG_WRITEBACK, 1);
+    v.setUint16(BLK_CFG_NUM_QUEUES, this.numQueues, true);
+    v.setUint32(BLK_CFG_MAX_DISCARD_SECTORS, l.maxDiscardSectors, true);
+    v.setUint32(BLK_CFG_MAX_DISCARD_SEG, l.maxDiscardSeg, true);
+    v.setUint32(BLK_CFG_DISCARD_SECTOR_ALIGNMENT, b.logicalBlockSize / SECTOR_SIZE, true);
+    v.setUint32(BLK_CFG_MAX_WRITE_ZEROES_SECTORS, l.maxWriteZeroesSectors, true);
+    v.setUint32(BLK_CFG_MAX_WRITE_ZEROES_SEG, l.maxWriteZeroesSeg, true);
+    v.setUint8(BLK_CFG_WRITE_ZEROES_MAY_UNMAP, l.writeZeroesMayUnmap ? 1 : 0);
+  }
+
+  /** Requests handed to the back-end and not yet settled. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Is the volatile cache in writethrough mode (every write flushed before it completes)? */
+  get writeThrough(): boolean {
+    return this.#writeThrough;
+  }
+
+  protected override validateFeatures(f: bigint): string | undefined {
+    // §5.2.5: RO is the device's; a driver that drops it still gets IOERR on writes, so nothing to refuse.
+    if ((f & bit(VIRTIO_BLK_F_MQ)) !== 0n && this.numQueues < 2) return 'MQ accepted but not offered';
+    return undefined;
+  }
+
+  protected override onConfigWrite(offset: number, size: AccessSize, value: number): void {
+    // §5.2.4: writeback is writable when CONFIG_WCE is negotiated.
+    if (offset === BLK_CFG_WRITEBACK && size === 1 && this.hasFeature(VIRTIO_BLK_F_CONFIG_WCE) && (value === 0 || value === 1)) {
+      this.configView.setUint8(BLK_CFG_WRITEBACK, value);
+      this.#writeThrough = value === 0 || !this.hasFeature(VIRTIO_BLK_F_FLUSH);
+      return;
+    }
+    super.onConfigWrite(offset, size, value);
+  }
+
+  protected override activate(): void {
+    const l = this.#limits;
+    l.flush = this.hasFeature(VIRTIO_BLK_F_FLUSH);
+    l.discard = this.hasFeature(VIRTIO_BLK_F_DISCARD);
+    l.writeZeroes = this.hasFeature(VIRTIO_BLK_F_WRITE_ZEROES);
+    // §5.2.5.1: without FLUSH the driver assumes writethrough; with CONFIG_WCE the writeback field says.
+    const wce = this.hasFeature(VIRTIO_BLK_F_CONFIG_WCE) ? this.configView.getUint8(BLK_CFG_WRITEBACK) : 1;
+    this.#writeThrough = !l.flush || wce === 0;
+    const maxRanges = Math.max(l.maxDiscardSeg, l.maxWriteZeroesSeg);
+    this.#state = this.queues.map((dq, q) => {
+      if (dq === undefined) return undefined;
+      const free: Slot[] = [];
+      for (let i = 0; i < dq.size; i++) {
+        const s = new Slot(this, dq.createChain(), maxRanges);
+        s.queue = q;
+        free.push(s);
+      }
+      return { dq, free, slots: free.length, dirty: false, recheck: false, processing: false };
+    });
+  }
+
+  protected override quiesce(): Promise<void> | undefined {
+    this.#state = [];
+    this.configView.setUint8(BLK_CFG_WRITEBACK, 1);
+    this.#writeThrough = false;
+    if (this.#inFlight === 0) return undefined;
+    return new Promise<void>((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  /** Capacity changed (the back-end grew): update config space and tell the driver (§5.2.4). */
+  resized(): void {
+    const cap = Math.floor(this.backend.size / SECTOR_SIZE);
+    (this as { capacitySectors: number }).capacitySectors = cap;
+    this.#limits.capacitySectors = cap;
+    this.configView.setBigUint64(BLK_CFG_CAPACITY, BigInt(cap), true);
+    this.configChanged();
+  }
+
+  protected override processQueue(q: number): void {
+    const st = this.#state[q];
+    if (st === undefined || st.processing) return;
+    st.processing = true;
+    const dq = st.dq;
+    try {
+      dq.disableNotifications();
+      for (;;) {
+        while (st.free.length > 0) {
+          const slot = st.free.pop()!;
+          let got: boolean;
+          try {
+            got = dq.pop(slot.chain);
+          } catch (e) {
+            st.free.push(slot);
+            this.queueBroken(q, e);
+            return;
+          }
+          if (!got) {
+            st.free.push(slot);
+            break;
+          }
+          this.start(slot);
+          if (!this.running) return;
+        }
+        if (st.free.length === 0) {
+          // Every slot is busy: the next completion looks at the ring again
+          // (notifications stay off meanwhile). With slots free, the device asks
+          // for kicks instead, so a slow request (a long flush) never holds up new ones.
+          st.recheck = true;
+          return;
+        }
+        // §2.7.10 / §2.8.21: re-enable, then re-check for buffers added meanwhile.
+        if (!dq.enableNotifications()) return;
+        dq.disableNotifications();
+      }
+    } finally {
+      st.processing = false;
+    }
+  }
+
+  private start(slot: Slot): void {
+    this.blkStats.requests++;
+    slot.epoch = this.epoch;
+    const req = parseBlkRequest(slot.chain, this.mem, this.#limits, slot.req);
+    switch (req.kind) {
+      case 'invalid':
+        this.blkStats.rejected++;
+        if (this.listensForGuestErrors) {
+          this.guestError('bad-request', `virtio-blk request type ${req.type} on queue ${slot.queue}: ${req.error}`, { queue: slot.queue, type: req.type, error: req.error, status: req.status });
+        } else this.stats.guestErrors++;
+        if (req.status < 0) this.complete(slot, 0);
+        else this.finishSlot(slot, req.status);
+        return;
+      case 'read':
+        slot.okLen = req.length + 1;
+        this.#inFlight++;
+        slot.async = true;
+        this.backend.read(req.offset, req.segments).then(slot.ok, slot.fail);
+        return;
+      case 'write':
+        slot.okLen = 1;
+        this.#inFlight++;
+        slot.async = true;
+        this.backend.write(req.offset, req.segments).then(this.#writeThrough ? slot.flushed : slot.ok, slot.fail);
+        return;
+      case 'flush':
+        // A completed FLUSH means the back-end's flush resolved (data and metadata on stable storage).
+        slot.okLen = 1;
+        this.#inFlight++;
+        slot.async = true;
+        this.backend.flush().then(slot.ok, slot.fail);
+        return;
+      case 'get-id': {
+        const n = Math.min(req.length, VIRTIO_BLK_ID_BYTES);
+        try {
+          slot.chain.writeFrom(this.mem, 0, this.serial.subarray(0, n));
+        } catch {
+          this.finishSlot(slot, VIRTIO_BLK_S_IOERR);
+          return;
+        }
+        slot.okLen = n + 1;
+        this.finishSlot(slot, VIRTIO_BLK_S_OK);
+        return;
+      }
+      case 'discard':
+      case 'write-zeroes':
+        slot.okLen = 1;
+        slot.range = 0;
+        this.#inFlight++;
+        slot.async = true;
+        this.issueRange(slot);
+        return;
+    }
+  }
+
+  /** Discard / write-zeroes: ranges one after another (each validated already). */
+  issueRange(slot: Slot): void {
+    const req = slot.req;
+    if (slot.epoch !== this.epoch || slot.range >= req.rangeCount) {
+      this.finishSlot(slot, VIRTIO_BLK_S_OK);
+      return;
+    }
+    const i = slot.range++;
+    const off = req.rangeOffset[i]!;
+    const len = req.rangeLength[i]!;
+    const p = req.kind === 'discard' ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, req.rangeUnmap[i] === 1);
+    p.then(slot.nextRange, slot.fail);
+  }
+
+  /** Writethrough: the write completes after a flush (§5.2.5.1). */
+  writeThroughFlush(slot: Slot): void {
+    if (slot.epoch !== this.epoch) {
+      this.finishSlot(slot, VIRTIO_BLK_S_OK);
+      return;
+    }
+    this.backend.flush().then(slot.ok, slot.fail);
+  }
+
+  backendFailed(slot: Slot, e: unknown): void {
+    this.blkStats.backendErrors++;
+    if (slot.epoch === this.epoch && this.listensForGuestErrors) {
+      this.report(new VirtioError('bad-request', `back-end ${slot.req.kind} failed: ${e instanceof Error ? e.message : String(e)}`, { queue: slot.queue, kind: slot.req.kind }, { cause: e }));
+    }
+    this.finishSlot(slot, VIRTIO_BLK_S_IOERR);
+  }
+
+  /** Writes the status byte and returns the chain; dropped if a reset came in between. */
+  finishSlot(slot: Slot, status: number): void {
+    if (slot.async) {
+      slot.async = false;
+      this.#inFlight--;
+    }
+    if (slot.epoch !== this.epoch) {
+      // Reset came first: the ring is forgotten; nothing is written to guest memory.
+      this.blkStats.dropped++;
+      if (this.#inFlight === 0 && this.#drained) {
+        const d = this.#drained;
+        this.#drained = undefined;
+        d();
+      }
+      return;
+    }
+    try {
+      this.mem.writeU8(slot.req.statusAddr, status);
+    } catch (e) {
+      this.needsReset(new VirtioError('queue-broken', `queue ${slot.queue}: status byte at ${slot.req.statusAddr} is no longer writable`, { queue: slot.queue }, { cause: e }));
+      return;
+    }
+    this.complete(slot, status === VIRTIO_BLK_S_OK ? slot.okLen : 1);
+  }
+
+  private complete(slot: Slot, len: number): void {
+    const st = this.#state[slot.queue];
+    if (st === undefined) return;
+    st.dq.pushUsed(slot.chain, len);
+    st.free.push(slot);
+    st.dirty = true;
+    if (!this.#publishScheduled) {
+      // Publish once per event-loop turn: the back-end's completions of one poll
+      // phase share one release store and at most one interrupt per queue.
+      this.#publishScheduled = true;
+      setImmediate(this.#publish);
+    }
+  }
+
+  /** One release store and at most one interrupt per queue for every completion of this turn. */
+  private publishAll(): void {
+    this.#publishScheduled = false;
+    const states = this.#state;
+    for (let q = 0; q < states.length; q++) {
+      const st = states[q];
+      if (st === undefined || !st.dirty) continue;
+      st.dirty = false;
+      st.dq.publishUsed();
+      if (st.dq.needsInterrupt()) this.raiseQueueInterrupt(q);
+      // Look at the available ring while here: the driver adds requests as
+      // completions reach it, and a kick's wake-up through the event loop would
+      // come later than this (it also resumes a queue whose slots were all busy).
+      st.recheck = false;
+      if (this.running) this.processQueue(q);
+    }
+  }
+}
