@@ -69,7 +69,7 @@ for (const [name, { dir }] of packages) {
   const tgz = tarballOf.get(name);
   try {
     const pkgJson = JSON.parse(run('tar', ['-xOzf', tgz, 'package/package.json']));
-    if (JSON.stringify(pkgJson).includes('@ioplane/source')) problems.push('the packed package.json still names the @ioplane/source condition');
+    if (JSON.stringify(pkgJson.exports ?? {}).includes('@ioplane/source')) problems.push('the packed package.json exports still name the @ioplane/source condition');
     if (JSON.stringify(pkgJson).includes('workspace:')) problems.push('the packed package.json still has a workspace: range');
 
     const buf = readFileSync(tgz);

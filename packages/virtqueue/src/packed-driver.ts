@@ -1,0 +1,265 @@
+import type { GuestMemory } from '@ioplane/guest-memory';
+import type { BufferList } from './chain.js';
+import {
+  DESC_SIZE,
+  EVENT_SUPPRESS_BYTES,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  vringNeedEvent,
+} from './defs.js';
+import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
+import { VirtqueueError } from './errors.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, u16Over } from './layout.js';
+
+const TWO_32 = 0x1_0000_0000;
+const FLAGS_U16 = 7;
+
+function writeFields(dv: DataView, off: number, addr: number, len: number, id: number): void {
+  dv.setUint32(off, addr % TWO_32, true);
+  dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  dv.setUint32(off + 8, len, true);
+  dv.setUint16(off + 12, id, true);
+}
+
+/** The driver side of a packed virtqueue (VirtIO 1.2 §2.8.21, §2.8.22). */
+export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
+  readonly size: number;
+  readonly features: RingFeatures;
+  broken: VirtqueueError | undefined;
+  numFree: number;
+  inFlight = 0;
+
+  private readonly desc: DataView;
+  private readonly descU16: Uint16Array;
+  private readonly driverEvent: Uint16Array;
+  private readonly deviceEvent: Uint16Array;
+  private readonly indirectAddr: number;
+  private readonly indirectView: DataView | undefined;
+  private readonly maxIndirect: number;
+  private readonly indirectMode: IndirectMode;
+
+  private nextAvail = 0;
+  private availWrap = 1;
+  private nextUsed = 0;
+  private usedWrap = 1;
+  private added = 0;
+  /** Free Buffer IDs (a stack), and per ID: ring descriptors, writable bytes, token. */
+  private readonly freeIds: Uint16Array;
+  private freeCount: number;
+  private readonly descsOf: Uint16Array;
+  private readonly writableOf: Float64Array;
+  private readonly tokens: (T | undefined)[];
+  private readonly live: Uint8Array;
+  /** IN_ORDER: IDs in the order made available, for batched used descriptors (§2.8.8). */
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderTail = 0;
+  private batchLeft = 0;
+  private batchLastLen = 0;
+  private batchDescs = 0;
+
+  constructor(mem: GuestMemory, config: QueueConfig, features: RingFeatures, options: DriverOptions = {}) {
+    checkSize(config.size, true);
+    const size = config.size;
+    this.size = size;
+    this.features = features;
+    const ring = mem.view(config.descAddr, DESC_SIZE * size, 'write');
+    const drv = mem.view(config.driverAddr, EVENT_SUPPRESS_BYTES, 'write');
+    const dev = mem.view(config.deviceAddr, EVENT_SUPPRESS_BYTES, 'write');
+    ring.fill(0);
+    drv.fill(0);
+    dev.fill(0);
+    this.desc = dataViewOver(ring);
+    this.descU16 = u16Over(ring);
+    this.driverEvent = u16Over(drv);
+    this.deviceEvent = u16Over(dev);
+    this.indirectAddr = options.indirectArea?.addr ?? 0;
+    this.maxIndirect = options.indirectArea?.maxIndirect ?? 0;
+    this.indirectMode = options.indirectArea && features.indirect ? (options.indirect ?? 'auto') : 'never';
+    if (this.indirectMode !== 'never') {
+      this.indirectView = dataViewOver(mem.view(this.indirectAddr, size * this.maxIndirect * DESC_SIZE, 'write'));
+    }
+    this.freeIds = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeCount = size;
+    this.descsOf = new Uint16Array(size);
+    this.writableOf = new Float64Array(size);
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.live = new Uint8Array(size);
+    this.order = new Uint16Array(size);
+    this.numFree = size;
+  }
+
+  add(list: BufferList, token: T): boolean {
+    if (this.broken) throw this.broken;
+    const n = list.count;
+    if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.8)');
+    const indirect =
+      this.indirectMode !== 'never' && n <= this.maxIndirect && (this.indirectMode === 'always' || n > 1);
+    const need = indirect ? 1 : n;
+    if (need > this.numFree || this.freeCount === 0) return false;
+    const id = this.freeIds[--this.freeCount]!;
+    const first = this.nextAvail;
+    const wrapBits = this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
+    let headFlags: number;
+    if (indirect) {
+      const slot = id * this.maxIndirect * DESC_SIZE;
+      const dv = this.indirectView!;
+      for (let i = 0; i < n; i++) {
+        writeFields(dv, slot + i * DESC_SIZE, list.addr(i), list.len(i), 0);
+        dv.setUint16(slot + i * DESC_SIZE + 14, list.isWritable(i) ? VIRTQ_DESC_F_WRITE : 0, true);
+      }
+      writeFields(this.desc, first * DESC_SIZE, this.indirectAddr + slot, n * DESC_SIZE, id);
+      headFlags = VIRTQ_DESC_F_INDIRECT | wrapBits;
+      this.advance(1);
+    } else {
+      headFlags = 0;
+      for (let i = 0; i < n; i++) {
+        const pos = this.nextAvail;
+        const flags =
+          (list.isWritable(i) ? VIRTQ_DESC_F_WRITE : 0) |
+          (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0) |
+          (this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+        // Buffer ID belongs in the last descriptor; writing it in all is allowed.
+        writeFields(this.desc, pos * DESC_SIZE, list.addr(i), list.len(i), id);
+        if (i === 0) headFlags = flags;
+        else this.desc.setUint16(pos * DESC_SIZE + 14, flags, true);
+        this.advance(1);
+      }
+    }
+    // Release: the first descriptor is made available last (§2.8.6, §2.8.21.1).
+    Atomics.store(this.descU16, first * 8 + FLAGS_U16, headFlags);
+    this.numFree -= need;
+    this.added += need;
+    this.descsOf[id] = need;
+    this.writableOf[id] = list.writableBytes;
+    this.tokens[id] = token;
+    this.live[id] = 1;
+    if (this.features.inOrder) {
+      this.order[this.orderTail] = id;
+      this.orderTail = (this.orderTail + 1) % this.size;
+    }
+    this.inFlight++;
+    return true;
+  }
+
+  private advance(n: number): void {
+    this.nextAvail += n;
+    if (this.nextAvail >= this.size) {
+      this.nextAvail -= this.size;
+      this.availWrap ^= 1;
+    }
+  }
+
+  publish(): void {
+    // Each add() already exposed its list with a release store of the head flags.
+  }
+
+  needsNotify(): boolean {
+    const added = this.added;
+    this.added = 0;
+    const flags = Atomics.load(this.deviceEvent, 1) & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags !== RING_EVENT_FLAGS_DESC || !this.features.eventIdx) return true;
+    const offWrap = Atomics.load(this.deviceEvent, 0);
+    let event = offWrap & 0x7fff;
+    if (offWrap >> 15 !== this.availWrap) event -= this.size;
+    const now = this.nextAvail;
+    return vringNeedEvent(event & 0xffff, now, (now - added) & 0xffff);
+  }
+
+  pollUsed(out: UsedBuffer<T>): boolean {
+    if (this.broken) throw this.broken;
+    if (this.batchLeft > 0) return this.retireInOrder(out);
+    const flags = Atomics.load(this.descU16, this.nextUsed * 8 + FLAGS_U16);
+    const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
+    const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
+    if (used !== this.usedWrap || avail !== used) return false;
+    const off = this.nextUsed * DESC_SIZE;
+    const id = this.desc.getUint16(off + 12, true);
+    // Element Length is reserved in used descriptors without WRITE (§2.8.4).
+    const len = (flags & VIRTQ_DESC_F_WRITE) !== 0 ? this.desc.getUint32(off + 8, true) : 0;
+    if (id >= this.size || this.live[id] !== 1) {
+      this.fail(new VirtqueueError('used-id-invalid', `used descriptor at ring position ${this.nextUsed} names Buffer ID ${id}, which is not in flight`, { head: id }));
+    }
+    if (len > this.writableOf[id]!) {
+      this.fail(new VirtqueueError('used-len-invalid', `used descriptor for Buffer ID ${id} says ${len} bytes were written, but it has ${this.writableOf[id]} writable bytes`, { head: id, value: len }));
+    }
+    if (this.features.inOrder) {
+      let k = 1;
+      let descs = this.descsOf[this.order[this.orderHead]!]!;
+      let i = this.orderHead;
+      while (this.order[i] !== id) {
+        i = (i + 1) % this.size;
+        k++;
+        if (k > this.inFlight) {
+          this.fail(new VirtqueueError('used-id-invalid', `used descriptor names Buffer ID ${id}, which is not in flight in order`, { head: id }));
+        }
+        descs += this.descsOf[this.order[i]!]!;
+      }
+      this.batchLeft = k;
+      this.batchLastLen = len;
+      this.batchDescs = descs;
+      return this.retireInOrder(out);
+    }
+    this.retire(id, len, out);
+    this.skipUsed(this.descsOf[id]!);
+    return true;
+  }
+
+  private retireInOrder(out: UsedBuffer<T>): boolean {
+    const id = this.order[this.orderHead]!;
+    this.orderHead = (this.orderHead + 1) % this.size;
+    this.batchLeft--;
+    this.retire(id, this.batchLeft === 0 ? this.batchLastLen : this.writableOf[id]!, out);
+    if (this.batchLeft === 0) this.skipUsed(this.batchDescs);
+    return true;
+  }
+
+  private skipUsed(n: number): void {
+    this.nextUsed += n;
+    if (this.nextUsed >= this.size) {
+      this.nextUsed -= this.size;
+      this.usedWrap ^= 1;
+    }
+  }
+
+  private retire(id: number, len: number, out: UsedBuffer<T>): void {
+    out.token = this.tokens[id];
+    out.len = len;
+    this.tokens[id] = undefined;
+    this.live[id] = 0;
+    this.numFree += this.descsOf[id]!;
+    this.freeIds[this.freeCount++] = id;
+    this.inFlight--;
+  }
+
+  enableInterrupts(): boolean {
+    if (this.features.eventIdx) {
+      Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
+      Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DESC);
+    } else {
+      Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_ENABLE);
+    }
+    if (this.batchLeft > 0) return true;
+    const flags = Atomics.load(this.descU16, this.nextUsed * 8 + FLAGS_U16);
+    const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
+    const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
+    return used === this.usedWrap && avail === used;
+  }
+
+  disableInterrupts(): void {
+    Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DISABLE);
+  }
+
+  private fail(error: VirtqueueError): never {
+    this.broken = error;
+    throw error;
+  }
+}
