@@ -1,0 +1,106 @@
+import { METER_MAX } from './constants.js';
+import { VswitchError } from './errors.js';
+
+/** A meter band (OpenFlow 1.3.5 §5.7.1). Only drop bands: DSCP remark is reported unsupported. */
+export interface MeterBand {
+  type: 'drop';
+  /** kb/s for a kbps meter, packets/s for a pktps meter. */
+  rate: number;
+  /** Kilobits or packets; used when the meter has the burst flag (otherwise one second of `rate`). */
+  burstSize?: number;
+}
+
+export interface MeterConfig {
+  meterId: number;
+  /** OFPMF_KBPS (default) or OFPMF_PKTPS. */
+  unit?: 'kbps' | 'pktps';
+  /** OFPMF_BURST: honour each band's burstSize. */
+  burst?: boolean;
+  bands: MeterBand[];
+}
+
+export interface MeterStats {
+  meterId: number;
+  flowCount: number;
+  packetInCount: number;
+  byteInCount: number;
+  bands: { packetCount: number; byteCount: number }[];
+}
+
+/** One token bucket per band, refilled from the injected clock. */
+class Band {
+  tokens: number;
+  packetCount = 0;
+  byteCount = 0;
+  constructor(
+    readonly rate: number,
+    /** Tokens per millisecond: bits (kbps) or packets/1000 (pktps). */
+    readonly perMs: number,
+    readonly capacity: number,
+    public last: number,
+  ) {
+    this.tokens = capacity;
+  }
+}
+
+export class Meter {
+  readonly bands: Band[];
+  readonly pktps: boolean;
+  packetInCount = 0;
+  byteInCount = 0;
+  flowCount = 0;
+
+  constructor(readonly config: MeterConfig, now: number) {
+    const { meterId, bands } = config;
+    if (!Number.isInteger(meterId) || meterId < 1 || meterId > METER_MAX) throw new VswitchError('bad-meter', `meter ${meterId} is not in 1..${METER_MAX}`, 'meterId', meterId);
+    const unit = config.unit ?? 'kbps';
+    if (unit !== 'kbps' && unit !== 'pktps') throw new VswitchError('bad-meter', `meter unit ${String(unit)} is not kbps or pktps`, 'unit', unit);
+    this.pktps = unit === 'pktps';
+    if (!Array.isArray(bands) || bands.length === 0 || bands.length > 16) throw new VswitchError('bad-meter', 'a meter needs 1..16 bands', 'bands', bands);
+    this.bands = bands.map((b, i) => {
+      if (b.type !== 'drop') throw new VswitchError('unsupported', `meter band type ${String(b.type)} is not supported (drop only)`, `bands[${i}].type`, b.type);
+      if (!Number.isInteger(b.rate) || b.rate < 1 || b.rate > 0xffffffff) throw new VswitchError('bad-meter', `band rate ${b.rate} is not in 1..2^32-1 (OFPMMFC_BAD_RATE)`, `bands[${i}].rate`, b.rate);
+      const burst = config.burst ? b.burstSize ?? 0 : b.rate;
+      if (!Number.isInteger(burst) || burst < 1 || burst > 0xffffffff) throw new VswitchError('bad-meter', `band burst ${burst} is not in 1..2^32-1 (OFPMMFC_BAD_BURST)`, `bands[${i}].burstSize`, burst);
+      return this.pktps ? new Band(b.rate, b.rate / 1000, burst, now) : new Band(b.rate, b.rate, burst * 1000, now);
+    });
+  }
+
+  /**
+   * Meters one packet. Every band whose bucket holds the packet's cost spends it;
+   * among the bands that could not, the one with the highest rate applies (§5.7.1:
+   * "the band with the highest configured rate that is lower than the current
+   * measured rate"). Returns true when a drop band applies.
+   */
+  admit(bytes: number, now: number): boolean {
+    this.packetInCount++;
+    this.byteInCount += bytes;
+    const cost = this.pktps ? 1 : bytes * 8;
+    let hit: Band | null = null;
+    const bands = this.bands;
+    for (let i = 0; i < bands.length; i++) {
+      const b = bands[i]!;
+      const dt = now - b.last;
+      if (dt > 0) {
+        b.tokens = Math.min(b.capacity, b.tokens + dt * b.perMs);
+        b.last = now;
+      }
+      if (b.tokens >= cost) b.tokens -= cost;
+      else if (hit === null || b.rate > hit.rate) hit = b;
+    }
+    if (hit === null) return false;
+    hit.packetCount++;
+    hit.byteCount += bytes;
+    return true;
+  }
+
+  stats(): MeterStats {
+    return {
+      meterId: this.config.meterId,
+      flowCount: this.flowCount,
+      packetInCount: this.packetInCount,
+      byteInCount: this.byteInCount,
+      bands: this.bands.map((b) => ({ packetCount: b.packetCount, byteCount: b.byteCount })),
+    };
+  }
+}
