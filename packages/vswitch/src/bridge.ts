@@ -25,6 +25,8 @@ export interface BridgeOptions {
   clock?: () => number;
   /** Microflow (exact-match) cache slots, a power of two or 0 to disable (default 8192). */
   microflowSize?: number;
+  /** Insert one microflow per this many microflow misses (default 4; Open vSwitch's emc-insert-inv-prob). */
+  microflowInsertInterval?: number;
   /** Megaflow cache entries (default 65536; 0 disables it, every packet is translated). */
   megaflowLimit?: number;
   /** MAC learning: entry lifetime (default 300 000 ms, as Open vSwitch) and table bound (default 8192). */
@@ -334,7 +336,9 @@ export class Bridge {
     this.packetInLimit = options.packetInQueue ?? 1024;
     const start = performance.now();
     this.clock = options.clock ?? ((): number => performance.now() - start);
-    this.micro = new MicroflowCache(micro);
+    const interval = options.microflowInsertInterval ?? 4;
+    if (!Number.isInteger(interval) || interval < 1) throw new VswitchError('bad-config', `microflowInsertInterval ${interval} must be a positive integer`, 'microflowInsertInterval', interval);
+    this.micro = new MicroflowCache(micro, interval);
     this.mega = new MegaflowCache(mega);
     this.macs = new MacTable(aging, macLimit);
     for (let t = 0; t <= TABLE_MAX; t++) this.tables.push(new FlowTable(t));
@@ -905,7 +909,8 @@ export class Bridge {
     for (const p of [...(cfg.selectSrcPorts ?? []), ...(cfg.selectDstPorts ?? [])]) this.port(p);
     let bit = 0;
     while (this.mirrors.some((m) => m.bit === 1 << bit)) bit++;
-    this.mirrors.push({ ...structuredClone(cfg), bit: 1 << bit, out });
+    const mask = (1 << bit) >>> 0;
+    this.mirrors.push({ ...structuredClone(cfg), bit: mask, out });
     this.rebuildMirrors();
     this.invalidate();
   }

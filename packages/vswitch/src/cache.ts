@@ -197,8 +197,14 @@ export class MicroflowCache<D> {
   private readonly slots: (MegaflowEntry<D> | null)[];
   private readonly mask: number;
   readonly stats: CacheStats = { hits: 0, misses: 0, evictions: 0, entries: 0, masks: 0, flushes: 0 };
+  private missCount = 0;
 
-  constructor(readonly size: number) {
+  /**
+   * `insertInterval`: insert one microflow per this many misses (Open vSwitch's
+   * emc-insert-inv-prob, deterministic here): with more flows than slots, inserting
+   * every miss only evicts entries that were about to hit.
+   */
+  constructor(readonly size: number, readonly insertInterval = 1) {
     this.keys = new Uint32Array(size * W);
     this.slots = new Array<MegaflowEntry<D> | null>(size).fill(null);
     this.mask = size - 1;
@@ -224,6 +230,7 @@ export class MicroflowCache<D> {
 
   insert(key: Uint32Array, hash: number, e: MegaflowEntry<D>): void {
     if (this.size === 0 || e.dead) return;
+    if (this.insertInterval > 1 && ++this.missCount % this.insertInterval !== 0) return;
     const slot = hash & this.mask;
     const old = this.slots[slot];
     if (old && !old.dead) this.stats.evictions++;
@@ -239,20 +246,15 @@ export class MicroflowCache<D> {
   }
 }
 
-/** Murmur3 over the full ingress key (the microflow hash). */
+/** The microflow hash over the full ingress key: one multiply per word, then an avalanche. */
 export function keyHash(key: Uint32Array): number {
-  let h = 0;
+  let h = 0x811c9dc5;
   for (let i = 0; i < W; i++) {
-    let k = Math.imul(key[i]!, 0xcc9e2d51);
-    k = (k << 15) | (k >>> 17);
-    h ^= Math.imul(k, 0x1b873593);
-    h = (h << 13) | (h >>> 19);
-    h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+    h = Math.imul(h ^ key[i]!, 0x01000193);
+    h ^= h >>> 15;
   }
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
   return h >>> 0;
 }

@@ -33,21 +33,22 @@ export interface FlowFlags {
   resetCounts?: boolean;
 }
 
-/** Murmur3-style mixing of selected words of `key & mask`. */
+/**
+ * A hash of selected words of `key & mask`: one multiply per word (FNV-like) and
+ * a final avalanche. The result only picks a bucket; equality is always checked.
+ */
 export function hashWords(key: Uint32Array, mask: Uint32Array, words: Int32Array): number {
-  let h = 0;
+  let h = 0x811c9dc5;
   for (let i = 0; i < words.length; i++) {
     const w = words[i]!;
-    let k = Math.imul(key[w]! & mask[w]!, 0xcc9e2d51);
-    k = (k << 15) | (k >>> 17);
-    h ^= Math.imul(k, 0x1b873593);
-    h = (h << 13) | (h >>> 19);
-    h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+    h = Math.imul(h ^ (key[w]! & mask[w]!), 0x01000193);
+    h ^= h >>> 15;
   }
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
-  return h | 0;
+  // 30 bits: a small integer (Smi) to V8, so Map lookups hash it without boxing.
+  return h & 0x3fffffff;
 }
 
 /** The word indices where a mask is not zero. */
