@@ -691,7 +691,7 @@ export class Bridge {
   }
 
   tableStats(): { tableId: number; activeCount: number; lookupCount: number; matchedCount: number; miss: 'drop' | 'controller' }[] {
-    return this.tables.filter((t) => t.count > 0 || t.lookupCount > 0).map((t) => ({ tableId: t.id, activeCount: t.count, lookupCount: t.lookupCount, matchedCount: t.matchedCount, miss: t.miss }));
+    return this.tables.filter((t) => t.count > 0 || t.lookupCount > 0 || t.miss !== 'drop').map((t) => ({ tableId: t.id, activeCount: t.count, lookupCount: t.lookupCount, matchedCount: t.matchedCount, miss: t.miss }));
   }
 
   /** What a table does with packets no entry matches when it has no table-miss entry (§5.4). */
