@@ -102,7 +102,8 @@ function badAction(msg: string, field: string, value: unknown): VswitchError {
 }
 
 export function compileActions(list: readonly Action[], ctx: ActionContext): CAction[] {
-  if (!Array.isArray(list)) throw badAction('actions must be an array', 'actions', list);
+  const raw: unknown = list;
+  if (!Array.isArray(raw)) throw badAction('actions must be an array', 'actions', list);
   if (list.length > 256) throw badAction(`${list.length} actions in one list; at most 256`, 'actions', list.length);
   const out: CAction[] = [];
   for (const act of list) {
@@ -145,7 +146,7 @@ export function compileActions(list: readonly Action[], ctx: ActionContext): CAc
           // OFPBAC_MATCH_INCONSISTENT: the field's prerequisites are not in the flow's match.
           throw new VswitchError('bad-prerequisite', `set_field ${act.field} needs its prerequisites in the flow's match`, act.field, act.value);
         }
-        let a = 0;
+        let a: number;
         let b = 0;
         const v = act.value;
         if (def.kind === 'mac') {
@@ -182,7 +183,8 @@ const U64 = (1n << 64n) - 1n;
 
 /** Validates an instruction list (§5.9: at most one of each; goto only forward). */
 export function compileInstructions(list: readonly Instruction[], tableId: number, ctx: ActionContext & { meterExists(id: number): boolean }): CInstructions {
-  if (!Array.isArray(list)) throw new VswitchError('bad-instruction', 'instructions must be an array', 'instructions', list);
+  const raw: unknown = list;
+  if (!Array.isArray(raw)) throw new VswitchError('bad-instruction', 'instructions must be an array', 'instructions', list);
   const r: CInstructions = { meterId: 0, apply: null, clear: false, write: null, metaValue: 0n, metaMask: 0n, hasMeta: false, gotoTable: -1 };
   const seen = new Set<string>();
   for (const ins of list) {

@@ -209,7 +209,6 @@ export interface BridgeStats {
 
 const ALL_ONES_64 = (1n << 64n) - 1n;
 const MAX_GROUP_DEPTH = 8;
-const EMPTY_PROGRAM = new Program([], false);
 const SLB_MASK = new Uint32Array(INGRESS_WORDS);
 SLB_MASK[5] = 0xffff;
 SLB_MASK[6] = 0xffffffff;

@@ -1,5 +1,6 @@
 import { Layer } from '@ioplane/packet';
 import type { NetBackend } from '@ioplane/net-backends';
+import type { CAction } from './actions.js';
 import type { FlowRule } from './classifier.js';
 import type { Meter } from './meter.js';
 
@@ -131,7 +132,7 @@ export class GroupBucketState {
     readonly weight: number,
     readonly watchPort: number,
     readonly watchGroup: number,
-    readonly actions: import('./actions.js').CAction[],
+    readonly actions: CAction[],
   ) {}
 }
 

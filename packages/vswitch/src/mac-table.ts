@@ -12,7 +12,7 @@ export const Learn = { REFRESHED: 0, NEW: 1, MOVED: 2, FULL: 3 } as const;
  * port, aged out after `agingMs`, bounded; when full, the oldest entry is evicted.
  */
 export class MacTable {
-  private readonly vlans: (Map<number, MacEntry> | undefined)[] = new Array(4096);
+  private readonly vlans: (Map<number, MacEntry> | undefined)[] = new Array<Map<number, MacEntry> | undefined>(4096);
   size = 0;
   moves = 0;
   evictions = 0;

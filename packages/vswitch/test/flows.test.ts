@@ -41,7 +41,7 @@ describe('match compilation (OpenFlow 1.3.5 §7.2.3)', () => {
     expect(kindOf(() => compileMatch({ eth_src: 'zz' }))).toBe('bad-match');
     expect(kindOf(() => compileMatch({ eth_type: 0x0800, ipv4_dst: '10.0.0.0/33' }))).toBe('bad-match');
     expect(kindOf(() => compileMatch({ vlan_vid: 5 }))).toBe('bad-match'); // a VID without OFPVID_PRESENT
-    expect(kindOf(() => compileMatch({ eth_type: 0x0800, ip_proto: 6, tcp_src: 1, udp_src: 1 } as Match))).toBe('bad-prerequisite');
+    expect(kindOf(() => compileMatch({ eth_type: 0x0800, ip_proto: 6, tcp_src: 1, udp_src: 1 }))).toBe('bad-prerequisite');
   });
 });
 

@@ -50,13 +50,13 @@ export function udpFrame(src: number, dst: number, opts: { vlan?: number; sport?
     srcMac: parseMac(mac(src)), dstMac: parseMac(opts.dstMac ?? mac(dst)), srcIp: parseIpv4(`10.0.0.${src}`), dstIp: parseIpv4(`10.0.0.${dst}`),
     srcPort: opts.sport ?? 1000, dstPort: opts.dport ?? 2000, payload,
   });
-  let f = out.subarray(0, n);
+  let f: Uint8Array<ArrayBufferLike> = out.subarray(0, n);
   if (opts.vlan !== undefined) f = tag(f, opts.vlan);
   return f.slice();
 }
 
 /** Inserts an 802.1Q tag. */
-export function tag(frame: Uint8Array, vid: number, pcp = 0): Uint8Array {
+export function tag(frame: Uint8Array, vid: number, pcp = 0): Uint8Array<ArrayBufferLike> {
   const out = new Uint8Array(frame.length + 4);
   out.set(frame.subarray(0, 12), 0);
   out[12] = 0x81;

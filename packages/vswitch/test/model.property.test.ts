@@ -70,7 +70,7 @@ function buildPacket(s: PktSpec): Uint8Array {
       break;
     }
   }
-  let f = out.slice(0, n);
+  let f: Uint8Array<ArrayBufferLike> = out.slice(0, n);
   if (s.dscp && (s.l3 === 'udp' || s.l3 === 'icmp')) {
     f[15] = s.dscp << 2;
     fillIpv4HeaderChecksum(f, 14);
@@ -124,7 +124,7 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(m)) if (v !== undefined) out[k] = v;
   // vlan_pcp needs a VID with OFPVID_PRESENT (§7.2.3.6); add it sometimes.
-  return out as Match;
+  return out;
 });
 
 // ── actions ──
@@ -140,14 +140,14 @@ const setArb = (m: Match | null): fc.Arbitrary<Action> => {
   if (m === null || m.eth_type === 0x0800 || m.eth_type === 0x86dd) fields.push(['ip_dscp', fc.constantFrom(0, 46)]);
   if (m === null || m.ip_proto === 6) fields.push(['tcp_src', fc.constantFrom(...TPORTS)], ['tcp_dst', fc.constantFrom(...TPORTS)]);
   if (m === null || m.ip_proto === 17) fields.push(['udp_src', fc.constantFrom(...TPORTS)], ['udp_dst', fc.constantFrom(...TPORTS)]);
-  return fc.constantFrom(...fields).chain(([field, v]) => v.map((value) => ({ type: 'set_field', field, value }) as Action));
+  return fc.constantFrom(...fields).chain(([field, v]) => v.map((value) => ({ type: 'set_field', field, value })));
 };
 
 const outputArb: fc.Arbitrary<Action> = fc.constantFrom(1, 2, 3, 4, Port.IN_PORT, Port.FLOOD, Port.ALL, Port.CONTROLLER).map((port) => ({ type: 'output', port }));
 
 function actionArb(m: Match | null, groups: boolean): fc.Arbitrary<Action> {
-  const choices: fc.Arbitrary<Action>[] = [outputArb, outputArb, setArb(m), fc.constant({ type: 'push_vlan' } as Action), fc.constant({ type: 'pop_vlan' } as Action)];
-  if (groups) choices.push(fc.constantFrom(1, 2, 3).map((groupId) => ({ type: 'group', groupId }) as Action));
+  const choices: fc.Arbitrary<Action>[] = [outputArb, outputArb, setArb(m), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })];
+  if (groups) choices.push(fc.constantFrom(1, 2, 3).map((groupId) => ({ type: 'group', groupId })));
   return fc.oneof(...choices);
 }
 
@@ -314,7 +314,7 @@ describe('the cached fast path agrees with a linear reference model', () => {
   it('set_field, push and pop rewrite bytes as the reference does (checksums recomputed from scratch there)', () => {
     const before = seen.rewritten;
     const rewriteFlow: fc.Arbitrary<FlowSpec> = fc.constantFrom<Match>({}, { eth_type: 0x0800 }, { eth_type: 0x0800, ip_proto: 6 }, { eth_type: 0x0800, ip_proto: 17 }, { eth_type: 0x86dd, ip_proto: 17 }).chain((match) =>
-      fc.array(fc.oneof(setArb(match), setArb(match), fc.constant({ type: 'push_vlan' } as Action), fc.constant({ type: 'pop_vlan' } as Action)), { minLength: 1, maxLength: 4 }).map((acts) => ({
+      fc.array(fc.oneof(setArb(match), setArb(match), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })), { minLength: 1, maxLength: 4 }).map((acts) => ({
         tableId: 0, priority: Object.keys(match).length, match, instructions: [{ type: 'apply_actions', actions: [...acts, { type: 'output', port: 2 }, { type: 'output', port: Port.IN_PORT }] }] as Instruction[],
       })),
     );
