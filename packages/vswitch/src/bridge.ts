@@ -1,5 +1,5 @@
 import {
-  FlowKey, FlowKeyExtractor, Layer, PacketInfo, TUPLE_MASK, encapsulateVxlan, flowHashWords, parseIpv4, parseMac, parsePacket,
+  FlowKey, FlowKeyExtractor, Layer, PacketInfo, encapsulateVxlan, parseIpv4, parseMac, parsePacket,
   vxlanSourcePort, type VxlanOuter,
 } from '@ioplane/packet';
 import type { NetBackend } from '@ioplane/net-backends';
@@ -7,7 +7,7 @@ import {
   A, compileActions, compileInstructions, outputsTo, regWord, usesGroup, type Action, type CAction, type Instruction,
 } from './actions.js';
 import { MegaflowCache, MicroflowCache, keyHash, type CacheStats, type MegaflowEntry } from './cache.js';
-import { FlowTable, type FlowFlags, type FlowRule } from './classifier.js';
+import { FlowTable, hashWords, maskWords, tupleHash, type FlowFlags, type FlowRule } from './classifier.js';
 import {
   DEFAULT_MISS_SEND_LEN, Group, INGRESS_WORDS, KEY_WORDS, META_HI, META_LO, METER_MAX, NO_BUFFER, Port, TABLE_ALL, TABLE_MAX,
 } from './constants.js';
@@ -16,7 +16,7 @@ import {
   type PortStats, type VlanMode,
 } from './datapath.js';
 import { VswitchError } from './errors.js';
-import { Learn, MacTable } from './mac-table.js';
+import { MacTable } from './mac-table.js';
 import { compileMatch, isSubsumedBy, overlaps, sameMatch, type Match } from './match.js';
 import { Meter, type MeterConfig, type MeterStats } from './meter.js';
 
@@ -213,6 +213,7 @@ const SLB_MASK = new Uint32Array(INGRESS_WORDS);
 SLB_MASK[5] = 0xffff;
 SLB_MASK[6] = 0xffffffff;
 SLB_MASK[7] = 0xfff;
+const SLB_WORDS = maskWords(SLB_MASK);
 
 function checkU16(field: string, v: number): number {
   if (!Number.isInteger(v) || v < 0 || v > 0xffff) throw new VswitchError('bad-flow-mod', `${field} ${v} is not in 0..65535`, field, v);
@@ -305,6 +306,8 @@ export class Bridge {
 
   // Per-packet state, preallocated.
   private now = 0;
+  /** Shared with meters: the time of the current batch. */
+  private readonly time = { now: 0 };
   private readonly extractor = new FlowKeyExtractor();
   private readonly tunnelInfo = new PacketInfo();
   private readonly ingress = new FlowKey(new Uint32Array(INGRESS_WORDS));
@@ -542,7 +545,7 @@ export class Bridge {
     return [...this.mega.entries()].map((e) => ({ mask: e.sub.mask, key: e.key, hits: e.hits }));
   }
 
-  macTable(): { vlan: number; mac: number; port: number; lastSeen: number }[] {
+  macTable(): { vlan: number; mac: string; port: number; lastSeen: number }[] {
     return this.macs.entries();
   }
 
@@ -728,6 +731,12 @@ export class Bridge {
     this.macs.age(this.clock());
   }
 
+  private setNow(now: number): void {
+    this.now = now;
+    this.time.now = now;
+    this.macs.now = now;
+  }
+
   onFlowRemoved(handler: (f: FlowRemoved) => void): () => void {
     this.flowRemovedHandlers.push(handler);
     return () => (this.flowRemovedHandlers = this.flowRemovedHandlers.filter((h) => h !== handler));
@@ -853,7 +862,7 @@ export class Bridge {
     return [...this.groups.values()].sort((a, b) => a.id - b.id).map((g) => structuredClone(g.raw) as GroupConfig);
   }
 
-  /** The bucket a SELECT group picks for a flow hash, or -1 (for tools and reference models). */
+  /** The bucket a SELECT group picks for a flow hash (see `tupleHash`), or -1 (for tools and reference models). */
   selectBucket(groupId: number, hash: number): number {
     const g = this.groups.get(groupId);
     return g ? g.table[hash & 255]! : -1;
@@ -885,7 +894,8 @@ export class Bridge {
     if (command === 'add' && this.meters.has(id)) throw new VswitchError('bad-meter', `meter ${id} exists (OFPMMFC_METER_EXISTS)`, 'meterId', id);
     if (command === 'modify' && !this.meters.has(id)) throw new VswitchError('bad-meter', `meter ${id} does not exist (OFPMMFC_UNKNOWN_METER)`, 'meterId', id);
     if (command !== 'add' && command !== 'modify') throw new VswitchError('bad-meter', `meter-mod command ${String(command)} is unknown`, 'command', command);
-    const m = new Meter(structuredClone(cfg as MeterConfig), this.clock());
+    this.setNow(this.clock());
+    const m = new Meter(structuredClone(cfg as MeterConfig), this.time);
     const old = this.meters.get(id);
     if (old) m.flowCount = old.flowCount;
     this.meters.set(id, m);
@@ -965,7 +975,7 @@ export class Bridge {
     const data = po.data.slice();
     this.busy = true;
     try {
-      this.now = this.clock();
+      this.setNow(this.clock());
       this.inPort = this.ports.get(inPortNo) ?? null;
       this.inPortNo = inPortNo;
       this.mirrorBits = 0;
@@ -1235,7 +1245,7 @@ export class Bridge {
     }
     this.busy = true;
     try {
-      this.now = this.clock();
+      this.setNow(this.clock());
       if (this.now >= this.nextExpiry) this.expireFlows();
       for (let i = 0; i < count; i++) this.process(p, frames[i]!, p.kind === 'bond' ? Math.max(p.active, 0) : -1);
     } finally {
@@ -1256,7 +1266,7 @@ export class Bridge {
     }
     this.busy = true;
     try {
-      this.now = this.clock();
+      this.setNow(this.clock());
       if (this.now >= this.nextExpiry) this.expireFlows();
       this.process(p, frame, member);
     } finally {
@@ -1396,7 +1406,7 @@ export class Bridge {
           this.packetIn(op, p);
           break;
         case Op.METER:
-          if (op.meter!.admit(p.len, this.now)) return;
+          if (op.meter!.admit(p.len)) return;
           break;
         case Op.GROUP: {
           const g = op.group!;
@@ -1415,7 +1425,7 @@ export class Bridge {
           const g = op.group!;
           g.packetCount++;
           g.byteCount += p.len;
-          const idx = g.table[flowHashWords(p.key, TUPLE_MASK.words) & 255]!;
+          const idx = g.table[tupleHash(p.key) & 255]!;
           if (idx >= 0) {
             const b = op.buckets![idx]!;
             b.packetCount++;
@@ -1458,7 +1468,7 @@ export class Bridge {
         const live = port.liveMembers;
         if (live.length === 0) m = -1;
         else {
-          const h = port.bondMode === 'balance-tcp' ? flowHashWords(p.key, TUPLE_MASK.words) : flowHashWords(p.key, SLB_MASK);
+          const h = port.bondMode === 'balance-tcp' ? tupleHash(p.key) : hashWords(p.key, SLB_MASK, SLB_WORDS);
           m = live[h % live.length]!;
         }
       }
@@ -1497,7 +1507,7 @@ export class Bridge {
     o.vni = vni;
     o.dstPort = port.dstPort;
     // RFC 7348 §5: the outer source port from a hash of the inner flow.
-    o.srcPort = vxlanSourcePort(flowHashWords(p.key, TUPLE_MASK.words));
+    o.srcPort = vxlanSourcePort(tupleHash(p.key));
     const tx = port.tx!;
     if (inner.length + 50 > tx.buf.length) return null;
     const n = encapsulateVxlan(tx.buf, inner, o);
@@ -1574,16 +1584,14 @@ export class Bridge {
     }
     const srcHi = k[5]! & 0xffff;
     if (!(srcHi & 0x100)) {
-      const src = srcHi * 4294967296 + k[6]!;
-      if (this.macs.learn(vlan, src, inPort.no, this.now) === Learn.MOVED) {
-        // Nothing cached depends on the MAC table: NORMAL runs live on every packet.
-      }
+      // Nothing cached depends on the MAC table (NORMAL runs live on every packet): a new
+      // station or a move needs no revalidation.
+      this.macs.learn(vlan, srcHi, k[6]! >>> 16, k[6]! & 0xffff, inPort.no);
     }
     const dstHi = k[4]!;
     const pcp = tagged ? tci & 0xe000 : 0;
     if (!(dstHi & 0x01000000)) {
-      const dst = dstHi * 65536 + (k[5]! >>> 16);
-      const out = this.macs.lookup(vlan, dst, this.now);
+      const out = this.macs.lookup(vlan, dstHi >>> 16, dstHi & 0xffff, k[5]! >>> 16);
       if (out >= 0) {
         if (out === inPort.no) return; // the destination is behind the ingress port
         const q = this.ports.get(out);
@@ -1607,28 +1615,32 @@ export class Bridge {
     }
     this.mirrorBits |= q.mirrorDstBits;
     const untag = q.access || vlan === q.native;
-    const src = p.buf;
-    const s = p.start;
     let frame: Uint8Array;
-    if (untag) {
-      if (p.vlans === 0) frame = p.frame();
-      else {
-        const b = this.untagged.buf;
-        b.set(src.subarray(s, s + 12), HEADROOM);
-        b.set(src.subarray(s + 16, s + p.len), HEADROOM + 12);
-        frame = this.untagged.view(HEADROOM, p.len - 4);
+    if (untag && p.vlans === 0) frame = p.frame();
+    else {
+      // Copy the whole frame (no subarray per packet), then move the MAC addresses.
+      const sc = untag ? this.untagged : this.tagged;
+      const b = sc.buf;
+      b.set(p.frame(), HEADROOM);
+      const len = p.len;
+      if (untag) {
+        b.copyWithin(HEADROOM + 4, HEADROOM, HEADROOM + 12);
+        frame = sc.view(HEADROOM + 4, len - 4);
+      } else {
+        const tci = pcp | vlan;
+        let at = HEADROOM;
+        let n = len;
+        if (p.vlans === 0) {
+          b.copyWithin(HEADROOM - 4, HEADROOM, HEADROOM + 12);
+          at = HEADROOM - 4;
+          n = len + 4;
+        }
+        b[at + 12] = 0x81;
+        b[at + 13] = 0x00;
+        b[at + 14] = tci >>> 8;
+        b[at + 15] = tci & 0xff;
+        frame = sc.view(at, n);
       }
-    } else {
-      const tci = pcp | vlan;
-      const b = this.tagged.buf;
-      b.set(src.subarray(s, s + 12), HEADROOM);
-      b[HEADROOM + 12] = 0x81;
-      b[HEADROOM + 13] = 0x00;
-      b[HEADROOM + 14] = tci >>> 8;
-      b[HEADROOM + 15] = tci & 0xff;
-      const rest = p.vlans === 0 ? 12 : 16;
-      b.set(src.subarray(s + rest, s + p.len), HEADROOM + 16);
-      frame = this.tagged.view(HEADROOM, p.len - rest + 16);
     }
     this.sendOn(q, frame, p);
   }

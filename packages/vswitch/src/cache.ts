@@ -256,5 +256,6 @@ export function keyHash(key: Uint32Array): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
-  return h >>> 0;
+  // 30 bits: a small integer (Smi) to V8, so returning it boxes nothing.
+  return h & 0x3fffffff;
 }

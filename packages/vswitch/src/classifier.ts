@@ -1,3 +1,4 @@
+import { TUPLE_MASK } from '@ioplane/packet';
 import { INGRESS_WORDS, KEY_WORDS } from './constants.js';
 import type { CompiledMatch } from './match.js';
 import type { CInstructions, Instruction } from './actions.js';
@@ -49,6 +50,16 @@ export function hashWords(key: Uint32Array, mask: Uint32Array, words: Int32Array
   h ^= h >>> 13;
   // 30 bits: a small integer (Smi) to V8, so Map lookups hash it without boxing.
   return h & 0x3fffffff;
+}
+
+const TUPLE_WORDS = maskWords(TUPLE_MASK.words);
+
+/**
+ * The flow hash SELECT groups, balance-tcp bonds and VXLAN source ports use: the
+ * Ethernet addresses, EtherType, IP protocol and addresses and L4 ports of a key.
+ */
+export function tupleHash(key: Uint32Array): number {
+  return hashWords(key, TUPLE_MASK.words, TUPLE_WORDS);
 }
 
 /** The word indices where a mask is not zero. */

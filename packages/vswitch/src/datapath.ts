@@ -227,7 +227,8 @@ export class Pkt {
   own_(): void {
     if (this.own) return;
     const s = this.scratch;
-    s.buf.set(this.buf.subarray(this.start, this.start + this.len), HEADROOM);
+    // frame() is the received frame itself or a cached view: no allocation.
+    s.buf.set(this.frame(), HEADROOM);
     this.buf = s.buf;
     this.start = HEADROOM;
     this.src = s;

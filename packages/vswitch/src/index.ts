@@ -2,7 +2,7 @@ export { VswitchError, type VswitchErrorKind } from './errors.js';
 export { Port, Group, TABLE_MAX, TABLE_ALL, METER_MAX, NO_BUFFER, DEFAULT_MISS_SEND_LEN, KEY_WORDS, INGRESS_WORDS } from './constants.js';
 export { compileMatch, FIELDS, type Match, type MatchField, type Masked, type CompiledMatch } from './match.js';
 export type { Action, Instruction, SetField } from './actions.js';
-export type { FlowFlags } from './classifier.js';
+export { tupleHash, type FlowFlags } from './classifier.js';
 export type { CacheStats } from './cache.js';
 export type { MeterBand, MeterConfig, MeterStats } from './meter.js';
 export type { PortStats, VlanMode } from './datapath.js';

@@ -50,7 +50,9 @@ export class Meter {
   byteInCount = 0;
   flowCount = 0;
 
-  constructor(readonly config: MeterConfig, now: number) {
+  /** `time.now` is the current time in ms, set by the owner per batch (no double crosses a call). */
+  constructor(readonly config: MeterConfig, private readonly time: { now: number }) {
+    const now = time.now;
     const { meterId, bands } = config;
     if (!Number.isInteger(meterId) || meterId < 1 || meterId > METER_MAX) throw new VswitchError('bad-meter', `meter ${meterId} is not in 1..${METER_MAX}`, 'meterId', meterId);
     const unit = config.unit ?? 'kbps';
@@ -72,7 +74,8 @@ export class Meter {
    * "the band with the highest configured rate that is lower than the current
    * measured rate"). Returns true when a drop band applies.
    */
-  admit(bytes: number, now: number): boolean {
+  admit(bytes: number): boolean {
+    const now = this.time.now;
     this.packetInCount++;
     this.byteInCount += bytes;
     const cost = this.pktps ? 1 : bytes * 8;

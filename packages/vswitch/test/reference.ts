@@ -10,7 +10,7 @@ import {
   FlowKey, FlowKeyExtractor, PacketInfo, fillIpv4HeaderChecksum, fillL4Checksum, parseIpv4, parseIpv6, parseMac, parsePacket,
 } from '@ioplane/packet';
 import type { Action, Bridge, FlowStats, GroupConfig, Instruction, Match } from '../src/index.js';
-import { Port } from '../src/index.js';
+import { Port, tupleHash } from '../src/index.js';
 
 export interface RefOutput {
   port: number;
@@ -365,7 +365,7 @@ export class Reference {
             if (i >= 0) run(i);
           } else {
             const key = this.ex.extract(p.bytes, new FlowKey(), p.inPort);
-            const i = this.w.bridge.selectBucket(g.groupId, key.hash5Tuple());
+            const i = this.w.bridge.selectBucket(g.groupId, tupleHash(key.words));
             if (i >= 0) run(i);
           }
           break;
