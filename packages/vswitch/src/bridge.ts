@@ -341,7 +341,7 @@ export class Bridge {
     const interval = options.microflowInsertInterval ?? 4;
     if (!Number.isInteger(interval) || interval < 1) throw new VswitchError('bad-config', `microflowInsertInterval ${interval} must be a positive integer`, 'microflowInsertInterval', interval);
     this.micro = new MicroflowCache(micro, interval);
-    this.mega = new MegaflowCache(mega);
+    this.mega = new MegaflowCache(mega, (e) => this.pushStats(e));
     this.macs = new MacTable(aging, macLimit);
     for (let t = 0; t <= TABLE_MAX; t++) this.tables.push(new FlowTable(t));
     for (let i = 0; i <= MAX_GROUP_DEPTH + 1; i++) this.levels.push(new Pkt());
@@ -666,6 +666,7 @@ export class Bridge {
 
   private removeRule(r: FlowRule, reason: FlowRemovedReason | null): void {
     if (r.removed) return;
+    if (reason !== null && r.flags.sendFlowRem) this.pushAllStats();
     this.tables[r.tableId]!.remove(r);
     r.removed = true;
     this.timed.delete(r);
@@ -686,6 +687,7 @@ export class Bridge {
 
   /** Flow statistics (§7.3.5.2): every entry, or those a non-strict filter names. */
   flows(filter: Omit<FlowMod, 'command' | 'instructions'> = {}): FlowStats[] {
+    this.pushAllStats();
     const tableId = filter.tableId ?? TABLE_ALL;
     return this.select(tableId, compileMatch(filter.match ?? {}), 0, false, filter)
       .sort((a, b) => a.tableId - b.tableId || b.priority - a.priority || a.seq - b.seq)
@@ -693,6 +695,7 @@ export class Bridge {
   }
 
   tableStats(): { tableId: number; activeCount: number; lookupCount: number; matchedCount: number; miss: 'drop' | 'controller' }[] {
+    this.pushAllStats();
     return this.tables.filter((t) => t.count > 0 || t.lookupCount > 0 || t.miss !== 'drop').map((t) => ({ tableId: t.id, activeCount: t.count, lookupCount: t.lookupCount, matchedCount: t.matchedCount, miss: t.miss }));
   }
 
@@ -707,6 +710,7 @@ export class Bridge {
   /** Removes entries whose idle or hard timeout has passed (§5.5); runs on its own before each packet once due. */
   expireFlows(): number {
     const now = this.clock();
+    this.pushAllStats();
     let n = 0;
     let next = Infinity;
     for (const r of [...this.timed]) {
@@ -1334,26 +1338,41 @@ export class Bridge {
       this.micro.insert(kw, h, e);
     }
     this.execute(e, p);
+    if (e.dead) this.pushStats(e);
     if (this.mirrorBits !== 0) this.mirror(p);
   }
 
   private execute(e: MegaflowEntry<Translation>, p: Pkt): void {
+    // Statistics go to the cache entry only; the flow entries and tables it stands for are
+    // credited lazily (pushStats), as Open vSwitch's revalidators do: a hit touches one object.
     e.hits++;
+    e.bytes += p.len;
+    e.used = this.now;
     const t = e.data;
-    const len = p.len;
-    const now = this.now;
-    const rules = t.rules;
-    for (let i = 0; i < rules.length; i++) {
-      const r = rules[i]!;
-      r.packetCount++;
-      r.byteCount += len;
-      r.lastUsed = now;
-    }
-    const tables = this.tables;
-    for (let i = 0; i < t.lookedUp.length; i++) tables[t.lookedUp[i]!]!.lookupCount++;
-    for (let i = 0; i < t.matched.length; i++) tables[t.matched[i]!]!.matchedCount++;
     if (t.prog.needsKey) p.key.set(this.ingress.words);
     this.run(t.prog, p, 0);
+  }
+
+  /** Credits a cache entry's traffic since the last push to its flow entries and tables. */
+  private pushStats(e: MegaflowEntry<Translation>): void {
+    const n = e.hits - e.pushedHits;
+    if (n === 0) return;
+    const b = e.bytes - e.pushedBytes;
+    e.pushedHits = e.hits;
+    e.pushedBytes = e.bytes;
+    const t = e.data;
+    for (const r of t.rules) {
+      r.packetCount += n;
+      r.byteCount += b;
+      if (e.used > r.lastUsed) r.lastUsed = e.used;
+    }
+    for (const id of t.lookedUp) this.tables[id]!.lookupCount += n;
+    for (const id of t.matched) this.tables[id]!.matchedCount += n;
+  }
+
+  /** Brings every flow and table counter up to date. */
+  private pushAllStats(): void {
+    for (const e of this.mega.entries()) this.pushStats(e);
   }
 
   /** The VLAN NORMAL assigns at ingress (for VLAN mirrors). */

@@ -9,6 +9,12 @@ export class MegaflowEntry<D> {
   next: MegaflowEntry<D> | null = null;
   dead = false;
   hits = 0;
+  /** Traffic through this entry (the datapath flow's stats, as Open vSwitch keeps them). */
+  bytes = 0;
+  used = 0;
+  /** How much of it was already credited to the flow entries it stands for. */
+  pushedHits = 0;
+  pushedBytes = 0;
   constructor(
     readonly sub: MegaSubtable<D>,
     readonly hash: number,
@@ -55,7 +61,8 @@ export class MegaflowCache<D> {
   readonly stats: CacheStats = { hits: 0, misses: 0, evictions: 0, entries: 0, masks: 0, flushes: 0 };
   private lookups = 0;
 
-  constructor(readonly limit: number) {
+  /** `onRemove` sees every live entry before it is evicted or flushed (to push its statistics). */
+  constructor(readonly limit: number, private readonly onRemove: (e: MegaflowEntry<D>) => void = () => {}) {
     this.fifo = new Array<MegaflowEntry<D> | null>(limit).fill(null);
   }
 
@@ -131,6 +138,7 @@ export class MegaflowCache<D> {
       this.fifo[this.fifoHead] = null;
       this.fifoHead = (this.fifoHead + 1) % this.limit;
       if (e && !e.dead) {
+        this.onRemove(e);
         this.remove(e);
         this.stats.evictions++;
         return;
@@ -164,7 +172,10 @@ export class MegaflowCache<D> {
     if (this.size === 0) return;
     for (let i = 0; i < this.fifo.length; i++) {
       const e = this.fifo[i];
-      if (e) e.dead = true;
+      if (e && !e.dead) {
+        this.onRemove(e);
+        e.dead = true;
+      }
       this.fifo[i] = null;
     }
     this.fifoHead = this.fifoTail = 0;
