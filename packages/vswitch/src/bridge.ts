@@ -286,6 +286,16 @@ export class Bridge {
   private readonly micro: MicroflowCache<Translation>;
   private readonly mega: MegaflowCache<Translation>;
   private readonly clock: () => number;
+  /**
+   * With the default clock, frames delivered one by one in the same task (a back-end's
+   * drain loop) share one clock reading, refreshed in a microtask; an injected clock is
+   * read for every frame, so tests can move time between frames.
+   */
+  private readonly coarseClock: boolean;
+  private nowValid = false;
+  private readonly expireNow = (): void => {
+    this.nowValid = false;
+  };
   private readonly flowLimit: number;
   private readonly missSendLen: number;
   private readonly packetInLimit: number;
@@ -338,6 +348,7 @@ export class Bridge {
     this.packetInLimit = options.packetInQueue ?? 1024;
     const start = performance.now();
     this.clock = options.clock ?? ((): number => performance.now() - start);
+    this.coarseClock = options.clock === undefined;
     const interval = options.microflowInsertInterval ?? 4;
     if (!Number.isInteger(interval) || interval < 1) throw new VswitchError('bad-config', `microflowInsertInterval ${interval} must be a positive integer`, 'microflowInsertInterval', interval);
     this.micro = new MicroflowCache(micro, interval);
@@ -392,7 +403,8 @@ export class Bridge {
   /** Attaches a back-end as a port; returns its number. */
   addPort(backend: NetBackend, opts: PortOptions = {}): number {
     this.checkOpen();
-    const p = new PortState(this.allocPortNo(opts.portNo), opts.name ?? `p${opts.portNo ?? ''}`, 'netdev');
+    const no = this.allocPortNo(opts.portNo);
+    const p = new PortState(no, opts.name ?? `p${no}`, 'netdev');
     this.configureVlan(p, opts.vlan);
     p.backend = backend;
     backend.onReceive((f) => this.receiveOn(p, f, -1));
@@ -1082,7 +1094,7 @@ export class Bridge {
           this.emitOutput(a, wk, ctx, ops, depth, rule, tableId);
           break;
         case A.GROUP:
-          this.emitGroup(a.a, wk, ctx, ops, depth);
+          this.emitGroup(a.a, wk, ctx, ops, depth, rule, tableId);
           break;
         case A.PUSH_VLAN:
         case A.POP_VLAN: {
@@ -1168,7 +1180,7 @@ export class Bridge {
     ops.push(op);
   }
 
-  private emitGroup(id: number, wk: Uint32Array, ctx: XlateCtx, ops: DpOp[], depth: number): void {
+  private emitGroup(id: number, wk: Uint32Array, ctx: XlateCtx, ops: DpOp[], depth: number, rule: FlowRule | null, tableId: number): void {
     const g = this.groups.get(id);
     if (!g || depth >= MAX_GROUP_DEPTH) return;
     // Each bucket works on a clone of the packet (§5.6.1 "the packet is effectively cloned for each bucket").
@@ -1177,7 +1189,8 @@ export class Bridge {
       const o: DpOp[] = [];
       const before = ctx.needsKey;
       ctx.needsKey = false;
-      this.emitList(b.actions, k, ctx, o, depth + 1, null, 0);
+      // A packet-in from a bucket names the table and entry that led to the group.
+      this.emitList(b.actions, k, ctx, o, depth + 1, rule, tableId);
       const prog = new Program(o, ctx.needsKey);
       ctx.needsKey ||= before;
       return prog;
@@ -1270,7 +1283,12 @@ export class Bridge {
     }
     this.busy = true;
     try {
-      this.setNow(this.clock());
+      if (!this.coarseClock) this.setNow(this.clock());
+      else if (!this.nowValid) {
+        this.setNow(this.clock());
+        this.nowValid = true;
+        queueMicrotask(this.expireNow);
+      }
       if (this.now >= this.nextExpiry) this.expireFlows();
       this.process(p, frame, member);
     } finally {
