@@ -326,6 +326,9 @@ export class Bridge {
   private inPortNo = 0;
   private mirrorBits = 0;
   private readonly one: Uint8Array[] = [new Uint8Array(0)];
+  /** Inside receiveBatch: the frame being processed, which stays valid until the batch ends. */
+  private batchFrame: Uint8Array | null = null;
+  private readonly txDirty: PortState[] = [];
   private readonly untagged = new Scratch();
   private readonly decap = new Scratch();
   /** The frame as received (after decapsulation), for mirrors. */
@@ -1264,8 +1267,17 @@ export class Bridge {
     try {
       this.setNow(this.clock());
       if (this.now >= this.nextExpiry) this.expireFlows();
-      for (let i = 0; i < count; i++) this.process(p, frames[i]!, p.kind === 'bond' ? Math.max(p.active, 0) : -1);
+      const member = p.kind === 'bond' ? Math.max(p.active, 0) : -1;
+      for (let i = 0; i < count; i++) {
+        // The caller's frames stay valid for the whole call: outputs of unmodified frames are
+        // queued per port and sent in one call at the end (one ring publish, one wake-up).
+        const f = frames[i]!;
+        this.batchFrame = f;
+        this.process(p, f, member);
+      }
     } finally {
+      this.batchFrame = null;
+      this.flushTx();
       this.busy = false;
     }
     this.drain();
@@ -1494,10 +1506,40 @@ export class Bridge {
     this.sendOn(port, p.frame(), p);
   }
 
+  private flushPortTx(port: PortState): void {
+    const n = port.txn;
+    port.txn = 0;
+    const q = port.txq;
+    const taken = port.backend!.send(q, n);
+    const st = port.stats;
+    for (let i = 0; i < n; i++) {
+      if (i < taken) {
+        st.txPackets++;
+        st.txBytes += q[i]!.length;
+      } else st.txDropped++;
+    }
+  }
+
+  private flushTx(): void {
+    const d = this.txDirty;
+    for (let i = 0; i < d.length; i++) if (d[i]!.txn > 0) this.flushPortTx(d[i]!);
+    d.length = 0;
+  }
+
   private sendOn(port: PortState, frame: Uint8Array, p: Pkt): void {
     const st = port.stats;
     let backend: NetBackend;
-    if (port.kind === 'netdev') backend = port.backend!;
+    if (port.kind === 'netdev') {
+      if (frame === this.batchFrame) {
+        if (port.txn === 0) this.txDirty.push(port);
+        port.txq[port.txn++] = frame;
+        if (port.txn >= 256) this.flushPortTx(port);
+        return;
+      }
+      // Keep the port's order: what is queued goes first.
+      if (port.txn > 0) this.flushPortTx(port);
+      backend = port.backend!;
+    }
     else if (port.kind === 'bond') {
       let m: number;
       if (port.bondMode === 'active-backup') m = port.active;

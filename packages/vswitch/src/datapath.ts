@@ -111,6 +111,9 @@ export class PortState {
   mirrorOut = false;
   readonly stats: PortStats = { rxPackets: 0, rxBytes: 0, rxDropped: 0, txPackets: 0, txBytes: 0, txDropped: 0 };
   readonly unsubscribe: (() => void)[] = [];
+  /** Frames queued for one `send` at the end of a receive batch (unmodified received frames only). */
+  readonly txq: Uint8Array[] = [];
+  txn = 0;
 
   constructor(
     readonly no: number,

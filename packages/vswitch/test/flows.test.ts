@@ -158,6 +158,28 @@ describe('caches', () => {
     br.close();
   });
 
+  it('receiveBatch sends queued unmodified frames in one call and keeps each port\'s order with rewritten ones', () => {
+    const br = new Bridge({ clock: () => 0 });
+    const a = new SinkBackend();
+    const b = new SinkBackend();
+    let calls = 0;
+    const send = b.send.bind(b);
+    b.send = (f, n) => {
+      calls++;
+      return send(f, n);
+    };
+    br.addPort(a, { portNo: 1 });
+    br.addPort(b, { portNo: 2 });
+    br.addFlow({ match: { in_port: 1 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'output', port: 2 }] }] });
+    br.addFlow({ priority: 0x9000, match: { eth_type: 0x0800, ip_proto: 17, udp_src: 2 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'eth_dst', value: '02:00:00:00:00:ee' }, { type: 'output', port: 2 }] }] });
+    const frames = [1, 1, 2, 1, 1].map((sport, i) => udpFrame(1, 2, { sport, dport: i }));
+    br.receiveBatch(1, frames);
+    expect(b.sent.map((f) => [f[5], f[37]])).toEqual([[2, 0], [2, 1], [0xee, 2], [2, 3], [2, 4]]);
+    expect(calls).toBe(3); // [0, 1] queued, flushed before the rewritten frame, then [3, 4]
+    expect(br.portInfo(2).stats.txPackets).toBe(5);
+    br.close();
+  });
+
   it('bounded: a tiny megaflow cache evicts and counts, and still forwards every packet', () => {
     const br = new Bridge({ clock: () => 0, megaflowLimit: 4, microflowSize: 0 });
     const a = new SinkBackend();

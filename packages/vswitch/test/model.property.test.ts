@@ -210,6 +210,7 @@ const groupArb: fc.Arbitrary<GroupConfig> = fc.record({
 
 type Step =
   | { kind: 'packet'; port: number; pkt: PktSpec }
+  | { kind: 'burst'; port: number; pkts: PktSpec[] }
   | { kind: 'add'; flow: FlowSpec }
   | { kind: 'delete'; strict: boolean; flow: FlowSpec }
   | { kind: 'modify'; flow: FlowSpec }
@@ -220,6 +221,7 @@ type Step =
 
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 10, arbitrary: fc.record({ kind: fc.constant('packet' as const), port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('burst' as const), port: fc.integer({ min: 1, max: 4 }), pkts: fc.array(pktArb, { minLength: 1, maxLength: 5 }) }) },
   { weight: 4, arbitrary: fc.record({ kind: fc.constant('add' as const), flow: flowArb }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('delete' as const), strict: fc.boolean(), flow: flowArb }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('modify' as const), flow: flowArb }) },
@@ -265,6 +267,22 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
         seen.outputs += got.length;
         const inHex = hex(frame);
         seen.rewritten += got.filter((o) => o.hex !== inHex).length;
+        break;
+      }
+      case 'burst': {
+        // receiveBatch: outputs of unmodified frames are queued per port and sent at the end.
+        const frames = step.pkts.map(buildPacket);
+        const ref = new Reference(snapshot(br));
+        for (const f of frames) ref.process(step.port, f);
+        if (br.portInfo(step.port).live) br.receiveBatch(step.port, frames);
+        const got: { port: number; hex: string }[] = [];
+        sinks.forEach((s, i) => {
+          for (const f of s.take()) got.push({ port: i + 1, hex: hex(f) });
+        });
+        const sortKey = (o: { port: number; hex: string }): string => `${o.port}:${o.hex}`;
+        expect(got.map(sortKey).sort(), `outputs for a burst on port ${step.port}`).toEqual(ref.outputs.map(sortKey).sort());
+        expect(pins.splice(0)).toEqual(ref.packetIns);
+        seen.outputs += got.length;
         break;
       }
       case 'add':
