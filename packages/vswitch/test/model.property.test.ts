@@ -347,6 +347,27 @@ describe('the cached fast path agrees with a linear reference model', () => {
     expect(seen.rewritten - before).toBeGreaterThan(100);
   });
 
+  it('group buckets rewrite packets of any protocol on their own clones (no match prerequisites there)', () => {
+    const bucket = fc.array(fc.oneof(setArb(null), setArb(null), fc.constant({ type: 'push_vlan' } as Action), fc.constant({ type: 'pop_vlan' } as Action)), { maxLength: 3 })
+      .map((acts) => ({ actions: [...acts, { type: 'output', port: 2 } as Action] }));
+    const groupFlows = fc.record({
+      type: fc.constantFrom<GroupConfig['type']>('all', 'indirect', 'select'),
+      buckets: fc.array(bucket, { minLength: 1, maxLength: 3 }),
+      match: fc.constantFrom<Match>({}, { in_port: 1 }, { eth_type: 0x0800 }),
+    });
+    fc.assert(
+      fc.property(groupFlows, fc.array(pktArb, { minLength: 2, maxLength: 8 }), (g, pkts) => {
+        const steps: Step[] = [
+          { kind: 'group', del: false, g: { groupId: 1, type: g.type, buckets: g.type === 'indirect' ? g.buckets.slice(0, 1) : g.buckets } },
+          { kind: 'add', flow: { tableId: 0, priority: 1, match: g.match, instructions: [{ type: 'apply_actions', actions: [{ type: 'group', groupId: 1 }, { type: 'output', port: 3 }] }] } },
+        ];
+        for (let r = 0; r < 2; r++) for (const pkt of pkts) steps.push({ kind: 'packet', port: 1, pkt });
+        runScenario(steps, {});
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('repeated packets hit the caches and still agree', () => {
     fc.assert(
       fc.property(fc.array(flowArb, { maxLength: 12 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }), { minLength: 1, maxLength: 6 }), (flows, pkts) => {
