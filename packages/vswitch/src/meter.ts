@@ -34,7 +34,7 @@ class Band {
   byteCount = 0;
   constructor(
     readonly rate: number,
-    /** Tokens per millisecond: bits (kbps) or packets/1000 (pktps). */
+    /** Tokens per millisecond: bits (kbps: rate kb/s = rate bits/ms) or milli-packets (pktps: rate pkt/s = rate mpkt/ms); integers, so integer clocks stay exact. */
     readonly perMs: number,
     readonly capacity: number,
     public last: number,
@@ -64,7 +64,7 @@ export class Meter {
       if (!Number.isInteger(b.rate) || b.rate < 1 || b.rate > 0xffffffff) throw new VswitchError('bad-meter', `band rate ${b.rate} is not in 1..2^32-1 (OFPMMFC_BAD_RATE)`, `bands[${i}].rate`, b.rate);
       const burst = config.burst ? b.burstSize ?? 0 : b.rate;
       if (!Number.isInteger(burst) || burst < 1 || burst > 0xffffffff) throw new VswitchError('bad-meter', `band burst ${burst} is not in 1..2^32-1 (OFPMMFC_BAD_BURST)`, `bands[${i}].burstSize`, burst);
-      return this.pktps ? new Band(b.rate, b.rate / 1000, burst, now) : new Band(b.rate, b.rate, burst * 1000, now);
+      return new Band(b.rate, b.rate, burst * 1000, now);
     });
   }
 
@@ -78,7 +78,7 @@ export class Meter {
     const now = this.time.now;
     this.packetInCount++;
     this.byteInCount += bytes;
-    const cost = this.pktps ? 1 : bytes * 8;
+    const cost = this.pktps ? 1000 : bytes * 8;
     let hit: Band | null = null;
     const bands = this.bands;
     for (let i = 0; i < bands.length; i++) {
