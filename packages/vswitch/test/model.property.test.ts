@@ -348,8 +348,11 @@ describe('the cached fast path agrees with a linear reference model', () => {
   });
 
   it('group buckets rewrite packets of any protocol on their own clones (no match prerequisites there)', () => {
-    const bucket = fc.array(fc.oneof(setArb(null), setArb(null), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })), { maxLength: 3 })
-      .map((acts) => ({ actions: [...acts, { type: 'output', port: 2 }] }));
+    const push: Action = { type: 'push_vlan' };
+    const pop: Action = { type: 'pop_vlan' };
+    const out2: Action = { type: 'output', port: 2 };
+    const bucket = fc.array(fc.oneof(setArb(null), setArb(null), fc.constant(push), fc.constant(pop)), { maxLength: 3 })
+      .map((acts): { actions: Action[] } => ({ actions: [...acts, out2] }));
     const groupFlows = fc.record({
       type: fc.constantFrom<GroupConfig['type']>('all', 'indirect', 'select'),
       buckets: fc.array(bucket, { minLength: 1, maxLength: 3 }),
