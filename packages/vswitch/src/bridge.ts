@@ -1330,7 +1330,9 @@ export class Bridge {
     const st = port.stats;
     st.rxPackets++;
     st.rxBytes += frame.length;
-    if (port.noRecv || port.mirrorOut || !port.live) {
+    // Runts and frames larger than an IP packet can make are refused (back-ends already
+    // enforce their MTU; this guards direct callers of receive()).
+    if (port.noRecv || port.mirrorOut || !port.live || frame.length < 14 || frame.length > 65535) {
       st.rxDropped++;
       return;
     }

@@ -194,3 +194,30 @@ describe('caches', () => {
     br.close();
   });
 });
+
+describe('hostile frames', () => {
+  it('runts, oversize frames and random bytes are dropped or forwarded, never thrown', () => {
+    const br = new Bridge({ clock: () => 0 });
+    const a = new SinkBackend();
+    const b = new SinkBackend();
+    br.addPort(a, { portNo: 1 });
+    br.addPort(b, { portNo: 2 });
+    br.addFlow({ priority: 1, instructions: [{ type: 'apply_actions', actions: [{ type: 'push_vlan' }, { type: 'set_field', field: 'vlan_vid', value: 3 }, { type: 'output', port: Port.NORMAL }, { type: 'output', port: Port.FLOOD }] }] });
+    br.addFlow({ priority: 2, match: { eth_type: 0x0800 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'ipv4_src', value: '1.2.3.4' }, { type: 'pop_vlan' }, { type: 'output', port: 2 }] }] });
+    let seed = 7;
+    const rnd = (): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 24;
+    for (const len of [0, 1, 13, 14, 15, 17, 18, 33, 60, 64, 1514, 65535, 65536, 70000]) {
+      for (let k = 0; k < 20; k++) {
+        const f = new Uint8Array(len);
+        for (let i = 0; i < len; i++) f[i] = rnd();
+        if (len > 13 && k % 2 === 0) {
+          f[12] = 0x08; // IPv4 headers of random content
+          f[13] = 0x00;
+        }
+        expect(() => br.receive(1, f)).not.toThrow();
+      }
+    }
+    expect(br.portInfo(1).stats.rxDropped).toBe(5 * 20); // 0, 1, 13, 65536, 70000 bytes
+    br.close();
+  });
+});
