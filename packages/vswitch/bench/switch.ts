@@ -154,7 +154,7 @@ for (const installed of scenario === 'loopback' ? [] : [Number(scenario)]) {
 
 // End to end through net-backends loopback pairs (ring copy + event loop), against the same
 // frames passed between two loopback ports without a switch.
-async function loopbackRun(withSwitch: boolean, fr: Uint8Array[], n: number): Promise<number> {
+async function loopbackRun(withSwitch: boolean, fr: Uint8Array[], n: number, deferredTx = false): Promise<number> {
   const inPair = createLoopbackPair();
   const outPair = createLoopbackPair();
   let got = 0;
@@ -162,7 +162,7 @@ async function loopbackRun(withSwitch: boolean, fr: Uint8Array[], n: number): Pr
   const finished = new Promise<void>((r) => (done = r));
   let br: Bridge | null = null;
   if (withSwitch) {
-    br = new Bridge();
+    br = new Bridge({ deferredTx });
     br.addPort(inPair.b, { portNo: 1 });
     br.addPort(outPair.a, { portNo: 2 });
     br.addFlow({ match: { in_port: 1 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'output', port: 2 }] }] });
@@ -203,11 +203,14 @@ if (scenario !== 'loopback') process.exit(0);
 const fr1 = frames(100, 1);
 const lb: number[] = [];
 const lbs: number[] = [];
+const lbd: number[] = [];
 const N = 300_000;
 for (let r = 0; r < RUNS; r++) {
   lb.push(await loopbackRun(false, fr1, N));
   lbs.push(await loopbackRun(true, fr1, N));
+  lbd.push(await loopbackRun(true, fr1, N, true));
 }
 console.log(`\n# end to end over net-backends loopback pairs (${N} frames, 100 flows)`);
 console.log(`  baseline: loopback port → loopback port       ${fmt(median(lb))}  (${fmt(Math.min(...lb))}–${fmt(Math.max(...lb))})`);
 console.log(`  loopback → bridge (1 flow) → loopback          ${fmt(median(lbs))}  (${fmt(Math.min(...lbs))}–${fmt(Math.max(...lbs))})  ${(median(lbs) / median(lb)).toFixed(3)}x baseline`);
+console.log(`  the same with deferredTx (one send per drain)   ${fmt(median(lbd))}  (${fmt(Math.min(...lbd))}–${fmt(Math.max(...lbd))})  ${(median(lbd) / median(lb)).toFixed(3)}x baseline`);

@@ -36,6 +36,13 @@ export interface BridgeOptions {
   flowLimit?: number;
   /** Bytes of a table-miss packet-in (default 128, OFP_DEFAULT_MISS_SEND_LEN). */
   missSendLen?: number;
+  /**
+   * Frames a back-end delivers one at a time (its drain loop) are copied to per-port queues
+   * and sent in one call per port from a microtask, after the loop (default false: each
+   * output is sent at once, which tests that inject synchronously expect). `receiveBatch`
+   * batches its outputs either way.
+   */
+  deferredTx?: boolean;
   /** Pending packet-ins held while the controller is slow (default 1024; beyond, dropped and counted). */
   packetInQueue?: number;
 }
@@ -329,6 +336,13 @@ export class Bridge {
   /** Inside receiveBatch: the frame being processed, which stays valid until the batch ends. */
   private batchFrame: Uint8Array | null = null;
   private readonly txDirty: PortState[] = [];
+  private readonly deferredTx: boolean;
+  private flushScheduled = false;
+  private readonly flushDeferred = (): void => {
+    this.flushScheduled = false;
+    if (!this.busy) this.flushTx();
+    else this.scheduleFlush();
+  };
   private readonly untagged = new Scratch();
   private readonly decap = new Scratch();
   /** The frame as received (after decapsulation), for mirrors. */
@@ -352,6 +366,7 @@ export class Bridge {
     const start = performance.now();
     this.clock = options.clock ?? ((): number => performance.now() - start);
     this.coarseClock = options.clock === undefined;
+    this.deferredTx = options.deferredTx ?? false;
     const interval = options.microflowInsertInterval ?? 4;
     if (!Number.isInteger(interval) || interval < 1) throw new VswitchError('bad-config', `microflowInsertInterval ${interval} must be a positive integer`, 'microflowInsertInterval', interval);
     this.micro = new MicroflowCache(micro, interval);
@@ -1522,6 +1537,12 @@ export class Bridge {
     }
   }
 
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(this.flushDeferred);
+  }
+
   private flushTx(): void {
     const d = this.txDirty;
     for (let i = 0; i < d.length; i++) if (d[i]!.txn > 0) this.flushPortTx(d[i]!);
@@ -1536,6 +1557,16 @@ export class Bridge {
         if (port.txn === 0) this.txDirty.push(port);
         port.txq[port.txn++] = frame;
         if (port.txn >= 256) this.flushPortTx(port);
+        return;
+      }
+      if (this.deferredTx && this.batchFrame === null && frame.length <= port.backend!.maxFrameSize) {
+        // Copy now (the received bytes are only ours during the call), send after the drain.
+        const slot = (port.stage[port.txn] ??= new Scratch(port.backend!.maxFrameSize));
+        slot.buf.set(frame, 0);
+        if (port.txn === 0) this.txDirty.push(port);
+        port.txq[port.txn++] = slot.view(0, frame.length);
+        if (port.txn >= 256) this.flushPortTx(port);
+        this.scheduleFlush();
         return;
       }
       // Keep the port's order: what is queued goes first.
@@ -1729,6 +1760,7 @@ export class Bridge {
   /** Detaches every port (their back-ends stay open: they belong to the caller). */
   close(): void {
     if (this.closed) return;
+    this.flushTx();
     for (const p of this.ports.values()) for (const u of p.unsubscribe) u();
     this.closed = true;
   }

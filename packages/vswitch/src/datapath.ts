@@ -114,6 +114,8 @@ export class PortState {
   /** Frames queued for one `send` at the end of a receive batch (unmodified received frames only). */
   readonly txq: Uint8Array[] = [];
   txn = 0;
+  /** Copies of frames queued for a deferred send (deferredTx), one buffer per queue slot. */
+  readonly stage: Scratch[] = [];
 
   constructor(
     readonly no: number,
