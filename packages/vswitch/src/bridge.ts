@@ -335,7 +335,9 @@ export class Bridge {
   private readonly one: Uint8Array[] = [new Uint8Array(0)];
   /** Inside receiveBatch: the frame being processed, which stays valid until the batch ends. */
   private batchFrame: Uint8Array | null = null;
+  /** Ports with queued frames: a fixed array and a count (resetting an array's length frees its store). */
   private readonly txDirty: PortState[] = [];
+  private txDirtyN = 0;
   private readonly deferredTx: boolean;
   private flushScheduled = false;
   private readonly flushDeferred = (): void => {
@@ -1545,8 +1547,13 @@ export class Bridge {
 
   private flushTx(): void {
     const d = this.txDirty;
-    for (let i = 0; i < d.length; i++) if (d[i]!.txn > 0) this.flushPortTx(d[i]!);
-    d.length = 0;
+    const n = this.txDirtyN;
+    this.txDirtyN = 0;
+    for (let i = 0; i < n; i++) if (d[i]!.txn > 0) this.flushPortTx(d[i]!);
+  }
+
+  private markDirty(port: PortState): void {
+    this.txDirty[this.txDirtyN++] = port;
   }
 
   private sendOn(port: PortState, frame: Uint8Array, p: Pkt): void {
@@ -1554,7 +1561,7 @@ export class Bridge {
     let backend: NetBackend;
     if (port.kind === 'netdev') {
       if (frame === this.batchFrame) {
-        if (port.txn === 0) this.txDirty.push(port);
+        if (port.txn === 0) this.markDirty(port);
         port.txq[port.txn++] = frame;
         if (port.txn >= 256) this.flushPortTx(port);
         return;
@@ -1563,7 +1570,7 @@ export class Bridge {
         // Copy now (the received bytes are only ours during the call), send after the drain.
         const slot = (port.stage[port.txn] ??= new Scratch(port.backend!.maxFrameSize));
         slot.buf.set(frame, 0);
-        if (port.txn === 0) this.txDirty.push(port);
+        if (port.txn === 0) this.markDirty(port);
         port.txq[port.txn++] = slot.view(0, frame.length);
         if (port.txn >= 256) this.flushPortTx(port);
         this.scheduleFlush();

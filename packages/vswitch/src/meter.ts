@@ -27,9 +27,8 @@ export interface MeterStats {
   bands: { packetCount: number; byteCount: number }[];
 }
 
-/** One token bucket per band, refilled from the injected clock. */
+/** One token bucket per band, refilled from the injected clock (its state lives in the meter's typed arrays). */
 class Band {
-  tokens: number;
   packetCount = 0;
   byteCount = 0;
   constructor(
@@ -37,15 +36,15 @@ class Band {
     /** Tokens per millisecond: bits (kbps: rate kb/s = rate bits/ms) or milli-packets (pktps: rate pkt/s = rate mpkt/ms); integers, so integer clocks stay exact. */
     readonly perMs: number,
     readonly capacity: number,
-    public last: number,
-  ) {
-    this.tokens = capacity;
-  }
+  ) {}
 }
 
 export class Meter {
   readonly bands: Band[];
   readonly pktps: boolean;
+  /** Per band: tokens and the time of the last refill, as float64 (no boxed numbers per packet). */
+  private readonly tokens: Float64Array;
+  private readonly last: Float64Array;
   packetInCount = 0;
   byteInCount = 0;
   flowCount = 0;
@@ -64,8 +63,10 @@ export class Meter {
       if (!Number.isInteger(b.rate) || b.rate < 1 || b.rate > 0xffffffff) throw new VswitchError('bad-meter', `band rate ${b.rate} is not in 1..2^32-1 (OFPMMFC_BAD_RATE)`, `bands[${i}].rate`, b.rate);
       const burst = config.burst ? b.burstSize ?? 0 : b.rate;
       if (!Number.isInteger(burst) || burst < 1 || burst > 0xffffffff) throw new VswitchError('bad-meter', `band burst ${burst} is not in 1..2^32-1 (OFPMMFC_BAD_BURST)`, `bands[${i}].burstSize`, burst);
-      return new Band(b.rate, b.rate, burst * 1000, now);
+      return new Band(b.rate, b.rate, burst * 1000);
     });
+    this.tokens = Float64Array.from(this.bands, (b) => b.capacity);
+    this.last = new Float64Array(this.bands.length).fill(now);
   }
 
   /**
@@ -81,14 +82,16 @@ export class Meter {
     const cost = this.pktps ? 1000 : bytes * 8;
     let hit: Band | null = null;
     const bands = this.bands;
+    const tokens = this.tokens;
+    const last = this.last;
     for (let i = 0; i < bands.length; i++) {
       const b = bands[i]!;
-      const dt = now - b.last;
+      const dt = now - last[i]!;
       if (dt > 0) {
-        b.tokens = Math.min(b.capacity, b.tokens + dt * b.perMs);
-        b.last = now;
+        tokens[i] = Math.min(b.capacity, tokens[i]! + dt * b.perMs);
+        last[i] = now;
       }
-      if (b.tokens >= cost) b.tokens -= cost;
+      if (tokens[i]! >= cost) tokens[i] = tokens[i]! - cost;
       else if (hit === null || b.rate > hit.rate) hit = b;
     }
     if (hit === null) return false;
