@@ -110,6 +110,7 @@ function next(w: Worker, type: string): Promise<{ ns?: number }> {
     const on = (m: { type: string; ns?: number }): void => {
       if (m.type === type) {
         w.off('message', on);
+        w.off('error', reject);
         resolve(m);
       }
     };
@@ -143,7 +144,7 @@ interface Row {
 function report(title: string, rows: Row[]): Record<string, unknown> {
   const base = median(rows[0]!.samples);
   console.log(`\n${title}`);
-  console.log('  ' + ['case', 'median chains/s', 'min', 'max', 'ratio to bare ring'].map((h, i) => (i === 0 ? h.padEnd(34) : h.padStart(16))).join(''));
+  console.log('  ' + ['case', 'median chains/s', 'min', 'max', 'ratio to bare ring'].map((h, i) => (i === 0 ? h.padEnd(34) : h.padStart(i === 4 ? 20 : 16))).join(''));
   const out: Record<string, unknown> = {};
   for (const r of rows) {
     const m = median(r.samples);

@@ -124,3 +124,16 @@ export function dataViewOver(view: Uint8Array): DataView {
 }
 
 export const DESC_ALIGN = { split: SPLIT_DESC_ALIGN, packed: PACKED_DESC_ALIGN } as const;
+
+const TWO_32 = 0x1_0000_0000;
+
+/** Stores a guest address as le64 (two le32 words); most buffers lie below 4 GiB. */
+export function setAddr(dv: DataView, off: number, addr: number): void {
+  if (addr < TWO_32) {
+    dv.setUint32(off, addr, true);
+    dv.setUint32(off + 4, 0, true);
+  } else {
+    dv.setUint32(off, addr % TWO_32, true);
+    dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  }
+}

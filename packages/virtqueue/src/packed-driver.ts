@@ -15,14 +15,12 @@ import {
 } from './defs.js';
 import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, u16Over } from './layout.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over } from './layout.js';
 
-const TWO_32 = 0x1_0000_0000;
 const FLAGS_U16 = 7;
 
 function writeFields(dv: DataView, off: number, addr: number, len: number, id: number): void {
-  dv.setUint32(off, addr % TWO_32, true);
-  dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  setAddr(dv, off, addr);
   dv.setUint32(off + 8, len, true);
   dv.setUint16(off + 12, id, true);
 }

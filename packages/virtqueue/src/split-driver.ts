@@ -20,14 +20,11 @@ import {
 } from './defs.js';
 import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, u16Over } from './layout.js';
-
-const TWO_32 = 0x1_0000_0000;
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over } from './layout.js';
 
 /** Writes one 16-byte split descriptor. */
 function writeDesc(dv: DataView, off: number, addr: number, len: number, flags: number, next: number): void {
-  dv.setUint32(off, addr % TWO_32, true);
-  dv.setUint32(off + 4, Math.floor(addr / TWO_32), true);
+  setAddr(dv, off, addr);
   dv.setUint32(off + 8, len, true);
   dv.setUint16(off + 12, flags, true);
   dv.setUint16(off + 14, next, true);
