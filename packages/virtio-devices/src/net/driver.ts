@@ -157,6 +157,8 @@ export class VirtioNetDriver {
   readonly #hdrOut = new NetHdr();
   readonly #info = new PacketInfo();
   readonly #assembly: Uint8Array;
+  /** How long a control command may wait for its answer (ms). */
+  ctrlTimeoutMs = 5000;
   #handler: NetFrameHandler | null = null;
   #pairs: number;
   #rr = 0;
@@ -588,6 +590,21 @@ export class VirtioNetDriver {
         }
         c.dq.publish();
         if (c.dq.needsNotify()) this.#t.notify(c.q);
+        // Like Linux's virtnet_send_command, poll for the answer rather than rely on an
+        // interrupt (none is wired up while `create` runs); bounded by `ctrlTimeoutMs`.
+        const deadline = Date.now() + this.ctrlTimeoutMs;
+        const poll = (): void => {
+          if (this.#ctrlWaiter !== resolve) return;
+          this.reapCtrl();
+          if (this.#ctrlWaiter !== resolve) return;
+          if (Date.now() > deadline) {
+            this.#ctrlWaiter = undefined;
+            reject(new VirtioError('transport', `control command class ${cls} command ${cmd} got no answer within ${this.ctrlTimeoutMs} ms`, { class: cls, command: cmd }));
+            return;
+          }
+          setTimeout(poll, 1);
+        };
+        setImmediate(poll);
       });
       if (ack !== VIRTIO_NET_OK) throw new VirtioError('unsupported', `control command class ${cls} command ${cmd} answered VIRTIO_NET_ERR`, { class: cls, command: cmd, ack });
     };
