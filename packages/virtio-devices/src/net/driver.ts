@@ -314,7 +314,7 @@ export class VirtioNetDriver {
 
   /**
    * Queues `frame` for transmission on queue pair `pair` (default round
-   * robin). With `offloadChecksum`, a TCP or UDP checksum is left to the
+   * robin). With `offloadChecksum`, a TCP, UDP, ICMP or ICMPv6 checksum is left to the
    * device (NEEDS_CSUM with the pseudo-header sum in the field, §5.1.6.2)
    * when CSUM was negotiated, or computed here otherwise. Returns false when
    * the queue is full (see `writable`).
@@ -377,7 +377,7 @@ export class VirtioNetDriver {
 
   private prepareChecksum(frame: Uint8Array, h: NetHdr): void {
     const info = parsePacket(frame, this.#info, frame.length, 0);
-    if ((info.layers & (Layer.TCP | Layer.UDP)) === 0 || info.fragment !== 0) return;
+    if ((info.layers & (Layer.TCP | Layer.UDP | Layer.ICMP | Layer.ICMPV6)) === 0 || info.fragment !== 0 || info.anomalies !== 0) return;
     if ((this.info.features & bit(VIRTIO_NET_F_CSUM)) === 0n) {
       fillL4Checksum(frame, info);
       return;
