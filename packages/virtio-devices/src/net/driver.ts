@@ -436,7 +436,10 @@ export class VirtioNetDriver {
   private repost(r: RxQ, slot: number): void {
     const list = this.#list.clear().push(r.bufBase + slot * r.bufSize, r.bufSize, true);
     // One descriptor per buffer and as many buffers as descriptors: the ring always has room.
-    if (r.dq.add(list, slot)) r.dirty = true;
+    if (r.dq.add(list, slot)) {
+      r.dirty = true;
+      this.schedulePublish();
+    }
   }
 
   private reapRx(r: RxQ): number {
