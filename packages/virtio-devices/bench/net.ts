@@ -29,15 +29,16 @@ interface Vm {
 
 async function vm(pair: LoopbackPair, side: 'a' | 'b'): Promise<Vm> {
   const mem = GuestMemory.create(16 << 20);
-  let driver: VirtioNetDriver | undefined;
+  const ref: { driver?: VirtioNetDriver } = {};
   const device = new VirtioNetDevice({
     mem,
     backend: pair[side],
     mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, side === 'a' ? 1 : 2),
     ring: { packed: PACKED },
-    interrupts: { queue: (q) => void driver?.handleInterrupt(q), config: () => {} },
+    interrupts: { queue: (q) => void ref.driver?.handleInterrupt(q), config: () => {} },
   });
-  driver = await VirtioNetDriver.create({ transport: new DirectTransport(device), mem, area: { addr: 0x10000, len: 12 << 20 }, queueSize: QUEUE });
+  const driver = await VirtioNetDriver.create({ transport: new DirectTransport(device), mem, area: { addr: 0x10000, len: 12 << 20 }, queueSize: QUEUE });
+  ref.driver = driver;
   return { device, driver };
 }
 

@@ -34,18 +34,19 @@ export async function netGuest(backend: NetBackend, device: Partial<VirtioNetOpt
   const mem = GuestMemory.create(NET_MEM);
   const errors: VirtioError[] = [];
   const received: NetGuest['received'] = [];
-  let drv: VirtioNetDriver | undefined;
+  const ref: { drv?: VirtioNetDriver } = {};
   const dev = new VirtioNetDevice({
     mem,
     backend,
     interrupts: {
-      queue: (q) => void drv?.handleInterrupt(q),
-      config: () => void drv?.handleConfigChange().catch(() => undefined),
+      queue: (q) => void ref.drv?.handleInterrupt(q),
+      config: () => void ref.drv?.handleConfigChange().catch(() => undefined),
     },
     onGuestError: (e) => errors.push(e),
     ...device,
   });
-  drv = await VirtioNetDriver.create({ transport: new DirectTransport(dev), mem, area: NET_AREA, ...driver });
+  const drv = await VirtioNetDriver.create({ transport: new DirectTransport(dev), mem, area: NET_AREA, ...driver });
+  ref.drv = drv;
   drv.onFrame((frame: Uint8Array, hdr: NetHdr, queue: number) => received.push({ frame: frame.slice(), flags: hdr.flags, numBuffers: hdr.numBuffers, queue }));
   return { mem, device: dev, driver: drv, errors, received };
 }

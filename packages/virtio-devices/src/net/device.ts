@@ -64,7 +64,7 @@ import {
   VIRTIO_NET_S_LINK_UP,
 } from './defs.js';
 import { RxFilter } from './filter.js';
-import { NetHdr, type TxHdrError, type TxHdrLimits, validateTxHdr } from './header.js';
+import { NetHdr, type TxHdrLimits, validateTxHdr } from './header.js';
 
 export interface VirtioNetOptions extends VirtioDeviceOptions {
   backend: NetBackend;
@@ -425,7 +425,7 @@ export class VirtioNetDevice extends VirtioDevice {
     return true;
   }
 
-  private txMalformed(st: TxState, why: TxHdrError | string): void {
+  private txMalformed(st: TxState, why: string): void {
     this.netStats.txMalformed++;
     if (this.listensForGuestErrors) this.guestError('bad-request', `virtio-net TX on queue ${st.q}: ${why}; packet dropped`, { queue: st.q, error: why });
     else this.stats.guestErrors++;
@@ -682,7 +682,7 @@ export class VirtioNetDevice extends VirtioDevice {
       this.netStats.ctrlCommands++;
       // struct virtio_net_ctrl: class, command, data (device-readable); ack (device-writable, 1 byte).
       let ack: number = VIRTIO_NET_ERR;
-      let why = '';
+      let why: string;
       if (chain.readableBytes < 2 || chain.writableBytes < 1) why = `command of ${chain.readableBytes} readable / ${chain.writableBytes} writable bytes (needs ≥ 2 and ≥ 1)`;
       else if (chain.readableBytes > CTRL_MAX) why = `command of ${chain.readableBytes} bytes is longer than ${CTRL_MAX}`;
       else {
