@@ -18,8 +18,8 @@ const PACKED = process.env.PACKED === '1';
 const QUEUE = 256;
 const WINDOW = 192;
 const SIZES: [number, number][] = [
-  [64, 200_000],
-  [1500, 100_000],
+  [64, 1_000_000],
+  [1500, 400_000],
 ];
 
 interface Vm {
