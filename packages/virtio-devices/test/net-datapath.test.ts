@@ -160,8 +160,8 @@ describe('virtio-net transmit offloads', () => {
       const t = buildTcp(out, { srcMac: a.device.mac, dstMac: b.device.mac, srcIp: IP_A, dstIp: IP_B, srcPort: 5000, dstPort: 80, seq: 1, payload: new Uint8Array(1000).fill(3) });
       const tcp = out.slice(0, t);
       // Spoil the checksums: the offload must recompute them.
-      udp[40] ^= 0xff;
-      tcp[50] ^= 0xff;
+      udp[40] = udp[40]! ^ 0xff;
+      tcp[50] = tcp[50]! ^ 0xff;
       a.driver.send(udp, { offloadChecksum: true });
       a.driver.send(tcp, { offloadChecksum: true });
       await until(() => b.received.length === 2, 'frames at B');
@@ -183,10 +183,10 @@ describe('virtio-net transmit offloads', () => {
       const out = new Uint8Array(600);
       const n = buildUdp(out, { srcMac: a.device.mac, dstMac: b.device.mac, srcIp: IP_A, dstIp: IP_B, srcPort: 1, dstPort: 2, payload: new Uint8Array(100).fill(1) });
       const f = out.slice(0, n);
-      f[40] ^= 0xff;
+      f[40] = f[40]! ^ 0xff;
       a.driver.send(f, { offloadChecksum: true });
       const bad = out.slice(0, n);
-      bad[n - 1] ^= 1;
+      bad[n - 1] = bad[n - 1]! ^ 1;
       a.driver.send(bad);
       await until(() => b.received.length === 2, 'frames at B');
       expect(a.device.netStats.txCsumCompleted).toBe(0);
