@@ -614,12 +614,17 @@ export class VirtioNetDevice extends VirtioDevice {
       for (let i = 0; i < n; i++) {
         const c = pool[i]!;
         let w = 0;
-        if (i === 0) {
-          c.writeFrom(mem, 0, this.#hdrBytes);
-          w = NET_HDR_SIZE;
-        }
+        if (i === 0) w = NET_HDR_SIZE;
         const take = Math.min(c.writableBytes - w, frame.length - off);
-        if (take > 0) c.writeFrom(mem, w, take === frame.length && off === 0 ? frame : frame.subarray(off, off + take));
+        // One writable descriptor (what drivers post): write through a view of it, else scatter.
+        const v = c.count === 1 ? mem.tryView(c.addrs[0]!, w + take, 'write') : undefined;
+        if (v !== undefined) {
+          if (w > 0) v.set(this.#hdrBytes, 0);
+          if (take > 0) v.set(take === frame.length ? frame : frame.subarray(off, off + take), w);
+        } else {
+          if (w > 0) c.writeFrom(mem, 0, this.#hdrBytes);
+          if (take > 0) c.writeFrom(mem, w, take === frame.length ? frame : frame.subarray(off, off + take));
+        }
         off += take;
         dq.pushUsed(c, w + take);
       }
