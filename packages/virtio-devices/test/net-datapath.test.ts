@@ -7,11 +7,13 @@ import {
   VIRTIO_NET_F_CSUM,
   VIRTIO_NET_F_CTRL_VQ,
   VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_HDR_F_DATA_VALID,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
   VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP,
   bit,
 } from '../src/index.js';
@@ -231,7 +233,7 @@ describe('virtio-net transmit offloads', () => {
 describe('virtio-net malformed TX chains', () => {
   it('each is dropped and counted, its chain returned; the device keeps running', async () => {
     const pair = createLoopbackPair();
-    const features = bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4);
+    const features = bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6);
     const g = await rawGuest(pair.a, features);
     const sent: Uint8Array[] = [];
     pair.b.onReceive((f) => sent.push(f.slice()));
@@ -264,6 +266,32 @@ describe('virtio-net malformed TX chains', () => {
           const n = buildTcp(t, { srcMac: g.device.mac, dstMac: Uint8Array.of(2, 0, 0, 0, 0, 2), srcIp: IP_A, dstIp: IP_B, srcPort: 1, dstPort: 2, seq: 0, payload: new Uint8Array(30000) });
           g.submit(1, L.clear().push(at, put(at, { flags: 1, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1, csumStart: 34, csumOffset: 16 }, t.subarray(0, n)), false), 9);
         }],
+        ['TSO whose segments would copy 2 KiB of IPv6 extension headers 250 times', () => {
+          const t = new Uint8Array(70000);
+          const v6a = Uint8Array.of(0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1);
+          const v6b = Uint8Array.of(0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2);
+          const n = buildTcp(t, { srcMac: g.device.mac, dstMac: Uint8Array.of(2, 0, 0, 0, 0, 2), srcIp: v6a, dstIp: v6b, srcPort: 1, dstPort: 2, seq: 0, payload: new Uint8Array(60000) });
+          // Insert a 2008-byte Destination Options header (PadN options) after the IPv6 header.
+          const ext = new Uint8Array(2008);
+          ext[0] = 6;
+          ext[1] = 250;
+          let o = 2;
+          while (o < ext.length) {
+            const pad = Math.min(255, ext.length - o - 2);
+            ext[o] = 1;
+            ext[o + 1] = pad;
+            o += 2 + pad;
+          }
+          const f = new Uint8Array(n + ext.length);
+          f.set(t.subarray(0, 54), 0);
+          f.set(ext, 54);
+          f.set(t.subarray(54, n), 54 + ext.length);
+          f[20] = 60;
+          const pl = ((f[18]! << 8) | f[19]!) + ext.length;
+          f[18] = pl >>> 8;
+          f[19] = pl & 0xff;
+          g.submit(1, L.clear().push(at, put(at, { flags: 1, gsoType: VIRTIO_NET_HDR_GSO_TCPV6, gsoSize: 240, csumStart: 54 + 2008, csumOffset: 16 }, f), false), 10);
+        }],
       ];
       for (const [, run] of cases) {
         run();
@@ -274,6 +302,7 @@ describe('virtio-net malformed TX chains', () => {
       expect(used.map((u) => u.token)).toEqual(cases.map((_, i) => i + 1));
       expect(g.device.netStats.txMalformed).toBe(cases.length);
       expect(g.errors.filter((e) => e.kind === 'bad-request').length).toBe(cases.length);
+      expect(g.errors.some((e) => e.message.includes('header bytes each exceed'))).toBe(true);
       expect(g.device.running).toBe(true);
       // A good packet still goes out.
       g.submit(1, L.clear().push(at, put(at, {}, good), false), 99);

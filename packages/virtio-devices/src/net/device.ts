@@ -128,8 +128,10 @@ const TX_FRAMES = 1024;
 const MAX_GSO_SEGMENTS = 256;
 /** Largest TSO packet: 64 KiB of IP plus an Ethernet header with two tags. */
 const MAX_GSO_FRAME = 65535 + 22;
-/** Staging room kept free before taking a chain: its frame plus every segment's copied headers. */
-const TX_RESERVE = MAX_GSO_FRAME + MAX_GSO_SEGMENTS * 256;
+/** Most bytes the segments of one TSO packet may take (payload plus each segment's copy of the headers). */
+const MAX_GSO_OUTPUT = MAX_GSO_FRAME + MAX_GSO_SEGMENTS * 256;
+/** Staging room kept free before taking a chain: its frame copied, then its segments. */
+const TX_RESERVE = MAX_GSO_FRAME + MAX_GSO_OUTPUT;
 const TX_STAGING = 4 * TX_RESERVE;
 const CTRL_MAX = 2 + 8 + 2 * NET_MAC_TABLE_ENTRIES * 6 + 1024;
 /** Flows remembered for automatic receive steering (§5.1.6.5.6.1). */
@@ -471,10 +473,19 @@ export class VirtioNetDevice extends VirtioDevice {
       const info = parsePacket(frame, this.#txInfo, len, 0);
       if (info.ipVersion !== (gso === VIRTIO_NET_HDR_GSO_TCPV4 ? 4 : 6) || (info.layers & Layer.TCP) === 0) return this.txMalformed(st, 'gso_type does not match the packet');
       const payload = info.ipEnd - info.payloadOffset;
-      if (Math.ceil(payload / hdr.gsoSize) > MAX_GSO_SEGMENTS) return this.txMalformed(st, `gso_size ${hdr.gsoSize} makes more than ${MAX_GSO_SEGMENTS} segments`);
+      const count = Math.max(1, Math.ceil(payload / hdr.gsoSize));
+      if (count > MAX_GSO_SEGMENTS) return this.txMalformed(st, `gso_size ${hdr.gsoSize} makes more than ${MAX_GSO_SEGMENTS} segments`);
+      // Bounded output: the headers (IPv6 extension headers can be long) are copied into every segment.
+      if (payload + count * info.payloadOffset > MAX_GSO_OUTPUT) return this.txMalformed(st, `${count} segments of ${info.payloadOffset} header bytes each exceed ${MAX_GSO_OUTPUT} bytes`);
       this.#gsoTarget = st;
-      const n = segmentTcp(frame, hdr.gsoSize, this.#segOut, this.#emitSegment, this.#txInfo, len);
-      this.#gsoTarget = undefined;
+      let n: number;
+      try {
+        n = segmentTcp(frame, hdr.gsoSize, this.#segOut, this.#emitSegment, this.#txInfo, len);
+      } catch {
+        n = -1;
+      } finally {
+        this.#gsoTarget = undefined;
+      }
       if (n < 0) return this.txMalformed(st, 'TSO packet is not a whole, unfragmented TCP segment');
       this.netStats.txGsoPackets++;
       this.netStats.txGsoSegments += n;
