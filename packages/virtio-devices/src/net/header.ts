@@ -97,7 +97,7 @@ const has = (f: bigint, n: number): boolean => (f & (1n << BigInt(n))) !== 0n;
 
 /**
  * Checks a header the driver put on a transmitted packet of `frameLen` bytes
- * (VirtIO 1.2 §5.1.6.2, driver requirements the device enforces):
+ * (VirtIO 1.2 §5.1.6.2.1, driver requirements the device enforces):
  * - flags: only NEEDS_CSUM (DATA_VALID and RSC_INFO are for received packets, §5.1.6.2.1);
  * - NEEDS_CSUM only when VIRTIO_NET_F_CSUM was negotiated, and csum_start +
  *   csum_offset + 2 within the frame;
@@ -130,7 +130,7 @@ export function validateTxHdr(h: NetHdr, frameLen: number, l: TxHdrLimits): TxHd
     default:
       return 'unknown gso_type';
   }
-  // §5.1.6.2: a GSO packet asks for checksum offload too.
+  // §5.1.6.2.1: with gso_type other than NONE the driver MUST also set NEEDS_CSUM and gso_size.
   if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0) return 'gso without NEEDS_CSUM';
   if (h.gsoSize === 0) return 'gso_size 0';
   if (frameLen > l.maxGsoFrame) return 'frame too long';
