@@ -25,3 +25,4 @@ export {
   type DriverTransport,
   type ServedDevice,
 } from './transport.js';
+export * from './net/index.js';
