@@ -24,6 +24,8 @@ export interface VicOptions {
    * `minCif`. Default: R = 1 / (⌊CIF / cifThreshold⌋ + 1), at most 1/`maxSkipUp`.
    */
   ratios?: readonly VicRatio[];
+  /** Default curve: each `cifPerSkipUp` commands in flight hold one more completion (skipUp = ⌊CIF/cifPerSkipUp⌋ + 1). */
+  cifPerSkipUp?: number;
   /** Cap on `skipUp` for the default ratio curve. Default 32. */
   maxSkipUp?: number;
   /**
@@ -57,6 +59,7 @@ export class VicPolicy implements CoalescingPolicy {
   readonly epochPeriodNs: number;
   readonly backstopNs: number;
   private readonly maxSkipUp: number;
+  readonly cifPerSkipUp: number;
   private readonly ratioMinCif: Uint32Array;
   private readonly ratioCountUp: Uint32Array;
   private readonly ratioSkipUp: Uint32Array;
@@ -71,6 +74,7 @@ export class VicPolicy implements CoalescingPolicy {
     this.iopsThreshold = checkInt('iopsThreshold', options.iopsThreshold ?? 2000, 0, 1e9);
     this.epochPeriodNs = checkInt('epochPeriodUs', options.epochPeriodUs ?? 100_000, 1, 3.6e9) * 1000;
     this.backstopNs = checkInt('backstopUs', options.backstopUs ?? 1000, 1, 0xffff_ffff) * 1000;
+    this.cifPerSkipUp = checkInt('cifPerSkipUp', options.cifPerSkipUp ?? 3, 1, 65536);
     this.maxSkipUp = checkInt('maxSkipUp', options.maxSkipUp ?? 32, 1, 65536);
     const rows = options.ratios ?? [];
     this.ratioMinCif = new Uint32Array(rows.length);
@@ -103,7 +107,7 @@ export class VicPolicy implements CoalescingPolicy {
   /** skipUp for this CIF (countUp is {@link countUpFor}); 1 means R = 1. */
   skipUpFor(cif: number): number {
     const n = this.ratioMinCif.length;
-    if (n === 0) return Math.min(this.maxSkipUp, Math.floor(cif / this.cifThreshold) + 1);
+    if (n === 0) return Math.min(this.maxSkipUp, Math.floor(cif / this.cifPerSkipUp) + 1);
     let s = 1;
     for (let i = 0; i < n && cif >= this.ratioMinCif[i]!; i++) s = this.ratioSkipUp[i]!;
     return s;
