@@ -239,19 +239,21 @@ describe('vic', () => {
     expect(deliveries).toHaveLength(10); // R = 1/11
   });
 
-  it('cifPerSkipUp is independent of cifThreshold: no coalescing below the threshold, the curve above it', () => {
+  it('coalesces only when CIF exceeds cifThreshold (US 8,478,924 claim 3: not exceeded → disabled); cifPerSkipUp is independent of it', () => {
     const { policy, coalescer, deliveries, at, clock } = warmed({ cifThreshold: 8, cifPerSkipUp: 2 });
     expect(policy.coalescing(7)).toBe(false);
-    expect(policy.skipUpFor(8)).toBe(5);
+    expect(policy.coalescing(8)).toBe(false);
+    expect(policy.coalescing(9)).toBe(true);
+    expect(policy.skipUpFor(9)).toBe(5);
     let t = clock.now();
     for (let i = 0; i < 20; i++) {
       at((t += US));
-      coalescer.onCompletion(0, 7);
+      coalescer.onCompletion(0, 8);
     }
     expect(deliveries).toHaveLength(20);
     for (let i = 0; i < 20; i++) {
       at((t += US));
-      coalescer.onCompletion(0, 8);
+      coalescer.onCompletion(0, 9);
     }
     expect(deliveries).toHaveLength(24);
   });
