@@ -16,7 +16,7 @@
  * The guest's CPU cost per interrupt and per completion (--cpu 2,0.5 µs by
  * default) is what coalescing saves; with --cpu 0,0 it can only add delay.
  *
- *   pnpm --filter @ioplane/interrupt-coalescing bench [-- --seeds 10 --ios 20000 --cpu 2,0.5 --trace FILE]
+ *   pnpm --filter @ioplane/interrupt-coalescing bench [-- --seeds 10 --ios 20000 --cpu 2,0.5 --trace FILE --policies vic,adaptive --no-hot-path]
  */
 import { readFileSync } from 'node:fs';
 import {
@@ -67,6 +67,13 @@ const POLICIES: { label: string; make: () => CoalescingPolicy }[] = [
   { label: 'adaptive', make: () => new AdaptivePolicy() },
   { label: 'net_dim', make: () => new NetDimPolicy({ profiles: BLOCK_PROFILES }) },
 ];
+
+// --policies none,vic,… runs a subset (none is always run: it is the baseline).
+const ONLY = opt('policies', '');
+if (ONLY) {
+  const keep = new Set(['none', ...ONLY.split(',')]);
+  for (let i = POLICIES.length - 1; i >= 0; i--) if (!keep.has(POLICIES[i]!.label)) POLICIES.splice(i, 1);
+}
 
 const QDS = [1, 4, 32, 128];
 type Kind = 'closed' | 'poisson' | 'bursty';
@@ -249,5 +256,5 @@ console.log('added = completion → interrupt (the delay coalescing adds); lat =
 const rows = runMatrix();
 printTable(rows);
 targets(rows);
-hotPathTable();
+if (!args.includes('--no-hot-path')) hotPathTable();
 console.log(`\n(${((Date.now() - t0) / 1000).toFixed(1)} s)`);

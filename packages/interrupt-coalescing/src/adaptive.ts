@@ -38,6 +38,17 @@ export interface AdaptiveOptions {
    * latency. A NIC's net_dim cannot know this; a virtual device does. Default true.
    */
   flushWhenIdle?: boolean;
+  /**
+   * Re-evaluation at a steady rate (closed loops): when the rate has not
+   * changed significantly, step one profile up if the current profile already
+   * shares its interrupts (at least two completions per interrupt over the
+   * window) and the commands in flight, averaged over the window, reach the
+   * next profile's frame limit — the bigger batch then fills from requests the
+   * device already holds. Without it a closed loop, whose rate is set by its
+   * queue depth and is steady from the start, keeps whatever profile its
+   * start-up transient left. Default true.
+   */
+  climbWhenSteady?: boolean;
 }
 
 /**
@@ -65,6 +76,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
   readonly significance: number;
   readonly minRatePerSec: number;
   readonly flushWhenIdle: boolean;
+  readonly climbWhenSteady: boolean;
   private readonly startProfile: number;
   private readonly usecs: Uint32Array;
   private readonly frames: Uint32Array;
@@ -72,6 +84,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
   private ix = new Uint8Array(0);
   private events = new Uint32Array(0);
   private windowCompletions = new Float64Array(0);
+  private windowCif = new Float64Array(0);
   private windowStartNs = new Float64Array(0);
   private refRate = new Float64Array(0);
   /** Profile changes so far (up, down), for statistics. */
@@ -98,12 +111,14 @@ export class AdaptivePolicy implements CoalescingPolicy {
     this.significance = checkNumber('significancePercent', options.significancePercent ?? 10, 0, 1000) / 100;
     this.minRatePerSec = checkNumber('minRatePerSec', options.minRatePerSec ?? 0, 0, 1e12);
     this.flushWhenIdle = options.flushWhenIdle ?? true;
+    this.climbWhenSteady = options.climbWhenSteady ?? true;
   }
 
   bind(queues: number): void {
     this.ix = new Uint8Array(queues).fill(this.startProfile);
     this.events = new Uint32Array(queues);
     this.windowCompletions = new Float64Array(queues);
+    this.windowCif = new Float64Array(queues);
     this.windowStartNs = new Float64Array(queues).fill(NaN);
     this.refRate = new Float64Array(queues);
   }
@@ -116,6 +131,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
   onCompletion(queue: number, inFlight: number, now: number, pending: number, firstNs: number): number {
     if (Number.isNaN(this.windowStartNs[queue]!)) this.windowStartNs[queue] = now;
     this.windowCompletions[queue]!++;
+    this.windowCif[queue]! += inFlight;
     return this.recheck(queue, inFlight, now, pending, firstNs);
   }
 
@@ -132,9 +148,13 @@ export class AdaptivePolicy implements CoalescingPolicy {
     const start = this.windowStartNs[queue]!;
     const elapsed = now - start;
     if (!(elapsed > 0)) return; // keep counting until time has passed
-    const rate = (this.windowCompletions[queue]! * 1e9) / elapsed;
+    const completions = this.windowCompletions[queue]!;
+    const rate = (completions * 1e9) / elapsed;
+    const perInterrupt = completions / this.events[queue]!;
+    const meanCif = completions > 0 ? this.windowCif[queue]! / completions : 0;
     this.events[queue] = 0;
     this.windowCompletions[queue] = 0;
+    this.windowCif[queue] = 0;
     this.windowStartNs[queue] = now;
     const ref = this.refRate[queue]!;
     const i = this.ix[queue]!;
@@ -156,6 +176,10 @@ export class AdaptivePolicy implements CoalescingPolicy {
         this.stepsDown++;
       }
       this.refRate[queue] = rate;
+    } else if (this.climbWhenSteady && i < this.profiles.length - 1 && perInterrupt >= 2 && meanCif >= this.frames[i + 1]!) {
+      this.ix[queue] = i + 1;
+      this.stepsUp++;
+      this.refRate[queue] = rate;
     }
   }
 
@@ -167,6 +191,7 @@ export class AdaptivePolicy implements CoalescingPolicy {
     this.ix.fill(this.startProfile);
     this.events.fill(0);
     this.windowCompletions.fill(0);
+    this.windowCif.fill(0);
     this.windowStartNs.fill(NaN);
     this.refRate.fill(0);
     this.stepsUp = 0;
@@ -183,6 +208,15 @@ export interface NetDimOptions {
   nEvents?: number;
   /** IS_SIGNIFICANT_DIFF: a change over this many percent counts. Default 10. */
   significancePercent?: number;
+  /**
+   * Deliver at once when the device reports nothing else in flight on the
+   * queue, whatever the profile: no later completion can share that interrupt
+   * (a guest at queue depth 1 cannot even issue its next request before it),
+   * so moderating it only adds latency. A NIC cannot know this and Linux's
+   * net_dim has no such rule; a virtual block device knows its commands in
+   * flight. Default true.
+   */
+  flushWhenIdle?: boolean;
 }
 
 const PARKING_ON_TOP = 0;
@@ -212,6 +246,7 @@ export class NetDimPolicy implements CoalescingPolicy {
   readonly profiles: readonly Profile[];
   readonly nEvents: number;
   readonly significance: number;
+  readonly flushWhenIdle: boolean;
   private readonly startProfile: number;
   private readonly usecs: Uint32Array;
   private readonly frames: Uint32Array;
@@ -248,6 +283,7 @@ export class NetDimPolicy implements CoalescingPolicy {
     this.startProfile = checkInt('startProfile', options.startProfile ?? Math.min(1, this.profiles.length - 1), 0, this.profiles.length - 1);
     this.nEvents = checkInt('nEvents', options.nEvents ?? 64, 1, 1 << 20);
     this.significance = checkNumber('significancePercent', options.significancePercent ?? 10, 0, 1000) / 100;
+    this.flushWhenIdle = options.flushWhenIdle ?? true;
   }
 
   bind(queues: number): void {
@@ -279,9 +315,9 @@ export class NetDimPolicy implements CoalescingPolicy {
     return this.recheck(queue, inFlight, now, pending, firstNs);
   }
 
-  recheck(queue: number, _inFlight: number, _now: number, pending: number, firstNs: number): number {
+  recheck(queue: number, inFlight: number, _now: number, pending: number, firstNs: number): number {
     const i = this.ix[queue]!;
-    if (pending >= this.frames[i]! || this.usecs[i] === 0) return DELIVER_NOW;
+    if (pending >= this.frames[i]! || this.usecs[i] === 0 || (inFlight === 0 && this.flushWhenIdle)) return DELIVER_NOW;
     return firstNs + this.usecs[i]! * 1000;
   }
 

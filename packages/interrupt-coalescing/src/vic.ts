@@ -13,17 +13,38 @@ export interface VicRatio {
 }
 
 export interface VicOptions {
-  /** Below this many commands in flight, every completion interrupts (R = 1). Default 4. */
+  /**
+   * Unless more than this many commands are in flight, every completion
+   * interrupts (R = 1): US 8,478,924 claim 3 — "determining whether a current
+   * number of the outstanding I/O commands exceeds a CIFthreshold … not
+   * exceeded, setting the current rate to disable interrupt coalescing".
+   * Default 4 (ours: the value is not in the text we could read).
+   */
   cifThreshold?: number;
-  /** Below this completion rate (IOPS, measured each epoch), every completion interrupts. Default 2000. */
+  /**
+   * Below this completion rate (IOPS, measured each epoch), every completion
+   * interrupts: US 8,478,924 claim 2 ("IOPS is below the IOPS threshold,
+   * setting the current rate to disable interrupt coalescing"). At or above it
+   * coalescing may happen, so 0 disables the gate. Default 2000 (ours).
+   */
   iopsThreshold?: number;
   /** Length of the IOPS measurement epoch, µs. Default 100 000 (100 ms). */
   epochPeriodUs?: number;
   /**
    * The delivery ratio as a function of commands in flight, rows sorted by
-   * `minCif`. Default: R = 1 / (⌊CIF / cifThreshold⌋ + 1), at most 1/`maxSkipUp`.
+   * `minCif`. Default: R = 1 / (⌊CIF / cifPerSkipUp⌋ + 1), at most 1/`maxSkipUp`.
    */
   ratios?: readonly VicRatio[];
+  /**
+   * The default curve: every `cifPerSkipUp` commands in flight hold one more
+   * completion back (skipUp = ⌊CIF / cifPerSkipUp⌋ + 1). With CIF commands
+   * outstanding, completions come about CIF per service time, so an interrupt
+   * waits for about 1/`cifPerSkipUp` of a service time whatever the CIF.
+   * Default 3 (ours; it was tied to `cifThreshold` = 4 before, a quarter of a
+   * service time, which left bursty loads at QD32 short of 80 % fewer
+   * interrupts).
+   */
+  cifPerSkipUp?: number;
   /** Cap on `skipUp` for the default ratio curve. Default 32. */
   maxSkipUp?: number;
   /**
@@ -36,16 +57,24 @@ export interface VicOptions {
 /**
  * `vic`: virtual interrupt coalescing after Ahmad, Gulati and Mashtizadeh,
  * "vIC: Interrupt Coalescing for Virtual Machine Storage Device IO", USENIX
- * ATC 2011. The delivery ratio R (interrupts delivered per completion) falls
+ * ATC 2011, and VMware's patent US 8,478,924 "Interrupt coalescing for
+ * outstanding input/output completions" (assigned to VMware; its claim 1:
+ * "the current rate is based on a ratio of delivered interrupts to received I/O
+ * completions", set from the outstanding I/O commands; claims 1–3, read at
+ * patentable.app/patents/US-8478924). The delivery ratio R (interrupts delivered per completion) falls
  * as the number of commands in flight (CIF) grows: with many commands
  * outstanding, a later completion is certain to come soon and carry the
  * interrupt, so no high-resolution timer is needed in the common case. Light
- * loads are never delayed: below `cifThreshold` commands in flight, or below
- * `iopsThreshold` completions per second, R = 1. R is kept as the integer pair
- * countUp/skipUp and applied by counting completions, as the paper does.
+ * loads are never delayed: at or below `cifThreshold` commands in flight, or
+ * below `iopsThreshold` completions per second, R = 1. R is kept as the integer pair
+ * countUp/skipUp and applied by counting completions (the names `countUp`,
+ * `skipUp`, `epochPeriod` are our reconstruction of the paper's, unverified).
  *
  * Our additions, stated: the timer backstop (`backstopUs`) bounds the delay
- * when completions stop; the default R(CIF) curve is ours (the paper's own
+ * when completions stop (claim 1 allows an "enabling timing-triggered
+ * delivery"; its period is ours); the default R(CIF) curve and the default
+ * thresholds are ours — we could read only the paper's abstract and the
+ * patent's claims, not the paper's body with its table and values (the paper's own
  * table is configurable through `ratios`); CIF is per queue (the paper's unit
  * is the virtual SCSI adapter) and IOPS is measured over all queues of the
  * coalescer.
@@ -57,6 +86,7 @@ export class VicPolicy implements CoalescingPolicy {
   readonly epochPeriodNs: number;
   readonly backstopNs: number;
   private readonly maxSkipUp: number;
+  readonly cifPerSkipUp: number;
   private readonly ratioMinCif: Uint32Array;
   private readonly ratioCountUp: Uint32Array;
   private readonly ratioSkipUp: Uint32Array;
@@ -71,6 +101,7 @@ export class VicPolicy implements CoalescingPolicy {
     this.iopsThreshold = checkInt('iopsThreshold', options.iopsThreshold ?? 2000, 0, 1e9);
     this.epochPeriodNs = checkInt('epochPeriodUs', options.epochPeriodUs ?? 100_000, 1, 3.6e9) * 1000;
     this.backstopNs = checkInt('backstopUs', options.backstopUs ?? 1000, 1, 0xffff_ffff) * 1000;
+    this.cifPerSkipUp = checkInt('cifPerSkipUp', options.cifPerSkipUp ?? 3, 1, 65536);
     this.maxSkipUp = checkInt('maxSkipUp', options.maxSkipUp ?? 32, 1, 65536);
     const rows = options.ratios ?? [];
     this.ratioMinCif = new Uint32Array(rows.length);
@@ -97,13 +128,13 @@ export class VicPolicy implements CoalescingPolicy {
 
   /** Whether coalescing is on at this CIF and the current IOPS (R < 1 possible). */
   coalescing(cif: number): boolean {
-    return cif >= this.cifThreshold && this.iops >= this.iopsThreshold;
+    return cif > this.cifThreshold && this.iops >= this.iopsThreshold;
   }
 
   /** skipUp for this CIF (countUp is {@link countUpFor}); 1 means R = 1. */
   skipUpFor(cif: number): number {
     const n = this.ratioMinCif.length;
-    if (n === 0) return Math.min(this.maxSkipUp, Math.floor(cif / this.cifThreshold) + 1);
+    if (n === 0) return Math.min(this.maxSkipUp, Math.floor(cif / this.cifPerSkipUp) + 1);
     let s = 1;
     for (let i = 0; i < n && cif >= this.ratioMinCif[i]!; i++) s = this.ratioSkipUp[i]!;
     return s;

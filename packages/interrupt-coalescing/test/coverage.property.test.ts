@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   AdaptivePolicy,
+  BLOCK_PROFILES,
   FakeClock,
   NetDimPolicy,
   FakeScheduler,
@@ -41,9 +42,9 @@ type PolicySpec =
   | { kind: 'none' }
   | { kind: 'fixed'; params: FixedParams }
   | { kind: 'nvme'; thr: number; time: number }
-  | { kind: 'vic'; cifThreshold: number; iopsThreshold: number; epochPeriodUs: number; backstopUs: number }
-  | { kind: 'adaptive'; nEvents: number; significancePercent: number; startProfile: number }
-  | { kind: 'net_dim'; nEvents: number; significancePercent: number; startProfile: number };
+  | { kind: 'vic'; cifThreshold: number; iopsThreshold: number; epochPeriodUs: number; backstopUs: number; cifPerSkipUp: number }
+  | { kind: 'adaptive'; nEvents: number; significancePercent: number; startProfile: number; climbWhenSteady: boolean; flushWhenIdle: boolean }
+  | { kind: 'net_dim'; nEvents: number; significancePercent: number; startProfile: number; flushWhenIdle: boolean };
 
 const policySpec: fc.Arbitrary<PolicySpec> = fc.oneof(
   fc.constant({ kind: 'none' as const }),
@@ -55,18 +56,22 @@ const policySpec: fc.Arbitrary<PolicySpec> = fc.oneof(
     iopsThreshold: fc.integer({ min: 0, max: 5000 }),
     epochPeriodUs: fc.integer({ min: 1, max: 5000 }),
     backstopUs: fc.integer({ min: 1, max: 800 }),
+    cifPerSkipUp: fc.integer({ min: 1, max: 8 }),
   }),
   fc.record({
     kind: fc.constant('adaptive' as const),
     nEvents: fc.integer({ min: 1, max: 16 }),
     significancePercent: fc.integer({ min: 0, max: 50 }),
     startProfile: fc.integer({ min: 0, max: 4 }),
+    climbWhenSteady: fc.boolean(),
+    flushWhenIdle: fc.boolean(),
   }),
   fc.record({
     kind: fc.constant('net_dim' as const),
     nEvents: fc.integer({ min: 1, max: 8 }),
     significancePercent: fc.integer({ min: 0, max: 50 }),
     startProfile: fc.integer({ min: 0, max: 4 }),
+    flushWhenIdle: fc.boolean(),
   }),
 );
 
@@ -164,6 +169,37 @@ describe('coverage: no completion is left without an interrupt, none later than 
           }
           k++;
         }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  /** Every notified completion for which `immediate(inFlight)` holds is followed at once by its due interrupt. */
+  function neverDelays(policy: CoalescingPolicy, events: Parameters<typeof run>[1], immediate: (inFlight: number) => boolean): void {
+    const { log } = run(policy, events);
+    let k = 0;
+    for (const ev of events) {
+      while (log[k]!.kind !== 'completion') k++;
+      const entry = log[k]!;
+      if (ev.notify && immediate(ev.inFlight)) expect(log[k + 1]).toEqual({ kind: 'due', queue: ev.queue, t: entry.t });
+      k++;
+    }
+  }
+
+  it('vic never delays a completion at exactly its CIF threshold either (US 8,478,924 claim 3: coalescing needs CIF above it)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 16 }), fc.integer({ min: 1, max: 8 }), fc.array(event, { maxLength: 300 }), (cifThreshold, cifPerSkipUp, events) => {
+        neverDelays(new VicPolicy({ cifThreshold, cifPerSkipUp, iopsThreshold: 0, epochPeriodUs: 1 }), events, (cif) => cif <= cifThreshold);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('net_dim and adaptive (flushWhenIdle) never delay a completion reported with nothing else in flight', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 4 }), fc.integer({ min: 1, max: 8 }), fc.boolean(), fc.array(event, { maxLength: 300 }), (startProfile, nEvents, dim, events) => {
+        const policy = dim ? new NetDimPolicy({ profiles: BLOCK_PROFILES, startProfile, nEvents }) : new AdaptivePolicy({ startProfile, nEvents });
+        neverDelays(policy, events, (cif) => cif === 0);
       }),
       { numRuns: 300 },
     );

@@ -1,7 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import {
   AdaptivePolicy,
+  BLOCK_PROFILES,
   CoalescingError,
+  Rng,
+  burstyArrivals,
+  lognormalService,
+  simulate,
   NetDimPolicy,
   FixedPolicy,
   NO_COALESCING,
@@ -180,7 +185,7 @@ describe('vic', () => {
   });
 
   it('delivers one interrupt per skipUp completions at high CIF (R = 1/skipUp)', () => {
-    const { policy, coalescer, deliveries, at, clock } = warmed();
+    const { policy, coalescer, deliveries, at, clock } = warmed({ cifPerSkipUp: 4 });
     expect(policy.skipUpFor(32)).toBe(9); // ⌊32/4⌋ + 1
     let t = clock.now();
     for (let i = 0; i < 90; i++) {
@@ -221,7 +226,40 @@ describe('vic', () => {
     expect(deliveries).toHaveLength(2);
   });
 
+  it('default curve: skipUp = ⌊CIF/3⌋ + 1 (each interrupt held for about a third of the commands in flight), capped at maxSkipUp', () => {
+    const { policy, coalescer, deliveries, at, clock } = warmed();
+    expect(policy.cifPerSkipUp).toBe(3);
+    expect([3, 4, 5, 6, 8, 9, 31, 32].map((c) => policy.skipUpFor(c))).toEqual([2, 2, 2, 3, 3, 4, 11, 11]);
+    expect(new VicPolicy({ maxSkipUp: 8 }).skipUpFor(200)).toBe(8);
+    let t = clock.now();
+    for (let i = 0; i < 110; i++) {
+      at((t += US));
+      coalescer.onCompletion(0, 31);
+    }
+    expect(deliveries).toHaveLength(10); // R = 1/11
+  });
+
+  it('coalesces only when CIF exceeds cifThreshold (US 8,478,924 claim 3: not exceeded → disabled); cifPerSkipUp is independent of it', () => {
+    const { policy, coalescer, deliveries, at, clock } = warmed({ cifThreshold: 8, cifPerSkipUp: 2 });
+    expect(policy.coalescing(7)).toBe(false);
+    expect(policy.coalescing(8)).toBe(false);
+    expect(policy.coalescing(9)).toBe(true);
+    expect(policy.skipUpFor(9)).toBe(5);
+    let t = clock.now();
+    for (let i = 0; i < 20; i++) {
+      at((t += US));
+      coalescer.onCompletion(0, 8);
+    }
+    expect(deliveries).toHaveLength(20);
+    for (let i = 0; i < 20; i++) {
+      at((t += US));
+      coalescer.onCompletion(0, 9);
+    }
+    expect(deliveries).toHaveLength(24);
+  });
+
   it('validates its parameters', () => {
+    expect(() => new VicPolicy({ cifPerSkipUp: 0 })).toThrow(/cifPerSkipUp/);
     expect(() => new VicPolicy({ cifThreshold: 0 })).toThrow(/cifThreshold/);
     expect(() => new VicPolicy({ ratios: [{ minCif: 8, countUp: 1, skipUp: 2 }, { minCif: 4, countUp: 1, skipUp: 3 }] })).toThrow(/sorted/);
     expect(() => new VicPolicy({ ratios: [{ minCif: 8, countUp: 3, skipUp: 2 }] })).toThrow(/countUp/);
@@ -278,6 +316,66 @@ describe('adaptive', () => {
     expect(h.deliveries).toHaveLength(2);
     h.coalescer.onCompletion(0, 0);
     expect(h.deliveries).toHaveLength(3);
+  });
+
+  it('at a steady rate, climbs while batches are shared and commands in flight cover the next frame limit', () => {
+    // 500 000 completions/s with 31 in flight: profile 1 (8 µs/8) batches ~5 per interrupt, and 31 in flight
+    // cover profile 2's 16 frames but not profile 3's 32.
+    const policy = new AdaptivePolicy({ nEvents: 16, startProfile: 1 });
+    const h = harness(policy);
+    const gap = 2 * US;
+    for (let i = 0; i < 3000; i++) {
+      h.at(h.clock.now() + gap);
+      h.coalescer.onCompletion(0, 31);
+    }
+    expect(policy.profileOf(0)).toBe(2);
+    expect(policy.stepsDown).toBe(0);
+    // The same steady rate with 64 in flight climbs on to the top profile (64 µs/64).
+    for (let i = 0; i < 6000; i++) {
+      h.at(h.clock.now() + gap);
+      h.coalescer.onCompletion(0, 64);
+    }
+    expect(policy.profileOf(0)).toBe(policy.profiles.length - 1);
+  });
+
+  it('does not climb at a steady rate when interrupts are not shared, or when climbWhenSteady is off', () => {
+    // 20 000/s with 31 in flight: profile 1 holds 8 µs, catching ~1.2 completions per interrupt.
+    const slow = new AdaptivePolicy({ nEvents: 16, startProfile: 1 });
+    const h = harness(slow);
+    for (let i = 0; i < 2000; i++) {
+      h.at(h.clock.now() + 50 * US);
+      h.coalescer.onCompletion(0, 31);
+    }
+    expect(slow.profileOf(0)).toBe(1);
+    const off = new AdaptivePolicy({ nEvents: 16, startProfile: 1, climbWhenSteady: false });
+    const h2 = harness(off);
+    for (let i = 0; i < 3000; i++) {
+      h2.at(h2.clock.now() + 2 * US);
+      h2.coalescer.onCompletion(0, 31);
+    }
+    expect(off.profileOf(0)).toBe(1);
+  });
+
+  it('in a closed loop at QD32 settles on the same profile whatever the seed', () => {
+    const ends: number[] = [];
+    for (let seed = 1; seed <= 5; seed++) {
+      const rng = new Rng(seed);
+      const n = 20_000;
+      const policy = new AdaptivePolicy();
+      const r = simulate({
+        workload: { arrivalsNs: new Float64Array(n), serviceNs: lognormalService(rng, n, 60, 0.5) },
+        queueDepth: 32,
+        parallelism: 32,
+        policy,
+        interruptCostNs: 2000,
+        perCompletionCostNs: 500,
+        warmupNs: 10_000_000, // past the start-up transient
+      });
+      expect(r.interruptsPerIo).toBeLessThan(0.2);
+      ends.push(policy.profileOf(0));
+    }
+    expect(new Set(ends).size).toBe(1);
+    expect(ends[0]).toBeGreaterThanOrEqual(2);
   });
 
   it('refuses a profile whose delay would be unbounded', () => {
@@ -417,6 +515,33 @@ describe('net_dim (Linux lib/dim hill-climbing)', () => {
     expect(p.profileOf(0)).toBe(ix);
     p.decide(0, 0, rate, 10);
     expect(p.stateOf(0)).not.toBe('parking-tired');
+  });
+
+  it('delivers at once when nothing else is in flight, whatever the profile (flushWhenIdle)', () => {
+    const p = new NetDimPolicy({ profiles: [{ maxUsecs: 0, maxFrames: 1 }, { maxUsecs: 50, maxFrames: 16 }], startProfile: 1 });
+    const h = harness(p);
+    h.coalescer.onCompletion(0, 3);
+    expect(h.deliveries).toHaveLength(0); // moderated: others are in flight
+    h.at(5 * US);
+    h.coalescer.onCompletion(0, 0); // the last one: no later completion can share the interrupt
+    expect(h.deliveries).toEqual([{ t: 5 * US, vector: 0 }]);
+    expect(h.coalescer.stats.covered).toBe(2);
+    const off = new NetDimPolicy({ profiles: [{ maxUsecs: 0, maxFrames: 1 }, { maxUsecs: 50, maxFrames: 16 }], startProfile: 1, flushWhenIdle: false });
+    const h2 = harness(off);
+    h2.coalescer.onCompletion(0, 0);
+    expect(h2.deliveries).toHaveLength(0);
+    h2.at(50 * US);
+    expect(h2.deliveries).toHaveLength(1); // Linux's behaviour: the profile's time limit
+  });
+
+  it('adds no delay at queue depth 1, on bursty arrivals too', () => {
+    const rng = new Rng(3);
+    const n = 5000;
+    const workload = { arrivalsNs: burstyArrivals(rng, n, 8000, 32, 4), serviceNs: lognormalService(rng, n, 60, 0.5) };
+    const r = simulate({ workload, queueDepth: 1, parallelism: 32, policy: new NetDimPolicy({ profiles: BLOCK_PROFILES }), interruptCostNs: 2000, perCompletionCostNs: 500 });
+    const none = simulate({ workload, queueDepth: 1, parallelism: 32, policy: new NonePolicy(), interruptCostNs: 2000, perCompletionCostNs: 500 });
+    expect(r.addedMaxUs).toBe(0);
+    expect(r.latencyP99Us).toBe(none.latencyP99Us);
   });
 
   it('weighs bytes first when the device reports them', () => {
