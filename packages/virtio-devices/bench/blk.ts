@@ -7,21 +7,29 @@
  * holding the same data. Configurations alternate run by run; medians over
  * RUNS runs, spread as min–max.
  *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default;
- *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings)
+ *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings,
+ *   CONFIG='raw direct,raw virtio' picks configurations,
+ *   RECORD_TRACES=DIR records, after each pattern's measured runs, one more
+ *   (unmeasured) virtio run per image as an interrupt-coalescing trace:
+ *   DIR/<pattern>-<raw|qcow2>.jsonl, at most TRACE_IOS requests, default 20000)
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
+import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
 import { type Job, type JobResult, rng, summarize } from './common.js';
+import { RecordingBackend } from './trace-recorder.js';
 
 const RUNS = Number(process.env.RUNS ?? 10);
 const SIZE = Number(process.env.SIZE_MB ?? 128) * 1024 * 1024;
 const PACKED = process.env.PACKED === '1';
+const RECORD_TRACES = process.env.RECORD_TRACES;
+const TRACE_IOS = Number(process.env.TRACE_IOS ?? 20000);
 
 async function direct(b: BlockBackend, job: Job): Promise<JobResult> {
   const next = rng(job.seed);
@@ -134,8 +142,12 @@ async function main(): Promise<void> {
     // Warm the page cache: read both files once.
     for (const b of [w, q]) for (let off = 0; off < SIZE; off += chunk.length) await b.read(off, [chunk]);
 
-    const raw = await startGuest(w);
-    const qcow = await startGuest(q);
+    // With RECORD_TRACES the guests' back-ends go through a recorder (disarmed while measuring).
+    const recW = RECORD_TRACES !== undefined ? new RecordingBackend(w, TRACE_IOS) : undefined;
+    const recQ = RECORD_TRACES !== undefined ? new RecordingBackend(q, TRACE_IOS) : undefined;
+    if (RECORD_TRACES !== undefined) mkdirSync(RECORD_TRACES, { recursive: true });
+    const raw = await startGuest(recW ?? w);
+    const qcow = await startGuest(recQ ?? q);
     guests.push(raw, qcow);
     const patterns = [
       { name: '4k-rand-qd1', bs: 4096, qd: 1, random: true, ops: 8000 },
@@ -181,6 +193,19 @@ async function main(): Promise<void> {
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
       console.log(`  ${line}\n`);
       summary.push(line);
+      if (RECORD_TRACES !== undefined) {
+        for (const [img, rec, g] of [['raw', recW!, raw], ['qcow2', recQ!, qcow]] as const) {
+          if (!configs.some((c) => c.name === `${img} virtio`)) continue;
+          rec.arm();
+          await g.run({ type: 'job', bs: p.bs, qd: p.qd, random: p.random, ops: p.ops, seed: 999 });
+          rec.disarm();
+          const t = rec.trace();
+          const file = join(RECORD_TRACES, `${p.name}-${img}.jsonl`);
+          writeFileSync(file, formatTrace(t));
+          const svc = [...t.serviceNs].sort((a, b) => a - b);
+          console.log(`  trace ${file}: ${t.arrivalsNs.length} reads over ${(t.arrivalsNs[t.arrivalsNs.length - 1]! / 1e6).toFixed(1)} ms, service p50 ${(svc[svc.length >> 1]! / 1e3).toFixed(1)} µs\n`);
+        }
+      }
     }
     for (const [name, g] of [['raw', raw], ['qcow2', qcow]] as const) {
       const st = g.device.stats;
