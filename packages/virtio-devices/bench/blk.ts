@@ -61,18 +61,25 @@ interface Guest {
   stop(): Promise<void>;
 }
 
-async function startGuest(backend: BlockBackend): Promise<Guest> {
+interface GuestMode {
+  /** How the guest thread waits for interrupts while a job runs. */
+  wait: 'sync' | 'async';
+  /** The device's VirtioBlkOptions.pollWhileBusy. */
+  pollWhileBusy: boolean;
+}
+
+async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'async', pollWhileBusy: true }): Promise<Guest> {
   const sab = new SharedArrayBuffer(16 << 20);
   const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
   const bells = new Int32Array(new SharedArrayBuffer(8));
   const kick = new Doorbell(bells, 0);
   const irq = new Doorbell(bells, 1);
-  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, interrupts: { queue: () => irq.ring(), config: () => {} } });
+  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, interrupts: { queue: () => irq.ring(), config: () => {} } });
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   let failure: Error | undefined;
@@ -163,6 +170,18 @@ async function main(): Promise<void> {
       { name: 'qcow2 direct', run: (j: Job) => direct(q, j) },
       { name: 'qcow2 virtio', run: (j: Job) => qcow.run(j) },
     ];
+    // Variants of the raw virtio path for A/B in the same run (started only when CONFIG names them):
+    // the guest waiting with Atomics.waitAsync on its event loop, and/or the device asking for every kick.
+    const variants: [string, GuestMode][] = [
+      ['raw virtio futex-guest', { wait: 'sync', pollWhileBusy: true }],
+      ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
+    ];
+    for (const [name, mode] of variants) {
+      if (!process.env.CONFIG?.split(',').includes(name)) continue;
+      const g = await startGuest(w, mode);
+      guests.push(g);
+      allConfigs.push({ name, run: (j: Job) => g.run(j) });
+    }
     const configs = allConfigs.filter((c) => process.env.CONFIG === undefined || process.env.CONFIG.split(',').includes(c.name));
     console.log(`virtio-blk read benchmark: ${SIZE >> 20} MiB image, warm page cache, ${RUNS} runs per cell, ${PACKED ? 'packed' : 'split'} rings, medians (min–max of IOPS)`);
     console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPU(s)\n`);
