@@ -210,7 +210,10 @@ async function main(): Promise<void> {
       }
       const ratio = (a: string, b: string): string => (med.get(a)! / med.get(b)!).toFixed(2);
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
-      console.log(`  ${line}\n`);
+      const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
+      const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;
+      console.log(`  ${line}${line2 !== undefined ? `\n  ${line2}` : ''}\n`);
+      if (line2 !== undefined) summary.push(line2);
       summary.push(line);
       if (RECORD_TRACES !== undefined) {
         for (const [img, rec, g] of [['raw', recW!, raw], ['qcow2', recQ!, qcow]] as const) {
