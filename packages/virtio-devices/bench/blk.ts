@@ -213,8 +213,8 @@ async function main(): Promise<void> {
       const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
       const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;
       console.log(`  ${line}${line2 !== undefined ? `\n  ${line2}` : ''}\n`);
-      if (line2 !== undefined) summary.push(line2);
       summary.push(line);
+      if (line2 !== undefined) summary.push(line2);
       if (RECORD_TRACES !== undefined) {
         for (const [img, rec, g] of [['raw', recW!, raw], ['qcow2', recQ!, qcow]] as const) {
           if (!configs.some((c) => c.name === `${img} virtio`)) continue;
