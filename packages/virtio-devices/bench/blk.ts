@@ -7,21 +7,29 @@
  * holding the same data. Configurations alternate run by run; medians over
  * RUNS runs, spread as min–max.
  *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default;
- *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings)
+ *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings,
+ *   CONFIG='raw direct,raw virtio' picks configurations,
+ *   RECORD_TRACES=DIR records, after each pattern's measured runs, one more
+ *   (unmeasured) virtio run per image as an interrupt-coalescing trace:
+ *   DIR/<pattern>-<raw|qcow2>.jsonl, at most TRACE_IOS requests, default 20000)
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
+import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
 import { type Job, type JobResult, rng, summarize } from './common.js';
+import { RecordingBackend } from './trace-recorder.js';
 
 const RUNS = Number(process.env.RUNS ?? 10);
 const SIZE = Number(process.env.SIZE_MB ?? 128) * 1024 * 1024;
 const PACKED = process.env.PACKED === '1';
+const RECORD_TRACES = process.env.RECORD_TRACES;
+const TRACE_IOS = Number(process.env.TRACE_IOS ?? 20000);
 
 async function direct(b: BlockBackend, job: Job): Promise<JobResult> {
   const next = rng(job.seed);
@@ -53,18 +61,25 @@ interface Guest {
   stop(): Promise<void>;
 }
 
-async function startGuest(backend: BlockBackend): Promise<Guest> {
+interface GuestMode {
+  /** How the guest thread waits for interrupts while a job runs. */
+  wait: 'sync' | 'async';
+  /** The device's VirtioBlkOptions.pollWhileBusy. */
+  pollWhileBusy: boolean;
+}
+
+async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'async', pollWhileBusy: true }): Promise<Guest> {
   const sab = new SharedArrayBuffer(16 << 20);
   const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
   const bells = new Int32Array(new SharedArrayBuffer(8));
   const kick = new Doorbell(bells, 0);
   const irq = new Doorbell(bells, 1);
-  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, interrupts: { queue: () => irq.ring(), config: () => {} } });
+  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, interrupts: { queue: () => irq.ring(), config: () => {} } });
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   let failure: Error | undefined;
@@ -134,8 +149,12 @@ async function main(): Promise<void> {
     // Warm the page cache: read both files once.
     for (const b of [w, q]) for (let off = 0; off < SIZE; off += chunk.length) await b.read(off, [chunk]);
 
-    const raw = await startGuest(w);
-    const qcow = await startGuest(q);
+    // With RECORD_TRACES the guests' back-ends go through a recorder (disarmed while measuring).
+    const recW = RECORD_TRACES !== undefined ? new RecordingBackend(w, TRACE_IOS) : undefined;
+    const recQ = RECORD_TRACES !== undefined ? new RecordingBackend(q, TRACE_IOS) : undefined;
+    if (RECORD_TRACES !== undefined) mkdirSync(RECORD_TRACES, { recursive: true });
+    const raw = await startGuest(recW ?? w);
+    const qcow = await startGuest(recQ ?? q);
     guests.push(raw, qcow);
     const patterns = [
       { name: '4k-rand-qd1', bs: 4096, qd: 1, random: true, ops: 8000 },
@@ -151,6 +170,18 @@ async function main(): Promise<void> {
       { name: 'qcow2 direct', run: (j: Job) => direct(q, j) },
       { name: 'qcow2 virtio', run: (j: Job) => qcow.run(j) },
     ];
+    // Variants of the raw virtio path for A/B in the same run (started only when CONFIG names them):
+    // the guest waiting with Atomics.waitAsync on its event loop, and/or the device asking for every kick.
+    const variants: [string, GuestMode][] = [
+      ['raw virtio futex-guest', { wait: 'sync', pollWhileBusy: true }],
+      ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
+    ];
+    for (const [name, mode] of variants) {
+      if (!process.env.CONFIG?.split(',').includes(name)) continue;
+      const g = await startGuest(w, mode);
+      guests.push(g);
+      allConfigs.push({ name, run: (j: Job) => g.run(j) });
+    }
     const configs = allConfigs.filter((c) => process.env.CONFIG === undefined || process.env.CONFIG.split(',').includes(c.name));
     console.log(`virtio-blk read benchmark: ${SIZE >> 20} MiB image, warm page cache, ${RUNS} runs per cell, ${PACKED ? 'packed' : 'split'} rings, medians (min–max of IOPS)`);
     console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPU(s)\n`);
@@ -179,8 +210,24 @@ async function main(): Promise<void> {
       }
       const ratio = (a: string, b: string): string => (med.get(a)! / med.get(b)!).toFixed(2);
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
-      console.log(`  ${line}\n`);
+      const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
+      const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;
+      console.log(`  ${line}${line2 !== undefined ? `\n  ${line2}` : ''}\n`);
       summary.push(line);
+      if (line2 !== undefined) summary.push(line2);
+      if (RECORD_TRACES !== undefined) {
+        for (const [img, rec, g] of [['raw', recW!, raw], ['qcow2', recQ!, qcow]] as const) {
+          if (!configs.some((c) => c.name === `${img} virtio`)) continue;
+          rec.arm();
+          await g.run({ type: 'job', bs: p.bs, qd: p.qd, random: p.random, ops: p.ops, seed: 999 });
+          rec.disarm();
+          const t = rec.trace();
+          const file = join(RECORD_TRACES, `${p.name}-${img}.jsonl`);
+          writeFileSync(file, formatTrace(t));
+          const svc = [...t.serviceNs].sort((a, b) => a - b);
+          console.log(`  trace ${file}: ${t.arrivalsNs.length} reads over ${(t.arrivalsNs[t.arrivalsNs.length - 1]! / 1e6).toFixed(1)} ms, service p50 ${(svc[svc.length >> 1]! / 1e3).toFixed(1)} µs\n`);
+        }
+      }
     }
     for (const [name, g] of [['raw', raw], ['qcow2', qcow]] as const) {
       const st = g.device.stats;

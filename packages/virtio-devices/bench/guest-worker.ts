@@ -11,6 +11,8 @@ interface Setup {
   bells: Int32Array;
   port: MessagePort;
   packed: boolean;
+  /** 'sync': while a job runs, the guest thread sleeps on the interrupt doorbell (a futex, like a halted vCPU) instead of Atomics.waitAsync. */
+  wait: 'async' | 'sync';
 }
 
 const setup = workerData as Setup;
@@ -39,7 +41,24 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
       lat[i] = performance.now() - s;
     }
   };
-  await Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s)));
+  let done = false;
+  const all = Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s))).then(() => {
+    done = true;
+  });
+  if (setup.wait === 'sync') {
+    const yieldTurn = (r: () => void): void => void setImmediate(r);
+    while (!done) {
+      const seen = irq.count;
+      if (driver.handleInterrupt(0) === 0) {
+        // Nothing used: interrupts are armed (reap re-enables them); sleep until the device rings.
+        irq.wait(seen, 1);
+        driver.handleInterrupt(0);
+      }
+      // Let the completed requests' continuations run and submit (a macrotask turn drains every microtask).
+      await new Promise<void>(yieldTurn);
+    }
+  }
+  await all;
   return summarize(lat, job, performance.now() - t0);
 }
 

@@ -56,6 +56,11 @@ export interface VirtioBlkOptions extends VirtioDeviceOptions {
   writeZeroes?: boolean;
   /** Offer CONFIG_WCE: the driver may switch the cache to writethrough (default true). */
   configWce?: boolean;
+  /**
+   * While reads/writes are in flight on a queue, leave kicks suppressed and look
+   * at the available ring at each published completion instead (default true).
+   */
+  pollWhileBusy?: boolean;
   /** Limits advertised in config space; defaults: 4 GiB worth of sectors and 16 segments. */
   maxDiscardSectors?: number;
   maxDiscardSeg?: number;
@@ -85,6 +90,8 @@ class Slot {
   okLen = 0;
   /** Counted in the device's in-flight total (handed to the back-end). */
   async = false;
+  /** A flush, discard or write-zeroes (or a writethrough write): may take long. */
+  slow = false;
   readonly ok: () => void;
   readonly fail: (e: unknown) => void;
   readonly flushed: () => void;
@@ -113,6 +120,10 @@ interface QueueState {
   /** Every slot was busy: look at the ring again at the next completion. */
   recheck: boolean;
   processing: boolean;
+  /** Reads and writes of this queue handed to the back-end and not yet settled. */
+  busyRw: number;
+  /** Flushes, discards and write-zeroes in flight: they may take long, so the queue never waits on them for new work. */
+  busySlow: number;
 }
 
 const DEFAULT_RING: Omit<RingFeatures, 'inOrder'> = { indirect: true, eventIdx: true, packed: true };
@@ -135,6 +146,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   #inFlight = 0;
   #drained: (() => void) | undefined;
   #publishScheduled = false;
+  readonly #pollWhileBusy: boolean;
   readonly #publish = (): void => this.publishAll();
 
   constructor(options: VirtioBlkOptions) {
@@ -161,6 +173,7 @@ export class VirtioBlkDevice extends VirtioDevice {
     const queueSize = options.queueSize ?? 256;
     super(VIRTIO_ID_BLOCK, f, numQueues, queueSize, BLK_CFG_SIZE, options);
     this.backend = b;
+    this.#pollWhileBusy = options.pollWhileBusy ?? true;
     this.capacitySectors = Math.floor(b.size / SECTOR_SIZE);
     const u32 = (v: number | undefined, d: number, what: string): number => {
       const x = v ?? d;
@@ -261,7 +274,7 @@ export class VirtioBlkDevice extends VirtioDevice {
         s.queue = q;
         free.push(s);
       }
-      return { dq, free, slots: free.length, dirty: false, recheck: false, processing: false };
+      return { dq, free, slots: free.length, dirty: false, recheck: false, processing: false, busyRw: 0, busySlow: 0 };
     });
   }
 
@@ -309,10 +322,17 @@ export class VirtioBlkDevice extends VirtioDevice {
           this.start(slot);
           if (!this.running) return;
         }
-        if (st.free.length === 0) {
+        if (st.free.length === 0 || (this.#pollWhileBusy && st.busyRw > 0 && st.busySlow === 0)) {
           // Every slot is busy: the next completion looks at the ring again
           // (notifications stay off meanwhile). With slots free, the device asks
           // for kicks instead, so a slow request (a long flush) never holds up new ones.
+          //
+          // Reads and writes in flight (and nothing slow): the device polls the
+          // available ring at each completion it publishes instead of asking for
+          // kicks (§2.7.10 allows a device to leave notifications suppressed), as
+          // vhost and SPDK's virtio-blk poll while busy. The driver then skips the
+          // kick and the device skips a cross-thread wake-up per batch; a request
+          // added meanwhile waits at most for the next read/write completion.
           st.recheck = true;
           return;
         }
@@ -340,21 +360,18 @@ export class VirtioBlkDevice extends VirtioDevice {
         return;
       case 'read':
         slot.okLen = req.length + 1;
-        this.#inFlight++;
-        slot.async = true;
+        this.issued(slot, false);
         this.backend.read(req.offset, req.segments).then(slot.ok, slot.fail);
         return;
       case 'write':
         slot.okLen = 1;
-        this.#inFlight++;
-        slot.async = true;
+        this.issued(slot, this.#writeThrough);
         this.backend.write(req.offset, req.segments).then(this.#writeThrough ? slot.flushed : slot.ok, slot.fail);
         return;
       case 'flush':
         // A completed FLUSH means the back-end's flush resolved (data and metadata on stable storage).
         slot.okLen = 1;
-        this.#inFlight++;
-        slot.async = true;
+        this.issued(slot, true);
         this.backend.flush().then(slot.ok, slot.fail);
         return;
       case 'get-id': {
@@ -373,11 +390,20 @@ export class VirtioBlkDevice extends VirtioDevice {
       case 'write-zeroes':
         slot.okLen = 1;
         slot.range = 0;
-        this.#inFlight++;
-        slot.async = true;
+        this.issued(slot, true);
         this.issueRange(slot);
         return;
     }
+  }
+
+  private issued(slot: Slot, slow: boolean): void {
+    this.#inFlight++;
+    slot.async = true;
+    slot.slow = slow;
+    const st = this.#state[slot.queue];
+    if (st === undefined) return;
+    if (slow) st.busySlow++;
+    else st.busyRw++;
   }
 
   /** Discard / write-zeroes: ranges one after another (each validated already). */
@@ -416,6 +442,11 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (slot.async) {
       slot.async = false;
       this.#inFlight--;
+      const st = this.#state[slot.queue];
+      if (st !== undefined && slot.epoch === this.epoch) {
+        if (slot.slow) st.busySlow--;
+        else st.busyRw--;
+      }
     }
     if (slot.epoch !== this.epoch) {
       // Reset came first: the ring is forgotten; nothing is written to guest memory.

@@ -109,6 +109,58 @@ describe('virtio-blk device with its guest driver', () => {
     await expect(h.driver.read(0, DATA, 512, 4)).rejects.toThrow(/queue 4 is not set up/);
   });
 
+  for (const pollWhileBusy of [true, false]) {
+    it(`pollWhileBusy ${pollWhileBusy}: a read added while reads are in flight ${pollWhileBusy ? 'is picked up at the next completion, without a kick' : 'is kicked and issued at once'}`, async () => {
+      const backend = new GatedBackend(1 << 20);
+      await backend.inner.write(0, [pattern(8192, 5)]);
+      const h = await harness({ backend, device: { pollWhileBusy } });
+      backend.gate = true;
+      const first = h.driver.read(0, DATA, 4096);
+      await settle();
+      expect(backend.held.map((x) => x.op)).toEqual(['read']);
+      const kicks = h.device.stats.notifications;
+      const second = h.driver.read(8, DATA + 4096, 4096);
+      await settle();
+      if (pollWhileBusy) {
+        // Kicks stay suppressed while the device has a read in flight (§2.7.10): no notification, not issued yet.
+        expect(h.device.stats.notifications).toBe(kicks);
+        expect(backend.held).toHaveLength(1);
+      } else {
+        expect(h.device.stats.notifications).toBe(kicks + 1);
+        expect(backend.held).toHaveLength(2);
+      }
+      backend.held[0]!.release();
+      await first;
+      await settle();
+      // The completion's publish looked at the available ring: the second read is at the back-end now.
+      expect(backend.held).toHaveLength(2);
+      backend.held[1]!.release();
+      await second;
+      expect(h.mem.view(DATA, 8192, 'read')).toEqual(pattern(8192, 5));
+      // Idle again: the device asks for kicks, so a lone request is not stranded.
+      backend.gate = false;
+      await h.driver.read(0, DATA, 512);
+      expect(h.device.inFlight).toBe(0);
+    });
+  }
+
+  it('a read added while only a FLUSH is in flight is kicked and issued at once (a slow request never holds up new ones)', async () => {
+    const backend = new GatedBackend(1 << 20);
+    const h = await harness({ backend });
+    backend.gate = true;
+    const fl = h.driver.flush();
+    await settle();
+    const kicks = h.device.stats.notifications;
+    const rd = h.driver.read(0, DATA, 4096);
+    await settle();
+    expect(h.device.stats.notifications).toBe(kicks + 1);
+    expect(backend.held.map((x) => x.op)).toEqual(['flush', 'read']);
+    backend.held[1]!.release();
+    await rd;
+    backend.held[0]!.release();
+    await fl;
+  });
+
   it('a FLUSH completes only after the back-end flush resolved', async () => {
     const backend = new GatedBackend(1 << 20);
     const h = await harness({ backend });
