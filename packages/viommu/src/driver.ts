@@ -285,6 +285,24 @@ class IovaAllocator {
     return undefined;
   }
 
+  /** Takes exactly [s, s+size) if it is free; false otherwise. */
+  take(s: number, size: number): boolean {
+    const e = s + size;
+    const f = this.free;
+    for (let i = 0; i < f.length; i += 2) {
+      const fs = f[i]!;
+      const fe = f[i + 1]!;
+      if (fs > s) return false;
+      if (fe < e) continue;
+      if (fs === s && fe === e) f.splice(i, 2);
+      else if (fs === s) f[i] = e;
+      else if (fe === e) f[i + 1] = s;
+      else f.splice(i + 1, 0, s, e);
+      return true;
+    }
+    return false;
+  }
+
   release(s: number, size: number): void {
     const e = s + size;
     const f = this.free;
@@ -403,7 +421,7 @@ export class DmaDomain {
     const g = this.driver.granule;
     const gpaPage = roundDown(gpa, g);
     const size = roundUp(gpa + len, g) - gpaPage;
-    const flags = dir === 'to-device' ? d.VIRTIO_IOMMU_MAP_F_READ : dir === 'from-device' ? d.VIRTIO_IOMMU_MAP_F_WRITE : d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
+    const flags = dirFlags(dir);
     const key = `${gpaPage}:${size}:${flags}`;
     this.stats.maps++;
     if (this.mode === 'optimistic') {
@@ -421,6 +439,36 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
+    return this.sendMap(iova, gpaPage, size, flags, key) + (gpa - gpaPage);
+  }
+
+  /**
+   * Maps [gpa, gpa+len) at a fixed IOVA (whole granules): `mapAt(gpa, gpa, …)`
+   * is an identity ("direct") mapping, as a guest sets up for memory a device
+   * must reach at its physical address — e.g. virtqueue rings a driver placed
+   * before it knew of the IOMMU. Fails if any part of the IOVA range is in use
+   * or outside the domain's IOVA space (reserved regions included). Undone by
+   * `unmap(iova)`, in the domain's mode; never reused by optimistic teardown.
+   */
+  mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
+    this.expire();
+    const g = this.driver.granule;
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
+      throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)} to IOVA ${String(iova)} (offsets within a ${g}-byte granule must agree)`, gpa);
+    }
+    const gpaPage = roundDown(gpa, g);
+    const iovaPage = roundDown(iova, g);
+    const size = roundUp(gpa + len, g) - gpaPage;
+    if (!this.iovas.take(iovaPage, size)) {
+      if (this.pending.length > 0) this.flush();
+      if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside input_range`, iovaPage);
+    }
+    this.stats.maps++;
+    // A unique key: fixed mappings never enter the optimistic cache.
+    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), `fixed:${iovaPage}`) + (gpa - gpaPage);
+  }
+
+  private sendMap(iova: number, gpaPage: number, size: number, flags: number, key: string): number {
     const req = this.mapReq;
     refillMap(req, this.id, iova, iova + size - 1, gpaPage, flags);
     this.stats.requests++;
@@ -432,7 +480,7 @@ export class DmaDomain {
       throw e;
     }
     this.live.set(iova, { iova, size, gpaPage, flags, at: 0, key });
-    return iova + (gpa - gpaPage);
+    return iova;
   }
 
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
@@ -518,6 +566,10 @@ export class DmaDomain {
     this.flush();
     for (const ep of this.endpoints) this.driver.send(detachRequest(this.id, ep));
   }
+}
+
+function dirFlags(dir: DmaDirection): number {
+  return dir === 'to-device' ? d.VIRTIO_IOMMU_MAP_F_READ : dir === 'from-device' ? d.VIRTIO_IOMMU_MAP_F_WRITE : d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
 }
 
 function roundDown(v: number, g: number): number {

@@ -25,3 +25,5 @@ export {
   type DriverTransport,
   type ServedDevice,
 } from './transport.js';
+export { VirtioIommuDevice, IOMMU_REQUEST_QUEUE, IOMMU_EVENT_QUEUE, type IommuQueueStats, type VirtioIommuDeviceOptions } from './iommu/device.js';
+export { VirtioIommuDriver, type VirtioIommuDriverOptions } from './iommu/driver.js';
