@@ -377,6 +377,8 @@ export class DmaDomain {
   /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
   private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
   private readonly unmapReqs: IommuRequest[] = [];
+  /** Scratch for `sendUnmaps`: where each run of adjacent mappings starts. */
+  private readonly runStarts: number[] = [];
   private readonly batchSize: number;
   private readonly flushDelay: number;
   private readonly quota: number;
@@ -541,20 +543,44 @@ export class DmaDomain {
     this.sendUnmaps(batch);
   }
 
+  /**
+   * Sends the UNMAPs for `batch` in one submission (one notification).
+   * Mappings whose IOVA ranges are adjacent go in one UNMAP covering the run:
+   * §5.13.6.4 removes every mapping wholly inside [virt_start, virt_end], and
+   * nothing else can lie between adjacent ranges, so no live mapping is
+   * touched and none is split. A deferred batch, allocated first-fit, is
+   * mostly one run: one request for up to `batchSize` unmaps.
+   */
   private sendUnmaps(batch: LiveMapping[]): void {
+    if (batch.length === 0) return;
+    const sorted = batch.length === 1 ? batch : batch.slice().sort((a, b) => a.iova - b.iova);
+    const runs = this.runStarts;
+    runs.length = 0;
+    for (let i = 0; i < sorted.length; i++) {
+      if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs.push(i);
+    }
+    runs.push(sorted.length);
+    const n = runs.length - 1;
     const pool = this.unmapReqs;
-    while (pool.length < batch.length) pool.push(unmapRequest(0, 0n, 0n));
-    for (let i = 0; i < batch.length; i++) refillUnmap(pool[i]!, this.id, batch[i]!.iova, batch[i]!.iova + batch[i]!.size - 1);
-    const reqs = batch.length === pool.length ? pool : pool.slice(0, batch.length);
-    this.stats.requests += reqs.length;
+    while (pool.length < n) pool.push(unmapRequest(0, 0n, 0n));
+    for (let r = 0; r < n; r++) {
+      const first = sorted[runs[r]!]!;
+      const last = sorted[runs[r + 1]! - 1]!;
+      refillUnmap(pool[r]!, this.id, first.iova, last.iova + last.size - 1);
+    }
+    const reqs = n === pool.length ? pool : pool.slice(0, n);
+    this.stats.requests += n;
     this.stats.batches++;
     this.driver.transport.submit(reqs);
     let failed: IommuRequest | undefined;
-    for (let i = 0; i < batch.length; i++) {
-      const r = reqs[i]!;
-      // A failed UNMAP leaves the IOVA reachable: it is never reused.
-      if (r.status === d.VIRTIO_IOMMU_S_OK) this.iovas.release(batch[i]!.iova, batch[i]!.size);
-      else failed ??= r;
+    for (let r = 0; r < n; r++) {
+      const req = reqs[r]!;
+      // A failed UNMAP leaves its IOVAs reachable: they are never reused.
+      if (req.status === d.VIRTIO_IOMMU_S_OK) {
+        const first = sorted[runs[r]!]!;
+        const last = sorted[runs[r + 1]! - 1]!;
+        this.iovas.release(first.iova, last.iova + last.size - first.iova);
+      } else failed ??= req;
     }
     if (failed !== undefined) {
       throw new ViommuError('request-failed', `UNMAP failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
