@@ -270,3 +270,47 @@ describe('the virtio-iommu device on its virtqueues', () => {
     expect(dev.iommu.listDomains()).toHaveLength(0);
   });
 });
+
+describe('virtio-iommu: hostile event buffers', () => {
+  it('returns event buffers that are too short or device-readable with used length 0, and keeps the report for a good one', async () => {
+    const { BufferList, createDriverQueue, layoutQueue } = await import('@ioplane/virtqueue');
+    const mem = GuestMemory.create(4 << 20);
+    const errors: VirtioError[] = [];
+    const dev = new VirtioIommuDevice({ mem, interrupts: { queue: () => undefined, config: () => undefined }, onGuestError: (e) => errors.push(e), schedule: (f) => f() });
+    dev.iommu.addEndpoint(1);
+    dev.setStatus(1);
+    dev.setStatus(3);
+    dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+    dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+    dev.setStatus(11);
+    const rf = { indirect: false, eventIdx: false, packed: false, inOrder: false };
+    const queues = [0, 1].map((q) => {
+      const { config } = layoutQueue(false, 8, 0x10000 + q * 0x4000);
+      dev.setQueueSize(q, 8);
+      dev.setQueueAddresses(q, config.descAddr, config.driverAddr, config.deviceAddr);
+      dev.enableQueue(q);
+      return createDriverQueue<number>(mem, config, rf);
+    });
+    dev.setStatus(15);
+    const evq = queues[1]!;
+    const list = new BufferList(2);
+    evq.add(list.clear().push(0x30000, 8, true), 1); // too short for a 24-byte report
+    evq.add(list.clear().push(0x30100, 16, false).push(0x30200, 24, true), 2); // has a device-readable part
+    evq.add(list.clear().push(0x30300, 24, true), 3); // good
+    evq.publish();
+    dev.notify(1); // no fault pending: nothing consumed
+    expect(evq.pollUsed({ token: undefined, len: 0 })).toBe(false);
+    expect(() => dev.iommu.dmaMemory(1, mem).readU8(0x5000)).toThrow(); // unattached: a fault
+    const used: { token: number | undefined; len: number }[] = [];
+    const u = { token: undefined as number | undefined, len: 0 };
+    while (evq.pollUsed(u)) used.push({ ...u });
+    expect(used).toEqual([
+      { token: 1, len: 0 },
+      { token: 2, len: 0 },
+      { token: 3, len: 24 },
+    ]);
+    expect(dev.queueStats.badEventBuffers).toBe(2);
+    expect(errors.filter((e) => e.kind === 'bad-request')).toHaveLength(2);
+    expect(mem.readU32(0x30300 + 8)).toBe(1); // endpoint field of struct virtio_iommu_fault
+  });
+});
