@@ -285,6 +285,24 @@ class IovaAllocator {
     return undefined;
   }
 
+  /** Takes exactly [s, s+size) if it is free; false otherwise. */
+  take(s: number, size: number): boolean {
+    const e = s + size;
+    const f = this.free;
+    for (let i = 0; i < f.length; i += 2) {
+      const fs = f[i]!;
+      const fe = f[i + 1]!;
+      if (fs > s) return false;
+      if (fe < e) continue;
+      if (fs === s && fe === e) f.splice(i, 2);
+      else if (fs === s) f[i] = e;
+      else if (fe === e) f[i + 1] = s;
+      else f.splice(i + 1, 0, s, e);
+      return true;
+    }
+    return false;
+  }
+
   release(s: number, size: number): void {
     const e = s + size;
     const f = this.free;
@@ -359,6 +377,8 @@ export class DmaDomain {
   /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
   private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
   private readonly unmapReqs: IommuRequest[] = [];
+  /** Scratch for `sendUnmaps`: where each run of adjacent mappings starts. */
+  private readonly runStarts: number[] = [];
   private readonly batchSize: number;
   private readonly flushDelay: number;
   private readonly quota: number;
@@ -403,7 +423,7 @@ export class DmaDomain {
     const g = this.driver.granule;
     const gpaPage = roundDown(gpa, g);
     const size = roundUp(gpa + len, g) - gpaPage;
-    const flags = dir === 'to-device' ? d.VIRTIO_IOMMU_MAP_F_READ : dir === 'from-device' ? d.VIRTIO_IOMMU_MAP_F_WRITE : d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
+    const flags = dirFlags(dir);
     const key = `${gpaPage}:${size}:${flags}`;
     this.stats.maps++;
     if (this.mode === 'optimistic') {
@@ -421,6 +441,36 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
+    return this.sendMap(iova, gpaPage, size, flags, key) + (gpa - gpaPage);
+  }
+
+  /**
+   * Maps [gpa, gpa+len) at a fixed IOVA (whole granules): `mapAt(gpa, gpa, …)`
+   * is an identity ("direct") mapping, as a guest sets up for memory a device
+   * must reach at its physical address — e.g. virtqueue rings a driver placed
+   * before it knew of the IOMMU. Fails if any part of the IOVA range is in use
+   * or outside the domain's IOVA space (reserved regions included). Undone by
+   * `unmap(iova)`, in the domain's mode; never reused by optimistic teardown.
+   */
+  mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
+    this.expire();
+    const g = this.driver.granule;
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
+      throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)} to IOVA ${String(iova)} (offsets within a ${g}-byte granule must agree)`, gpa);
+    }
+    const gpaPage = roundDown(gpa, g);
+    const iovaPage = roundDown(iova, g);
+    const size = roundUp(gpa + len, g) - gpaPage;
+    if (!this.iovas.take(iovaPage, size)) {
+      if (this.pending.length > 0) this.flush();
+      if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside input_range`, iovaPage);
+    }
+    this.stats.maps++;
+    // A unique key: fixed mappings never enter the optimistic cache.
+    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), `fixed:${iovaPage}`) + (gpa - gpaPage);
+  }
+
+  private sendMap(iova: number, gpaPage: number, size: number, flags: number, key: string): number {
     const req = this.mapReq;
     refillMap(req, this.id, iova, iova + size - 1, gpaPage, flags);
     this.stats.requests++;
@@ -432,7 +482,7 @@ export class DmaDomain {
       throw e;
     }
     this.live.set(iova, { iova, size, gpaPage, flags, at: 0, key });
-    return iova + (gpa - gpaPage);
+    return iova;
   }
 
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
@@ -493,20 +543,44 @@ export class DmaDomain {
     this.sendUnmaps(batch);
   }
 
+  /**
+   * Sends the UNMAPs for `batch` in one submission (one notification).
+   * Mappings whose IOVA ranges are adjacent go in one UNMAP covering the run:
+   * §5.13.6.4 removes every mapping wholly inside [virt_start, virt_end], and
+   * nothing else can lie between adjacent ranges, so no live mapping is
+   * touched and none is split. A deferred batch, allocated first-fit, is
+   * mostly one run: one request for up to `batchSize` unmaps.
+   */
   private sendUnmaps(batch: LiveMapping[]): void {
+    if (batch.length === 0) return;
+    const sorted = batch.length === 1 ? batch : batch.slice().sort((a, b) => a.iova - b.iova);
+    const runs = this.runStarts;
+    runs.length = 0;
+    for (let i = 0; i < sorted.length; i++) {
+      if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs.push(i);
+    }
+    runs.push(sorted.length);
+    const n = runs.length - 1;
     const pool = this.unmapReqs;
-    while (pool.length < batch.length) pool.push(unmapRequest(0, 0n, 0n));
-    for (let i = 0; i < batch.length; i++) refillUnmap(pool[i]!, this.id, batch[i]!.iova, batch[i]!.iova + batch[i]!.size - 1);
-    const reqs = batch.length === pool.length ? pool : pool.slice(0, batch.length);
-    this.stats.requests += reqs.length;
+    while (pool.length < n) pool.push(unmapRequest(0, 0n, 0n));
+    for (let r = 0; r < n; r++) {
+      const first = sorted[runs[r]!]!;
+      const last = sorted[runs[r + 1]! - 1]!;
+      refillUnmap(pool[r]!, this.id, first.iova, last.iova + last.size - 1);
+    }
+    const reqs = n === pool.length ? pool : pool.slice(0, n);
+    this.stats.requests += n;
     this.stats.batches++;
     this.driver.transport.submit(reqs);
     let failed: IommuRequest | undefined;
-    for (let i = 0; i < batch.length; i++) {
-      const r = reqs[i]!;
-      // A failed UNMAP leaves the IOVA reachable: it is never reused.
-      if (r.status === d.VIRTIO_IOMMU_S_OK) this.iovas.release(batch[i]!.iova, batch[i]!.size);
-      else failed ??= r;
+    for (let r = 0; r < n; r++) {
+      const req = reqs[r]!;
+      // A failed UNMAP leaves its IOVAs reachable: they are never reused.
+      if (req.status === d.VIRTIO_IOMMU_S_OK) {
+        const first = sorted[runs[r]!]!;
+        const last = sorted[runs[r + 1]! - 1]!;
+        this.iovas.release(first.iova, last.iova + last.size - first.iova);
+      } else failed ??= req;
     }
     if (failed !== undefined) {
       throw new ViommuError('request-failed', `UNMAP failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
@@ -518,6 +592,10 @@ export class DmaDomain {
     this.flush();
     for (const ep of this.endpoints) this.driver.send(detachRequest(this.id, ep));
   }
+}
+
+function dirFlags(dir: DmaDirection): number {
+  return dir === 'to-device' ? d.VIRTIO_IOMMU_MAP_F_READ : dir === 'from-device' ? d.VIRTIO_IOMMU_MAP_F_WRITE : d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
 }
 
 function roundDown(v: number, g: number): number {

@@ -190,7 +190,8 @@ export class TranslatingMemory implements DmaMemory {
       reason: FAULT_REASONS[code] ?? 'bad-target',
       ...(vtd === undefined ? {} : { vtdReason: vtd }),
     };
-    this.sink?.report(record);
+    // A probe (`checkRange`) is not an access: it fails the same way but records nothing.
+    if (!this.probing) this.sink?.report(record);
     return new DmaFault(record);
   }
 
@@ -219,10 +220,24 @@ export class TranslatingMemory implements DmaMemory {
     return this.badTarget(e, addr, len, access, this.chunkIova(addr, chunk), this.gpas[chunk]!, this.lens[chunk]!);
   }
 
+  /**
+   * Throws the `DmaFault` an access to [addr, addr+len) would, without
+   * recording a fault: a check is not a DMA (a virtqueue checks descriptor
+   * buffers when it pops a chain; the device's access that follows is what
+   * faults, once).
+   */
   checkRange(addr: number, len: number, access: Access): void {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
-    this.resolve(addr, len, access, true);
+    this.probing = true;
+    try {
+      this.resolve(addr, len, access, true);
+    } finally {
+      this.probing = false;
+    }
   }
+
+  /** Inside `checkRange`: faults are thrown, not recorded. */
+  private probing = false;
 
   readU8(addr: number): number {
     const g = this.scalar(addr, 1, 'read');

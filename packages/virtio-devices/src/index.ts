@@ -26,3 +26,5 @@ export {
   type ServedDevice,
 } from './transport.js';
 export * from './net/index.js';
+export { VirtioIommuDevice, IOMMU_REQUEST_QUEUE, IOMMU_EVENT_QUEUE, type IommuQueueStats, type VirtioIommuDeviceOptions } from './iommu/device.js';
+export { VirtioIommuDriver, type VirtioIommuDriverOptions } from './iommu/driver.js';

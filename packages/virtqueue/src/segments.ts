@@ -35,10 +35,15 @@ export class SegmentChecker {
     try {
       this.mem.checkRange(addr, len, writable ? 'write' : 'read');
     } catch (e) {
-      if (e instanceof GuestMemoryError) {
+      // Behind an IOMMU the address is an IOVA: one the IOMMU refuses (a translation
+      // fault, kind 'fault' with its `fault` record, as @ioplane/viommu's DmaFault)
+      // fails that request's DMA — the device answers it with its own I/O error and
+      // the IOMMU records the fault when the device touches the buffer; the ring is
+      // not broken. Anything else (outside RAM, read-only RAM) still is.
+      if (e instanceof GuestMemoryError && !(e.kind === 'fault' && 'fault' in e)) {
         throw new VirtqueueError('buffer-out-of-memory', `descriptor ${desc} of chain ${head}: ${len} byte(s) at 0x${addr.toString(16)} are not ${writable ? 'writable' : 'readable'} guest memory (${e.kind})`, { head, desc, value: addr, cause: e });
       }
-      throw e;
+      if (!(e instanceof GuestMemoryError)) throw e;
     }
     if (chain.readableBytes + chain.writableBytes + len > MAX_CHAIN_BYTES) {
       throw new VirtqueueError('chain-too-large', `chain ${head} is longer than 2^32 bytes in total (VirtIO 1.2 §2.7.5.1)`, { head, desc });
