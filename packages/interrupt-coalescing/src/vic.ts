@@ -61,7 +61,8 @@ export interface VicOptions {
    * interrupts once per skipUp completions microseconds apart. With pacing, a
    * delivery the count makes due is held (the timer, bounded by the backstop)
    * until the oldest pending completion has waited
-   * skipUp · service / (countUp · CIF), the mean service time estimated each
+   * (skipUp − countUp) · service / (countUp · CIF) — as long as R's delivery
+   * takes at that rate — the mean service time estimated each
    * epoch by Little's law as mean CIF / IOPS. Completions at or below the CIF
    * threshold, or below the IOPS threshold, are still never held. Ours: the
    * paper's R applies to completions spread as CIF predicts; this keeps R a
@@ -191,14 +192,16 @@ export class VicPolicy implements CoalescingPolicy {
   }
 
   /**
-   * How long (ns) a cycle's completions take to arrive at the rate CIF
-   * implies, skipUp · service / (countUp · CIF): the earliest a paced ratio
-   * delivery is due after the oldest pending completion. 0 without pacing or
+   * How long (ns) after the oldest pending completion the delivery R asks for
+   * comes when completions arrive at the rate CIF implies (one per
+   * service / CIF): skipUp/countUp − 1 intervals, (skipUp − countUp) ·
+   * service / (countUp · CIF). The earliest a paced ratio delivery is due. 0 without pacing or
    * before an epoch has measured the service time.
    */
   paceNsFor(cif: number): number {
     if (!this.paceByService || this.serviceNs <= 0 || cif <= 0) return 0;
-    return (this.skipUpFor(cif) * this.serviceNs) / (this.countUpFor(cif) * cif);
+    const countUp = this.countUpFor(cif);
+    return ((this.skipUpFor(cif) - countUp) * this.serviceNs) / (countUp * cif);
   }
 
   private deliverNow(queue: number): number {
