@@ -301,7 +301,6 @@ describe('vic', () => {
     const paced = measured();
     const pace = paced.policy.paceNsFor(31);
     expect(pace).toBeGreaterThan(100 * US); // ≈ 10 · 317 µs / 31
-    const t0 = paced.clock.now();
     const covered0 = paced.coalescer.stats.covered;
     cluster(paced, 31, 5); // 27 completions in 27 µs, all above the CIF threshold
     expect(paced.deliveries).toHaveLength(0);
@@ -324,7 +323,6 @@ describe('vic', () => {
     expect(lone.deliveries).toHaveLength(1);
     expect(Math.abs(lone.deliveries[0]!.t - (first + pace20))).toBeLessThanOrEqual(1);
     expect(lone.coalescer.stats.timerFired).toBe(1);
-    expect(t0).toBeGreaterThan(0);
   });
 
   it('does not hold completions that come at the rate CIF implies (pacing changes nothing there)', () => {
@@ -356,7 +354,7 @@ describe('vic', () => {
       coalescer.onCompletion(0, 40);
     }
     expect(deliveries).toHaveLength(1); // 13 of a fresh cycle of 14: still held
-    at((t += US));
+    at(t + US);
     coalescer.onCompletion(0, 40);
     expect(deliveries).toHaveLength(2);
   });
