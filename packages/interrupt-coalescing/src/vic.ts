@@ -89,7 +89,10 @@ export interface VicOptions {
  *
  * Our additions, stated: the timer backstop (`backstopUs`) bounds the delay
  * when completions stop (claim 1 allows an "enabling timing-triggered
- * delivery"; its period is ours); the default R(CIF) curve and the default
+ * delivery"; its period is ours); pacing (`paceByService`) holds a ratio
+ * delivery until it is as late as R makes it at the completion rate CIF
+ * implies, so a back-end completing a batch at once does not get an
+ * interrupt every skipUp completions microseconds apart; the default R(CIF) curve and the default
  * thresholds are ours — we could read only the paper's abstract and the
  * patent's claims, not the paper's body with its table and values (the paper's own
  * table is configurable through `ratios`); CIF is per queue (the paper's unit
