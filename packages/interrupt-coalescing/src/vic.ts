@@ -52,6 +52,23 @@ export interface VicOptions {
    * completions that were to carry its interrupt never come. Default 1000.
    */
   backstopUs?: number;
+  /**
+   * Pace ratio deliveries by the completion rate that CIF implies (default
+   * true). R(CIF) counts completions on the premise that, with CIF commands
+   * outstanding, completions come CIF per mean service time, so skipUp of
+   * them take skipUp · service / CIF. When they come faster than that — a
+   * device that completes a whole batch within microseconds — counting alone
+   * interrupts once per skipUp completions microseconds apart. With pacing, a
+   * delivery the count makes due is held (the timer, bounded by the backstop)
+   * until the oldest pending completion has waited
+   * (skipUp − countUp) · service / (countUp · CIF) — as long as R's delivery
+   * takes at that rate — the mean service time estimated each
+   * epoch by Little's law as mean CIF / IOPS. Completions at or below the CIF
+   * threshold, or below the IOPS threshold, are still never held. Ours: the
+   * paper's R applies to completions spread as CIF predicts; this keeps R a
+   * ratio over time, not only over the next skipUp completions.
+   */
+  paceByService?: boolean;
 }
 
 /**
@@ -72,7 +89,10 @@ export interface VicOptions {
  *
  * Our additions, stated: the timer backstop (`backstopUs`) bounds the delay
  * when completions stop (claim 1 allows an "enabling timing-triggered
- * delivery"; its period is ours); the default R(CIF) curve and the default
+ * delivery"; its period is ours); pacing (`paceByService`) holds a ratio
+ * delivery until it is as late as R makes it at the completion rate CIF
+ * implies, so a back-end completing a batch at once does not get an
+ * interrupt every skipUp completions microseconds apart; the default R(CIF) curve and the default
  * thresholds are ours — we could read only the paper's abstract and the
  * patent's claims, not the paper's body with its table and values (the paper's own
  * table is configurable through `ratios`); CIF is per queue (the paper's unit
@@ -93,8 +113,14 @@ export class VicPolicy implements CoalescingPolicy {
   private cycle = new Uint32Array(0);
   private epochStartNs = NaN;
   private epochCount = 0;
+  private epochCifSum = 0;
+  /** The queue whose delivery this policy just asked for; any other delivery (timer, flush, shared vector) restarts that queue's cycle. */
+  private asked = -1;
+  readonly paceByService: boolean;
   /** Completions per second over the last full epoch (0 until one has ended). */
   iops = 0;
+  /** Mean service time (ns) over the last full epoch by Little's law, mean CIF / IOPS (0 until one has ended). */
+  serviceNs = 0;
 
   constructor(options: VicOptions = {}) {
     this.cifThreshold = checkInt('cifThreshold', options.cifThreshold ?? 4, 1, 65536);
@@ -103,6 +129,7 @@ export class VicPolicy implements CoalescingPolicy {
     this.backstopNs = checkInt('backstopUs', options.backstopUs ?? 1000, 1, 0xffff_ffff) * 1000;
     this.cifPerSkipUp = checkInt('cifPerSkipUp', options.cifPerSkipUp ?? 3, 1, 65536);
     this.maxSkipUp = checkInt('maxSkipUp', options.maxSkipUp ?? 32, 1, 65536);
+    this.paceByService = options.paceByService ?? true;
     const rows = options.ratios ?? [];
     this.ratioMinCif = new Uint32Array(rows.length);
     this.ratioCountUp = new Uint32Array(rows.length);
@@ -148,48 +175,90 @@ export class VicPolicy implements CoalescingPolicy {
     return c;
   }
 
-  private countEpoch(now: number): void {
+  private countEpoch(now: number, cif: number): void {
     if (Number.isNaN(this.epochStartNs)) {
       this.epochStartNs = now;
       this.epochCount = 0;
+      this.epochCifSum = 0;
     }
     this.epochCount++;
+    this.epochCifSum += cif;
     const elapsed = now - this.epochStartNs;
     if (elapsed >= this.epochPeriodNs) {
       this.iops = (this.epochCount * 1e9) / elapsed;
+      // Little's law: mean number in service = rate × mean time in service (CIF sampled at completions).
+      this.serviceNs = this.epochCifSum / this.epochCount / (this.epochCount / elapsed);
       this.epochStartNs = now;
       this.epochCount = 0;
+      this.epochCifSum = 0;
     }
   }
 
+  /**
+   * How long (ns) after the oldest pending completion the delivery R asks for
+   * comes when completions arrive at the rate CIF implies (one per
+   * service / CIF): skipUp/countUp − 1 intervals, (skipUp − countUp) ·
+   * service / (countUp · CIF). The earliest a paced ratio delivery is due. 0 without pacing or
+   * before an epoch has measured the service time.
+   */
+  paceNsFor(cif: number): number {
+    if (!this.paceByService || this.serviceNs <= 0 || cif <= 0) return 0;
+    const countUp = this.countUpFor(cif);
+    return ((this.skipUpFor(cif) - countUp) * this.serviceNs) / (countUp * cif);
+  }
+
+  private deliverNow(queue: number): number {
+    this.asked = queue;
+    return DELIVER_NOW;
+  }
+
+  /** A ratio delivery: now, unless pacing holds it (never past the backstop). */
+  private ratioDue(queue: number, cif: number, now: number, firstNs: number): number {
+    const due = Math.min(firstNs + this.paceNsFor(cif), firstNs + this.backstopNs);
+    return due <= now ? this.deliverNow(queue) : due;
+  }
+
   onCompletion(queue: number, inFlight: number, now: number, _pending: number, firstNs: number): number {
-    this.countEpoch(now);
+    this.countEpoch(now, inFlight);
     if (!this.coalescing(inFlight)) {
       this.cycle[queue] = 0;
-      return DELIVER_NOW;
+      return this.deliverNow(queue);
     }
     const skipUp = this.skipUpFor(inFlight);
     const countUp = this.countUpFor(inFlight);
     const pos = this.cycle[queue]! + 1;
     if (pos >= skipUp) {
-      this.cycle[queue] = 0;
-      return DELIVER_NOW;
+      // The cycle is complete; held past it by pacing, the count stays at skipUp until the interrupt goes.
+      this.cycle[queue] = skipUp;
+      const due = this.ratioDue(queue, inFlight, now, firstNs);
+      if (due === DELIVER_NOW) this.cycle[queue] = 0;
+      return due;
     }
     this.cycle[queue] = pos;
     // Deliver on the last countUp completions of each cycle of skipUp.
-    if (pos > skipUp - countUp) return DELIVER_NOW;
+    if (pos > skipUp - countUp) return this.ratioDue(queue, inFlight, now, firstNs);
     return firstNs + this.backstopNs;
   }
 
-  recheck(queue: number, inFlight: number, _now: number, _pending: number, firstNs: number): number {
+  recheck(queue: number, inFlight: number, now: number, _pending: number, firstNs: number): number {
     if (!this.coalescing(inFlight)) {
       this.cycle[queue] = 0;
-      return DELIVER_NOW;
+      return this.deliverNow(queue);
     }
+    if (this.cycle[queue]! > this.skipUpFor(inFlight) - this.countUpFor(inFlight)) return this.ratioDue(queue, inFlight, now, firstNs);
     return firstNs + this.backstopNs;
   }
 
-  delivered(): void {}
+  /**
+   * The ratio counts completions since the interrupt that last covered the
+   * queue: a delivery the policy did not just ask for (the backstop or pacing
+   * timer, a flush, an interrupt of a shared vector) starts a new cycle, so
+   * the completions it covered are not counted again toward the next one.
+   */
+  delivered(queue: number): void {
+    if (this.asked !== queue) this.cycle[queue] = 0;
+    this.asked = -1;
+  }
 
   maxDelayNs(): number {
     return this.backstopNs;
@@ -199,6 +268,9 @@ export class VicPolicy implements CoalescingPolicy {
     this.cycle.fill(0);
     this.epochStartNs = NaN;
     this.epochCount = 0;
+    this.epochCifSum = 0;
+    this.asked = -1;
     this.iops = 0;
+    this.serviceNs = 0;
   }
 }

@@ -42,7 +42,7 @@ type PolicySpec =
   | { kind: 'none' }
   | { kind: 'fixed'; params: FixedParams }
   | { kind: 'nvme'; thr: number; time: number }
-  | { kind: 'vic'; cifThreshold: number; iopsThreshold: number; epochPeriodUs: number; backstopUs: number; cifPerSkipUp: number }
+  | { kind: 'vic'; cifThreshold: number; iopsThreshold: number; epochPeriodUs: number; backstopUs: number; cifPerSkipUp: number; paceByService: boolean }
   | { kind: 'adaptive'; nEvents: number; significancePercent: number; startProfile: number; climbWhenSteady: boolean; flushWhenIdle: boolean }
   | { kind: 'net_dim'; nEvents: number; significancePercent: number; startProfile: number; flushWhenIdle: boolean };
 
@@ -57,6 +57,7 @@ const policySpec: fc.Arbitrary<PolicySpec> = fc.oneof(
     epochPeriodUs: fc.integer({ min: 1, max: 5000 }),
     backstopUs: fc.integer({ min: 1, max: 800 }),
     cifPerSkipUp: fc.integer({ min: 1, max: 8 }),
+    paceByService: fc.boolean(),
   }),
   fc.record({
     kind: fc.constant('adaptive' as const),
@@ -254,6 +255,42 @@ describe('fixed against its reference model', () => {
         expect(got.map(key).sort()).toEqual(referenceFixed(params, events).map(key).sort());
       }),
       { numRuns: 400 },
+    );
+  });
+
+  it('vic pacing changes nothing while completions come no faster than the rate CIF implies (reference: counting only)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 5, max: 64 }), // CIF, above the default threshold 4
+        fc.integer({ min: 1, max: 50 }), // µs between completions during the measuring epoch
+        fc.array(fc.integer({ min: 0, max: 999 }), { minLength: 1, maxLength: 49 }), // then gaps of gapUs · (1 + k/1000): never faster
+        fc.integer({ min: 1, max: 8 }),
+        (cif, gapUs, slower, cifPerSkipUp) => {
+          const runOne = (paceByService: boolean): number[] => {
+            const clock = new FakeClock();
+            const scheduler = new FakeScheduler(clock);
+            const times: number[] = [];
+            const policy = new VicPolicy({ cifPerSkipUp, paceByService, iopsThreshold: 0, epochPeriodUs: 100 * gapUs, backstopUs: 100_000 });
+            const c = new InterruptCoalescer({ queues: 1, clock, scheduler, policy, deliver: () => times.push(clock.now()) });
+            let t = 0;
+            for (let i = 0; i <= 100; i++) {
+              scheduler.advanceTo((t = i * gapUs * 1000));
+              c.onCompletion(0, cif);
+            }
+            c.flush();
+            times.length = 0;
+            // At most 49 gaps under 2·gapUs: all inside the next epoch (100·gapUs), so the estimate stays the measured one.
+            for (const k of slower) {
+              scheduler.advanceTo((t += gapUs * (1000 + k)));
+              c.onCompletion(0, cif);
+            }
+            scheduler.runUntilIdle();
+            return times;
+          };
+          expect(runOne(true)).toEqual(runOne(false));
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 });

@@ -264,6 +264,100 @@ describe('vic', () => {
     expect(() => new VicPolicy({ ratios: [{ minCif: 8, countUp: 1, skipUp: 2 }, { minCif: 4, countUp: 1, skipUp: 3 }] })).toThrow(/sorted/);
     expect(() => new VicPolicy({ ratios: [{ minCif: 8, countUp: 3, skipUp: 2 }] })).toThrow(/countUp/);
   });
+
+  /** One 1 ms epoch of completions 10 µs apart with 32 in flight: IOPS ≈ 100 000, so Little's law gives a mean service of ≈ 320 µs. */
+  function measured(options: ConstructorParameters<typeof VicPolicy>[0] = {}) {
+    const policy = new VicPolicy({ epochPeriodUs: 1000, ...options });
+    const h = harness(policy);
+    for (let t = 0; t <= 1000; t += 10) {
+      h.at(t * US);
+      h.coalescer.onCompletion(0, 32);
+    }
+    h.coalescer.flush(); // whatever was held is delivered (idling instead would end the next epoch at a low rate)
+    h.deliveries.length = 0;
+    return { policy, ...h };
+  }
+
+  /** A device completing a batch all at once: one completion per µs, CIF falling from `from` to `to`. */
+  function cluster(h: ReturnType<typeof measured>, from: number, to: number): number {
+    let t = h.clock.now();
+    for (let cif = from; cif >= to; cif--) {
+      h.at((t += US));
+      h.coalescer.onCompletion(0, cif);
+    }
+    return t;
+  }
+
+  it("estimates the mean service time each epoch by Little's law (mean CIF / IOPS)", () => {
+    const { policy } = measured();
+    expect(policy.iops).toBeCloseTo(101_000, -3);
+    expect(policy.serviceNs / 1000).toBeCloseTo(32 / 101_000 * 1e6, 0);
+    // The pace of a cycle: skipUp completions at CIF / service per second.
+    expect(policy.paceNsFor(31)).toBeCloseTo((10 * policy.serviceNs) / 31, 6); // (skipUp 11 − 1) intervals of service / CIF
+    expect(new VicPolicy({ paceByService: false }).paceNsFor(31)).toBe(0);
+  });
+
+  it('paces ratio deliveries: completions microseconds apart are held for the time CIF implies, not interrupted every skipUp', () => {
+    const paced = measured();
+    const pace = paced.policy.paceNsFor(31);
+    expect(pace).toBeGreaterThan(100 * US); // ≈ 10 · 317 µs / 31
+    const covered0 = paced.coalescer.stats.covered;
+    cluster(paced, 31, 5); // 27 completions in 27 µs, all above the CIF threshold
+    expect(paced.deliveries).toHaveLength(0);
+    cluster(paced, 4, 0); // the tail, at or below the threshold: each interrupts at once, the first covering all held
+    expect(paced.deliveries).toHaveLength(5);
+    expect(paced.coalescer.stats.covered - covered0).toBe(32);
+    // Counting alone interrupts several times inside the same 27 µs.
+    const counted = measured({ paceByService: false });
+    cluster(counted, 31, 5);
+    expect(counted.deliveries.length).toBeGreaterThanOrEqual(4);
+    // When completions stop, the pacing timer delivers at the first held completion + the pace at the last CIF seen, before the backstop.
+    const lone = measured();
+    const first = lone.clock.now() + US;
+    cluster(lone, 31, 20);
+    const pace20 = lone.policy.paceNsFor(20);
+    expect(pace20).toBeGreaterThan(12 * US);
+    lone.at(first + pace20 - 1);
+    expect(lone.deliveries).toHaveLength(0);
+    lone.at(first + pace20 + 1);
+    expect(lone.deliveries).toHaveLength(1);
+    expect(Math.abs(lone.deliveries[0]!.t - (first + pace20))).toBeLessThanOrEqual(1);
+    expect(lone.coalescer.stats.timerFired).toBe(1);
+  });
+
+  it('does not hold completions that come at the rate CIF implies (pacing changes nothing there)', () => {
+    const { policy, coalescer, deliveries, at, clock } = measured();
+    // 31 in flight, service ≈ 317 µs: a completion every ≈ 10.2 µs; these come 11 µs apart (within the epoch).
+    expect(policy.serviceNs / 31).toBeLessThan(11 * US);
+    let t = clock.now();
+    for (let i = 0; i < 55; i++) {
+      at((t += 11 * US));
+      coalescer.onCompletion(0, 31);
+      if ((i + 1) % 11 === 0) expect(deliveries.at(-1)?.t).toBe(t); // R = 1/11, each on the 11th completion
+    }
+    expect(deliveries).toHaveLength(5);
+    expect(coalescer.stats.timerFired).toBe(0);
+  });
+
+  it('starts a new cycle after a delivery it did not ask for (backstop timer), so covered completions are not counted twice', () => {
+    const { coalescer, deliveries, at, clock } = warmed({ backstopUs: 300, paceByService: false });
+    let t = clock.now();
+    for (let i = 0; i < 5; i++) {
+      at((t += US));
+      coalescer.onCompletion(0, 40); // skipUp 14
+    }
+    at((t += 400 * US)); // the backstop delivers the 5
+    expect(deliveries).toHaveLength(1);
+    expect(coalescer.stats.timerFired).toBe(1);
+    for (let i = 0; i < 13; i++) {
+      at((t += US));
+      coalescer.onCompletion(0, 40);
+    }
+    expect(deliveries).toHaveLength(1); // 13 of a fresh cycle of 14: still held
+    at(t + US);
+    coalescer.onCompletion(0, 40);
+    expect(deliveries).toHaveLength(2);
+  });
 });
 
 describe('adaptive', () => {
