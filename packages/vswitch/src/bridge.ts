@@ -1152,6 +1152,31 @@ export class Bridge {
       case 'ipv4_dst': code = Op.SET_IPV4_DST; break;
       case 'tcp_src': case 'udp_src': code = Op.SET_TP_SRC; break;
       case 'tcp_dst': case 'udp_dst': code = Op.SET_TP_DST; break;
+      case 'ipv6_src':
+      case 'ipv6_dst': {
+        // Whether the packet has an IPv6 header decides whether anything is written: keep
+        // eth_type and the IPv6 layer bit exact in the megaflow.
+        ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
+        ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6) >>> 0;
+        const base = f === 'ipv6_src' ? 10 : 14;
+        const v6 = a.v6!;
+        for (let i = 0; i < 4; i++) {
+          if (!applyToKey(wk, Op.SET_IPV6_WORD, base + i, v6[i]!)) return;
+          const op = new DpOp(Op.SET_IPV6_WORD);
+          op.a = base + i;
+          op.b = v6[i]!;
+          ops.push(op);
+        }
+        return;
+      }
+      case 'ipv6_flabel': code = Op.SET_IPV6_FLABEL; ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6) >>> 0; break;
+      case 'arp_op': code = Op.SET_ARP_OP; break;
+      case 'arp_spa': code = Op.SET_ARP_SPA; break;
+      case 'arp_tpa': code = Op.SET_ARP_TPA; break;
+      case 'arp_sha': code = Op.SET_ARP_SHA; break;
+      case 'arp_tha': code = Op.SET_ARP_THA; break;
+      case 'icmpv4_type': case 'icmpv6_type': code = Op.SET_ICMP_TYPE; break;
+      case 'icmpv4_code': case 'icmpv6_code': code = Op.SET_ICMP_CODE; break;
       case 'tunnel_id': code = Op.SET_KEY; x = 1; y = a.a; break;
       case 'tun_dst': code = Op.SET_KEY; x = 3; y = a.a; break;
       default: {
@@ -1165,6 +1190,15 @@ export class Bridge {
       ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
       if (code >= Op.SET_TP_SRC) ctx.wc[9] = (ctx.wc[9]! | 0xff000000) >>> 0;
     }
+    if (code >= Op.SET_IPV6_FLABEL && code <= Op.SET_ICMP_CODE) {
+      // Whether the field exists depends on eth_type, ip_proto and the parsed layers: exact in the megaflow.
+      ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
+      ctx.wc[9] = (ctx.wc[9]! | 0xff000000) >>> 0;
+      ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6 | Layer.ARP | Layer.ICMP | Layer.ICMPV6) >>> 0;
+    }
+    // An ICMP set names the ICMP version the packet has (icmpv4_type on ICMPv6 does nothing).
+    if ((f === 'icmpv4_type' || f === 'icmpv4_code') && (wk[9]! >>> 24 !== 1 || wk[7]! >>> 16 !== 0x0800)) return;
+    if ((f === 'icmpv6_type' || f === 'icmpv6_code') && (wk[9]! >>> 24 !== 58 || wk[7]! >>> 16 !== 0x86dd)) return;
     // A TCP/UDP port set must name the protocol the packet has (tcp_src on UDP does nothing).
     if ((f === 'tcp_src' || f === 'tcp_dst') && wk[9]! >>> 24 !== 6) return;
     if ((f === 'udp_src' || f === 'udp_dst') && wk[9]! >>> 24 !== 17) return;

@@ -18,7 +18,7 @@ interface PktSpec {
   src: number;
   dst: number;
   vlan: { vid: number; pcp: number } | null;
-  l3: 'tcp' | 'udp' | 'icmp' | 'arp' | 'udp6';
+  l3: 'tcp' | 'udp' | 'icmp' | 'arp' | 'udp6' | 'icmp6';
   sip: number;
   dip: number;
   sport: number;
@@ -30,7 +30,7 @@ const pktArb: fc.Arbitrary<PktSpec> = fc.record({
   src: fc.integer({ min: 0, max: 2 }),
   dst: fc.integer({ min: 0, max: 3 }),
   vlan: fc.option(fc.record({ vid: fc.constantFrom(1, 2), pcp: fc.constantFrom(0, 3) }), { nil: null }),
-  l3: fc.constantFrom('tcp', 'udp', 'icmp', 'arp', 'udp6'),
+  l3: fc.constantFrom('tcp', 'udp', 'icmp', 'arp', 'udp6', 'icmp6'),
   sip: fc.integer({ min: 0, max: 2 }),
   dip: fc.integer({ min: 0, max: 2 }),
   sport: fc.integer({ min: 0, max: 2 }),
@@ -52,6 +52,9 @@ function buildPacket(s: PktSpec): Uint8Array {
       break;
     case 'icmp':
       n = buildIcmpEcho(out, { srcMac, dstMac, srcIp: parseIpv4(IPS[s.sip]!), dstIp: parseIpv4(IPS[s.dip]!), id: 7, sequence: 1, payload: new Uint8Array(18) });
+      break;
+    case 'icmp6':
+      n = buildIcmpEcho(out, { srcMac, dstMac, srcIp: parseIpv6(IP6S[s.sip % 2]!), dstIp: parseIpv6(IP6S[s.dip % 2]!), id: 9, sequence: 2, payload: new Uint8Array(6) });
       break;
     case 'arp':
       n = buildArp(out, { operation: 1 + (s.sport % 2), srcMac, srcIp: parseIpv4(IPS[s.sip]!), targetMac: dstMac, targetIp: parseIpv4(IPS[s.dip]!), ethDst: dstMac, padToMinimum: true });
@@ -140,6 +143,17 @@ const setArb = (m: Match | null): fc.Arbitrary<Action> => {
   if (m === null || m.eth_type === 0x0800 || m.eth_type === 0x86dd) fields.push(['ip_dscp', fc.constantFrom(0, 46)]);
   if (m === null || m.ip_proto === 6) fields.push(['tcp_src', fc.constantFrom(...TPORTS)], ['tcp_dst', fc.constantFrom(...TPORTS)]);
   if (m === null || m.ip_proto === 17) fields.push(['udp_src', fc.constantFrom(...TPORTS)], ['udp_dst', fc.constantFrom(...TPORTS)]);
+  if (m === null || m.eth_type === 0x86dd) {
+    fields.push(['ipv6_src', fc.constantFrom(...IP6S, '2001:db8::ffff:1', 'fe80::1')], ['ipv6_dst', fc.constantFrom(...IP6S, '2001:db8:1::9')], ['ipv6_flabel', fc.constantFrom(0, 1, 0xabcde, 0xfffff)]);
+  }
+  if (m === null || m.eth_type === 0x0806) {
+    fields.push(
+      ['arp_op', fc.constantFrom(1, 2)], ['arp_spa', fc.constantFrom(...IPS)], ['arp_tpa', fc.constantFrom(...IPS)],
+      ['arp_sha', fc.constantFrom(...MACS.slice(0, 3))], ['arp_tha', fc.constantFrom(...MACS)],
+    );
+  }
+  if (m === null || (m.eth_type === 0x0800 && m.ip_proto === 1)) fields.push(['icmpv4_type', fc.constantFrom(0, 8, 3)], ['icmpv4_code', fc.constantFrom(0, 1)]);
+  if (m === null || (m.eth_type === 0x86dd && m.ip_proto === 58)) fields.push(['icmpv6_type', fc.constantFrom(128, 129, 1)], ['icmpv6_code', fc.constantFrom(0, 4)]);
   return fc.constantFrom(...fields).chain(([field, v]) => v.map((value) => ({ type: 'set_field', field, value })));
 };
 
@@ -331,7 +345,7 @@ describe('the cached fast path agrees with a linear reference model', () => {
 
   it('set_field, push and pop rewrite bytes as the reference does (checksums recomputed from scratch there)', () => {
     const before = seen.rewritten;
-    const rewriteFlow: fc.Arbitrary<FlowSpec> = fc.constantFrom<Match>({}, { eth_type: 0x0800 }, { eth_type: 0x0800, ip_proto: 6 }, { eth_type: 0x0800, ip_proto: 17 }, { eth_type: 0x86dd, ip_proto: 17 }).chain((match) =>
+    const rewriteFlow: fc.Arbitrary<FlowSpec> = fc.constantFrom<Match>({}, { eth_type: 0x0800 }, { eth_type: 0x0800, ip_proto: 6 }, { eth_type: 0x0800, ip_proto: 17 }, { eth_type: 0x86dd, ip_proto: 17 }, { eth_type: 0x86dd }, { eth_type: 0x86dd, ip_proto: 58 }, { eth_type: 0x0800, ip_proto: 1 }, { eth_type: 0x0806 }).chain((match) =>
       fc.array(fc.oneof(setArb(match), setArb(match), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })), { minLength: 1, maxLength: 4 }).map((acts) => ({
         tableId: 0, priority: Object.keys(match).length, match, instructions: [{ type: 'apply_actions', actions: [...acts, { type: 'output', port: 2 }, { type: 'output', port: Port.IN_PORT }] }] as Instruction[],
       })),

@@ -189,6 +189,7 @@ function fixChecksums(b: Uint8Array): void {
   const info = new PacketInfo();
   parsePacket(t, info);
   if (info.ipVersion === 4) fillIpv4HeaderChecksum(t, info.l3Offset);
+  if (info.l4Offset >= 0 && (info.ipProtocol === 1 || info.ipProtocol === 58)) fillL4Checksum(t, info);
   if (info.l4Offset >= 0 && (info.ipProtocol === 6 || info.ipProtocol === 17)) {
     const ck = info.l4Offset + (info.ipProtocol === 6 ? 16 : 6);
     // An IPv4 UDP checksum of zero means "none" and stays so (RFC 768).
@@ -237,6 +238,24 @@ function setField(p: RefPkt, field: string, value: number | string): void {
     case 'tcp_dst': if (proto === 6) put(l4 + 2, Number(value), 2); break;
     case 'udp_src': if (proto === 17) put(l4, Number(value), 2); break;
     case 'udp_dst': if (proto === 17) put(l4 + 2, Number(value), 2); break;
+    case 'ipv6_src': if (type === 0x86dd) b.set(parseIpv6(String(value)), l3 + 8); break;
+    case 'ipv6_dst': if (type === 0x86dd) b.set(parseIpv6(String(value)), l3 + 24); break;
+    case 'ipv6_flabel':
+      if (type === 0x86dd) {
+        const v = Number(value);
+        b[l3 + 1] = (b[l3 + 1]! & 0xf0) | (v >> 16);
+        put(l3 + 2, v & 0xffff, 2);
+      }
+      break;
+    case 'arp_op': if (type === 0x0806) put(l3 + 6, Number(value), 2); break;
+    case 'arp_sha': if (type === 0x0806) b.set(parseMac(String(value)), l3 + 8); break;
+    case 'arp_spa': if (type === 0x0806) put(l3 + 14, typeof value === 'string' ? parseIpv4(value) : value, 4); break;
+    case 'arp_tha': if (type === 0x0806) b.set(parseMac(String(value)), l3 + 18); break;
+    case 'arp_tpa': if (type === 0x0806) put(l3 + 24, typeof value === 'string' ? parseIpv4(value) : value, 4); break;
+    case 'icmpv4_type': if (type === 0x0800 && proto === 1) b[l4] = Number(value); break;
+    case 'icmpv4_code': if (type === 0x0800 && proto === 1) b[l4 + 1] = Number(value); break;
+    case 'icmpv6_type': if (type === 0x86dd && proto === 58) b[l4] = Number(value); break;
+    case 'icmpv6_code': if (type === 0x86dd && proto === 58) b[l4 + 1] = Number(value); break;
     case 'tunnel_id': p.tunnelId = Number(value); return;
     default:
       if (field.startsWith('reg')) {
