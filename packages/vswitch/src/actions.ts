@@ -16,7 +16,7 @@ export type SetField =
 export type Action =
   | { type: 'output'; port: number; /** Bytes sent to the controller (OFPCML_NO_BUFFER = 0xffff for all). */ maxLen?: number }
   | { type: 'group'; groupId: number }
-  | { type: 'set_field'; field: SetField; value: number | string }
+  | { type: 'set_field'; field: SetField; /** A number or text; tunnel_id takes a bigint for values past 2^53. */ value: number | string | bigint }
   | { type: 'push_vlan'; /** 0x8100 (default) or 0x88a8 (§5.12 Push-Tag). */ ethertype?: number }
   | { type: 'pop_vlan' }
   | { type: 'drop' };
@@ -95,7 +95,7 @@ const SET_FIELDS: Record<SetField, { bits: number; kind: 'int' | 'mac' | 'ipv4' 
   icmpv4_code: { bits: 8, kind: 'int', prereq: isIcmp },
   icmpv6_type: { bits: 8, kind: 'int', prereq: isIcmp6 },
   icmpv6_code: { bits: 8, kind: 'int', prereq: isIcmp6 },
-  tunnel_id: { bits: 32, kind: 'int' },
+  tunnel_id: { bits: 64, kind: 'int' },
   tun_dst: { bits: 32, kind: 'ipv4' },
   reg0: { bits: 32, kind: 'int' },
   reg1: { bits: 32, kind: 'int' },
@@ -182,6 +182,13 @@ export function compileActions(list: readonly Action[], ctx: ActionContext): CAc
           const v6 = new Uint32Array(4);
           for (let i = 0; i < 4; i++) v6[i] = ((ip[i * 4]! << 24) | (ip[i * 4 + 1]! << 16) | (ip[i * 4 + 2]! << 8) | ip[i * 4 + 3]!) >>> 0;
           out.push({ kind: A.SET_FIELD, a: v6[0]!, b: 0, field: act.field, v6 });
+          break;
+        }
+        if (act.field === 'tunnel_id') {
+          // OXM_OF_TUNNEL_ID is 64 bits (§7.2.3.7): a = low 32, b = high 32.
+          const t = typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? BigInt(v) : v;
+          if (typeof t !== 'bigint' || t < 0n || t > U64) throw badAction(`set_field tunnel_id: ${String(v)} is not in 0..2^64-1`, act.field, v);
+          out.push({ kind: A.SET_FIELD, a: Number(t & 0xffffffffn), b: Number(t >> 32n), field: act.field });
           break;
         }
         if (def.kind === 'mac') {

@@ -9,7 +9,7 @@ import {
 import { MegaflowCache, MicroflowCache, keyHash, type CacheStats, type MegaflowEntry } from './cache.js';
 import { FlowTable, hashWords, maskWords, tupleHash, type FlowFlags, type FlowRule } from './classifier.js';
 import {
-  DEFAULT_MISS_SEND_LEN, Group, INGRESS_WORDS, KEY_WORDS, META_HI, META_LO, METER_MAX, NO_BUFFER, Port, TABLE_ALL, TABLE_MAX,
+  DEFAULT_MISS_SEND_LEN, Group, INGRESS_WORDS, KEY_WORDS, META_HI, META_LO, METER_MAX, NO_BUFFER, Port, TABLE_ALL, TABLE_MAX, TUN_HI,
 } from './constants.js';
 import {
   DpOp, GroupBucketState, GroupState, HEADROOM, Op, Pkt, PortState, Program, Scratch, Translation, applyToBytes, applyToKey,
@@ -186,7 +186,8 @@ export interface PacketIn {
   /** The entry's cookie; all ones for a table-miss without an entry (§7.4.1). */
   cookie: bigint;
   inPort: number;
-  tunnelId: number;
+  /** OpenFlow's 64-bit tunnel_id (§7.2.3.7). */
+  tunnelId: bigint;
   metadata: bigint;
   /** The frame as it was when sent to the controller, cut to max_len. */
   data: Uint8Array;
@@ -1102,6 +1103,8 @@ export class Bridge {
     op.c = tableId;
     op.cookie = cookie;
     op.meta = (BigInt(wk[META_HI]!) << 32n) | BigInt(wk[META_LO]!);
+    // The high half of tunnel_id is known at translation (every packet enters with it zero).
+    op.tunHi = wk[TUN_HI]!;
     ctx.needsKey = true;
     ops.push(op);
   }
@@ -1177,7 +1180,18 @@ export class Bridge {
       case 'arp_tha': code = Op.SET_ARP_THA; break;
       case 'icmpv4_type': case 'icmpv6_type': code = Op.SET_ICMP_TYPE; break;
       case 'icmpv4_code': case 'icmpv6_code': code = Op.SET_ICMP_CODE; break;
-      case 'tunnel_id': code = Op.SET_KEY; x = 1; y = a.a; break;
+      case 'tunnel_id': {
+        // 64 bits: the low half is ingress word 1 (a VXLAN output takes its low 24 bits as VNI),
+        // the high half the pipeline word TUN_HI.
+        for (const [w, v] of [[1, a.a], [TUN_HI, a.b]] as const) {
+          applyToKey(wk, Op.SET_KEY, w, v);
+          const op = new DpOp(Op.SET_KEY);
+          op.a = w;
+          op.b = v;
+          ops.push(op);
+        }
+        return;
+      }
       case 'tun_dst': code = Op.SET_KEY; x = 3; y = a.a; break;
       default: {
         // Registers live only in the pipeline key: nothing to do on the packet.
@@ -1649,9 +1663,10 @@ export class Bridge {
 
   /** RFC 7348 §5: Ethernet/IPv4/UDP/VXLAN around the frame; VNI and remote from the port or the flow. */
   private encapsulate(port: PortState, inner: Uint8Array, p: Pkt): Uint8Array | null {
-    const vni = port.vni >= 0 ? port.vni : p.key[1]!;
+    // RFC 7348 §5: a 24-bit VNI; from the flow, the low 24 bits of tunnel_id (as Open vSwitch).
+    const vni = port.vni >= 0 ? port.vni : p.key[1]! & 0xffffff;
     const dst = port.remoteIp !== 0 ? port.remoteIp : p.key[3]!;
-    if (vni > 0xffffff || dst === 0) return null;
+    if (dst === 0) return null;
     const o = this.outer;
     o.srcMac = port.localMac;
     o.dstMac = port.remoteMac;
@@ -1711,7 +1726,7 @@ export class Bridge {
       tableId: op.c,
       cookie: op.cookie,
       inPort: this.inPortNo,
-      tunnelId: p.key[1]!,
+      tunnelId: (BigInt(op.tunHi) << 32n) | BigInt(p.key[1]!),
       metadata: op.meta,
       data: frame.slice(0, max),
       totalLen: frame.length,

@@ -180,6 +180,8 @@ export class DpOp {
   meter: Meter | null = null;
   cookie = 0n;
   meta = 0n;
+  /** CONTROLLER: the high 32 bits of tunnel_id at translation. */
+  tunHi = 0;
   constructor(readonly code: number) {}
 }
 

@@ -100,6 +100,7 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
     vlan_vid: maybe(fc.oneof(fc.constantFrom(0, 0x1001, 0x1002), fc.constant({ value: 0x1000, mask: 0x1000 }))),
     metadata: maybe(fc.oneof(fc.constantFrom(0n, 1n, 2n), fc.constant({ value: 1n, mask: 1n }))),
     reg0: maybe(fc.constantFrom(0, 5, 9)),
+    tunnel_id: maybe(fc.oneof(fc.constantFrom<number | bigint>(0, 5, 0x1_0000_0005n), fc.constant({ value: 0x1_0000_0000n, mask: 0xffff_ffff_0000_0000n }))),
   };
   const ipv4 = {
     ip_proto: maybe(fc.constantFrom(6, 17, 1)),
@@ -132,7 +133,8 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
 
 // ── actions ──
 const setArb = (m: Match | null): fc.Arbitrary<Action> => {
-  const fields: [SetField, fc.Arbitrary<number | string>][] = [
+  const fields: [SetField, fc.Arbitrary<number | string | bigint>][] = [
+    ['tunnel_id', fc.constantFrom<number | bigint>(5, 0x1_0000_0005n, 0xffff_ffff_ffff_ffffn)],
     ['eth_src', fc.constantFrom(...MACS.slice(0, 3))],
     ['eth_dst', fc.constantFrom(...MACS)],
     ['vlan_vid', fc.constantFrom(1, 2, 3)],
@@ -382,6 +384,26 @@ describe('the cached fast path agrees with a linear reference model', () => {
         runScenario(steps, {});
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('tunnel_id is 64 bits: set in one table, matched (exact and masked, high and low halves) in the next', () => {
+    const TIDS = [5, 0x1_0000_0005n, 0xffff_ffff_0000_0005n, 0xffff_ffff_ffff_ffffn] as const;
+    const setFlow: fc.Arbitrary<FlowSpec> = fc.record({ inPort: fc.integer({ min: 1, max: 4 }), tid: fc.constantFrom(...TIDS) }).map(({ inPort, tid }) => ({
+      tableId: 0, priority: 1, match: { in_port: inPort },
+      instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'tunnel_id', value: tid }] }, { type: 'goto_table', tableId: 1 }] as Instruction[],
+    }));
+    const matchFlow: fc.Arbitrary<FlowSpec> = fc.record({
+      m: fc.oneof(fc.constantFrom<number | bigint>(...TIDS, 0), fc.constant({ value: 0x1_0000_0000n, mask: 0x1_0000_0000n }), fc.constant({ value: 5n, mask: 0xffff_ffffn })),
+      port: fc.integer({ min: 1, max: 4 }), priority: fc.integer({ min: 0, max: 3 }),
+    }).map(({ m, port, priority }) => ({ tableId: 1, priority, match: { tunnel_id: m }, instructions: [{ type: 'apply_actions', actions: [{ type: 'output', port }] }] as Instruction[] }));
+    fc.assert(
+      fc.property(fc.array(setFlow, { minLength: 1, maxLength: 4 }), fc.array(matchFlow, { minLength: 1, maxLength: 6 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }), { minLength: 1, maxLength: 6 }), (sets, matches, pkts) => {
+        const steps: Step[] = [...sets, ...matches].map((flow) => ({ kind: 'add', flow }));
+        for (let r = 0; r < 2; r++) for (const p of pkts) steps.push({ kind: 'packet', ...p });
+        runScenario(steps, {});
+      }),
+      { numRuns: 200 },
     );
   });
 
