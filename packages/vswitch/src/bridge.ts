@@ -18,12 +18,16 @@ import {
 import { VswitchError } from './errors.js';
 import { MacTable } from './mac-table.js';
 import { compileMatch, isSubsumedBy, overlaps, sameMatch, type Match } from './match.js';
-import { Meter, type MeterConfig, type MeterStats } from './meter.js';
+import { Meter, remarkDscp, type MeterConfig, type MeterStats } from './meter.js';
 
 export interface BridgeOptions {
   /** Milliseconds clock for timeouts, meters and MAC aging (default `performance.now`-based). */
   clock?: () => number;
-  /** Microflow (exact-match) cache slots, a power of two or 0 to disable (default 8192). */
+  /**
+   * Microflow (signature) cache slots, a power of two, or 0 (the default): off. Its hit costs a
+   * hash of the whole 24-word ingress key, more than a megaflow lookup over one or two masks
+   * (see the README's benchmark); turn it on (e.g. 8192) when traffic spreads over many masks.
+   */
   microflowSize?: number;
   /** Insert one microflow per this many microflow misses (default 4; Open vSwitch's emc-insert-inv-prob). */
   microflowInsertInterval?: number;
@@ -354,7 +358,7 @@ export class Bridge {
   private readonly outer: VxlanOuter = { srcMac: new Uint8Array(6), dstMac: new Uint8Array(6), srcIp: 0, dstIp: 0, srcPort: 0, vni: 0 };
 
   constructor(options: BridgeOptions = {}) {
-    const micro = options.microflowSize ?? 8192;
+    const micro = options.microflowSize ?? 0;
     if (!Number.isInteger(micro) || micro < 0 || micro > 1 << 22 || (micro & (micro - 1)) !== 0) {
       throw new VswitchError('bad-config', `microflowSize ${micro} must be 0 or a power of two up to 2^22`, 'microflowSize', micro);
     }
@@ -1521,9 +1525,12 @@ export class Bridge {
         case Op.CONTROLLER:
           this.packetIn(op, p);
           break;
-        case Op.METER:
-          if (op.meter!.admit(p.len)) return;
+        case Op.METER: {
+          const m = op.meter!;
+          if (m.admit(p.len)) return;
+          if (m.remark !== 0) this.remark(p, m.remark, prog.needsKey);
           break;
+        }
         case Op.GROUP: {
           const g = op.group!;
           g.packetCount++;
@@ -1555,6 +1562,18 @@ export class Bridge {
           if (prog.needsKey) applyToKey(p.key, op.code, op.a, op.b);
       }
     }
+  }
+
+  /** A dscp_remark band applies: raise the packet's drop precedence (RFC 2597 AFxy) in its bytes. */
+  private remark(p: Pkt, precLevel: number, withKey: boolean): void {
+    let dscp: number;
+    if (p.layers & Layer.IPV4) dscp = p.buf[p.start + p.l3 + 1]! >>> 2;
+    else if (p.layers & Layer.IPV6) dscp = (((p.buf[p.start + p.l3]! & 0x0f) << 4) | (p.buf[p.start + p.l3 + 1]! >>> 4)) >>> 2;
+    else return;
+    const n = remarkDscp(dscp, precLevel);
+    if (n === dscp) return;
+    applyToBytes(p, Op.SET_IP_DSCP, n, 0);
+    if (withKey) applyToKey(p.key, Op.SET_IP_DSCP, n, 0);
   }
 
   private runClone(prog: Program, p: Pkt, depth: number): void {

@@ -256,7 +256,7 @@ afterEach(() => {
 });
 
 function runScenario(steps: Step[], options: { microflowSize?: number; megaflowLimit?: number }): void {
-  const br = new Bridge({ clock: () => 0, microflowInsertInterval: 1, ...options });
+  const br = new Bridge({ clock: () => 0, microflowInsertInterval: 1, microflowSize: 8192, ...options });
   bridges.push(br);
   const sinks = [1, 2, 3, 4].map((no) => {
     const s = new SinkBackend();
@@ -339,6 +339,10 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
 describe('the cached fast path agrees with a linear reference model', () => {
   it('random rule sets, random packets, random changes between packets (microflow + megaflow)', () => {
     fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, {})), { numRuns: 150 });
+  });
+
+  it('the same with a tiny microflow cache over a tiny megaflow cache (slots naming evicted entries, collisions)', () => {
+    fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, { microflowSize: 2, megaflowLimit: 3 })), { numRuns: 80 });
   });
 
   it('the same with the microflow cache off and a tiny megaflow cache (evictions)', () => {
