@@ -41,6 +41,8 @@ export interface Match {
   arp_tha?: string | Masked<string>;
   ipv6_src?: string | Masked<string>;
   ipv6_dst?: string | Masked<string>;
+  /** The IPv6 flow label (20 bits, maskable; RFC 8200 §3, OXM_OF_IPV6_FLABEL). */
+  ipv6_flabel?: number | Masked<number>;
   icmpv6_type?: number;
   icmpv6_code?: number;
   metadata?: bigint | Masked<bigint>;
@@ -118,6 +120,7 @@ export const FIELDS: Readonly<Record<MatchField, FieldDef>> = {
   arp_tpa: ipv4(14, isArp),
   ipv6_src: bytes('ipv6', 40, isIpv6),
   ipv6_dst: bytes('ipv6', 56, isIpv6),
+  ipv6_flabel: int(19, 0, 20, true, isIpv6),
   tcp_src: int(18, 16, 16, false, proto(6, isIp)),
   tcp_dst: int(18, 0, 16, false, proto(6, isIp)),
   udp_src: int(18, 16, 16, false, proto(17, isIp)),

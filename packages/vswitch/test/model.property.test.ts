@@ -122,7 +122,7 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
     case 'arp':
       return fc.record({ ...l2, eth_type: fc.constant(0x0806), arp_op: maybe(fc.constantFrom(1, 2)), arp_spa: maybe(fc.constantFrom(...IPS)), arp_tpa: maybe(fc.constantFrom('10.0.0.0/24', ...IPS)), arp_sha: maybe(fc.constantFrom(...MACS.slice(0, 3))) }, { requiredKeys: ['eth_type'] });
     case 'ipv6':
-      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: maybe(fc.constant(17)), ipv6_src: maybe(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: maybe(fc.constantFrom(...IP6S, '2001:db8::/64')) }, { requiredKeys: ['eth_type'] });
+      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: maybe(fc.constant(17)), ipv6_src: maybe(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: maybe(fc.constantFrom(...IP6S, '2001:db8::/64')), ipv6_flabel: maybe(fc.oneof(fc.constantFrom(0, 0xabcde), fc.constant({ value: 0x80000, mask: 0x80000 }))) }, { requiredKeys: ['eth_type'] });
   }
 }).map((m) => {
   const out: Record<string, unknown> = {};

@@ -82,6 +82,7 @@ function fieldsOf(p: RefPkt): Map<keyof Match, bigint> {
     f.set('ip_ecn', BigInt(tc & 3));
     f.set('ipv6_src', be(b, l3 + 8, 16));
     f.set('ipv6_dst', be(b, l3 + 24, 16));
+    f.set('ipv6_flabel', be(b, l3, 4) & 0xfffffn);
     l4 = l3 + 40;
   } else if (type === 0x0806) {
     f.set('arp_op', be(b, l3 + 6, 2));

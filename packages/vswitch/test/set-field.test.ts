@@ -78,7 +78,7 @@ describe('set_field of IPv6, ARP and ICMP fields (OpenFlow 1.3.5 §7.2.5, Table 
   it('rewrites IPv6 addresses and the flow label with a valid UDP checksum, and later tables match the new address', () => {
     setup();
     flow({ eth_type: 0x86dd }, [{ type: 'set_field', field: 'ipv6_dst', value: '2001:db8:ffff::42' }, { type: 'set_field', field: 'ipv6_src', value: 'fe80::1' }, { type: 'set_field', field: 'ipv6_flabel', value: 0xabcde }], 0, 1);
-    flow({ eth_type: 0x86dd, ipv6_dst: '2001:db8:ffff::/48' }, [{ type: 'output', port: 2 }], 1);
+    flow({ eth_type: 0x86dd, ipv6_dst: '2001:db8:ffff::/48', ipv6_flabel: 0xabcde }, [{ type: 'output', port: 2 }], 1);
     for (let i = 0; i < 3; i++) s1.inject(udp6()); // upcall, then cache hits
     const got = s2.take();
     expect(got).toHaveLength(3);
