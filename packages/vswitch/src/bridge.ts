@@ -297,6 +297,8 @@ export class Bridge {
   private readonly macs: MacTable;
   private readonly micro: MicroflowCache<Translation>;
   private readonly mega: MegaflowCache<Translation>;
+  /** Interned simple programs (see internProgram), emptied with the caches. */
+  private readonly programs = new Map<string, Program>();
   private readonly clock: () => number;
   /**
    * With the default clock, frames delivered one by one in the same task (a back-end's
@@ -558,6 +560,7 @@ export class Bridge {
   /** Empties both caches; the next packet of every flow is translated again. */
   invalidate(): void {
     this.generation++;
+    this.programs.clear();
     this.mega.flush();
     this.micro.flush();
     for (const g of this.groups.values()) if (g.type === 'select') this.buildSelectTable(g);
@@ -1056,9 +1059,31 @@ export class Bridge {
     const ops: DpOp[] = [];
     this.xlateTables(wk, ctx, ops, 0, 0);
     return {
-      t: new Translation(new Program(ops, ctx.needsKey), ctx.rules, Uint8Array.from(ctx.lookedUp), Uint8Array.from(ctx.matched)),
+      t: new Translation(this.internProgram(ops, ctx.needsKey), ctx.rules, Uint8Array.from(ctx.lookedUp), Uint8Array.from(ctx.matched)),
       wc: ctx.wc,
     };
+  }
+
+  /**
+   * One Program object per distinct simple program (outputs to ports and set-fields, the
+   * common case): thousands of megaflows then share a few programs, so a hit touches the
+   * entry, its translation and a program that stays in cache, rather than a program of its
+   * own per entry. Programs with groups, meters, packet-ins or NORMAL are kept per entry. The
+   * table is emptied with the caches (an interned program names ports that may go away).
+   */
+  private internProgram(ops: DpOp[], needsKey: boolean): Program {
+    let sig = needsKey ? 'k' : '-';
+    for (const op of ops) {
+      if (op.subs !== null || op.group !== null || op.meter !== null || op.code === Op.CONTROLLER || op.code === Op.NORMAL) return new Program(ops, needsKey);
+      sig += `|${op.code},${op.a},${op.b},${op.c},${op.port?.no ?? -1}`;
+    }
+    let prog = this.programs.get(sig);
+    if (prog === undefined) {
+      if (this.programs.size >= 4096) this.programs.clear();
+      prog = new Program(ops, needsKey);
+      this.programs.set(sig, prog);
+    }
+    return prog;
   }
 
   private xlateTables(wk: Uint32Array, ctx: XlateCtx, ops: DpOp[], start: number, depth: number): void {
