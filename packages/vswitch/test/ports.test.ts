@@ -165,3 +165,25 @@ describe('mirrors (SPAN)', () => {
     expect(() => br.addMirror({ name: 'v20', outputPort: 4 })).toThrow(VswitchError);
   });
 });
+
+describe('shared (interned) datapath programs', () => {
+  it('a port removed and added again under the same number gets the traffic of flows cached before', () => {
+    const br = bridge();
+    const a = new SinkBackend();
+    const old = new SinkBackend();
+    br.addPort(a, { portNo: 1 });
+    br.addPort(old, { portNo: 2 });
+    for (let i = 0; i < 3; i++) {
+      br.addFlow({ priority: 10, match: { eth_type: 0x0800, ipv4_dst: `10.0.0.${i + 2}` }, instructions: [{ type: 'apply_actions', actions: [out(2)] }] });
+    }
+    for (let i = 0; i < 3; i++) a.inject(udpFrame(1, i + 2));
+    expect(old.take()).toHaveLength(3);
+    expect(br.stats.megaflow.entries).toBe(3);
+    br.removePort(2);
+    const fresh = new SinkBackend();
+    br.addPort(fresh, { portNo: 2 });
+    for (let i = 0; i < 3; i++) a.inject(udpFrame(1, i + 2));
+    expect(old.take()).toHaveLength(0);
+    expect(fresh.take()).toHaveLength(3);
+  });
+});
