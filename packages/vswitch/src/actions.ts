@@ -1,4 +1,4 @@
-import { parseIpv4, parseMac } from '@ioplane/packet';
+import { parseIpv4, parseIpv6, parseMac } from '@ioplane/packet';
 import { Port, REG_BASE, TABLE_MAX, NO_BUFFER } from './constants.js';
 import { VswitchError } from './errors.js';
 import type { Match } from './match.js';
@@ -7,13 +7,16 @@ import type { Match } from './match.js';
 export type SetField =
   | 'eth_dst' | 'eth_src' | 'vlan_vid' | 'vlan_pcp' | 'ip_dscp' | 'ip_ecn' | 'ipv4_src' | 'ipv4_dst'
   | 'tcp_src' | 'tcp_dst' | 'udp_src' | 'udp_dst' | 'tunnel_id' | 'tun_dst'
+  | 'ipv6_src' | 'ipv6_dst' | 'ipv6_flabel'
+  | 'arp_op' | 'arp_spa' | 'arp_tpa' | 'arp_sha' | 'arp_tha'
+  | 'icmpv4_type' | 'icmpv4_code' | 'icmpv6_type' | 'icmpv6_code'
   | 'reg0' | 'reg1' | 'reg2' | 'reg3' | 'reg4' | 'reg5' | 'reg6' | 'reg7';
 
 /** Actions (§5.12, §7.2.5). An empty list, or `drop`, drops. */
 export type Action =
   | { type: 'output'; port: number; /** Bytes sent to the controller (OFPCML_NO_BUFFER = 0xffff for all). */ maxLen?: number }
   | { type: 'group'; groupId: number }
-  | { type: 'set_field'; field: SetField; value: number | string }
+  | { type: 'set_field'; field: SetField; /** A number or text; tunnel_id takes a bigint for values past 2^53. */ value: number | string | bigint }
   | { type: 'push_vlan'; /** 0x8100 (default) or 0x88a8 (§5.12 Push-Tag). */ ethertype?: number }
   | { type: 'pop_vlan' }
   | { type: 'drop' };
@@ -45,6 +48,8 @@ export interface CAction {
   /** output: maxLen; set_field: the last two MAC bytes. */
   b: number;
   field: SetField | null;
+  /** set_field of ipv6_src/ipv6_dst: the address as four big-endian words (key words 10–13 / 14–17). */
+  v6?: Uint32Array;
 }
 
 /** A validated instruction list in §5.9 execution order. */
@@ -59,7 +64,10 @@ export interface CInstructions {
   gotoTable: number;
 }
 
-const SET_FIELDS: Record<SetField, { bits: number; kind: 'int' | 'mac' | 'ipv4'; prereq?: (m: Match) => boolean }> = {
+const isIcmp = (m: Match): boolean => m.eth_type === 0x0800 && m.ip_proto === 1;
+const isIcmp6 = (m: Match): boolean => m.eth_type === 0x86dd && m.ip_proto === 58;
+
+const SET_FIELDS: Record<SetField, { bits: number; kind: 'int' | 'mac' | 'ipv4' | 'ipv6'; prereq?: (m: Match) => boolean }> = {
   eth_dst: { bits: 48, kind: 'mac' },
   eth_src: { bits: 48, kind: 'mac' },
   vlan_vid: { bits: 12, kind: 'int' },
@@ -72,7 +80,22 @@ const SET_FIELDS: Record<SetField, { bits: number; kind: 'int' | 'mac' | 'ipv4';
   tcp_dst: { bits: 16, kind: 'int', prereq: (m) => m.ip_proto === 6 },
   udp_src: { bits: 16, kind: 'int', prereq: (m) => m.ip_proto === 17 },
   udp_dst: { bits: 16, kind: 'int', prereq: (m) => m.ip_proto === 17 },
-  tunnel_id: { bits: 32, kind: 'int' },
+  // §7.2.3.8 Table 12: IPV6_SRC/DST and IPV6_FLABEL need ETH_TYPE=0x86dd; ARP_* need ETH_TYPE=0x0806;
+  // ICMPV4_* need IP_PROTO=1 (over 0x0800), ICMPV6_* IP_PROTO=58 (over 0x86dd).
+  ipv6_src: { bits: 128, kind: 'ipv6', prereq: (m) => m.eth_type === 0x86dd },
+  ipv6_dst: { bits: 128, kind: 'ipv6', prereq: (m) => m.eth_type === 0x86dd },
+  ipv6_flabel: { bits: 20, kind: 'int', prereq: (m) => m.eth_type === 0x86dd },
+  // The flow key keeps the ARP opcode in 8 bits (as Open vSwitch's nw_proto, and as the arp_op match does).
+  arp_op: { bits: 8, kind: 'int', prereq: (m) => m.eth_type === 0x0806 },
+  arp_spa: { bits: 32, kind: 'ipv4', prereq: (m) => m.eth_type === 0x0806 },
+  arp_tpa: { bits: 32, kind: 'ipv4', prereq: (m) => m.eth_type === 0x0806 },
+  arp_sha: { bits: 48, kind: 'mac', prereq: (m) => m.eth_type === 0x0806 },
+  arp_tha: { bits: 48, kind: 'mac', prereq: (m) => m.eth_type === 0x0806 },
+  icmpv4_type: { bits: 8, kind: 'int', prereq: isIcmp },
+  icmpv4_code: { bits: 8, kind: 'int', prereq: isIcmp },
+  icmpv6_type: { bits: 8, kind: 'int', prereq: isIcmp6 },
+  icmpv6_code: { bits: 8, kind: 'int', prereq: isIcmp6 },
+  tunnel_id: { bits: 64, kind: 'int' },
   tun_dst: { bits: 32, kind: 'ipv4' },
   reg0: { bits: 32, kind: 'int' },
   reg1: { bits: 32, kind: 'int' },
@@ -149,6 +172,25 @@ export function compileActions(list: readonly Action[], ctx: ActionContext): CAc
         let a: number;
         let b = 0;
         const v = act.value;
+        if (def.kind === 'ipv6') {
+          let ip: Uint8Array;
+          try {
+            ip = parseIpv6(String(v));
+          } catch {
+            throw badAction(`set_field ${act.field}: ${String(v)} is not an IPv6 address`, act.field, v);
+          }
+          const v6 = new Uint32Array(4);
+          for (let i = 0; i < 4; i++) v6[i] = ((ip[i * 4]! << 24) | (ip[i * 4 + 1]! << 16) | (ip[i * 4 + 2]! << 8) | ip[i * 4 + 3]!) >>> 0;
+          out.push({ kind: A.SET_FIELD, a: v6[0]!, b: 0, field: act.field, v6 });
+          break;
+        }
+        if (act.field === 'tunnel_id') {
+          // OXM_OF_TUNNEL_ID is 64 bits (§7.2.3.7): a = low 32, b = high 32.
+          const t = typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? BigInt(v) : v;
+          if (typeof t !== 'bigint' || t < 0n || t > U64) throw badAction(`set_field tunnel_id: ${String(v)} is not in 0..2^64-1`, act.field, v);
+          out.push({ kind: A.SET_FIELD, a: Number(t & 0xffffffffn), b: Number(t >> 32n), field: act.field });
+          break;
+        }
         if (def.kind === 'mac') {
           let mac: Uint8Array;
           try {

@@ -9,7 +9,7 @@ import {
 import { MegaflowCache, MicroflowCache, keyHash, type CacheStats, type MegaflowEntry } from './cache.js';
 import { FlowTable, hashWords, maskWords, tupleHash, type FlowFlags, type FlowRule } from './classifier.js';
 import {
-  DEFAULT_MISS_SEND_LEN, Group, INGRESS_WORDS, KEY_WORDS, META_HI, META_LO, METER_MAX, NO_BUFFER, Port, TABLE_ALL, TABLE_MAX,
+  DEFAULT_MISS_SEND_LEN, Group, INGRESS_WORDS, KEY_WORDS, META_HI, META_LO, METER_MAX, NO_BUFFER, Port, TABLE_ALL, TABLE_MAX, TUN_HI,
 } from './constants.js';
 import {
   DpOp, GroupBucketState, GroupState, HEADROOM, Op, Pkt, PortState, Program, Scratch, Translation, applyToBytes, applyToKey,
@@ -18,12 +18,16 @@ import {
 import { VswitchError } from './errors.js';
 import { MacTable } from './mac-table.js';
 import { compileMatch, isSubsumedBy, overlaps, sameMatch, type Match } from './match.js';
-import { Meter, type MeterConfig, type MeterStats } from './meter.js';
+import { Meter, remarkDscp, type MeterConfig, type MeterStats } from './meter.js';
 
 export interface BridgeOptions {
   /** Milliseconds clock for timeouts, meters and MAC aging (default `performance.now`-based). */
   clock?: () => number;
-  /** Microflow (exact-match) cache slots, a power of two or 0 to disable (default 8192). */
+  /**
+   * Microflow (signature) cache slots, a power of two, or 0 (the default): off. Its hit costs a
+   * hash of the whole 24-word ingress key, more than a megaflow lookup over one or two masks
+   * (see the README's benchmark); turn it on (e.g. 8192) when traffic spreads over many masks.
+   */
   microflowSize?: number;
   /** Insert one microflow per this many microflow misses (default 4; Open vSwitch's emc-insert-inv-prob). */
   microflowInsertInterval?: number;
@@ -186,7 +190,8 @@ export interface PacketIn {
   /** The entry's cookie; all ones for a table-miss without an entry (§7.4.1). */
   cookie: bigint;
   inPort: number;
-  tunnelId: number;
+  /** OpenFlow's 64-bit tunnel_id (§7.2.3.7). */
+  tunnelId: bigint;
   metadata: bigint;
   /** The frame as it was when sent to the controller, cut to max_len. */
   data: Uint8Array;
@@ -292,6 +297,8 @@ export class Bridge {
   private readonly macs: MacTable;
   private readonly micro: MicroflowCache<Translation>;
   private readonly mega: MegaflowCache<Translation>;
+  /** Interned simple programs (see internProgram), emptied with the caches. */
+  private readonly programs = new Map<string, Program>();
   private readonly clock: () => number;
   /**
    * With the default clock, frames delivered one by one in the same task (a back-end's
@@ -353,7 +360,7 @@ export class Bridge {
   private readonly outer: VxlanOuter = { srcMac: new Uint8Array(6), dstMac: new Uint8Array(6), srcIp: 0, dstIp: 0, srcPort: 0, vni: 0 };
 
   constructor(options: BridgeOptions = {}) {
-    const micro = options.microflowSize ?? 8192;
+    const micro = options.microflowSize ?? 0;
     if (!Number.isInteger(micro) || micro < 0 || micro > 1 << 22 || (micro & (micro - 1)) !== 0) {
       throw new VswitchError('bad-config', `microflowSize ${micro} must be 0 or a power of two up to 2^22`, 'microflowSize', micro);
     }
@@ -553,6 +560,7 @@ export class Bridge {
   /** Empties both caches; the next packet of every flow is translated again. */
   invalidate(): void {
     this.generation++;
+    this.programs.clear();
     this.mega.flush();
     this.micro.flush();
     for (const g of this.groups.values()) if (g.type === 'select') this.buildSelectTable(g);
@@ -1051,9 +1059,31 @@ export class Bridge {
     const ops: DpOp[] = [];
     this.xlateTables(wk, ctx, ops, 0, 0);
     return {
-      t: new Translation(new Program(ops, ctx.needsKey), ctx.rules, Uint8Array.from(ctx.lookedUp), Uint8Array.from(ctx.matched)),
+      t: new Translation(this.internProgram(ops, ctx.needsKey), ctx.rules, Uint8Array.from(ctx.lookedUp), Uint8Array.from(ctx.matched)),
       wc: ctx.wc,
     };
+  }
+
+  /**
+   * One Program object per distinct simple program (outputs to ports and set-fields, the
+   * common case): thousands of megaflows then share a few programs, so a hit touches the
+   * entry, its translation and a program that stays in cache, rather than a program of its
+   * own per entry. Programs with groups, meters, packet-ins or NORMAL are kept per entry. The
+   * table is emptied with the caches (an interned program names ports that may go away).
+   */
+  private internProgram(ops: DpOp[], needsKey: boolean): Program {
+    let sig = needsKey ? 'k' : '-';
+    for (const op of ops) {
+      if (op.subs !== null || op.group !== null || op.meter !== null || op.code === Op.CONTROLLER || op.code === Op.NORMAL) return new Program(ops, needsKey);
+      sig += `|${op.code},${op.a},${op.b},${op.c},${op.port?.no ?? -1}`;
+    }
+    let prog = this.programs.get(sig);
+    if (prog === undefined) {
+      if (this.programs.size >= 4096) this.programs.clear();
+      prog = new Program(ops, needsKey);
+      this.programs.set(sig, prog);
+    }
+    return prog;
   }
 
   private xlateTables(wk: Uint32Array, ctx: XlateCtx, ops: DpOp[], start: number, depth: number): void {
@@ -1102,6 +1132,8 @@ export class Bridge {
     op.c = tableId;
     op.cookie = cookie;
     op.meta = (BigInt(wk[META_HI]!) << 32n) | BigInt(wk[META_LO]!);
+    // The high half of tunnel_id is known at translation (every packet enters with it zero).
+    op.tunHi = wk[TUN_HI]!;
     ctx.needsKey = true;
     ops.push(op);
   }
@@ -1152,7 +1184,43 @@ export class Bridge {
       case 'ipv4_dst': code = Op.SET_IPV4_DST; break;
       case 'tcp_src': case 'udp_src': code = Op.SET_TP_SRC; break;
       case 'tcp_dst': case 'udp_dst': code = Op.SET_TP_DST; break;
-      case 'tunnel_id': code = Op.SET_KEY; x = 1; y = a.a; break;
+      case 'ipv6_src':
+      case 'ipv6_dst': {
+        // Whether the packet has an IPv6 header decides whether anything is written: keep
+        // eth_type and the IPv6 layer bit exact in the megaflow.
+        ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
+        ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6) >>> 0;
+        const base = f === 'ipv6_src' ? 10 : 14;
+        const v6 = a.v6!;
+        for (let i = 0; i < 4; i++) {
+          if (!applyToKey(wk, Op.SET_IPV6_WORD, base + i, v6[i]!)) return;
+          const op = new DpOp(Op.SET_IPV6_WORD);
+          op.a = base + i;
+          op.b = v6[i]!;
+          ops.push(op);
+        }
+        return;
+      }
+      case 'ipv6_flabel': code = Op.SET_IPV6_FLABEL; ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6) >>> 0; break;
+      case 'arp_op': code = Op.SET_ARP_OP; break;
+      case 'arp_spa': code = Op.SET_ARP_SPA; break;
+      case 'arp_tpa': code = Op.SET_ARP_TPA; break;
+      case 'arp_sha': code = Op.SET_ARP_SHA; break;
+      case 'arp_tha': code = Op.SET_ARP_THA; break;
+      case 'icmpv4_type': case 'icmpv6_type': code = Op.SET_ICMP_TYPE; break;
+      case 'icmpv4_code': case 'icmpv6_code': code = Op.SET_ICMP_CODE; break;
+      case 'tunnel_id': {
+        // 64 bits: the low half is ingress word 1 (a VXLAN output takes its low 24 bits as VNI),
+        // the high half the pipeline word TUN_HI.
+        for (const [w, v] of [[1, a.a], [TUN_HI, a.b]] as const) {
+          applyToKey(wk, Op.SET_KEY, w, v);
+          const op = new DpOp(Op.SET_KEY);
+          op.a = w;
+          op.b = v;
+          ops.push(op);
+        }
+        return;
+      }
       case 'tun_dst': code = Op.SET_KEY; x = 3; y = a.a; break;
       default: {
         // Registers live only in the pipeline key: nothing to do on the packet.
@@ -1165,6 +1233,15 @@ export class Bridge {
       ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
       if (code >= Op.SET_TP_SRC) ctx.wc[9] = (ctx.wc[9]! | 0xff000000) >>> 0;
     }
+    if (code >= Op.SET_IPV6_FLABEL && code <= Op.SET_ICMP_CODE) {
+      // Whether the field exists depends on eth_type, ip_proto and the parsed layers: exact in the megaflow.
+      ctx.wc[7] = (ctx.wc[7]! | 0xffff0000) >>> 0;
+      ctx.wc[9] = (ctx.wc[9]! | 0xff000000) >>> 0;
+      ctx.wc[23] = (ctx.wc[23]! | Layer.IPV6 | Layer.ARP | Layer.ICMP | Layer.ICMPV6) >>> 0;
+    }
+    // An ICMP set names the ICMP version the packet has (icmpv4_type on ICMPv6 does nothing).
+    if ((f === 'icmpv4_type' || f === 'icmpv4_code') && (wk[9]! >>> 24 !== 1 || wk[7]! >>> 16 !== 0x0800)) return;
+    if ((f === 'icmpv6_type' || f === 'icmpv6_code') && (wk[9]! >>> 24 !== 58 || wk[7]! >>> 16 !== 0x86dd)) return;
     // A TCP/UDP port set must name the protocol the packet has (tcp_src on UDP does nothing).
     if ((f === 'tcp_src' || f === 'tcp_dst') && wk[9]! >>> 24 !== 6) return;
     if ((f === 'udp_src' || f === 'udp_dst') && wk[9]! >>> 24 !== 17) return;
@@ -1473,9 +1550,12 @@ export class Bridge {
         case Op.CONTROLLER:
           this.packetIn(op, p);
           break;
-        case Op.METER:
-          if (op.meter!.admit(p.len)) return;
+        case Op.METER: {
+          const m = op.meter!;
+          if (m.admit(p.len)) return;
+          if (m.remark !== 0) this.remark(p, m.remark, prog.needsKey);
           break;
+        }
         case Op.GROUP: {
           const g = op.group!;
           g.packetCount++;
@@ -1507,6 +1587,18 @@ export class Bridge {
           if (prog.needsKey) applyToKey(p.key, op.code, op.a, op.b);
       }
     }
+  }
+
+  /** A dscp_remark band applies: raise the packet's drop precedence (RFC 2597 AFxy) in its bytes. */
+  private remark(p: Pkt, precLevel: number, withKey: boolean): void {
+    let dscp: number;
+    if (p.layers & Layer.IPV4) dscp = p.buf[p.start + p.l3 + 1]! >>> 2;
+    else if (p.layers & Layer.IPV6) dscp = (((p.buf[p.start + p.l3]! & 0x0f) << 4) | (p.buf[p.start + p.l3 + 1]! >>> 4)) >>> 2;
+    else return;
+    const n = remarkDscp(dscp, precLevel);
+    if (n === dscp) return;
+    applyToBytes(p, Op.SET_IP_DSCP, n, 0);
+    if (withKey) applyToKey(p.key, Op.SET_IP_DSCP, n, 0);
   }
 
   private runClone(prog: Program, p: Pkt, depth: number): void {
@@ -1615,9 +1707,10 @@ export class Bridge {
 
   /** RFC 7348 §5: Ethernet/IPv4/UDP/VXLAN around the frame; VNI and remote from the port or the flow. */
   private encapsulate(port: PortState, inner: Uint8Array, p: Pkt): Uint8Array | null {
-    const vni = port.vni >= 0 ? port.vni : p.key[1]!;
+    // RFC 7348 §5: a 24-bit VNI; from the flow, the low 24 bits of tunnel_id (as Open vSwitch).
+    const vni = port.vni >= 0 ? port.vni : p.key[1]! & 0xffffff;
     const dst = port.remoteIp !== 0 ? port.remoteIp : p.key[3]!;
-    if (vni > 0xffffff || dst === 0) return null;
+    if (dst === 0) return null;
     const o = this.outer;
     o.srcMac = port.localMac;
     o.dstMac = port.remoteMac;
@@ -1677,7 +1770,7 @@ export class Bridge {
       tableId: op.c,
       cookie: op.cookie,
       inPort: this.inPortNo,
-      tunnelId: p.key[1]!,
+      tunnelId: (BigInt(op.tunHi) << 32n) | BigInt(p.key[1]!),
       metadata: op.meta,
       data: frame.slice(0, max),
       totalLen: frame.length,

@@ -48,4 +48,10 @@ export const META_HI = FLOW_KEY_WORDS;
 export const META_LO = FLOW_KEY_WORDS + 1;
 export const REG_BASE = FLOW_KEY_WORDS + 2;
 export const N_REGS = 8;
-export const KEY_WORDS = REG_BASE + N_REGS;
+/**
+ * The high 32 bits of OpenFlow's 64-bit tunnel_id (OXM_OF_TUNNEL_ID, §7.2.3.7); the low 32 are
+ * ingress word 1. A pipeline-only word: VXLAN's VNI is 24 bits (RFC 7348 §5), so every packet
+ * enters with it zero and only set_field tunnel_id makes it otherwise.
+ */
+export const TUN_HI = REG_BASE + N_REGS;
+export const KEY_WORDS = TUN_HI + 1;

@@ -52,6 +52,16 @@ export const Op = {
   SET_TP_SRC: 18,
   SET_TP_DST: 19,
   SET_KEY: 20,
+  /** One 32-bit word of an IPv6 address: a = key word (10–13 source, 14–17 destination), b = value. */
+  SET_IPV6_WORD: 21,
+  SET_IPV6_FLABEL: 22,
+  SET_ARP_OP: 23,
+  SET_ARP_SPA: 24,
+  SET_ARP_TPA: 25,
+  SET_ARP_SHA: 26,
+  SET_ARP_THA: 27,
+  SET_ICMP_TYPE: 28,
+  SET_ICMP_CODE: 29,
   PUSH_VLAN: 30,
   POP_VLAN: 31,
   METER: 40,
@@ -170,6 +180,8 @@ export class DpOp {
   meter: Meter | null = null;
   cookie = 0n;
   meta = 0n;
+  /** CONTROLLER: the high 32 bits of tunnel_id at translation. */
+  tunHi = 0;
   constructor(readonly code: number) {}
 }
 
@@ -348,6 +360,64 @@ export function applyToBytes(p: Pkt, code: number, a: number, b: number): void {
       csumReplace16(p.buf, l4CsumAt(p), old, a, (p.layers & Layer.UDP) !== 0);
       return;
     }
+    case Op.SET_IPV6_WORD: {
+      if (!(p.layers & Layer.IPV6)) return;
+      p.own_();
+      const at = p.start + p.l3 + 8 + (a - 10) * 4;
+      const old = write32(p.buf, at, b);
+      // The TCP, UDP and ICMPv6 checksums cover the addresses through the pseudo-header
+      // (RFC 8200 §8.1, RFC 4443 §2.3): RFC 1624 incremental update, 16 bits at a time.
+      const l4c = p.l4 < 0 ? -1 : p.layers & Layer.ICMPV6 ? p.start + p.l4 + 2 : l4CsumAt(p);
+      if (l4c >= 0) {
+        // Over IPv6 a UDP checksum is mandatory (RFC 8200 §8.1): a zero result is sent as 0xffff.
+        const udp = (p.layers & Layer.UDP) !== 0;
+        csumReplace16(p.buf, l4c, old >>> 16, b >>> 16, udp);
+        csumReplace16(p.buf, l4c, old & 0xffff, b & 0xffff, udp);
+      }
+      return;
+    }
+    case Op.SET_IPV6_FLABEL: {
+      if (!(p.layers & Layer.IPV6)) return;
+      p.own_();
+      // RFC 8200 §3: version (4), traffic class (8), flow label (20); no header checksum.
+      const at = p.start + p.l3;
+      p.buf[at + 1] = (p.buf[at + 1]! & 0xf0) | (a >>> 16);
+      p.buf[at + 2] = (a >>> 8) & 0xff;
+      p.buf[at + 3] = a & 0xff;
+      return;
+    }
+    case Op.SET_ARP_OP:
+    case Op.SET_ARP_SPA:
+    case Op.SET_ARP_TPA:
+    case Op.SET_ARP_SHA:
+    case Op.SET_ARP_THA: {
+      if (!(p.layers & Layer.ARP)) return;
+      p.own_();
+      // RFC 826 over Ethernet/IPv4: htype, ptype, hlen, plen, op (6), sha (8), spa (14), tha (18), tpa (24).
+      const at = p.start + p.l3;
+      switch (code) {
+        case Op.SET_ARP_OP: p.buf[at + 6] = a >>> 8; p.buf[at + 7] = a & 0xff; return;
+        case Op.SET_ARP_SPA: write32(p.buf, at + 14, a); return;
+        case Op.SET_ARP_TPA: write32(p.buf, at + 24, a); return;
+      }
+      const m = at + (code === Op.SET_ARP_SHA ? 8 : 18);
+      write32(p.buf, m, a);
+      p.buf[m + 4] = b >>> 8;
+      p.buf[m + 5] = b & 0xff;
+      return;
+    }
+    case Op.SET_ICMP_TYPE:
+    case Op.SET_ICMP_CODE: {
+      if (!(p.layers & (Layer.ICMP | Layer.ICMPV6)) || p.l4 < 0) return;
+      p.own_();
+      // Type and code are the first 16-bit word of the message, which both checksums cover
+      // (RFC 792, RFC 4443 §2.3): RFC 1624 incremental update.
+      const at = p.start + p.l4;
+      const old = (p.buf[at]! << 8) | p.buf[at + 1]!;
+      p.buf[code === Op.SET_ICMP_TYPE ? at : at + 1] = a;
+      csumReplace16(p.buf, at + 2, old, (p.buf[at]! << 8) | p.buf[at + 1]!, false);
+      return;
+    }
     case Op.PUSH_VLAN: {
       p.own_();
       if (p.start < 4) return;
@@ -429,6 +499,39 @@ export function applyToKey(key: Uint32Array, code: number, a: number, b: number)
     }
     case Op.SET_KEY:
       key[a] = b;
+      return true;
+    case Op.SET_IPV6_WORD:
+      if (ethType !== 0x86dd || !(key[23]! & Layer.IPV6)) return false;
+      key[a] = b;
+      return true;
+    case Op.SET_IPV6_FLABEL:
+      if (ethType !== 0x86dd || !(key[23]! & Layer.IPV6)) return false;
+      key[19] = ((key[19]! & 0xfff00000) | a) >>> 0;
+      return true;
+    case Op.SET_ARP_OP:
+    case Op.SET_ARP_SPA:
+    case Op.SET_ARP_TPA:
+    case Op.SET_ARP_SHA:
+    case Op.SET_ARP_THA:
+      if (ethType !== 0x0806 || !(key[23]! & Layer.ARP)) return false;
+      switch (code) {
+        case Op.SET_ARP_OP: key[9] = ((key[9]! & 0x00ffffff) | (a << 24)) >>> 0; break;
+        case Op.SET_ARP_SPA: key[10] = a; break;
+        case Op.SET_ARP_TPA: key[14] = a; break;
+        case Op.SET_ARP_SHA:
+          key[20] = a;
+          key[21] = ((b << 16) | (key[21]! & 0xffff)) >>> 0;
+          break;
+        case Op.SET_ARP_THA:
+          key[21] = ((key[21]! & 0xffff0000) | (a >>> 16)) >>> 0;
+          key[22] = (((a & 0xffff) << 16) | b) >>> 0;
+          break;
+      }
+      return true;
+    case Op.SET_ICMP_TYPE:
+    case Op.SET_ICMP_CODE:
+      if (!(key[23]! & (Layer.ICMP | Layer.ICMPV6))) return false;
+      key[18] = code === Op.SET_ICMP_TYPE ? ((key[18]! & 0xff00ffff) | (a << 16)) >>> 0 : ((key[18]! & 0xffffff00) | a) >>> 0;
       return true;
     case Op.PUSH_VLAN: {
       const old = key[7]! & 0xffff;

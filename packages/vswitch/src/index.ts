@@ -5,6 +5,7 @@ export type { Action, Instruction, SetField } from './actions.js';
 export { tupleHash, type FlowFlags } from './classifier.js';
 export type { CacheStats } from './cache.js';
 export type { MeterBand, MeterConfig, MeterStats } from './meter.js';
+export { remarkDscp } from './meter.js';
 export type { PortStats, VlanMode } from './datapath.js';
 export {
   Bridge,

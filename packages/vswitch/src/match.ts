@@ -1,5 +1,5 @@
 import { parseIpv4, parseIpv6, parseMac } from '@ioplane/packet';
-import { KEY_WORDS, META_HI, REG_BASE } from './constants.js';
+import { KEY_WORDS, META_HI, REG_BASE, TUN_HI } from './constants.js';
 import { VswitchError } from './errors.js';
 
 /** A value with an explicit mask (bits of the mask set = bits compared). */
@@ -41,11 +41,13 @@ export interface Match {
   arp_tha?: string | Masked<string>;
   ipv6_src?: string | Masked<string>;
   ipv6_dst?: string | Masked<string>;
+  /** The IPv6 flow label (20 bits, maskable; RFC 8200 §3, OXM_OF_IPV6_FLABEL). */
+  ipv6_flabel?: number | Masked<number>;
   icmpv6_type?: number;
   icmpv6_code?: number;
   metadata?: bigint | Masked<bigint>;
-  /** The VNI of a packet received on a VXLAN port (OpenFlow's 64-bit field; VNIs use 24 bits, this switch keeps 32). */
-  tunnel_id?: number | Masked<number>;
+  /** OpenFlow's 64-bit tunnel_id (maskable); a packet received on a VXLAN port carries its 24-bit VNI here. */
+  tunnel_id?: number | bigint | Masked<number | bigint>;
   tun_src?: string | number | Masked<number>;
   tun_dst?: string | number | Masked<number>;
   reg0?: number | Masked<number>;
@@ -66,7 +68,7 @@ export interface CompiledMatch {
   readonly mask: Uint32Array;
 }
 
-type Kind = 'int' | 'ipv4' | 'mac' | 'ipv6' | 'meta';
+type Kind = 'int' | 'ipv4' | 'mac' | 'ipv6' | 'meta' | 'tun';
 
 interface FieldDef {
   kind: Kind;
@@ -98,7 +100,8 @@ const bytes = (kind: Kind, byte: number, prereq?: FieldDef['prereq']): FieldDef 
 /** Where each field lives in the pipeline key (see `@ioplane/packet`'s flow-key layout). */
 export const FIELDS: Readonly<Record<MatchField, FieldDef>> = {
   in_port: int(0, 0, 32),
-  tunnel_id: int(1, 0, 32, true),
+  // 64 bits: the low half in word 1 (the ingress key), the high half in the pipeline word TUN_HI.
+  tunnel_id: { kind: 'tun', word: 1, shift: 0, bits: 64, maskable: true },
   tun_src: ipv4(2),
   tun_dst: ipv4(3),
   eth_dst: bytes('mac', 16),
@@ -117,6 +120,7 @@ export const FIELDS: Readonly<Record<MatchField, FieldDef>> = {
   arp_tpa: ipv4(14, isArp),
   ipv6_src: bytes('ipv6', 40, isIpv6),
   ipv6_dst: bytes('ipv6', 56, isIpv6),
+  ipv6_flabel: int(19, 0, 20, true, isIpv6),
   tcp_src: int(18, 16, 16, false, proto(6, isIp)),
   tcp_dst: int(18, 0, 16, false, proto(6, isIp)),
   udp_src: int(18, 16, 16, false, proto(17, isIp)),
@@ -248,12 +252,13 @@ function ipv6Value(field: string, v: unknown): [Uint8Array, Uint8Array] {
 
 const U64 = (1n << 64n) - 1n;
 
-function metaValue(field: string, v: unknown): [bigint, bigint] {
+function metaValue(field: string, v: unknown, numbers = false): [bigint, bigint] {
   const check = (x: unknown): bigint => {
-    if (typeof x !== 'bigint' || x < 0n || x > U64) throw bad(field, x, 'expected a bigint in 0..2^64-1');
+    if (numbers && typeof x === 'number' && Number.isSafeInteger(x) && x >= 0) return BigInt(x);
+    if (typeof x !== 'bigint' || x < 0n || x > U64) throw bad(field, x, numbers ? 'expected a non-negative integer or bigint below 2^64' : 'expected a bigint in 0..2^64-1');
     return x;
   };
-  if (typeof v === 'bigint') return [check(v), U64];
+  if (typeof v === 'bigint' || (numbers && typeof v === 'number')) return [check(v), U64];
   if (typeof v === 'object' && v !== null && 'value' in v && 'mask' in v) {
     const o = v as Masked<unknown>;
     return [check(o.value), check(o.mask)];
@@ -333,6 +338,15 @@ export function compileMatch(match: Match): CompiledMatch {
           setKeyByte(value, def.word + i, v[i]! & m[i]!);
           setKeyByte(mask, def.word + i, m[i]!);
         }
+        break;
+      }
+      case 'tun': {
+        const [v, m] = metaValue(name, raw, true);
+        if ((v & ~m) !== 0n) throw wildcardsError(name, raw);
+        value[TUN_HI] = Number(v >> 32n);
+        value[1] = Number(v & 0xffffffffn);
+        mask[TUN_HI] = Number(m >> 32n);
+        mask[1] = Number(m & 0xffffffffn);
         break;
       }
       case 'meta': {

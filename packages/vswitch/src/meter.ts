@@ -1,13 +1,32 @@
 import { METER_MAX } from './constants.js';
 import { VswitchError } from './errors.js';
 
-/** A meter band (OpenFlow 1.3.5 §5.7.1). Only drop bands: DSCP remark is reported unsupported. */
+/**
+ * A meter band (OpenFlow 1.3.5 §5.7.1, §7.3.4.4): `drop` drops the packet; `dscp_remark`
+ * raises the drop precedence of its DSCP by `precLevel` (OFPMBT_DSCP_REMARK, "a simple
+ * DiffServ policer"): for the Assured Forwarding codepoints AFxy of RFC 2597 §6 the drop
+ * precedence y goes up by precLevel, to at most 3; other codepoints are left as they are.
+ */
 export interface MeterBand {
-  type: 'drop';
+  type: 'drop' | 'dscp_remark';
   /** kb/s for a kbps meter, packets/s for a pktps meter. */
   rate: number;
   /** Kilobits or packets; used when the meter has the burst flag (otherwise one second of `rate`). */
   burstSize?: number;
+  /** dscp_remark: drop-precedence levels to add (1..255; OpenFlow's prec_level). */
+  precLevel?: number;
+}
+
+/**
+ * The DSCP a `dscp_remark` band of `precLevel` leaves: AFxy (class x 1..4, drop precedence
+ * y 1..3, DSCP = 8x + 2y; RFC 2597 §6) becomes AFx(min(3, y + precLevel)); any other
+ * codepoint (best effort, EF, class selectors) has no drop precedence to raise.
+ */
+export function remarkDscp(dscp: number, precLevel: number): number {
+  const x = dscp >>> 3;
+  const y = (dscp >>> 1) & 3;
+  if (x < 1 || x > 4 || y === 0 || (dscp & 1) !== 0) return dscp;
+  return (x << 3) | (Math.min(3, y + precLevel) << 1);
 }
 
 export interface MeterConfig {
@@ -32,6 +51,8 @@ class Band {
   packetCount = 0;
   byteCount = 0;
   constructor(
+    /** 0: drop; otherwise the dscp_remark band's precLevel. */
+    readonly precLevel: number,
     readonly rate: number,
     /** Tokens per millisecond: bits (kbps: rate kb/s = rate bits/ms) or milli-packets (pktps: rate pkt/s = rate mpkt/ms); integers, so integer clocks stay exact. */
     readonly perMs: number,
@@ -48,6 +69,8 @@ export class Meter {
   packetInCount = 0;
   byteInCount = 0;
   flowCount = 0;
+  /** After `admit` returned false: the precLevel of the dscp_remark band that applies, or 0. */
+  remark = 0;
 
   /** `time.now` is the current time in ms, set by the owner per batch (no double crosses a call). */
   constructor(readonly config: MeterConfig, private readonly time: { now: number }) {
@@ -59,11 +82,13 @@ export class Meter {
     this.pktps = unit === 'pktps';
     if (!Array.isArray(bands) || bands.length === 0 || bands.length > 16) throw new VswitchError('bad-meter', 'a meter needs 1..16 bands', 'bands', bands);
     this.bands = bands.map((b, i) => {
-      if (b.type !== 'drop') throw new VswitchError('unsupported', `meter band type ${String(b.type)} is not supported (drop only)`, `bands[${i}].type`, b.type);
+      if (b.type !== 'drop' && b.type !== 'dscp_remark') throw new VswitchError('unsupported', `meter band type ${String(b.type)} is not supported (drop and dscp_remark)`, `bands[${i}].type`, b.type);
+      const prec = b.type === 'dscp_remark' ? b.precLevel : 0;
+      if (b.type === 'dscp_remark' && (!Number.isInteger(prec) || prec! < 1 || prec! > 255)) throw new VswitchError('bad-meter', `dscp_remark precLevel ${String(prec)} is not in 1..255`, `bands[${i}].precLevel`, prec);
       if (!Number.isInteger(b.rate) || b.rate < 1 || b.rate > 0xffffffff) throw new VswitchError('bad-meter', `band rate ${b.rate} is not in 1..2^32-1 (OFPMMFC_BAD_RATE)`, `bands[${i}].rate`, b.rate);
       const burst = config.burst ? b.burstSize ?? 0 : b.rate;
       if (!Number.isInteger(burst) || burst < 1 || burst > 0xffffffff) throw new VswitchError('bad-meter', `band burst ${burst} is not in 1..2^32-1 (OFPMMFC_BAD_BURST)`, `bands[${i}].burstSize`, burst);
-      return new Band(b.rate, b.rate, burst * 1000);
+      return new Band(prec!, b.rate, b.rate, burst * 1000);
     });
     this.tokens = Float64Array.from(this.bands, (b) => b.capacity);
     this.last = new Float64Array(this.bands.length).fill(now);
@@ -73,10 +98,12 @@ export class Meter {
    * Meters one packet. Every band whose bucket holds the packet's cost spends it;
    * among the bands that could not, the one with the highest rate applies (§5.7.1:
    * "the band with the highest configured rate that is lower than the current
-   * measured rate"). Returns true when a drop band applies.
+   * measured rate"). Returns true when a drop band applies; when a dscp_remark band
+   * applies it returns false and sets `remark` to the band's precLevel.
    */
   admit(bytes: number): boolean {
     const now = this.time.now;
+    this.remark = 0;
     this.packetInCount++;
     this.byteInCount += bytes;
     const cost = this.pktps ? 1000 : bytes * 8;
@@ -97,6 +124,10 @@ export class Meter {
     if (hit === null) return false;
     hit.packetCount++;
     hit.byteCount += bytes;
+    if (hit.precLevel !== 0) {
+      this.remark = hit.precLevel;
+      return false;
+    }
     return true;
   }
 

@@ -24,6 +24,10 @@ describe('match compilation (OpenFlow 1.3.5 §7.2.3)', () => {
     expect(kindOf(() => compileMatch({ arp_op: 1 }))).toBe('bad-prerequisite');
     expect(kindOf(() => compileMatch({ vlan_vid: 0x1005, vlan_pcp: 3, eth_type: 0x0800, ip_proto: 6, tcp_dst: 80, ipv4_dst: '10.0.0.0/8' }))).toBe('none');
     expect(kindOf(() => compileMatch({ eth_type: 0x86dd, ip_proto: 58, icmpv6_type: 135, ipv6_src: 'fe80::/10' }))).toBe('none');
+    expect(kindOf(() => compileMatch({ eth_type: 0x0800, ipv6_flabel: 1 }))).toBe('bad-prerequisite');
+    expect(kindOf(() => compileMatch({ eth_type: 0x86dd, ipv6_flabel: 0x100000 }))).toBe('bad-match');
+    expect(kindOf(() => compileMatch({ eth_type: 0x86dd, ipv6_flabel: { value: 0xabcde, mask: 0xf0000 } }))).toBe('bad-wildcards');
+    expect(kindOf(() => compileMatch({ eth_type: 0x86dd, ipv6_flabel: { value: 0xa0000, mask: 0xf0000 } }))).toBe('none');
   });
 
   it('allows masks only where Table 12 does, and rejects value bits outside the mask (§7.2.3.5)', () => {

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { Bridge, Port, VswitchError, type FlowRemoved } from '../src/index.js';
+import { fillIpv4HeaderChecksum, verifyIpv4HeaderChecksum } from '@ioplane/packet';
+import { Bridge, Port, VswitchError, remarkDscp, type FlowRemoved } from '../src/index.js';
 import { SinkBackend, udpFrame } from './helpers.js';
 
 let now = 0;
@@ -107,6 +108,31 @@ describe('meters (§5.7) on the injected clock', () => {
     expect(st.packetInCount).toBe(150);
     expect(st.bands[0]!.packetCount).toBe(120);
     expect(st.flowCount).toBe(1);
+  });
+
+  it('a dscp_remark band raises the AF drop precedence past its rate (IPv4 checksum kept); a higher-rate drop band still drops', () => {
+    const s = setup();
+    br.meterMod('add', { meterId: 2, unit: 'pktps', burst: true, bands: [{ type: 'dscp_remark', rate: 100, burstSize: 4, precLevel: 1 }, { type: 'drop', rate: 200, burstSize: 8 }] });
+    br.addFlow({ match: { in_port: 1 }, instructions: [{ type: 'meter', meterId: 2 }, { type: 'apply_actions', actions: [out(2)] }] });
+    const af11 = udpFrame(1, 2);
+    af11[15] = 10 << 2; // AF11
+    fillIpv4HeaderChecksum(af11, 14);
+    for (let i = 0; i < 10; i++) s[0]!.inject(af11);
+    const got = s[1]!.take();
+    // 4 within the remark band's burst, 4 more remarked (within the drop band's 8), 2 dropped.
+    expect(got.map((f) => f[15]! >>> 2)).toEqual([10, 10, 10, 10, 12, 12, 12, 12]);
+    for (const f of got) expect(verifyIpv4HeaderChecksum(f, 14)).toBe(true);
+    const st = br.meterStats()[0]!;
+    expect(st.bands.map((b) => b.packetCount)).toEqual([4, 2]);
+    expect(() => br.meterMod('add', { meterId: 3, bands: [{ type: 'dscp_remark', rate: 10 }] })).toThrow(/precLevel/);
+  });
+
+  it('remarkDscp follows RFC 2597 AFxy and leaves other codepoints alone', () => {
+    expect(remarkDscp(10, 1)).toBe(12); // AF11 → AF12
+    expect(remarkDscp(10, 2)).toBe(14); // AF11 → AF13
+    expect(remarkDscp(14, 1)).toBe(14); // AF13 stays
+    expect(remarkDscp(34, 9)).toBe(38); // AF41 → AF43
+    for (const d of [0, 8, 46, 48, 56, 11, 2, 42]) expect(remarkDscp(d, 1)).toBe(d); // BE, CS1, EF, CS6, CS7, odd, pool-2, AF5x is not AF
   });
 
   it('a kbps band counts bits; without the burst flag the bucket holds one second', () => {

@@ -18,7 +18,7 @@ interface PktSpec {
   src: number;
   dst: number;
   vlan: { vid: number; pcp: number } | null;
-  l3: 'tcp' | 'udp' | 'icmp' | 'arp' | 'udp6';
+  l3: 'tcp' | 'udp' | 'icmp' | 'arp' | 'udp6' | 'icmp6';
   sip: number;
   dip: number;
   sport: number;
@@ -30,7 +30,7 @@ const pktArb: fc.Arbitrary<PktSpec> = fc.record({
   src: fc.integer({ min: 0, max: 2 }),
   dst: fc.integer({ min: 0, max: 3 }),
   vlan: fc.option(fc.record({ vid: fc.constantFrom(1, 2), pcp: fc.constantFrom(0, 3) }), { nil: null }),
-  l3: fc.constantFrom('tcp', 'udp', 'icmp', 'arp', 'udp6'),
+  l3: fc.constantFrom('tcp', 'udp', 'icmp', 'arp', 'udp6', 'icmp6'),
   sip: fc.integer({ min: 0, max: 2 }),
   dip: fc.integer({ min: 0, max: 2 }),
   sport: fc.integer({ min: 0, max: 2 }),
@@ -52,6 +52,9 @@ function buildPacket(s: PktSpec): Uint8Array {
       break;
     case 'icmp':
       n = buildIcmpEcho(out, { srcMac, dstMac, srcIp: parseIpv4(IPS[s.sip]!), dstIp: parseIpv4(IPS[s.dip]!), id: 7, sequence: 1, payload: new Uint8Array(18) });
+      break;
+    case 'icmp6':
+      n = buildIcmpEcho(out, { srcMac, dstMac, srcIp: parseIpv6(IP6S[s.sip % 2]!), dstIp: parseIpv6(IP6S[s.dip % 2]!), id: 9, sequence: 2, payload: new Uint8Array(6) });
       break;
     case 'arp':
       n = buildArp(out, { operation: 1 + (s.sport % 2), srcMac, srcIp: parseIpv4(IPS[s.sip]!), targetMac: dstMac, targetIp: parseIpv4(IPS[s.dip]!), ethDst: dstMac, padToMinimum: true });
@@ -97,6 +100,7 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
     vlan_vid: maybe(fc.oneof(fc.constantFrom(0, 0x1001, 0x1002), fc.constant({ value: 0x1000, mask: 0x1000 }))),
     metadata: maybe(fc.oneof(fc.constantFrom(0n, 1n, 2n), fc.constant({ value: 1n, mask: 1n }))),
     reg0: maybe(fc.constantFrom(0, 5, 9)),
+    tunnel_id: maybe(fc.oneof(fc.constantFrom<number | bigint>(0, 5, 0x1_0000_0005n), fc.constant({ value: 0x1_0000_0000n, mask: 0xffff_ffff_0000_0000n }))),
   };
   const ipv4 = {
     ip_proto: maybe(fc.constantFrom(6, 17, 1)),
@@ -118,7 +122,7 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
     case 'arp':
       return fc.record({ ...l2, eth_type: fc.constant(0x0806), arp_op: maybe(fc.constantFrom(1, 2)), arp_spa: maybe(fc.constantFrom(...IPS)), arp_tpa: maybe(fc.constantFrom('10.0.0.0/24', ...IPS)), arp_sha: maybe(fc.constantFrom(...MACS.slice(0, 3))) }, { requiredKeys: ['eth_type'] });
     case 'ipv6':
-      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: maybe(fc.constant(17)), ipv6_src: maybe(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: maybe(fc.constantFrom(...IP6S, '2001:db8::/64')) }, { requiredKeys: ['eth_type'] });
+      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: maybe(fc.constant(17)), ipv6_src: maybe(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: maybe(fc.constantFrom(...IP6S, '2001:db8::/64')), ipv6_flabel: maybe(fc.oneof(fc.constantFrom(0, 0xabcde), fc.constant({ value: 0x80000, mask: 0x80000 }))) }, { requiredKeys: ['eth_type'] });
   }
 }).map((m) => {
   const out: Record<string, unknown> = {};
@@ -129,7 +133,8 @@ const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tc
 
 // ── actions ──
 const setArb = (m: Match | null): fc.Arbitrary<Action> => {
-  const fields: [SetField, fc.Arbitrary<number | string>][] = [
+  const fields: [SetField, fc.Arbitrary<number | string | bigint>][] = [
+    ['tunnel_id', fc.constantFrom<number | bigint>(5, 0x1_0000_0005n, 0xffff_ffff_ffff_ffffn)],
     ['eth_src', fc.constantFrom(...MACS.slice(0, 3))],
     ['eth_dst', fc.constantFrom(...MACS)],
     ['vlan_vid', fc.constantFrom(1, 2, 3)],
@@ -140,6 +145,17 @@ const setArb = (m: Match | null): fc.Arbitrary<Action> => {
   if (m === null || m.eth_type === 0x0800 || m.eth_type === 0x86dd) fields.push(['ip_dscp', fc.constantFrom(0, 46)]);
   if (m === null || m.ip_proto === 6) fields.push(['tcp_src', fc.constantFrom(...TPORTS)], ['tcp_dst', fc.constantFrom(...TPORTS)]);
   if (m === null || m.ip_proto === 17) fields.push(['udp_src', fc.constantFrom(...TPORTS)], ['udp_dst', fc.constantFrom(...TPORTS)]);
+  if (m === null || m.eth_type === 0x86dd) {
+    fields.push(['ipv6_src', fc.constantFrom(...IP6S, '2001:db8::ffff:1', 'fe80::1')], ['ipv6_dst', fc.constantFrom(...IP6S, '2001:db8:1::9')], ['ipv6_flabel', fc.constantFrom(0, 1, 0xabcde, 0xfffff)]);
+  }
+  if (m === null || m.eth_type === 0x0806) {
+    fields.push(
+      ['arp_op', fc.constantFrom(1, 2)], ['arp_spa', fc.constantFrom(...IPS)], ['arp_tpa', fc.constantFrom(...IPS)],
+      ['arp_sha', fc.constantFrom(...MACS.slice(0, 3))], ['arp_tha', fc.constantFrom(...MACS)],
+    );
+  }
+  if (m === null || (m.eth_type === 0x0800 && m.ip_proto === 1)) fields.push(['icmpv4_type', fc.constantFrom(0, 8, 3)], ['icmpv4_code', fc.constantFrom(0, 1)]);
+  if (m === null || (m.eth_type === 0x86dd && m.ip_proto === 58)) fields.push(['icmpv6_type', fc.constantFrom(128, 129, 1)], ['icmpv6_code', fc.constantFrom(0, 4)]);
   return fc.constantFrom(...fields).chain(([field, v]) => v.map((value) => ({ type: 'set_field', field, value })));
 };
 
@@ -240,7 +256,7 @@ afterEach(() => {
 });
 
 function runScenario(steps: Step[], options: { microflowSize?: number; megaflowLimit?: number }): void {
-  const br = new Bridge({ clock: () => 0, microflowInsertInterval: 1, ...options });
+  const br = new Bridge({ clock: () => 0, microflowInsertInterval: 1, microflowSize: 8192, ...options });
   bridges.push(br);
   const sinks = [1, 2, 3, 4].map((no) => {
     const s = new SinkBackend();
@@ -325,13 +341,17 @@ describe('the cached fast path agrees with a linear reference model', () => {
     fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, {})), { numRuns: 150 });
   });
 
+  it('the same with a tiny microflow cache over a tiny megaflow cache (slots naming evicted entries, collisions)', () => {
+    fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, { microflowSize: 2, megaflowLimit: 3 })), { numRuns: 80 });
+  });
+
   it('the same with the microflow cache off and a tiny megaflow cache (evictions)', () => {
     fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, { microflowSize: 0, megaflowLimit: 3 })), { numRuns: 100 });
   });
 
   it('set_field, push and pop rewrite bytes as the reference does (checksums recomputed from scratch there)', () => {
     const before = seen.rewritten;
-    const rewriteFlow: fc.Arbitrary<FlowSpec> = fc.constantFrom<Match>({}, { eth_type: 0x0800 }, { eth_type: 0x0800, ip_proto: 6 }, { eth_type: 0x0800, ip_proto: 17 }, { eth_type: 0x86dd, ip_proto: 17 }).chain((match) =>
+    const rewriteFlow: fc.Arbitrary<FlowSpec> = fc.constantFrom<Match>({}, { eth_type: 0x0800 }, { eth_type: 0x0800, ip_proto: 6 }, { eth_type: 0x0800, ip_proto: 17 }, { eth_type: 0x86dd, ip_proto: 17 }, { eth_type: 0x86dd }, { eth_type: 0x86dd, ip_proto: 58 }, { eth_type: 0x0800, ip_proto: 1 }, { eth_type: 0x0806 }).chain((match) =>
       fc.array(fc.oneof(setArb(match), setArb(match), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })), { minLength: 1, maxLength: 4 }).map((acts) => ({
         tableId: 0, priority: Object.keys(match).length, match, instructions: [{ type: 'apply_actions', actions: [...acts, { type: 'output', port: 2 }, { type: 'output', port: Port.IN_PORT }] }] as Instruction[],
       })),
@@ -368,6 +388,26 @@ describe('the cached fast path agrees with a linear reference model', () => {
         runScenario(steps, {});
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('tunnel_id is 64 bits: set in one table, matched (exact and masked, high and low halves) in the next', () => {
+    const TIDS = [5, 0x1_0000_0005n, 0xffff_ffff_0000_0005n, 0xffff_ffff_ffff_ffffn] as const;
+    const setFlow: fc.Arbitrary<FlowSpec> = fc.record({ inPort: fc.integer({ min: 1, max: 4 }), tid: fc.constantFrom(...TIDS) }).map(({ inPort, tid }) => ({
+      tableId: 0, priority: 1, match: { in_port: inPort },
+      instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'tunnel_id', value: tid }] }, { type: 'goto_table', tableId: 1 }] as Instruction[],
+    }));
+    const matchFlow: fc.Arbitrary<FlowSpec> = fc.record({
+      m: fc.oneof(fc.constantFrom<number | bigint>(...TIDS, 0), fc.constant({ value: 0x1_0000_0000n, mask: 0x1_0000_0000n }), fc.constant({ value: 5n, mask: 0xffff_ffffn })),
+      port: fc.integer({ min: 1, max: 4 }), priority: fc.integer({ min: 0, max: 3 }),
+    }).map(({ m, port, priority }) => ({ tableId: 1, priority, match: { tunnel_id: m }, instructions: [{ type: 'apply_actions', actions: [{ type: 'output', port }] }] as Instruction[] }));
+    fc.assert(
+      fc.property(fc.array(setFlow, { minLength: 1, maxLength: 4 }), fc.array(matchFlow, { minLength: 1, maxLength: 6 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }), { minLength: 1, maxLength: 6 }), (sets, matches, pkts) => {
+        const steps: Step[] = [...sets, ...matches].map((flow) => ({ kind: 'add', flow }));
+        for (let r = 0; r < 2; r++) for (const p of pkts) steps.push({ kind: 'packet', ...p });
+        runScenario(steps, {});
+      }),
+      { numRuns: 200 },
     );
   });
 

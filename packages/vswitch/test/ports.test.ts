@@ -52,6 +52,28 @@ describe('VXLAN tunnel ports (RFC 7348)', () => {
     expect(b.portInfo(10).stats.rxDropped).toBe(1);
   });
 
+  it('tunnel_id is 64 bits: the VNI is its low 24 bits, and packet-ins carry all 64', async () => {
+    const a = bridge();
+    const host = new SinkBackend();
+    const wire = new SinkBackend(1600);
+    a.addPort(host, { portNo: 1 });
+    a.addTunnelPort({ portNo: 10, underlay: wire, localIp: '192.0.2.1', remoteIp: '192.0.2.2', localMac: '02:aa:00:00:00:01', remoteMac: '02:bb:00:00:00:01' });
+    const tid = 0xdead_beef_0112_3456n;
+    a.addFlow({ match: { in_port: 1 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'tunnel_id', value: tid }] }, { type: 'goto_table', tableId: 1 }] });
+    a.addFlow({ tableId: 1, match: { tunnel_id: { value: 0xdead_beef_0000_0000n, mask: 0xffff_ffff_0000_0000n } }, instructions: [{ type: 'apply_actions', actions: [out(10), { type: 'output', port: Port.CONTROLLER }] }] });
+    const ins: bigint[] = [];
+    a.onPacketIn((p) => ins.push(p.tunnelId));
+    for (let i = 0; i < 2; i++) host.inject(udpFrame(1, 2));
+    await Promise.resolve();
+    expect(wire.sent.length).toBe(2);
+    const info = new PacketInfo();
+    parsePacket(wire.sent[1]!, info);
+    expect(info.vni).toBe(0x123456);
+    expect(ins).toEqual([tid, tid]);
+    expect(() => a.addFlow({ match: {}, instructions: [{ type: 'apply_actions', actions: [{ type: 'set_field', field: 'tunnel_id', value: 1n << 64n }] }] })).toThrow(/tunnel_id/);
+    expect(() => a.addFlow({ match: { tunnel_id: -1 }, instructions: [] })).toThrow(/tunnel_id/);
+  });
+
   it('takes the remote VTEP from the flow (tun_dst) when the port has none, and drops without one', () => {
     const a = bridge();
     const host = new SinkBackend();
@@ -141,5 +163,27 @@ describe('mirrors (SPAN)', () => {
     s[2]!.inject(broadcastFrame(3));
     expect(s[3]!.sent.length).toBe(3);
     expect(() => br.addMirror({ name: 'v20', outputPort: 4 })).toThrow(VswitchError);
+  });
+});
+
+describe('shared (interned) datapath programs', () => {
+  it('a port removed and added again under the same number gets the traffic of flows cached before', () => {
+    const br = bridge();
+    const a = new SinkBackend();
+    const old = new SinkBackend();
+    br.addPort(a, { portNo: 1 });
+    br.addPort(old, { portNo: 2 });
+    for (let i = 0; i < 3; i++) {
+      br.addFlow({ priority: 10, match: { eth_type: 0x0800, ipv4_dst: `10.0.0.${i + 2}` }, instructions: [{ type: 'apply_actions', actions: [out(2)] }] });
+    }
+    for (let i = 0; i < 3; i++) a.inject(udpFrame(1, i + 2));
+    expect(old.take()).toHaveLength(3);
+    expect(br.stats.megaflow.entries).toBe(3);
+    br.removePort(2);
+    const fresh = new SinkBackend();
+    br.addPort(fresh, { portNo: 2 });
+    for (let i = 0; i < 3; i++) a.inject(udpFrame(1, i + 2));
+    expect(old.take()).toHaveLength(0);
+    expect(fresh.take()).toHaveLength(3);
   });
 });

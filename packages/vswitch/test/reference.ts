@@ -27,7 +27,7 @@ interface RefPkt {
   inPort: number;
   metadata: bigint;
   regs: number[];
-  tunnelId: number;
+  tunnelId: bigint;
 }
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -44,7 +44,7 @@ function fieldsOf(p: RefPkt): Map<keyof Match, bigint> {
   const f = new Map<keyof Match, bigint>();
   f.set('in_port', BigInt(p.inPort));
   f.set('metadata', p.metadata);
-  f.set('tunnel_id', BigInt(p.tunnelId));
+  f.set('tunnel_id', p.tunnelId);
   p.regs.forEach((r, i) => f.set(`reg${i}` as keyof Match, BigInt(r)));
   f.set('eth_dst', be(b, 0, 6));
   f.set('eth_src', be(b, 6, 6));
@@ -82,6 +82,7 @@ function fieldsOf(p: RefPkt): Map<keyof Match, bigint> {
     f.set('ip_ecn', BigInt(tc & 3));
     f.set('ipv6_src', be(b, l3 + 8, 16));
     f.set('ipv6_dst', be(b, l3 + 24, 16));
+    f.set('ipv6_flabel', be(b, l3, 4) & 0xfffffn);
     l4 = l3 + 40;
   } else if (type === 0x0806) {
     f.set('arp_op', be(b, l3 + 6, 2));
@@ -116,10 +117,10 @@ function bytesToBig(u: Uint8Array): bigint {
 /** A match value as (value, mask) bigints, parsed independently of the bridge's compiler. */
 function valueMask(field: string, v: unknown): [bigint, bigint] {
   const all = (bits: number): bigint => (1n << BigInt(bits)) - 1n;
-  if (field === 'metadata') {
-    if (typeof v === 'bigint') return [v, all(64)];
-    const o = v as { value: bigint; mask: bigint };
-    return [o.value, o.mask];
+  if (field === 'metadata' || field === 'tunnel_id') {
+    if (typeof v === 'bigint' || typeof v === 'number') return [BigInt(v), all(64)];
+    const o = v as { value: bigint | number; mask: bigint | number };
+    return [BigInt(o.value), BigInt(o.mask)];
   }
   if (field.startsWith('eth_') && field !== 'eth_type' || field === 'arp_sha' || field === 'arp_tha') {
     if (typeof v === 'string') {
@@ -189,6 +190,7 @@ function fixChecksums(b: Uint8Array): void {
   const info = new PacketInfo();
   parsePacket(t, info);
   if (info.ipVersion === 4) fillIpv4HeaderChecksum(t, info.l3Offset);
+  if (info.l4Offset >= 0 && (info.ipProtocol === 1 || info.ipProtocol === 58)) fillL4Checksum(t, info);
   if (info.l4Offset >= 0 && (info.ipProtocol === 6 || info.ipProtocol === 17)) {
     const ck = info.l4Offset + (info.ipProtocol === 6 ? 16 : 6);
     // An IPv4 UDP checksum of zero means "none" and stays so (RFC 768).
@@ -207,7 +209,7 @@ function l3Of(b: Uint8Array): { tags: number; l3: number; type: number } {
   return { tags, l3: at + 2, type: (b[at]! << 8) | b[at + 1]! };
 }
 
-function setField(p: RefPkt, field: string, value: number | string): void {
+function setField(p: RefPkt, field: string, value: number | string | bigint): void {
   const b = p.bytes;
   const { tags, l3, type } = l3Of(b);
   const put = (at: number, v: number, n: number): void => {
@@ -231,13 +233,31 @@ function setField(p: RefPkt, field: string, value: number | string): void {
         b[l3 + 1] = (b[l3 + 1]! & 0x0f) | ((tc & 15) << 4);
       }
       break;
-    case 'ipv4_src': if (type === 0x0800) put(l3 + 12, typeof value === 'string' ? parseIpv4(value) : value, 4); break;
-    case 'ipv4_dst': if (type === 0x0800) put(l3 + 16, typeof value === 'string' ? parseIpv4(value) : value, 4); break;
+    case 'ipv4_src': if (type === 0x0800) put(l3 + 12, typeof value === 'string' ? parseIpv4(value) : Number(value), 4); break;
+    case 'ipv4_dst': if (type === 0x0800) put(l3 + 16, typeof value === 'string' ? parseIpv4(value) : Number(value), 4); break;
     case 'tcp_src': if (proto === 6) put(l4, Number(value), 2); break;
     case 'tcp_dst': if (proto === 6) put(l4 + 2, Number(value), 2); break;
     case 'udp_src': if (proto === 17) put(l4, Number(value), 2); break;
     case 'udp_dst': if (proto === 17) put(l4 + 2, Number(value), 2); break;
-    case 'tunnel_id': p.tunnelId = Number(value); return;
+    case 'ipv6_src': if (type === 0x86dd) b.set(parseIpv6(String(value)), l3 + 8); break;
+    case 'ipv6_dst': if (type === 0x86dd) b.set(parseIpv6(String(value)), l3 + 24); break;
+    case 'ipv6_flabel':
+      if (type === 0x86dd) {
+        const v = Number(value);
+        b[l3 + 1] = (b[l3 + 1]! & 0xf0) | (v >> 16);
+        put(l3 + 2, v & 0xffff, 2);
+      }
+      break;
+    case 'arp_op': if (type === 0x0806) put(l3 + 6, Number(value), 2); break;
+    case 'arp_sha': if (type === 0x0806) b.set(parseMac(String(value)), l3 + 8); break;
+    case 'arp_spa': if (type === 0x0806) put(l3 + 14, typeof value === 'string' ? parseIpv4(value) : Number(value), 4); break;
+    case 'arp_tha': if (type === 0x0806) b.set(parseMac(String(value)), l3 + 18); break;
+    case 'arp_tpa': if (type === 0x0806) put(l3 + 24, typeof value === 'string' ? parseIpv4(value) : Number(value), 4); break;
+    case 'icmpv4_type': if (type === 0x0800 && proto === 1) b[l4] = Number(value); break;
+    case 'icmpv4_code': if (type === 0x0800 && proto === 1) b[l4 + 1] = Number(value); break;
+    case 'icmpv6_type': if (type === 0x86dd && proto === 58) b[l4] = Number(value); break;
+    case 'icmpv6_code': if (type === 0x86dd && proto === 58) b[l4 + 1] = Number(value); break;
+    case 'tunnel_id': p.tunnelId = BigInt(value); return;
     default:
       if (field.startsWith('reg')) {
         p.regs[Number(field.slice(3))] = Number(value);
@@ -283,7 +303,7 @@ export class Reference {
   process(inPort: number, frame: Uint8Array): void {
     const port = this.w.ports.find((p) => p.no === inPort);
     if (!port?.live) return;
-    this.tables({ bytes: frame.slice(), inPort, metadata: 0n, regs: new Array<number>(8).fill(0), tunnelId: 0 }, 0);
+    this.tables({ bytes: frame.slice(), inPort, metadata: 0n, regs: new Array<number>(8).fill(0), tunnelId: 0n }, 0);
   }
 
   private tables(p: RefPkt, start: number): void {
