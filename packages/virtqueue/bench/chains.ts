@@ -2,12 +2,16 @@
  * Chains per second through a virtqueue, against a bare SharedArrayBuffer
  * SPSC ring of u32 tokens doing the same round trip, measured in one run:
  *  (a) one thread: add → pop → complete → reclaim in batches of 32;
- *  (b) driver and device in two worker threads, with doorbells (Atomics.wait)
- *      when a side runs dry.
+ *  (b) driver and device in two worker threads, each publishing after at
+ *      most 32 buffers (as vhost batches used entries, as a guest batches
+ *      kicks), with doorbells (Atomics.wait) when a side runs dry. The bare
+ *      ring runs the same loop.
+ * Each queue format runs with EVENT_IDX, and again with IN_ORDER as well
+ * (the device then writes one used entry per batch, §2.7.9).
  * Runs of baseline and candidates alternate (timings on a 2-core machine are
  * bimodal); figures are medians of ROUNDS runs with min–max spread.
  *
- * Usage: pnpm --filter @ioplane/virtqueue bench [-- --rounds 11 --quick]
+ * Usage: pnpm --filter @ioplane/virtqueue bench [-- --rounds 15 --quick]
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -21,10 +25,18 @@ const ROUNDS = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 3 : 11);
 const SIZE = 256;
 const BATCH = 32;
 const N1 = quick ? 200_000 : 1_000_000;
-const N2 = quick ? 100_000 : 300_000;
+// Two threads: runs of ~0.1 s each (the bare ring is 4-5 times as fast).
+const N2 = quick ? 300_000 : 2_000_000;
+const N2_BARE = quick ? 1_500_000 : 10_000_000;
 
 const split: RingFeatures = { packed: false, eventIdx: true, indirect: false, inOrder: false };
 const packed: RingFeatures = { packed: true, eventIdx: true, indirect: false, inOrder: false };
+const CASES: { name: string; features: RingFeatures }[] = [
+  { name: 'split virtqueue', features: split },
+  { name: 'split virtqueue, IN_ORDER', features: { ...split, inOrder: true } },
+  { name: 'packed virtqueue', features: packed },
+  { name: 'packed virtqueue, IN_ORDER', features: { ...packed, inOrder: true } },
+];
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -47,7 +59,10 @@ function oneThreadQueue(features: RingFeatures, n: number): number {
     for (let i = 0; i < BATCH; i++) drv.add(list, i);
     drv.publish();
     drv.needsNotify();
-    while (dev.pop(chain)) dev.pushUsed(chain, 0);
+    while (dev.pop(chain)) {
+      if (features.inOrder) dev.pushUsedInOrder(chain);
+      else dev.pushUsed(chain, 0);
+    }
     dev.publishUsed();
     dev.needsInterrupt();
     while (drv.pollUsed(out)) done++;
@@ -88,7 +103,7 @@ interface Pair {
 }
 
 function spawn(role: string, sab: SharedArrayBuffer, features: RingFeatures, bells: Int32Array): Promise<Worker> {
-  const w = new Worker(BOOT, { execArgv: ['--conditions=@ioplane/source'], workerData: { __entry: ENTRY, role, sab, features, size: SIZE, bells } });
+  const w = new Worker(BOOT, { execArgv: ['--conditions=@ioplane/source'], workerData: { __entry: ENTRY, role, sab, features, size: SIZE, bells, batch: BATCH } });
   return new Promise((resolve, reject) => {
     w.once('message', () => resolve(w));
     w.once('error', reject);
@@ -157,28 +172,20 @@ function report(title: string, rows: Row[]): Record<string, unknown> {
 
 async function main(): Promise<void> {
   console.log(`virtqueue benchmark: queue size ${SIZE}, 1-descriptor chains, EVENT_IDX; ${ROUNDS} rounds; node ${process.version}`);
-  const a: Row[] = [
-    { name: 'bare SPSC ring (u32 tokens)', samples: [] },
-    { name: 'split virtqueue', samples: [] },
-    { name: 'packed virtqueue', samples: [] },
-  ];
+  const rows = (): Row[] => [{ name: 'bare SPSC ring (u32 tokens)', samples: [] }, ...CASES.map((c) => ({ name: c.name, samples: [] }))];
+  const a = rows();
   for (let r = 0; r < ROUNDS; r++) {
     a[0]!.samples.push(oneThreadBare(N1));
-    a[1]!.samples.push(oneThreadQueue(split, N1));
-    a[2]!.samples.push(oneThreadQueue(packed, N1));
+    CASES.forEach((c, i) => a[i + 1]!.samples.push(oneThreadQueue(c.features, N1)));
     process.stdout.write(`  (a) round ${r + 1}/${ROUNDS}\r`);
   }
   const ra = report(`(a) one thread, batches of ${BATCH}: add → pop → complete → reclaim`, a);
 
-  const pairs = await Promise.all([pair(undefined), pair(split), pair(packed)]);
-  const b: Row[] = [
-    { name: 'bare SPSC ring (u32 tokens)', samples: [] },
-    { name: 'split virtqueue', samples: [] },
-    { name: 'packed virtqueue', samples: [] },
-  ];
+  const pairs = await Promise.all([pair(undefined), ...CASES.map((c) => pair(c.features))]);
+  const b = rows();
   try {
     for (let r = 0; r < ROUNDS; r++) {
-      for (let i = 0; i < 3; i++) b[i]!.samples.push(await twoThreads(pairs[i]!, N2));
+      for (let i = 0; i < pairs.length; i++) b[i]!.samples.push(await twoThreads(pairs[i]!, i === 0 ? N2_BARE : N2));
       process.stdout.write(`  (b) round ${r + 1}/${ROUNDS}\r`);
     }
   } finally {
@@ -187,9 +194,9 @@ async function main(): Promise<void> {
       await p.second.terminate();
     }
   }
-  const rb = report('(b) driver and device in two worker threads, doorbells when idle', b);
+  const rb = report(`(b) driver and device in two worker threads, publishing every ≤ ${BATCH}, doorbells when idle`, b);
   mkdirSync('bench-results', { recursive: true });
-  writeFileSync('bench-results/virtqueue.json', JSON.stringify({ date: new Date().toISOString(), node: process.version, size: SIZE, rounds: ROUNDS, oneThread: ra, twoThreads: rb }, null, 2));
+  writeFileSync('bench-results/virtqueue.json', JSON.stringify({ date: new Date().toISOString(), node: process.version, size: SIZE, batch: BATCH, rounds: ROUNDS, oneThread: ra, twoThreads: rb }, null, 2));
   console.log('\nwritten: bench-results/virtqueue.json');
 }
 

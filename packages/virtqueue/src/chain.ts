@@ -81,6 +81,26 @@ export class DescriptorChain extends BufferList {
   /** Ring descriptors this chain occupied (packed: how far the used pointer skips). */
   descCount = 0;
 
+  /** Makes this a chain of one checked descriptor (what a queue's fast path pops). */
+  setSingle(head: number, addr: number, len: number, writable: boolean): void {
+    this.head = head;
+    this.descCount = 1;
+    this.count = 1;
+    this.addrs[0] = addr;
+    this.lens[0] = len;
+    if (writable) {
+      this.writable[0] = 1;
+      this.readableCount = 0;
+      this.readableBytes = 0;
+      this.writableBytes = len;
+    } else {
+      this.writable[0] = 0;
+      this.readableCount = 1;
+      this.readableBytes = len;
+      this.writableBytes = 0;
+    }
+  }
+
   /**
    * Copies up to `dest.length` device-readable bytes, starting `offset` bytes
    * into the readable part, through `mem`. Returns the number copied.

@@ -119,6 +119,19 @@ export function u16Over(view: Uint8Array): Uint16Array {
   return new Uint16Array(view.buffer, view.byteOffset, view.byteLength >>> 1);
 }
 
+/**
+ * Ring fields are little-endian (VirtIO 1.2 §1.4). On a little-endian host a
+ * Uint32Array reads and writes them as they are, with none of DataView's
+ * per-access endianness and bounds work; elsewhere the queues use DataView.
+ */
+export const HOST_LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
+/** A Uint32Array over `view`, if the host is little-endian and the view is 4-aligned in host memory. */
+export function u32Over(view: Uint8Array): Uint32Array | undefined {
+  if (!HOST_LITTLE_ENDIAN || view.byteOffset % 4 !== 0) return undefined;
+  return new Uint32Array(view.buffer, view.byteOffset, view.byteLength >>> 2);
+}
+
 export function dataViewOver(view: Uint8Array): DataView {
   return new DataView(view.buffer, view.byteOffset, view.byteLength);
 }

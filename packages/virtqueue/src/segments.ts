@@ -13,6 +13,11 @@ const MAX_CHAIN_BYTES = 0xffff_ffff;
  * buffer is in guest memory in the direction it is used, readable segments
  * come first, and the chain's total stays below 2^32 bytes.
  */
+function addressTooLarge(head: number, desc: number, lo: number, hi: number): VirtqueueError {
+  const value = (BigInt(hi) << 32n) | BigInt(lo);
+  return new VirtqueueError('address-too-large', `descriptor ${desc} of chain ${head}: address 0x${value.toString(16)} is outside guest memory`, { head, desc, value });
+}
+
 export class SegmentChecker {
   private scratch = new Uint8Array(DESC_SIZE * 64);
   private readonly views = new WeakMap<ArrayBufferLike, DataView>();
@@ -22,16 +27,32 @@ export class SegmentChecker {
 
   constructor(private readonly mem: DmaMemory) {}
 
+  /**
+   * A chain of one descriptor (`desc` is its head): the checks of `push`
+   * that can apply to it. Returns the buffer's address.
+   */
+  single(desc: number, lo: number, hi: number, len: number, writable: boolean): number {
+    if (hi > MAX_HI_53) throw addressTooLarge(desc, desc, lo, hi);
+    const addr = hi * TWO_32 + lo;
+    this.inMemory(desc, desc, addr, len, writable);
+    return addr;
+  }
+
   push(chain: DescriptorChain, lo: number, hi: number, len: number, writable: boolean, desc: number): void {
     const head = chain.head;
-    if (hi > MAX_HI_53) {
-      const value = (BigInt(hi) << 32n) | BigInt(lo);
-      throw new VirtqueueError('address-too-large', `descriptor ${desc} of chain ${head}: address 0x${value.toString(16)} is outside guest memory`, { head, desc, value });
-    }
+    if (hi > MAX_HI_53) throw addressTooLarge(head, desc, lo, hi);
     const addr = hi * TWO_32 + lo;
     if (!writable && chain.writableBytes > 0) {
       throw new VirtqueueError('readable-after-writable', `descriptor ${desc} of chain ${head}: a device-readable buffer follows a device-writable one (VirtIO 1.2 §2.7.4.2)`, { head, desc });
     }
+    this.inMemory(head, desc, addr, len, writable);
+    if (chain.readableBytes + chain.writableBytes + len > MAX_CHAIN_BYTES) {
+      throw new VirtqueueError('chain-too-large', `chain ${head} is longer than 2^32 bytes in total (VirtIO 1.2 §2.7.5.1)`, { head, desc });
+    }
+    chain.push(addr, len, writable);
+  }
+
+  private inMemory(head: number, desc: number, addr: number, len: number, writable: boolean): void {
     try {
       this.mem.checkRange(addr, len, writable ? 'write' : 'read');
     } catch (e) {
@@ -45,10 +66,6 @@ export class SegmentChecker {
       }
       if (!(e instanceof GuestMemoryError)) throw e;
     }
-    if (chain.readableBytes + chain.writableBytes + len > MAX_CHAIN_BYTES) {
-      throw new VirtqueueError('chain-too-large', `chain ${head} is longer than 2^32 bytes in total (VirtIO 1.2 §2.7.5.1)`, { head, desc });
-    }
-    chain.push(addr, len, writable);
   }
 
   /**

@@ -23,7 +23,7 @@ import {
 } from './defs.js';
 import type { DeviceQueue, QueueState } from './device-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, ringArea, u16Over } from './layout.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, ringArea, u16Over, u32Over } from './layout.js';
 import { SegmentChecker } from './segments.js';
 
 // u16 indices into the rings (offset / 2)
@@ -45,13 +45,17 @@ export class SplitDeviceQueue implements DeviceQueue {
 
   private readonly mask: number;
   private readonly desc: DataView;
+  /** The same table as u32 words, on a little-endian host (see `u32Over`). */
+  private readonly desc32: Uint32Array | undefined;
   private readonly avail: Uint16Array;
   private readonly used: Uint16Array;
   private readonly usedView: DataView;
+  private readonly used32: Uint32Array | undefined;
   /** u16 index of used_event in the avail ring, of avail_event in the used ring. */
   private readonly usedEventU16: number;
   private readonly availEventU16: number;
   private readonly checker: SegmentChecker;
+  private readonly eventIdx: boolean;
 
   private nextAvail = 0;
   private shadowAvail = 0;
@@ -70,14 +74,18 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.size = size;
     this.mask = size - 1;
     this.features = features;
-    this.desc = dataViewOver(ringArea(mem, 'descriptor table', config.descAddr, DESC_SIZE * size, SPLIT_DESC_ALIGN, 'read'));
+    const descBytes = ringArea(mem, 'descriptor table', config.descAddr, DESC_SIZE * size, SPLIT_DESC_ALIGN, 'read');
+    this.desc = dataViewOver(descBytes);
+    this.desc32 = u32Over(descBytes);
     this.avail = u16Over(ringArea(mem, 'available ring', config.driverAddr, availRingBytes(size), SPLIT_AVAIL_ALIGN, 'read'));
     const usedBytes = ringArea(mem, 'used ring', config.deviceAddr, usedRingBytes(size), SPLIT_USED_ALIGN, 'write');
     this.used = u16Over(usedBytes);
     this.usedView = dataViewOver(usedBytes);
+    this.used32 = u32Over(usedBytes);
     this.usedEventU16 = AVAIL_RING_U16 + size;
     this.availEventU16 = (USED_RING + USED_ELEM_SIZE * size) / 2;
     this.checker = new SegmentChecker(mem);
+    this.eventIdx = features.eventIdx;
     if (state) {
       this.nextAvail = this.shadowAvail = state.nextAvail & 0xffff;
       this.nextUsed = this.publishedUsed = this.signalledUsed = state.nextUsed & 0xffff;
@@ -108,13 +116,25 @@ export class SplitDeviceQueue implements DeviceQueue {
       this.fail(new VirtqueueError('head-out-of-range', `available ring entry ${this.nextAvail & this.mask} names descriptor ${head}, past the table of ${this.size}`, { head }));
     }
     try {
-      this.readChain(head, chain);
+      const t = this.desc32;
+      const o = head << 2;
+      if (t !== undefined && (t[o + 3]! & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+        // The common case, kept short: one direct descriptor.
+        const writable = (t[o + 3]! & VIRTQ_DESC_F_WRITE) !== 0;
+        const addr = this.checker.single(head, t[o]!, t[o + 1]!, t[o + 2]!, writable);
+        chain.setSingle(head, addr, t[o + 2]!, writable);
+      } else {
+        this.readChain(head, chain);
+      }
     } catch (e) {
       if (e instanceof VirtqueueError) this.fail(e);
       throw e;
     }
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
-    if (this.features.eventIdx && this.notifyEnabled) Atomics.store(this.used, this.availEventU16, this.nextAvail);
+    // avail_event matters only at the end of what the device has seen: the
+    // driver has already published past any earlier value, so
+    // `vring_need_event` could not fire on it. One full-barrier store per batch.
+    if (this.eventIdx && this.notifyEnabled && this.nextAvail === this.shadowAvail) Atomics.store(this.used, this.availEventU16, this.nextAvail);
     return true;
   }
 
@@ -187,8 +207,14 @@ export class SplitDeviceQueue implements DeviceQueue {
   /** One used element at the position of the batch's first buffer (§2.7.9). */
   private writeUsed(id: number, len: number, count: number): void {
     const off = USED_RING + (this.nextUsed & this.mask) * USED_ELEM_SIZE;
-    this.usedView.setUint32(off, id, true);
-    this.usedView.setUint32(off + 4, len, true);
+    const u = this.used32;
+    if (u !== undefined) {
+      u[off >>> 2] = id;
+      u[(off >>> 2) + 1] = len;
+    } else {
+      this.usedView.setUint32(off, id, true);
+      this.usedView.setUint32(off + 4, len, true);
+    }
     this.nextUsed = (this.nextUsed + count) & 0xffff;
   }
 
@@ -257,7 +283,8 @@ export class SplitDeviceQueue implements DeviceQueue {
 }
 
 export function checkLen(chain: DescriptorChain, len: number): void {
-  if (!Number.isInteger(len) || len < 0 || len > chain.writableBytes) {
+  // `>= 0` and `<=` are false for NaN; the fraction test last, rarely reached.
+  if (!(len >= 0 && len <= chain.writableBytes && len % 1 === 0)) {
     throw new RangeError(`used length ${len} for chain ${chain.head} is not within its ${chain.writableBytes} writable bytes`);
   }
 }

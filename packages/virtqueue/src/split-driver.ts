@@ -20,7 +20,9 @@ import {
 } from './defs.js';
 import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over } from './layout.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over, u32Over } from './layout.js';
+
+const TWO_32 = 0x1_0000_0000;
 
 /** Writes one 16-byte split descriptor. */
 function writeDesc(dv: DataView, off: number, addr: number, len: number, flags: number, next: number): void {
@@ -39,6 +41,9 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
 
   private readonly mask: number;
   private readonly desc: DataView;
+  /** The same table as u32 words, on a little-endian host (see `u32Over`). */
+  private readonly desc32: Uint32Array | undefined;
+  private readonly used32: Uint32Array | undefined;
   private readonly avail: Uint16Array;
   private readonly used: Uint16Array;
   private readonly usedView: DataView;
@@ -48,6 +53,9 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private readonly indirectView: DataView | undefined;
   private readonly maxIndirect: number;
   private readonly indirectMode: IndirectMode;
+  private readonly inOrder: boolean;
+  private readonly indirectAlways: boolean;
+  private readonly eventIdx: boolean;
 
   /** Driver-private copy of each descriptor's next link: the device cannot corrupt our free list. */
   private readonly nextOf: Uint16Array;
@@ -55,7 +63,14 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private readonly writableOf: Float64Array;
   private readonly tokens: (T | undefined)[];
   private readonly live: Uint8Array;
+  /**
+   * Free descriptors, linked through `nextOf`, taken at the head and returned
+   * at the tail (as DPDK's virtio driver does): buffers completed in order are
+   * reused in order, so each lands in the avail slot it had before and the
+   * unchanged entry is not rewritten.
+   */
   private freeHead = 0;
+  private freeTail: number;
   /** IN_ORDER: descriptors are used in ring order (§2.7.5), lists retired in order. */
   private nextDesc = 0;
   private readonly order: Uint16Array;
@@ -85,19 +100,25 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     availBytes.fill(0);
     usedBytes.fill(0);
     this.desc = dataViewOver(descBytes);
+    this.desc32 = u32Over(descBytes);
     this.avail = u16Over(availBytes);
     this.used = u16Over(usedBytes);
     this.usedView = dataViewOver(usedBytes);
+    this.used32 = u32Over(usedBytes);
+    this.inOrder = features.inOrder;
+    this.eventIdx = features.eventIdx;
     this.usedEventU16 = (AVAIL_RING + 2 * size) / 2;
     this.availEventU16 = (USED_RING + USED_ELEM_SIZE * size) / 2;
     this.indirectAddr = options.indirectArea?.addr ?? 0;
     this.maxIndirect = options.indirectArea?.maxIndirect ?? 0;
     this.indirectMode = options.indirectArea && features.indirect ? (options.indirect ?? 'auto') : 'never';
+    this.indirectAlways = this.indirectMode === 'always';
     if (this.indirectMode !== 'never') {
       this.indirectView = dataViewOver(mem.view(this.indirectAddr, size * this.maxIndirect * DESC_SIZE, 'write'));
     }
     this.nextOf = new Uint16Array(size);
     for (let i = 0; i < size; i++) this.nextOf[i] = (i + 1) & this.mask;
+    this.freeTail = size - 1;
     this.descsOf = new Uint16Array(size);
     this.writableOf = new Float64Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
@@ -107,14 +128,25 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   add(list: BufferList, token: T): boolean {
-    if (this.broken) throw this.broken;
+    if (this.broken !== undefined) throw this.broken;
     const n = list.count;
+    if (n === 1 && !this.indirectAlways) {
+      // The common case, kept short: one direct descriptor.
+      if (this.numFree === 0) return false;
+      const head = this.inOrder ? this.nextDesc : this.freeHead;
+      this.putDesc(head, list.addrs[0]!, list.lens[0]!, list.writable[0] === 1 ? VIRTQ_DESC_F_WRITE : 0, 0);
+      this.numFree--;
+      if (this.inOrder) this.nextDesc = (head + 1) & this.mask;
+      else this.freeHead = this.nextOf[head]!;
+      this.finishAdd(head, 1, list.writableBytes, token);
+      return true;
+    }
     if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.7.13.1)');
     const indirect =
       this.indirectMode !== 'never' && n <= this.maxIndirect && (this.indirectMode === 'always' || n > 1);
     const need = indirect ? 1 : n;
     if (need > this.numFree) return false;
-    const head = this.features.inOrder ? this.nextDesc : this.freeHead;
+    const head = this.inOrder ? this.nextDesc : this.freeHead;
     if (indirect) {
       const slot = head * this.maxIndirect * DESC_SIZE;
       const dv = this.indirectView!;
@@ -123,35 +155,65 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
         writeDesc(dv, slot + i * DESC_SIZE, list.addr(i), list.len(i), flags, i + 1 < n ? i + 1 : 0);
       }
       const table = this.indirectAddr + slot;
-      writeDesc(this.desc, head * DESC_SIZE, table, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+      this.putDesc(head, table, n * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
       this.takeDescs(head, 1);
     } else {
       let d = head;
       for (let i = 0; i < n; i++) {
         const next = this.nextOf[d]!;
         const flags = (list.isWritable(i) ? VIRTQ_DESC_F_WRITE : 0) | (i < n - 1 ? VIRTQ_DESC_F_NEXT : 0);
-        writeDesc(this.desc, d * DESC_SIZE, list.addr(i), list.len(i), flags, i < n - 1 ? next : 0);
+        this.putDesc(d, list.addr(i), list.len(i), flags, i < n - 1 ? next : 0);
         if (i < n - 1) d = next;
       }
       this.takeDescs(head, n);
     }
-    this.descsOf[head] = need;
-    this.writableOf[head] = list.writableBytes;
+    this.finishAdd(head, need, list.writableBytes, token);
+    return true;
+  }
+
+  /** Bookkeeping for a list whose descriptors are written at `head`, and its avail entry. */
+  private finishAdd(head: number, descs: number, writableBytes: number, token: T): void {
+    this.descsOf[head] = descs;
+    this.writableOf[head] = writableBytes;
     this.tokens[head] = token;
     this.live[head] = 1;
-    if (this.features.inOrder) {
+    if (this.inOrder) {
       this.order[this.orderTail] = head;
       this.orderTail = (this.orderTail + 1) & this.mask;
     }
-    this.avail[AVAIL_RING / 2 + (this.availIdx & this.mask)] = head;
+    const slot = AVAIL_RING / 2 + (this.availIdx & this.mask);
+    // Heads recur in the same slots (always, under IN_ORDER): an unchanged
+    // entry is not rewritten, so the device's cached copy of its line stays valid.
+    if (this.avail[slot] !== head) this.avail[slot] = head;
     this.availIdx = (this.availIdx + 1) & 0xffff;
     this.inFlight++;
-    return true;
+  }
+
+  /**
+   * Writes descriptor `d`. On a little-endian host, word by word, skipping
+   * words that already hold the value: a ring reused for the same buffers
+   * (a driver's pooled requests, a NIC's receive buffers) then leaves the
+   * table's cache lines shared with the device instead of taking them back.
+   */
+  private putDesc(d: number, addr: number, len: number, flags: number, next: number): void {
+    const t = this.desc32;
+    if (t === undefined) {
+      writeDesc(this.desc, d * DESC_SIZE, addr, len, flags, next);
+      return;
+    }
+    const o = d << 2;
+    const lo = addr >>> 0;
+    const hi = addr < TWO_32 ? 0 : (addr - lo) / TWO_32;
+    const w3 = flags | (next << 16);
+    if (t[o] !== lo) t[o] = lo;
+    if (t[o + 1] !== hi) t[o + 1] = hi;
+    if (t[o + 2] !== len) t[o + 2] = len;
+    if (t[o + 3] !== w3) t[o + 3] = w3;
   }
 
   private takeDescs(head: number, n: number): void {
     this.numFree -= n;
-    if (this.features.inOrder) {
+    if (this.inOrder) {
       this.nextDesc = (head + n) & this.mask;
     } else {
       let d = head;
@@ -186,15 +248,16 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
       }
     }
     const off = USED_RING + (this.lastUsed & this.mask) * USED_ELEM_SIZE;
-    const id = this.usedView.getUint32(off, true);
-    const len = this.usedView.getUint32(off + 4, true);
+    const u = this.used32;
+    const id = u !== undefined ? u[off >>> 2]! : this.usedView.getUint32(off, true);
+    const len = u !== undefined ? u[(off >>> 2) + 1]! : this.usedView.getUint32(off + 4, true);
     if (id >= this.size || this.live[id] !== 1) {
       this.fail(new VirtqueueError('used-id-invalid', `used entry ${this.lastUsed & this.mask} names descriptor ${id}, which is not the head of a buffer in flight`, { head: id }));
     }
     if (len > this.writableOf[id]!) {
       this.fail(new VirtqueueError('used-len-invalid', `used entry for chain ${id} says ${len} bytes were written, but it has ${this.writableOf[id]} writable bytes`, { head: id, value: len }));
     }
-    if (this.features.inOrder) {
+    if (this.inOrder) {
       // One entry may stand for a batch ending at `id` (§2.7.9): retire the
       // batch in ring order, the earlier buffers as used completely.
       let k = 1;
@@ -229,10 +292,15 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   /**
    * With interrupts on, ask for one at the next used entry, as Linux's
    * virtqueue_get_buf does: otherwise an EVENT_IDX device, having crossed the
-   * old used_event once, would never interrupt again.
+   * old used_event once, would never interrupt again. Only the last entry of
+   * the batch the driver has seen needs it: the device has already published
+   * past any earlier one, so `vring_need_event` could not fire on it, and each
+   * store is a full barrier on a line the device reads.
    */
   private moveUsedEvent(): void {
-    if (this.features.eventIdx && this.interruptsOn) Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
+    if (this.eventIdx && this.interruptsOn && this.lastUsed === this.shadowUsed && this.batchLeft === 0) {
+      Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
+    }
   }
 
   private retire(id: number, len: number, out: UsedBuffer<T>): void {
@@ -241,11 +309,12 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.tokens[id] = undefined;
     this.live[id] = 0;
     const n = this.descsOf[id]!;
-    if (!this.features.inOrder) {
+    if (!this.inOrder) {
       let d = id;
       for (let i = 1; i < n; i++) d = this.nextOf[d]!;
-      this.nextOf[d] = this.freeHead;
-      this.freeHead = id;
+      if (this.numFree === 0) this.freeHead = id;
+      else this.nextOf[this.freeTail] = id;
+      this.freeTail = d;
     }
     this.numFree += n;
     this.inFlight--;
