@@ -28,13 +28,19 @@ export class SegmentChecker {
   constructor(private readonly mem: DmaMemory) {}
 
   /**
-   * A chain of one descriptor (`desc` is its head): the checks of `push`
-   * that can apply to it. Returns the buffer's address.
+   * A chain of one descriptor: its address if the checks of `push` that can
+   * apply to it pass, else -1 (the caller then takes the general path, which
+   * throws the error). Never throws.
    */
-  single(desc: number, lo: number, hi: number, len: number, writable: boolean): number {
-    if (hi > MAX_HI_53) throw addressTooLarge(desc, desc, lo, hi);
+  single(lo: number, hi: number, len: number, writable: boolean): number {
+    if (hi > MAX_HI_53) return -1;
     const addr = hi * TWO_32 + lo;
-    this.inMemory(desc, desc, addr, len, writable);
+    try {
+      this.mem.checkRange(addr, len, writable ? 'write' : 'read');
+    } catch (e) {
+      // An IOMMU translation fault does not break the ring (see `inMemory`).
+      if (!(e instanceof GuestMemoryError && e.kind === 'fault' && 'fault' in e)) return -1;
+    }
     return addr;
   }
 

@@ -101,6 +101,29 @@ export class SplitDeviceQueue implements DeviceQueue {
   }
 
   pop(chain: DescriptorChain): boolean {
+    const t = this.desc32;
+    if (this.nextAvail !== this.shadowAvail && t !== undefined && this.broken === undefined) {
+      // The common case, small enough for the JIT to inline at the caller: an
+      // entry already known published, naming one direct descriptor whose
+      // buffer checks out. Anything else takes the general path below, which
+      // reads it again and reports what is wrong.
+      const head = this.avail[AVAIL_RING_U16 + (this.nextAvail & this.mask)]!;
+      const o = head << 2;
+      if (head < this.size && (t[o + 3]! & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+        const len = t[o + 2]!;
+        const writable = (t[o + 3]! & VIRTQ_DESC_F_WRITE) !== 0;
+        const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
+        if (addr >= 0) {
+          chain.setSingle(head, addr, len, writable);
+          this.popped();
+          return true;
+        }
+      }
+    }
+    return this.popGeneral(chain);
+  }
+
+  private popGeneral(chain: DescriptorChain): boolean {
     if (this.broken) throw this.broken;
     if (this.nextAvail === this.shadowAvail) {
       this.shadowAvail = Atomics.load(this.avail, AVAIL_IDX_U16);
@@ -116,26 +139,21 @@ export class SplitDeviceQueue implements DeviceQueue {
       this.fail(new VirtqueueError('head-out-of-range', `available ring entry ${this.nextAvail & this.mask} names descriptor ${head}, past the table of ${this.size}`, { head }));
     }
     try {
-      const t = this.desc32;
-      const o = head << 2;
-      if (t !== undefined && (t[o + 3]! & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
-        // The common case, kept short: one direct descriptor.
-        const writable = (t[o + 3]! & VIRTQ_DESC_F_WRITE) !== 0;
-        const addr = this.checker.single(head, t[o]!, t[o + 1]!, t[o + 2]!, writable);
-        chain.setSingle(head, addr, t[o + 2]!, writable);
-      } else {
-        this.readChain(head, chain);
-      }
+      this.readChain(head, chain);
     } catch (e) {
       if (e instanceof VirtqueueError) this.fail(e);
       throw e;
     }
+    this.popped();
+    return true;
+  }
+
+  private popped(): void {
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     // avail_event matters only at the end of what the device has seen: the
     // driver has already published past any earlier value, so
     // `vring_need_event` could not fire on it. One full-barrier store per batch.
     if (this.eventIdx && this.notifyEnabled && this.nextAvail === this.shadowAvail) Atomics.store(this.used, this.availEventU16, this.nextAvail);
-    return true;
   }
 
   private readChain(head: number, chain: DescriptorChain): void {

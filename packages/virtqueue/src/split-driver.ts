@@ -23,6 +23,7 @@ import { VirtqueueError } from './errors.js';
 import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over, u32Over } from './layout.js';
 
 const TWO_32 = 0x1_0000_0000;
+const USED_RING_U32 = USED_RING / 4;
 
 /** Writes one 16-byte split descriptor. */
 function writeDesc(dv: DataView, off: number, addr: number, len: number, flags: number, next: number): void {
@@ -128,19 +129,33 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   add(list: BufferList, token: T): boolean {
-    if (this.broken !== undefined) throw this.broken;
-    const n = list.count;
-    if (n === 1 && !this.indirectAlways) {
-      // The common case, kept short: one direct descriptor.
-      if (this.numFree === 0) return false;
+    const t = this.desc32;
+    if (list.count === 1 && t !== undefined && this.numFree > 0 && this.broken === undefined && !this.indirectAlways) {
+      // The common case, small enough for the JIT to inline at the caller:
+      // one direct descriptor, written word by word (see `putDesc`).
       const head = this.inOrder ? this.nextDesc : this.freeHead;
-      this.putDesc(head, list.addrs[0]!, list.lens[0]!, list.writable[0] === 1 ? VIRTQ_DESC_F_WRITE : 0, 0);
+      const o = head << 2;
+      const addr = list.addrs[0]!;
+      const lo = addr >>> 0;
+      const hi = addr < TWO_32 ? 0 : (addr - lo) / TWO_32;
+      const len = list.lens[0]!;
+      const w3 = list.writable[0] === 1 ? VIRTQ_DESC_F_WRITE : 0;
+      if (t[o] !== lo) t[o] = lo;
+      if (t[o + 1] !== hi) t[o + 1] = hi;
+      if (t[o + 2] !== len) t[o + 2] = len;
+      if (t[o + 3] !== w3) t[o + 3] = w3;
       this.numFree--;
       if (this.inOrder) this.nextDesc = (head + 1) & this.mask;
       else this.freeHead = this.nextOf[head]!;
       this.finishAdd(head, 1, list.writableBytes, token);
       return true;
     }
+    return this.addGeneral(list, token);
+  }
+
+  private addGeneral(list: BufferList, token: T): boolean {
+    if (this.broken !== undefined) throw this.broken;
+    const n = list.count;
     if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.7.13.1)');
     const indirect =
       this.indirectMode !== 'never' && n <= this.maxIndirect && (this.indirectMode === 'always' || n > 1);
@@ -237,6 +252,32 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   pollUsed(out: UsedBuffer<T>): boolean {
+    const u = this.used32;
+    if (this.lastUsed !== this.shadowUsed && u !== undefined && !this.inOrder && this.broken === undefined) {
+      // The common case, small enough for the JIT to inline at the caller: an
+      // entry already known published, for a one-descriptor chain in flight.
+      const i = USED_RING_U32 + ((this.lastUsed & this.mask) << 1);
+      const id = u[i]!;
+      const len = u[i + 1]!;
+      if (id < this.size && this.live[id] === 1 && this.descsOf[id] === 1 && len <= this.writableOf[id]!) {
+        out.token = this.tokens[id];
+        out.len = len;
+        this.tokens[id] = undefined;
+        this.live[id] = 0;
+        if (this.numFree === 0) this.freeHead = id;
+        else this.nextOf[this.freeTail] = id;
+        this.freeTail = id;
+        this.numFree++;
+        this.inFlight--;
+        this.lastUsed = (this.lastUsed + 1) & 0xffff;
+        this.moveUsedEvent();
+        return true;
+      }
+    }
+    return this.pollUsedGeneral(out);
+  }
+
+  private pollUsedGeneral(out: UsedBuffer<T>): boolean {
     if (this.broken) throw this.broken;
     if (this.batchLeft > 0) return this.retireInOrder(out);
     if (this.lastUsed === this.shadowUsed) {
