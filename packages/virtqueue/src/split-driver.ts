@@ -60,10 +60,10 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
 
   /** Driver-private copy of each descriptor's next link: the device cannot corrupt our free list. */
   private readonly nextOf: Uint16Array;
+  /** Per head: ring descriptors its list holds; 0 when it is not the head of a list in flight. */
   private readonly descsOf: Uint16Array;
   private readonly writableOf: Float64Array;
   private readonly tokens: (T | undefined)[];
-  private readonly live: Uint8Array;
   /**
    * Free descriptors, linked through `nextOf`, taken at the head and returned
    * at the tail (as DPDK's virtio driver does): buffers completed in order are
@@ -123,7 +123,6 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.descsOf = new Uint16Array(size);
     this.writableOf = new Float64Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
-    this.live = new Uint8Array(size);
     this.order = new Uint16Array(size);
     this.numFree = size;
   }
@@ -191,7 +190,6 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.descsOf[head] = descs;
     this.writableOf[head] = writableBytes;
     this.tokens[head] = token;
-    this.live[head] = 1;
     if (this.inOrder) {
       this.order[this.orderTail] = head;
       this.orderTail = (this.orderTail + 1) & this.mask;
@@ -259,11 +257,11 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
       const i = USED_RING_U32 + ((this.lastUsed & this.mask) << 1);
       const id = u[i]!;
       const len = u[i + 1]!;
-      if (id < this.size && this.live[id] === 1 && this.descsOf[id] === 1 && len <= this.writableOf[id]!) {
+      if (id < this.size && this.descsOf[id] === 1 && len <= this.writableOf[id]!) {
         out.token = this.tokens[id];
         out.len = len;
         this.tokens[id] = undefined;
-        this.live[id] = 0;
+        this.descsOf[id] = 0;
         if (this.numFree === 0) this.freeHead = id;
         else this.nextOf[this.freeTail] = id;
         this.freeTail = id;
@@ -292,7 +290,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     const u = this.used32;
     const id = u !== undefined ? u[off >>> 2]! : this.usedView.getUint32(off, true);
     const len = u !== undefined ? u[(off >>> 2) + 1]! : this.usedView.getUint32(off + 4, true);
-    if (id >= this.size || this.live[id] !== 1) {
+    if (id >= this.size || this.descsOf[id] === 0) {
       this.fail(new VirtqueueError('used-id-invalid', `used entry ${this.lastUsed & this.mask} names descriptor ${id}, which is not the head of a buffer in flight`, { head: id }));
     }
     if (len > this.writableOf[id]!) {
@@ -348,8 +346,8 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     out.token = this.tokens[id];
     out.len = len;
     this.tokens[id] = undefined;
-    this.live[id] = 0;
     const n = this.descsOf[id]!;
+    this.descsOf[id] = 0;
     if (!this.inOrder) {
       let d = id;
       for (let i = 1; i < n; i++) d = this.nextOf[d]!;
