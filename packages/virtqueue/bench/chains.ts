@@ -11,7 +11,9 @@
  * Runs of baseline and candidates alternate (timings on a 2-core machine are
  * bimodal); figures are medians of ROUNDS runs with min–max spread.
  *
- * Usage: pnpm --filter @ioplane/virtqueue bench [-- --rounds 15 --quick]
+ * Usage: pnpm --filter @ioplane/virtqueue bench [-- --rounds 15 --quick --batch 32]
+ * (`--batch 256`, a whole ring, makes (b) lock-step: each side drains all it
+ * sees before it publishes, so the two never work at once.)
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -23,7 +25,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const ROUNDS = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 3 : 11);
 const SIZE = 256;
-const BATCH = 32;
+const BATCH = Number(args[args.indexOf('--batch') + 1]) || 32;
 const N1 = quick ? 200_000 : 1_000_000;
 // Two threads: runs of ~0.1 s each (the bare ring is 4-5 times as fast).
 const N2 = quick ? 300_000 : 2_000_000;
