@@ -17,7 +17,7 @@ import {
 } from './defs.js';
 import type { DeviceQueue, QueueState } from './device-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, ringArea, u16Over } from './layout.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, ringArea, u16Over, u32Over } from './layout.js';
 import { SegmentChecker } from './segments.js';
 import { checkLen } from './split-device.js';
 
@@ -41,6 +41,8 @@ export class PackedDeviceQueue implements DeviceQueue {
 
   private readonly desc: DataView;
   private readonly descU16: Uint16Array;
+  /** The same ring as u32 words, on a little-endian host (see `u32Over`). */
+  private readonly desc32: Uint32Array | undefined;
   /** Driver Event Suppression: written by the driver, controls our interrupts. */
   private readonly driverEvent: Uint16Array;
   /** Device Event Suppression: written by us, controls the driver's notifications. */
@@ -73,6 +75,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     const ring = ringArea(mem, 'descriptor ring', config.descAddr, DESC_SIZE * size, PACKED_DESC_ALIGN, 'write');
     this.desc = dataViewOver(ring);
     this.descU16 = u16Over(ring);
+    this.desc32 = u32Over(ring);
     this.driverEvent = u16Over(ringArea(mem, 'driver event suppression', config.driverAddr, EVENT_SUPPRESS_BYTES, PACKED_EVENT_ALIGN, 'read'));
     this.deviceEvent = u16Over(ringArea(mem, 'device event suppression', config.deviceAddr, EVENT_SUPPRESS_BYTES, PACKED_EVENT_ALIGN, 'write'));
     this.checker = new SegmentChecker(mem);
@@ -96,6 +99,35 @@ export class PackedDeviceQueue implements DeviceQueue {
   }
 
   pop(chain: DescriptorChain): boolean {
+    const t = this.desc32;
+    if (t !== undefined && this.broken === undefined && this.inFlight < this.size) {
+      // The common case, small enough for the JIT to inline at the caller: one
+      // direct descriptor whose buffer checks out. Anything else takes the
+      // general path, which reads it again and reports what is wrong.
+      const pos = this.nextAvail;
+      // Acquire: the head's flags are written last by the driver (§2.8.21.1).
+      const flags = Atomics.load(this.descU16, pos * 8 + FLAGS_U16);
+      if (!isAvail(flags, this.availWrap)) return false;
+      if ((flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+        const o = pos << 2;
+        const len = t[o + 2]!;
+        const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+        const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
+        if (addr >= 0) {
+          chain.setSingle(t[o + 3]! & 0xffff, addr, len, writable);
+          this.inFlight++;
+          if (++this.nextAvail === this.size) {
+            this.nextAvail = 0;
+            this.availWrap ^= 1;
+          }
+          return true;
+        }
+      }
+    }
+    return this.popGeneral(chain);
+  }
+
+  private popGeneral(chain: DescriptorChain): boolean {
     if (this.broken) throw this.broken;
     // Acquire: the head's flags are written last by the driver (§2.8.21.1).
     const headFlags = Atomics.load(this.descU16, this.nextAvail * 8 + FLAGS_U16);

@@ -15,7 +15,9 @@ import {
 } from './defs.js';
 import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
-import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over } from './layout.js';
+import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over, u32Over } from './layout.js';
+
+const TWO_32 = 0x1_0000_0000;
 
 const FLAGS_U16 = 7;
 
@@ -35,6 +37,9 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
 
   private readonly desc: DataView;
   private readonly descU16: Uint16Array;
+  /** The same ring as u32 words, on a little-endian host (see `u32Over`). */
+  private readonly desc32: Uint32Array | undefined;
+  private readonly indirectAlways: boolean;
   private readonly driverEvent: Uint16Array;
   private readonly deviceEvent: Uint16Array;
   private readonly indirectAddr: number;
@@ -76,11 +81,13 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
     dev.fill(0);
     this.desc = dataViewOver(ring);
     this.descU16 = u16Over(ring);
+    this.desc32 = u32Over(ring);
     this.driverEvent = u16Over(drv);
     this.deviceEvent = u16Over(dev);
     this.indirectAddr = options.indirectArea?.addr ?? 0;
     this.maxIndirect = options.indirectArea?.maxIndirect ?? 0;
     this.indirectMode = options.indirectArea && features.indirect ? (options.indirect ?? 'auto') : 'never';
+    this.indirectAlways = this.indirectMode === 'always';
     if (this.indirectMode !== 'never') {
       this.indirectView = dataViewOver(mem.view(this.indirectAddr, size * this.maxIndirect * DESC_SIZE, 'write'));
     }
@@ -96,6 +103,31 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
   }
 
   add(list: BufferList, token: T): boolean {
+    const t = this.desc32;
+    if (list.count === 1 && t !== undefined && this.numFree > 0 && this.freeCount > 0 && this.broken === undefined && !this.indirectAlways) {
+      // The common case, small enough for the JIT to inline at the caller: one direct descriptor.
+      const id = this.freeIds[--this.freeCount]!;
+      const pos = this.nextAvail;
+      const o = pos << 2;
+      const addr = list.addrs[0]!;
+      const lo = addr >>> 0;
+      t[o] = lo;
+      t[o + 1] = addr < TWO_32 ? 0 : (addr - lo) / TWO_32;
+      t[o + 2] = list.lens[0]!;
+      this.descU16[pos * 8 + 6] = id;
+      const flags = (list.writable[0] === 1 ? VIRTQ_DESC_F_WRITE : 0) | (this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+      this.advance(1);
+      // Release: the fields above are visible before the flags that make them available (§2.8.21.1).
+      Atomics.store(this.descU16, pos * 8 + FLAGS_U16, flags);
+      this.numFree--;
+      this.added++;
+      this.track(id, 1, list.writableBytes, token);
+      return true;
+    }
+    return this.addGeneral(list, token);
+  }
+
+  private addGeneral(list: BufferList, token: T): boolean {
     if (this.broken) throw this.broken;
     const n = list.count;
     if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.8)');
@@ -136,8 +168,14 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
     Atomics.store(this.descU16, first * 8 + FLAGS_U16, headFlags);
     this.numFree -= need;
     this.added += need;
-    this.descsOf[id] = need;
-    this.writableOf[id] = list.writableBytes;
+    this.track(id, need, list.writableBytes, token);
+    return true;
+  }
+
+  /** Bookkeeping for a list made available under Buffer ID `id`. */
+  private track(id: number, descs: number, writableBytes: number, token: T): void {
+    this.descsOf[id] = descs;
+    this.writableOf[id] = writableBytes;
     this.tokens[id] = token;
     this.live[id] = 1;
     if (this.features.inOrder) {
@@ -145,7 +183,6 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
       this.orderTail = (this.orderTail + 1) % this.size;
     }
     this.inFlight++;
-    return true;
   }
 
   private advance(n: number): void {

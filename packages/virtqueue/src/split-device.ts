@@ -227,8 +227,12 @@ export class SplitDeviceQueue implements DeviceQueue {
     const off = USED_RING + (this.nextUsed & this.mask) * USED_ELEM_SIZE;
     const u = this.used32;
     if (u !== undefined) {
-      u[off >>> 2] = id;
-      u[(off >>> 2) + 1] = len;
+      // As the driver does with descriptors: an element that already holds
+      // these values (the same head in the same slot, lap after lap) is not
+      // rewritten, so the driver's cached copy of its line stays valid.
+      const i = off >>> 2;
+      if (u[i] !== id) u[i] = id;
+      if (u[i + 1] !== len) u[i + 1] = len;
     } else {
       this.usedView.setUint32(off, id, true);
       this.usedView.setUint32(off + 4, len, true);

@@ -103,6 +103,27 @@ describe('split driver: descriptors and avail entries are reused in place', () =
   });
 });
 
+describe('split device: used elements are rewritten only when they change', () => {
+  it('writes id and len over whatever the slot held', () => {
+    const { mem, drv, dev, chain, out } = rig();
+    const list = new BufferList().push(0x4000, 0x40, true);
+    for (let lap = 0; lap < 2; lap++) {
+      for (let i = 0; i < 8; i++) drv.add(list, i);
+      drv.publish();
+      // A faulty driver scribbles on slot 0 of the used ring before the device fills it.
+      mem.writeU32(USED + 4, 0x77);
+      mem.writeU32(USED + 8, 0x88);
+      while (dev.pop(chain)) dev.pushUsed(chain, lap === 0 ? 0x10 : 0x20);
+      dev.publishUsed();
+      expect(mem.readU32(USED + 4)).toBe(0);
+      expect(mem.readU32(USED + 8)).toBe(lap === 0 ? 0x10 : 0x20);
+      const lens: number[] = [];
+      while (drv.pollUsed(out)) lens.push(out.len);
+      expect(lens).toEqual(Array(8).fill(lap === 0 ? 0x10 : 0x20));
+    }
+  });
+});
+
 describe('split ring: the short paths and the general paths agree', () => {
   it('refuses a one-descriptor chain outside memory with the general path\'s error, and breaks the queue', () => {
     const { drv, dev, chain } = rig();
