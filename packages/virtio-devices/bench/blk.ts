@@ -178,7 +178,6 @@ async function main(): Promise<void> {
       ['raw virtio futex-guest', { wait: 'sync', pollWhileBusy: true }],
       ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
       ['raw virtio no-merge', { wait: 'async', pollWhileBusy: true, merge: false }],
-      ['raw virtio merge-256k', { wait: 'async', pollWhileBusy: true, merge: { maxBytes: 256 << 10 } }],
     ];
     for (const [name, mode] of variants) {
       if (!process.env.CONFIG?.split(',').includes(name)) continue;
