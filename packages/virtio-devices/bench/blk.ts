@@ -214,7 +214,15 @@ async function main(): Promise<void> {
           `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}${fmt(median(l.map((x) => x.cpuUs ?? 0)), 1)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
         );
       }
-      const ratio = (a: string, b: string): string => (med.get(a)! / med.get(b)!).toFixed(2);
+      // Ratio of medians, then the median (min–max) of the ratios paired round by round: the two
+      // cells of a round ran back to back, so load that drifts over the run cancels out of those.
+      const ratio = (a: string, b: string): string => {
+        const ra = res.get(a);
+        const rb = res.get(b);
+        if (ra === undefined || rb === undefined) return 'n/a';
+        const paired = ra.map((x, i) => x.iops / rb[i]!.iops);
+        return `${(med.get(a)! / med.get(b)!).toFixed(2)} (paired ${median(paired).toFixed(2)}, ${Math.min(...paired).toFixed(2)}–${Math.max(...paired).toFixed(2)})`;
+      };
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
       const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
       const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;
