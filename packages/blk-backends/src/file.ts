@@ -1,9 +1,33 @@
-import { constants, promises as fsp } from 'node:fs';
+import { constants, promises as fsp, readv as fsReadv } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { BlockError, ioError } from './errors.js';
 import { ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, native, SEEK_DATA, SEEK_HOLE } from './native.js';
 
 const ZEROS = new Uint8Array(1 << 20);
+const NO_BUFFERS: readonly Uint8Array[] = [];
+
+/**
+ * One positional vectored read in flight, reused from a pool: the callback-style
+ * `fs.readv` with pre-bound callbacks, so a read costs one Promise (the caller's)
+ * and libuv's own request object, not the several promises, closures and result
+ * objects of `FileHandle.readv`.
+ */
+class ReadReq {
+  buffers: readonly Uint8Array[] = NO_BUFFERS;
+  /** File position of the next byte to read. */
+  at = 0;
+  /** Next buffer to fill, and bytes of it already filled. */
+  i = 0;
+  skip = 0;
+  resolve: (() => void) | undefined = undefined;
+  reject: ((e: Error) => void) | undefined = undefined;
+  readonly executor = (resolve: () => void, reject: (e: Error) => void): void => {
+    this.resolve = resolve;
+    this.reject = reject;
+  };
+  readonly cb = (err: NodeJS.ErrnoException | null, n: number): void => this.file.readDone(this, err, n);
+  constructor(readonly file: HostFile) {}
+}
 
 /**
  * Byte-granular positional I/O on a host file (no alignment rules): what the
@@ -12,6 +36,10 @@ const ZEROS = new Uint8Array(1 << 20);
  */
 export class HostFile {
   #size: number;
+  readonly #readPool: ReadReq[] = [];
+  /** Callback-style reads in flight (close waits for them: they use the fd, not the FileHandle). */
+  #pending = 0;
+  #idle: (() => void) | undefined;
   private constructor(
     readonly path: string,
     readonly handle: FileHandle,
@@ -56,38 +84,83 @@ export class HostFile {
     return this.#size;
   }
 
-  /** Fill `buffers` from `pos`; bytes past the end of the file read as zeros. */
-  async readv(buffers: readonly Uint8Array[], pos: number): Promise<void> {
-    let i = 0;
-    let skip = 0;
-    let at = pos;
-    // Bounded: each round either reads ≥1 byte or zero-fills the rest and stops.
-    while (i < buffers.length) {
-      const batch = skip === 0 && i === 0 ? buffers : [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)];
-      let n: number;
-      try {
-        n = (await this.handle.readv(batch as Uint8Array[], at)).bytesRead;
-      } catch (e) {
-        throw ioError(`read of ${this.path} at ${at}`, e);
-      }
-      if (n === 0) {
-        for (let j = i; j < buffers.length; j++) buffers[j]!.fill(0, j === i ? skip : 0);
-        return;
-      }
-      at += n;
-      while (i < buffers.length && n > 0) {
-        const left = buffers[i]!.byteLength - skip;
-        if (n >= left) {
-          n -= left;
-          i++;
-          skip = 0;
-        } else {
-          skip += n;
-          n = 0;
-        }
-      }
-      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+  /**
+   * Fill `buffers` from `pos`; bytes past the end of the file read as zeros.
+   * One preadv on libuv's threadpool (more only after a short read).
+   */
+  readv(buffers: readonly Uint8Array[], pos: number): Promise<void> {
+    const r = this.#readPool.pop() ?? new ReadReq(this);
+    r.buffers = buffers;
+    r.at = pos;
+    r.i = 0;
+    r.skip = 0;
+    while (r.i < buffers.length && buffers[r.i]!.byteLength === 0) r.i++;
+    const p = new Promise<void>(r.executor);
+    if (r.i >= buffers.length) {
+      this.readFinish(r, undefined);
+      return p;
     }
+    this.#pending++;
+    this.readIssue(r);
+    return p;
+  }
+
+  private readIssue(r: ReadReq): void {
+    const b = r.buffers;
+    const batch = r.skip === 0 && r.i === 0 ? b : [b[r.i]!.subarray(r.skip), ...b.slice(r.i + 1)];
+    try {
+      fsReadv(this.handle.fd, batch as Uint8Array[], r.at, r.cb);
+    } catch (e) {
+      this.readSettled(r, ioError(`read of ${this.path} at ${r.at}`, e));
+    }
+  }
+
+  /** Internal: a preadv of `r` finished. Bounded: each round reads ≥1 byte or zero-fills the rest and stops. */
+  readDone(r: ReadReq, err: NodeJS.ErrnoException | null, n: number): void {
+    if (err !== null) {
+      this.readSettled(r, ioError(`read of ${this.path} at ${r.at}`, err));
+      return;
+    }
+    const b = r.buffers;
+    if (n === 0) {
+      for (let j = r.i; j < b.length; j++) b[j]!.fill(0, j === r.i ? r.skip : 0);
+      this.readSettled(r, undefined);
+      return;
+    }
+    r.at += n;
+    while (r.i < b.length && n > 0) {
+      const left = b[r.i]!.byteLength - r.skip;
+      if (n >= left) {
+        n -= left;
+        r.i++;
+        r.skip = 0;
+      } else {
+        r.skip += n;
+        n = 0;
+      }
+    }
+    while (r.i < b.length && b[r.i]!.byteLength === 0) r.i++;
+    if (r.i < b.length) this.readIssue(r);
+    else this.readSettled(r, undefined);
+  }
+
+  private readSettled(r: ReadReq, e: Error | undefined): void {
+    this.readFinish(r, e);
+    if (--this.#pending === 0 && this.#idle !== undefined) {
+      const idle = this.#idle;
+      this.#idle = undefined;
+      idle();
+    }
+  }
+
+  private readFinish(r: ReadReq, e: Error | undefined): void {
+    const resolve = r.resolve!;
+    const reject = r.reject!;
+    r.resolve = r.reject = undefined;
+    r.buffers = NO_BUFFERS;
+    if (this.#readPool.length < 1024) this.#readPool.push(r);
+    if (e === undefined) resolve();
+    else reject(e);
   }
 
   async read(buf: Uint8Array, pos: number): Promise<void> {
@@ -199,7 +272,9 @@ export class HostFile {
     return { data: true, end: Math.min(limit, h) };
   }
 
+  /** Waits for reads in flight, then closes the file. */
   async close(): Promise<void> {
+    if (this.#pending > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
     await this.handle.close();
   }
 }

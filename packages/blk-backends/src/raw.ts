@@ -86,7 +86,8 @@ export class RawFileBackend implements BlockBackend {
       const len = segmentsLength(segments);
       checkRequest(this, 'read', offset, len, this.#closed);
       if (len === 0) return Promise.resolve();
-      return this.#track(this.direct ? this.#directIo(offset, segments, len, false) : this.file.readv(segments, offset));
+      // Buffered reads are tracked by the HostFile itself (its close waits for them), without a promise per read here.
+      return this.direct ? this.#track(this.#directIo(offset, segments, len, false)) : this.file.readv(segments, offset);
     } catch (e) {
       return rejectWith(e);
     }

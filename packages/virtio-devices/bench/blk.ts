@@ -21,7 +21,7 @@ import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend } 
 import { GuestMemory } from '@ioplane/guest-memory';
 import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
-import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
+import { VirtioBlkDevice, serveTransport, type ServedDevice, type VirtioBlkOptions } from '../src/index.js';
 import { type Job, type JobResult, rng, summarize } from './common.js';
 import { RecordingBackend } from './trace-recorder.js';
 
@@ -66,6 +66,8 @@ interface GuestMode {
   wait: 'sync' | 'async';
   /** The device's VirtioBlkOptions.pollWhileBusy. */
   pollWhileBusy: boolean;
+  /** The device's VirtioBlkOptions.merge (default: merging on). */
+  merge?: VirtioBlkOptions['merge'];
 }
 
 async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'async', pollWhileBusy: true }): Promise<Guest> {
@@ -74,7 +76,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
   const bells = new Int32Array(new SharedArrayBuffer(8));
   const kick = new Doorbell(bells, 0);
   const irq = new Doorbell(bells, 1);
-  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, interrupts: { queue: () => irq.ring(), config: () => {} } });
+  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, merge: mode.merge, interrupts: { queue: () => irq.ring(), config: () => {} } });
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
@@ -175,6 +177,7 @@ async function main(): Promise<void> {
     const variants: [string, GuestMode][] = [
       ['raw virtio futex-guest', { wait: 'sync', pollWhileBusy: true }],
       ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
+      ['raw virtio no-merge', { wait: 'async', pollWhileBusy: true, merge: false }],
     ];
     for (const [name, mode] of variants) {
       if (!process.env.CONFIG?.split(',').includes(name)) continue;
@@ -191,24 +194,35 @@ async function main(): Promise<void> {
       for (let run = 0; run < RUNS + 1; run++) {
         for (const c of configs) {
           const job: Job = { type: 'job', bs: p.bs, qd: p.qd, random: p.random, ops: p.ops, seed: 1000 + run };
+          const cpu0 = process.cpuUsage();
           const out = await Promise.race([c.run(job), new Promise<JobResult>((_, rej) => setTimeout(() => rej(new Error(`${c.name} ${p.name} timed out; device stats ${JSON.stringify(guests.map((g) => [g.device.stats, g.device.blkStats, g.device.status]))}`)), 60_000).unref())]);
+          const cpu = process.cpuUsage(cpu0);
+          out.cpuUs = (cpu.user + cpu.system) / job.ops;
           if (run === 0) continue; // warm-up round
           const list = res.get(c.name) ?? [];
           list.push(out);
           res.set(c.name, list);
         }
       }
-      console.log(`${p.name}:        config      IOPS      MB/s   p50 µs   p99 µs   IOPS min–max`);
+      console.log(`${p.name}:        config      IOPS      MB/s   p50 µs   p99 µs  CPU µs/op  IOPS min–max`);
       const med = new Map<string, number>();
       for (const c of configs) {
         const l = res.get(c.name)!;
         const iops = l.map((x) => x.iops);
         med.set(c.name, median(iops));
         console.log(
-          `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
+          `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}${fmt(median(l.map((x) => x.cpuUs ?? 0)), 1)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
         );
       }
-      const ratio = (a: string, b: string): string => (med.get(a)! / med.get(b)!).toFixed(2);
+      // Ratio of medians, then the median (min–max) of the ratios paired round by round: the two
+      // cells of a round ran back to back, so load that drifts over the run cancels out of those.
+      const ratio = (a: string, b: string): string => {
+        const ra = res.get(a);
+        const rb = res.get(b);
+        if (ra === undefined || rb === undefined) return 'n/a';
+        const paired = ra.map((x, i) => x.iops / rb[i]!.iops);
+        return `${(med.get(a)! / med.get(b)!).toFixed(2)} (paired ${median(paired).toFixed(2)}, ${Math.min(...paired).toFixed(2)}–${Math.max(...paired).toFixed(2)})`;
+      };
       const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
       const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
       const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;

@@ -15,6 +15,8 @@ export interface JobResult {
   /** Microseconds. */
   p50: number;
   p99: number;
+  /** CPU time of the whole process (every thread: device, guest, libuv's threadpool) per request, µs; filled in by the harness. */
+  cpuUs?: number;
 }
 
 /** xorshift32: deterministic offsets, seeded per run, the same on both paths. */

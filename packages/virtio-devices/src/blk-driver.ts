@@ -112,6 +112,12 @@ const SLOT_MAX_RANGES = 28;
 const SLOT_BYTES = SLOT_TABLE + SLOT_MAX_RANGES * BLK_DWZ_SEGMENT_SIZE;
 const DEFAULT_MAX_SEGMENTS = 32;
 
+/** What `tryAdd` did. */
+const ADDED = 0;
+const NO_SLOT = 1;
+const NO_DESCRIPTORS = 2;
+type AddResult = typeof ADDED | typeof NO_SLOT | typeof NO_DESCRIPTORS;
+
 interface Slot {
   resolve: ((v: undefined) => void) | undefined;
   reject: ((e: Error) => void) | undefined;
@@ -147,6 +153,7 @@ export class VirtioBlkDriver {
   readonly #mem: GuestMemory;
   readonly #queues: DQ[];
   readonly #list = new BufferList(DEFAULT_MAX_SEGMENTS + 2);
+  readonly #one: GuestBuffer[] = [{ addr: 0, len: 0 }];
   readonly #used: UsedBuffer<number> = { token: undefined, len: 0 };
   readonly #maxSegments: number;
   #rr = 0;
@@ -257,7 +264,11 @@ export class VirtioBlkDriver {
   }
 
   read(sector: number, addr: number, len: number, queue?: number): Promise<void> {
-    return this.readv(sector, [{ addr, len }], queue);
+    // One reusable buffer list: submit copies it if the request has to wait.
+    const one = this.#one;
+    one[0]!.addr = addr;
+    one[0]!.len = len;
+    return this.readv(sector, one, queue);
   }
 
   readv(sector: number, buffers: readonly GuestBuffer[], queue?: number): Promise<void> {
@@ -265,7 +276,10 @@ export class VirtioBlkDriver {
   }
 
   write(sector: number, addr: number, len: number, queue?: number): Promise<void> {
-    return this.writev(sector, [{ addr, len }], queue);
+    const one = this.#one;
+    one[0]!.addr = addr;
+    one[0]!.len = len;
+    return this.writev(sector, one, queue);
   }
 
   writev(sector: number, buffers: readonly GuestBuffer[], queue?: number): Promise<void> {
@@ -332,63 +346,83 @@ export class VirtioBlkDriver {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     return new Promise<void>((resolve, reject) => {
+      // The usual case (a slot and descriptors free) allocates nothing but the Promise;
+      // a request that has to wait keeps a copy of its buffer list in a closure.
+      const r = this.tryAdd(d, type, sector, buffers, idOut, ranges, unmap, resolve, reject);
+      if (r === ADDED) return;
+      const own = buffers.map((b) => ({ addr: b.addr, len: b.len }));
       const go = (): void => {
         if (this.#failed) {
           reject(this.#failed);
           return;
         }
-        const slotIndex = d.free.pop();
-        if (slotIndex === undefined) {
-          d.waiters.push(go);
-          return;
-        }
-        const hdr = d.slotBase + slotIndex * SLOT_BYTES;
-        const mem = this.#mem;
-        mem.writeU32(hdr, type);
-        mem.writeU32(hdr + 4, 0);
-        mem.writeU53(hdr + 8, sector);
-        mem.writeU8(hdr + SLOT_STATUS, 0xff);
-        const list = this.#list.clear();
-        list.push(hdr, BLK_REQ_HEADER_SIZE, false);
-        if (ranges !== undefined) {
-          for (let i = 0; i < ranges.length; i++) {
-            const r = ranges[i]!;
-            const e = hdr + SLOT_TABLE + i * BLK_DWZ_SEGMENT_SIZE;
-            mem.writeU53(e, r.sector);
-            mem.writeU32(e + 8, r.count);
-            mem.writeU32(e + 12, unmap ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0);
-          }
-          list.push(hdr + SLOT_TABLE, ranges.length * BLK_DWZ_SEGMENT_SIZE, false);
-        }
-        const writable = type === VIRTIO_BLK_T_IN;
-        for (let i = 0; i < buffers.length; i++) list.push(buffers[i]!.addr, buffers[i]!.len, writable);
-        if (type === VIRTIO_BLK_T_GET_ID) list.push(hdr + SLOT_ID, VIRTIO_BLK_ID_BYTES, true);
-        list.push(hdr + SLOT_STATUS, 1, true);
-        if (!d.dq.add(list, slotIndex)) {
-          // Not enough free descriptors: wait for a completion.
-          d.free.push(slotIndex);
-          d.waiters.unshift(go);
-          return;
-        }
-        const s = d.slots[slotIndex]!;
-        s.resolve = resolve;
-        s.reject = reject;
-        s.type = type;
-        s.id = undefined;
-        if (idOut !== undefined) {
-          s.resolve = () => {
-            idOut.id = mem.view(hdr + SLOT_ID, VIRTIO_BLK_ID_BYTES, 'read').slice();
-            resolve();
-          };
-        }
-        d.dirty = true;
-        if (!this.#publishScheduled) {
-          this.#publishScheduled = true;
-          queueMicrotask(this.#publish);
-        }
+        const again = this.tryAdd(d, type, sector, own, idOut, ranges, unmap, resolve, reject);
+        if (again === NO_SLOT) d.waiters.push(go);
+        // Not enough free descriptors: first in line at the next completion.
+        else if (again === NO_DESCRIPTORS) d.waiters.unshift(go);
       };
-      go();
+      if (r === NO_SLOT) d.waiters.push(go);
+      else d.waiters.unshift(go);
     });
+  }
+
+  /** Puts one request on the ring if a slot and descriptors are free. */
+  private tryAdd(
+    d: DQ,
+    type: number,
+    sector: number,
+    buffers: readonly GuestBuffer[],
+    idOut: { id?: Uint8Array } | undefined,
+    ranges: readonly SectorRange[] | undefined,
+    unmap: boolean,
+    resolve: (v: undefined) => void,
+    reject: (e: Error) => void,
+  ): AddResult {
+    const slotIndex = d.free.pop();
+    if (slotIndex === undefined) return NO_SLOT;
+    const hdr = d.slotBase + slotIndex * SLOT_BYTES;
+    const mem = this.#mem;
+    mem.writeU32(hdr, type);
+    mem.writeU32(hdr + 4, 0);
+    mem.writeU53(hdr + 8, sector);
+    mem.writeU8(hdr + SLOT_STATUS, 0xff);
+    const list = this.#list.clear();
+    list.push(hdr, BLK_REQ_HEADER_SIZE, false);
+    if (ranges !== undefined) {
+      for (let i = 0; i < ranges.length; i++) {
+        const r = ranges[i]!;
+        const e = hdr + SLOT_TABLE + i * BLK_DWZ_SEGMENT_SIZE;
+        mem.writeU53(e, r.sector);
+        mem.writeU32(e + 8, r.count);
+        mem.writeU32(e + 12, unmap ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0);
+      }
+      list.push(hdr + SLOT_TABLE, ranges.length * BLK_DWZ_SEGMENT_SIZE, false);
+    }
+    const writable = type === VIRTIO_BLK_T_IN;
+    for (let i = 0; i < buffers.length; i++) list.push(buffers[i]!.addr, buffers[i]!.len, writable);
+    if (type === VIRTIO_BLK_T_GET_ID) list.push(hdr + SLOT_ID, VIRTIO_BLK_ID_BYTES, true);
+    list.push(hdr + SLOT_STATUS, 1, true);
+    if (!d.dq.add(list, slotIndex)) {
+      d.free.push(slotIndex);
+      return NO_DESCRIPTORS;
+    }
+    const s = d.slots[slotIndex]!;
+    s.resolve = resolve;
+    s.reject = reject;
+    s.type = type;
+    s.id = undefined;
+    if (idOut !== undefined) {
+      s.resolve = () => {
+        idOut.id = mem.view(hdr + SLOT_ID, VIRTIO_BLK_ID_BYTES, 'read').slice();
+        resolve(undefined);
+      };
+    }
+    d.dirty = true;
+    if (!this.#publishScheduled) {
+      this.#publishScheduled = true;
+      queueMicrotask(this.#publish);
+    }
+    return ADDED;
   }
 
   /** Makes every request added this turn visible, one notification per queue if the device wants it. */
