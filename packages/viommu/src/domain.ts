@@ -160,6 +160,13 @@ export class Endpoint implements TranslationSource {
     return end;
   }
 
+  /** `reservedOverlaps` for start ≤ end below 2^53 (region bounds as numbers are exact there and ≥ 2^53 above). */
+  reservedOverlapsNum(start: number, end: number): boolean {
+    const s = this.resvStart;
+    for (let i = 0; i < s.length; i++) if (s[i]! <= end && this.resvEnd[i]! >= start) return true;
+    return false;
+  }
+
   /** True if some reserved region of this endpoint overlaps [start, end]. */
   reservedOverlaps(start: bigint, end: bigint): boolean {
     for (const r of this.reserved) if (r.start <= end && r.end >= start) return true;

@@ -254,7 +254,8 @@ interface LiveMapping {
   flags: number;
   /** Time of unmap (deferred/optimistic). */
   at: number;
-  key: string;
+  /** Made by `mapAt`: never reused by optimistic teardown. */
+  fixed: boolean;
 }
 
 /** First-fit IOVA allocator over [start, end) with coalescing frees. */
@@ -324,6 +325,8 @@ export class GuestIommuDriver {
   readonly config: IommuConfig;
   readonly granule: number;
   private nextDomain: number;
+  /** Scratch batch of one request (`send`). */
+  private readonly one: IommuRequest[] = [];
 
   constructor(
     readonly transport: IommuTransport,
@@ -340,7 +343,9 @@ export class GuestIommuDriver {
 
   /** Sends one request and throws unless it succeeded. */
   send(req: IommuRequest): void {
-    this.transport.submit([req]);
+    const one = this.one;
+    one[0] = req;
+    this.transport.submit(one);
     if (req.status !== d.VIRTIO_IOMMU_S_OK) {
       throw new ViommuError('request-failed', `virtio-iommu request type ${req.type} failed with ${d.STATUS_NAMES[req.status] ?? req.status}`, req.type, req.status);
     }
@@ -373,7 +378,10 @@ export class DmaDomain {
   private readonly live = new Map<number, LiveMapping>();
   /** deferred: unmapped, UNMAP not yet sent. optimistic: unmapped, still live in the device (oldest first). */
   private readonly pending: LiveMapping[] = [];
-  private readonly cache = new Map<string, LiveMapping[]>();
+  /** optimistic: unmapped mappings still live in the device, by guest page (then matched on size and flags). */
+  private readonly cache = new Map<number, LiveMapping[]>();
+  /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
+  private readonly spare: LiveMapping[] = [];
   /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
   private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
   private readonly unmapReqs: IommuRequest[] = [];
@@ -424,10 +432,9 @@ export class DmaDomain {
     const gpaPage = roundDown(gpa, g);
     const size = roundUp(gpa + len, g) - gpaPage;
     const flags = dirFlags(dir);
-    const key = `${gpaPage}:${size}:${flags}`;
     this.stats.maps++;
     if (this.mode === 'optimistic') {
-      const hit = this.cache.get(key)?.pop();
+      const hit = this.takeCached(gpaPage, size, flags);
       if (hit !== undefined) {
         this.pending.splice(this.pending.indexOf(hit), 1);
         this.live.set(hit.iova, hit);
@@ -441,7 +448,7 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
-    return this.sendMap(iova, gpaPage, size, flags, key) + (gpa - gpaPage);
+    return this.sendMap(iova, gpaPage, size, flags, false) + (gpa - gpaPage);
   }
 
   /**
@@ -466,11 +473,26 @@ export class DmaDomain {
       if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside input_range`, iovaPage);
     }
     this.stats.maps++;
-    // A unique key: fixed mappings never enter the optimistic cache.
-    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), `fixed:${iovaPage}`) + (gpa - gpaPage);
+    // Fixed mappings never enter the optimistic cache.
+    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), true) + (gpa - gpaPage);
   }
 
-  private sendMap(iova: number, gpaPage: number, size: number, flags: number, key: string): number {
+  /** optimistic: the most recently unmapped cached mapping of exactly these pages and flags, removed from the cache. */
+  private takeCached(gpaPage: number, size: number, flags: number): LiveMapping | undefined {
+    const list = this.cache.get(gpaPage);
+    if (list === undefined) return undefined;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const m = list[i]!;
+      if (m.size === size && m.flags === flags) {
+        list.splice(i, 1);
+        if (list.length === 0) this.cache.delete(gpaPage);
+        return m;
+      }
+    }
+    return undefined;
+  }
+
+  private sendMap(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): number {
     const req = this.mapReq;
     refillMap(req, this.id, iova, iova + size - 1, gpaPage, flags);
     this.stats.requests++;
@@ -481,7 +503,14 @@ export class DmaDomain {
       this.iovas.release(iova, size);
       throw e;
     }
-    this.live.set(iova, { iova, size, gpaPage, flags, at: 0, key });
+    const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false };
+    m.iova = iova;
+    m.size = size;
+    m.gpaPage = gpaPage;
+    m.flags = flags;
+    m.at = 0;
+    m.fixed = fixed;
+    this.live.set(iova, m);
     return iova;
   }
 
@@ -494,27 +523,39 @@ export class DmaDomain {
     this.live.delete(base);
     this.stats.unmaps++;
     if (this.mode === 'strict') {
-      this.sendUnmaps([m]);
+      const one = this.one;
+      one[0] = m;
+      this.sendUnmaps(one);
       return;
     }
-    m.at = this.driver.now();
+    const now = this.driver.now();
+    m.at = now;
     this.pending.push(m);
     if (this.mode === 'optimistic') {
-      let list = this.cache.get(m.key);
-      if (list === undefined) this.cache.set(m.key, (list = []));
-      list.push(m);
+      if (!m.fixed) {
+        let list = this.cache.get(m.gpaPage);
+        if (list === undefined) this.cache.set(m.gpaPage, (list = []));
+        list.push(m);
+      }
       if (this.pending.length > this.quota) this.teardown(this.pending.length - this.quota);
     } else if (this.pending.length >= this.batchSize) {
       this.flush();
     }
-    this.expire();
+    this.expireAt(now);
   }
+
+  /** Scratch batch of one (strict unmap). */
+  private readonly one: LiveMapping[] = [];
 
   /** Applies the clock: sends the deferred batch, or tears down expired cached mappings, when due. */
   expire(): void {
+    if (this.pending.length === 0) return;
+    this.expireAt(this.driver.now());
+  }
+
+  private expireAt(now: number): void {
     const p = this.pending;
     if (p.length === 0) return;
-    const now = this.driver.now();
     if (this.mode === 'deferred') {
       if (now - p[0]!.at >= this.flushDelay) this.flush();
     } else if (this.mode === 'optimistic') {
@@ -535,9 +576,10 @@ export class DmaDomain {
     const batch = this.pending.splice(0, n);
     if (this.mode === 'optimistic') {
       for (const m of batch) {
-        const list = this.cache.get(m.key)!;
+        if (m.fixed) continue;
+        const list = this.cache.get(m.gpaPage)!;
         list.splice(list.indexOf(m), 1);
-        if (list.length === 0) this.cache.delete(m.key);
+        if (list.length === 0) this.cache.delete(m.gpaPage);
       }
     }
     this.sendUnmaps(batch);
@@ -580,6 +622,8 @@ export class DmaDomain {
         const first = sorted[runs[r]!]!;
         const last = sorted[runs[r + 1]! - 1]!;
         this.iovas.release(first.iova, last.iova + last.size - first.iova);
+        const spare = this.spare;
+        for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
       } else failed ??= req;
     }
     if (failed !== undefined) {

@@ -52,19 +52,31 @@ const TWO_53 = 2 ** 53;
 export class TranslatingMemory implements DmaMemory {
   private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0 };
   /**
-   * The last run translated for each direction (a one-entry TLB in front of
-   * the source's IOTLB, for the ring-index and descriptor reads that hit the
-   * same page over and over). Valid only while the source's generation is
-   * the one it was filled under, so it is never stale either.
+   * The last two runs translated for each direction (a small TLB in front of
+   * the source's IOTLB: a request's accesses alternate between the ring area
+   * — header, status byte — and its data buffer, so two entries per
+   * direction serve all but the first touch of each). Entry 0 is [r0Start,
+   * r0End) → +r0Delta, entry 1 likewise; `rNext` is the one to replace. All
+   * are valid only while the source's generation is `rGen` (`wGen` for
+   * writes), the one they were filled under, so they are never stale either:
+   * the first access after a generation change empties the direction.
    */
   private rGen = -1;
-  private rStart = 1;
-  private rEnd = 0;
-  private rDelta = 0;
+  private r0Start = 1;
+  private r0End = 0;
+  private r0Delta = 0;
+  private r1Start = 1;
+  private r1End = 0;
+  private r1Delta = 0;
+  private rNext = 0;
   private wGen = -1;
-  private wStart = 1;
-  private wEnd = 0;
-  private wDelta = 0;
+  private w0Start = 1;
+  private w0End = 0;
+  private w0Delta = 0;
+  private w1Start = 1;
+  private w1End = 0;
+  private w1Delta = 0;
+  private wNext = 0;
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
   private count = 0;
@@ -75,36 +87,81 @@ export class TranslatingMemory implements DmaMemory {
     readonly inner: DmaMemory,
     readonly source: TranslationSource,
     private readonly sink?: FaultSink,
-    /** Keep the last run per direction (false: every access asks the source). */
+    /** Keep the last runs per direction (false: every access asks the source). */
     private readonly micro = true,
   ) {}
 
-  /** Translates `addr` into `this.out` through the one-entry cache, then the source; returns 0 or a fault code. */
+  /** Translates `addr` into `this.out` through the run cache, then the source; returns 0 or a fault code. */
   private translateOne(addr: number, access: Access): number {
     const out = this.out;
+    const gen = this.source.generation;
     if (access === 'read') {
-      if (addr >= this.rStart && addr < this.rEnd && this.rGen === this.source.generation) {
-        out.gpa = addr + this.rDelta;
-        out.end = this.rEnd;
+      if (gen === this.rGen) {
+        if (addr >= this.r0Start && addr < this.r0End) {
+          out.gpa = addr + this.r0Delta;
+          out.end = this.r0End;
+          this.rNext = 1;
+          return 0;
+        }
+        if (addr >= this.r1Start && addr < this.r1End) {
+          out.gpa = addr + this.r1Delta;
+          out.end = this.r1End;
+          this.rNext = 0;
+          return 0;
+        }
+      } else {
+        this.rGen = -1;
+        this.r0Start = this.r1Start = 1;
+        this.r0End = this.r1End = 0;
+      }
+    } else if (gen === this.wGen) {
+      if (addr >= this.w0Start && addr < this.w0End) {
+        out.gpa = addr + this.w0Delta;
+        out.end = this.w0End;
+        this.wNext = 1;
         return 0;
       }
-    } else if (addr >= this.wStart && addr < this.wEnd && this.wGen === this.source.generation) {
-      out.gpa = addr + this.wDelta;
-      out.end = this.wEnd;
-      return 0;
+      if (addr >= this.w1Start && addr < this.w1End) {
+        out.gpa = addr + this.w1Delta;
+        out.end = this.w1End;
+        this.wNext = 0;
+        return 0;
+      }
+    } else {
+      this.wGen = -1;
+      this.w0Start = this.w1Start = 1;
+      this.w0End = this.w1End = 0;
     }
     const code = this.source.translate(addr, access, out);
     if (code === 0 && this.micro) {
+      // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
+      const delta = out.gpa - addr;
       if (access === 'read') {
-        this.rGen = this.source.generation;
-        this.rStart = out.start;
-        this.rEnd = out.end;
-        this.rDelta = out.gpa - addr;
+        this.rGen = gen;
+        if (this.rNext === 0) {
+          this.r0Start = out.start;
+          this.r0End = out.end;
+          this.r0Delta = delta;
+          this.rNext = 1;
+        } else {
+          this.r1Start = out.start;
+          this.r1End = out.end;
+          this.r1Delta = delta;
+          this.rNext = 0;
+        }
       } else {
-        this.wGen = this.source.generation;
-        this.wStart = out.start;
-        this.wEnd = out.end;
-        this.wDelta = out.gpa - addr;
+        this.wGen = gen;
+        if (this.wNext === 0) {
+          this.w0Start = out.start;
+          this.w0End = out.end;
+          this.w0Delta = delta;
+          this.wNext = 1;
+        } else {
+          this.w1Start = out.start;
+          this.w1End = out.end;
+          this.w1Delta = delta;
+          this.wNext = 0;
+        }
       }
     }
     return code;

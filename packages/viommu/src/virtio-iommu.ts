@@ -2,7 +2,7 @@ import type { DmaMemory } from '@ioplane/guest-memory';
 import * as d from './defs.js';
 import { type BypassState, Domain, Endpoint, type ReservedRegion } from './domain.js';
 import { type FaultRecord, type FaultSink, ViommuError } from './errors.js';
-import { Mapping } from './mapping-table.js';
+import { Mapping, type UnmapResult } from './mapping-table.js';
 import { TranslatingMemory } from './translating-memory.js';
 
 /** Host-side configuration of a virtio-iommu device. */
@@ -52,6 +52,11 @@ export interface VirtioIommuStats {
   badConfigWrites: number;
 }
 
+const TWO_32 = 0x1_0000_0000;
+const TWO_53 = 2 ** 53;
+/** The largest high u32 of a u64 below 2^53. */
+const MAX_HI_53 = 0x1f_ffff;
+
 export const DEFAULT_FEATURES =
   (1n << BigInt(d.VIRTIO_IOMMU_F_INPUT_RANGE)) |
   (1n << BigInt(d.VIRTIO_IOMMU_F_DOMAIN_RANGE)) |
@@ -85,6 +90,11 @@ export class VirtioIommu implements FaultSink {
   readonly probeSize: number;
   readonly physLimit: bigint;
   private readonly initialBypass: boolean;
+  /** The granule as a number (0 when it is above 2^52: then MAP always takes the bigint path). */
+  private readonly granuleNum: number;
+  private readonly inputStartNum: number;
+  private readonly inputEndNum: number;
+  private readonly physLimitNum: number;
   private readonly state: BypassState;
   private readonly iotlbEntries: number;
   private readonly maxMappings: number;
@@ -126,6 +136,11 @@ export class VirtioIommu implements FaultSink {
     this.probeSize = options.probeSize ?? 512;
     if (!isU32(this.probeSize) || this.probeSize > 1 << 20) throw new ViommuError('invalid-option', `probeSize ${this.probeSize} is not between 0 and 1 MiB`, this.probeSize);
     this.physLimit = options.physLimit ?? d.U64_MAX;
+    // Number forms for the MAP/UNMAP fast path: exact below 2^53, at least 2^53 above.
+    this.granuleNum = this.granule <= 1n << 52n ? Number(this.granule) : 0;
+    this.inputStartNum = Number(this.inputRange.start);
+    this.inputEndNum = Number(this.inputRange.end);
+    this.physLimitNum = Number(this.physLimit);
     this.initialBypass = options.bypass ?? false;
     this.state = { bypass: false, generation: 0 };
     this.iotlbEntries = options.iotlbEntries ?? 512;
@@ -477,8 +492,50 @@ export class VirtioIommu implements FaultSink {
     return d.VIRTIO_IOMMU_S_OK;
   }
 
-  /** §5.13.6.3 MAP. */
+  /**
+   * §5.13.6.3 MAP. Requests whose addresses all lie below 2^53 (every
+   * mapping a `DmaMemory` can use) take `mapNum`, the same rules on numbers
+   * without a bigint; the others are decided on exact bigints here.
+   */
   private map(req: DataView): d.VirtioIommuStatus {
+    const vsHi = req.getUint32(d.MAP_VIRT_START + 4, true);
+    const veHi = req.getUint32(d.MAP_VIRT_END + 4, true);
+    const psHi = req.getUint32(d.MAP_PHYS_START + 4, true);
+    if (vsHi <= MAX_HI_53 && veHi <= MAX_HI_53 && psHi <= MAX_HI_53 && this.granuleNum !== 0) {
+      const vs = vsHi * TWO_32 + req.getUint32(d.MAP_VIRT_START, true);
+      const ve = veHi * TWO_32 + req.getUint32(d.MAP_VIRT_END, true);
+      const ps = psHi * TWO_32 + req.getUint32(d.MAP_PHYS_START, true);
+      // phys_end must be exact too; past 2^53 the bigint path decides.
+      if (ve < vs || ps + (ve - vs) < TWO_53) return this.mapNum(req, vs, ve, ps);
+    }
+    return this.mapBig(req);
+  }
+
+  /** MAP with virt_start, virt_end, phys_start and phys_end below 2^53: the rules of `mapBig`, in the same order, on numbers. */
+  private mapNum(req: DataView, virtStart: number, virtEnd: number, physStart: number): d.VirtioIommuStatus {
+    const domainId = req.getUint32(d.MAP_DOMAIN, true);
+    const flags = req.getUint32(d.MAP_FLAGS, true);
+    let known = d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
+    if (this.has(d.VIRTIO_IOMMU_F_MMIO)) known |= d.VIRTIO_IOMMU_MAP_F_MMIO;
+    if ((flags & ~known) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
+    const dom = this.domains.get(domainId);
+    if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
+    if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
+    if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+    const g = this.granuleNum;
+    if (virtStart % g !== 0 || physStart % g !== 0 || (virtEnd + 1) % g !== 0) return d.VIRTIO_IOMMU_S_RANGE;
+    // Number(bound) is exact below 2^53 and at least 2^53 above, so these compare as the bigints do.
+    if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
+    if (physStart + (virtEnd - virtStart) > this.physLimitNum) return d.VIRTIO_IOMMU_S_RANGE;
+    if (dom.mappings.firstOverlapNum(virtStart, virtEnd) !== undefined) return d.VIRTIO_IOMMU_S_INVAL;
+    for (const ep of dom.endpoints) if (ep.reservedOverlapsNum(virtStart, virtEnd)) return d.VIRTIO_IOMMU_S_RANGE;
+    if (dom.mappings.size >= this.maxMappings) return d.VIRTIO_IOMMU_S_NOMEM;
+    dom.mappings.insertNum(Mapping.fromNumbers(virtStart, virtEnd, physStart, flags));
+    return d.VIRTIO_IOMMU_S_OK;
+  }
+
+  /** §5.13.6.3 MAP on exact u64s. */
+  private mapBig(req: DataView): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.MAP_DOMAIN, true);
     const virtStart = req.getBigUint64(d.MAP_VIRT_START, true);
     const virtEnd = req.getBigUint64(d.MAP_VIRT_END, true);
@@ -513,17 +570,29 @@ export class VirtioIommu implements FaultSink {
   /** §5.13.6.4 UNMAP. */
   private unmap(req: DataView): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.UNMAP_DOMAIN, true);
-    const virtStart = req.getBigUint64(d.UNMAP_VIRT_START, true);
-    const virtEnd = req.getBigUint64(d.UNMAP_VIRT_END, true);
     // "If the reserved field ... is not zero, the device MAY set INVAL" — and then does not unmap.
     if (req.getUint32(d.UNMAP_RESERVED, true) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
     const dom = this.domains.get(domainId);
     if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
     if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
-    if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
-    if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputRange.start || virtEnd > this.inputRange.end)) return d.VIRTIO_IOMMU_S_RANGE;
-    // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
-    const r = dom.mappings.unmap(virtStart, virtEnd);
+    const vsHi = req.getUint32(d.UNMAP_VIRT_START + 4, true);
+    const veHi = req.getUint32(d.UNMAP_VIRT_END + 4, true);
+    let r: UnmapResult;
+    if (vsHi <= MAX_HI_53 && veHi <= MAX_HI_53) {
+      // Both ends below 2^53: the same rules on numbers (no bigint per request).
+      const virtStart = vsHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_START, true);
+      const virtEnd = veHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_END, true);
+      if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+      if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
+      r = dom.mappings.unmapNum(virtStart, virtEnd);
+    } else {
+      const virtStart = req.getBigUint64(d.UNMAP_VIRT_START, true);
+      const virtEnd = req.getBigUint64(d.UNMAP_VIRT_END, true);
+      if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+      if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputRange.start || virtEnd > this.inputRange.end)) return d.VIRTIO_IOMMU_S_RANGE;
+      // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
+      r = dom.mappings.unmap(virtStart, virtEnd);
+    }
     if (!r.ok) return d.VIRTIO_IOMMU_S_RANGE;
     // The IOTLB forgets each removed mapping before the status is written: once
     // the driver sees OK, no endpoint of the domain can use the mapping.

@@ -8,10 +8,17 @@
  * mappings (the data buffers mapped once), and on with map before / unmap
  * after every request in each invalidation mode (strict, deferred,
  * optimistic), MAP and UNMAP going over the virtio-iommu request queue.
- * One thread (driver, devices and back-end share the event loop). Each round
- * runs every scenario once, in a rotating order; the ratio is the median over
- * rounds of scenario / off measured in the same round.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=20000 QD=1,32)
+ * One thread (driver, devices and back-end share the event loop).
+ *
+ * Pairing: a round gives every scenario OPS reads, cut into SLICES slices;
+ * the slices of all scenarios are interleaved (slice 1 of each scenario in a
+ * rotating order, then slice 2, …), so every scenario of a round samples the
+ * same stretch of machine time and slow drift (frequency, other tenants,
+ * page cache) falls on all of them alike. A scenario's IOPS in a round is
+ * OPS / the sum of its slice times; its ratio is that / off's IOPS in the same
+ * round; the figure is the median over ROUNDS rounds, with the interquartile
+ * range and the full min–max spread beside it.
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=8 QD=1,32 BACKEND=raw|memory ONLY=off,static,…)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +30,8 @@ import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver, VirtioIommuDevice, V
 import { rng } from './common.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 11);
-const OPS = Number(process.env.OPS ?? 20000);
+const OPS = Number(process.env.OPS ?? 40000);
+const SLICES = Number(process.env.SLICES ?? 8);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const DISK = 16 << 20;
 const BACKEND = process.env.BACKEND ?? 'raw';
@@ -72,15 +80,15 @@ async function rig(s: Scenario, disk: Uint8Array, qd: number, rawPath: string): 
   return { blk, backend, domain, fixed };
 }
 
-/** OPS random 4 KiB reads at queue depth `qd`; returns IOPS. */
-async function run(s: Scenario, r: Rig, qd: number, seed: number): Promise<number> {
+/** `ops` random 4 KiB reads at queue depth `qd`; returns the elapsed milliseconds. */
+async function run(s: Scenario, r: Rig, qd: number, ops: number, seed: number): Promise<number> {
   const next = rng(seed);
   const blocks = DISK / BS;
   let issued = 0;
   const t0 = performance.now();
   const worker = async (slot: number): Promise<void> => {
     const gpa = DATA + slot * BS;
-    while (issued < OPS) {
+    while (issued < ops) {
       issued++;
       const sector = (next() % blocks) * (BS / 512);
       if (s === 'off') await r.blk.read(sector, gpa, BS);
@@ -94,12 +102,16 @@ async function run(s: Scenario, r: Rig, qd: number, seed: number): Promise<numbe
     }
   };
   await Promise.all(Array.from({ length: qd }, (_, i) => worker(i)));
-  return OPS / ((performance.now() - t0) / 1000);
+  return performance.now() - t0;
+}
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
 }
 
 function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+  return quantile(xs, 0.5);
 }
 
 function fmt(n: number): string {
@@ -130,33 +142,37 @@ async function main(): Promise<void> {
 }
 
 async function bench(disk: Uint8Array, rawPath: string): Promise<void> {
-  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : 'raw file (warm page cache)'} ${DISK >> 20} MiB, ${OPS} reads per run, ${ROUNDS} rounds, Node ${process.version}`);
+  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : 'raw file (warm page cache)'} ${DISK >> 20} MiB, ${OPS} reads per scenario per round in ${SLICES} interleaved slices, ${ROUNDS} rounds, Node ${process.version}`);
+  const slice = Math.max(1, Math.floor(OPS / SLICES));
   for (const qd of QDS) {
     const rigs = new Map<Scenario, Rig>();
     for (const s of SCENARIOS) rigs.set(s, await rig(s, disk, qd, rawPath));
     // Warm-up: one run of each.
-    for (const s of SCENARIOS) await run(s, rigs.get(s)!, qd, 99);
+    for (const s of SCENARIOS) await run(s, rigs.get(s)!, qd, slice, 99);
     const iops = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
     const ratios = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
     for (let round = 0; round < ROUNDS; round++) {
-      const got = new Map<Scenario, number>();
-      for (let k = 0; k < SCENARIOS.length; k++) {
-        const s = SCENARIOS[(k + round) % SCENARIOS.length]!;
-        got.set(s, await run(s, rigs.get(s)!, qd, round + 1));
+      const ms = new Map<Scenario, number>(SCENARIOS.map((s) => [s, 0]));
+      for (let sl = 0; sl < SLICES; sl++) {
+        for (let k = 0; k < SCENARIOS.length; k++) {
+          const s = SCENARIOS[(k + round + sl) % SCENARIOS.length]!;
+          ms.set(s, ms.get(s)! + (await run(s, rigs.get(s)!, qd, slice, 1 + round * SLICES + sl)));
+        }
       }
+      const got = new Map<Scenario, number>(SCENARIOS.map((s) => [s, (slice * SLICES) / (ms.get(s)! / 1000)]));
       for (const s of SCENARIOS) {
         iops.get(s)!.push(got.get(s)!);
         ratios.get(s)!.push(got.get(s)! / got.get('off')!);
       }
     }
     console.log(`\nQD ${qd}`);
-    console.log('| scenario | IOPS (median) | ratio vs off (median) | spread | target | paper |');
-    console.log('|---|---:|---:|---:|---:|---:|');
+    console.log('| scenario | IOPS (median) | ratio vs off (median) | IQR | min–max | target | paper |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|');
     for (const s of SCENARIOS) {
       const rs = ratios.get(s)!;
       const t = TARGET[s];
       const verdict = t === undefined ? '' : `≥ ${t} ${median(rs) >= t ? 'met' : 'NOT met'}`;
-      console.log(`| ${s} | ${fmt(median(iops.get(s)!))} | ${median(rs).toFixed(3)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)} | ${verdict} | ${PAPER[s] ?? ''} |`);
+      console.log(`| ${s} | ${fmt(median(iops.get(s)!))} | ${median(rs).toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)} | ${verdict} | ${PAPER[s] ?? ''} |`);
     }
     for (const r of rigs.values()) {
       await r.blk.close();
