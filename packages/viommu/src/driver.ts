@@ -424,6 +424,23 @@ export class DmaDomain {
    * covers whole granules; the device may reach the rest of them too.
    */
   map(gpa: number, len: number, dir: DmaDirection): number {
+    const iova = this.queueMap(gpa, len, dir);
+    this.syncMaps();
+    return iova;
+  }
+
+  /**
+   * `map` without waiting: the IOVA is chosen and the MAP request built, but
+   * it is sent only by the next `syncMaps()` (or `map`, `unmap`, `flush`,
+   * `destroy`), together with every other queued MAP, in one submission —
+   * one notification for a burst of requests, as Linux's virtio-iommu driver
+   * adds each MAP to the request queue in `map_pages` and kicks once in
+   * `iotlb_sync_map`. The caller MUST NOT hand the IOVA to a device before
+   * `syncMaps()` returned: until then the device has no such mapping (an
+   * access faults; nothing is reachable that was not mapped). An optimistic
+   * reuse needs no request and is usable at once.
+   */
+  queueMap(gpa: number, len: number, dir: DmaDirection): number {
     this.expire();
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len <= 0) {
       throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)}`, gpa);
@@ -448,8 +465,59 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
-    return this.sendMap(iova, gpaPage, size, flags, false) + (gpa - gpaPage);
+    const k = this.queued.length;
+    const pool = this.mapReqs;
+    if (k === pool.length) pool.push(mapRequest(0, 0n, 0n, 0n, 0));
+    refillMap(pool[k]!, this.id, iova, iova + size - 1, gpaPage, flags);
+    this.queued.push(this.record(iova, gpaPage, size, flags, false));
+    return iova + (gpa - gpaPage);
   }
+
+  /**
+   * Sends every queued MAP in one submission (one notification) and returns
+   * when the device has answered them all: from then on the device may use
+   * their IOVAs. Throws the first failure after forgetting every failed
+   * mapping (its IOVA returns to the allocator); the others stand.
+   */
+  syncMaps(): void {
+    const q = this.queued;
+    const n = q.length;
+    if (n === 0) return;
+    const pool = this.mapReqs;
+    const reqs = n === pool.length ? pool : pool.slice(0, n);
+    this.stats.requests += n;
+    this.stats.batches++;
+    try {
+      this.driver.transport.submit(reqs);
+    } catch (e) {
+      // The transport failed as a whole: nothing is known to be mapped.
+      for (const m of q) this.forget(m);
+      q.length = 0;
+      throw e;
+    }
+    let failed: IommuRequest | undefined;
+    for (let i = 0; i < n; i++) {
+      const req = reqs[i]!;
+      if (req.status === d.VIRTIO_IOMMU_S_OK) continue;
+      failed ??= req;
+      this.forget(q[i]!);
+    }
+    q.length = 0;
+    if (failed !== undefined) {
+      throw new ViommuError('request-failed', `virtio-iommu request type ${failed.type} failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
+    }
+  }
+
+  /** A mapping whose MAP did not succeed: not live, IOVA free again. */
+  private forget(m: LiveMapping): void {
+    this.live.delete(m.iova);
+    this.iovas.release(m.iova, m.size);
+  }
+
+  /** MAPs built by `queueMap`, not yet sent (their records, in `mapReqs` order). */
+  private readonly queued: LiveMapping[] = [];
+  /** Request buffers for queued MAPs, reused from batch to batch. */
+  private readonly mapReqs: IommuRequest[] = [];
 
   /**
    * Maps [gpa, gpa+len) at a fixed IOVA (whole granules): `mapAt(gpa, gpa, …)`
@@ -460,6 +528,7 @@ export class DmaDomain {
    * `unmap(iova)`, in the domain's mode; never reused by optimistic teardown.
    */
   mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
+    this.syncMaps();
     this.expire();
     const g = this.driver.granule;
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
@@ -503,6 +572,12 @@ export class DmaDomain {
       this.iovas.release(iova, size);
       throw e;
     }
+    this.record(iova, gpaPage, size, flags, fixed);
+    return iova;
+  }
+
+  /** A live-mapping record (recycled), entered in `live`. */
+  private record(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): LiveMapping {
     const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false };
     m.iova = iova;
     m.size = size;
@@ -511,11 +586,13 @@ export class DmaDomain {
     m.at = 0;
     m.fixed = fixed;
     this.live.set(iova, m);
-    return iova;
+    return m;
   }
 
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
   unmap(iova: number): void {
+    // A MAP still queued goes first: UNMAP must find what it removes.
+    if (this.queued.length > 0) this.syncMaps();
     const g = this.driver.granule;
     const base = roundDown(iova, g);
     const m = this.live.get(base);
@@ -567,6 +644,7 @@ export class DmaDomain {
 
   /** Sends every pending UNMAP now (one batch); afterwards no unmapped buffer is reachable. */
   flush(): void {
+    this.syncMaps();
     if (this.pending.length === 0) return;
     this.teardown(this.pending.length);
   }

@@ -366,19 +366,39 @@ export class VirtioIommu implements FaultSink {
     const inBuf = this.inScratch;
     let inLen = 0;
     let total = 0;
-    for (const seg of readable) {
+    for (let i = 0; i < readable.length; i++) {
+      const seg = readable[i]!;
       const n = Math.min(seg.len, inBuf.length - inLen);
-      if (n > 0) mem.readInto(seg.addr, inBuf.subarray(inLen, inLen + n));
+      if (n > 0) mem.readInto(seg.addr, inLen === 0 ? this.inView(n) : inBuf.subarray(inLen, inLen + n));
       inLen += n;
       total += seg.len;
     }
     let outLen = 0;
-    for (const seg of writable) outLen += seg.len;
+    for (let i = 0; i < writable.length; i++) outLen += writable[i]!.len;
     const out = this.outScratch;
-    const used = this.handleRequest(inBuf.subarray(0, Math.min(total, inBuf.length)), out.subarray(0, Math.min(outLen, out.length)));
-    scatter(mem, out, used, writable);
+    const used = this.handleRequest(this.inView(Math.min(total, inBuf.length)), this.outView(Math.min(outLen, out.length)));
+    const w0 = writable[0];
+    // The usual chain: one writable descriptor holding the whole answer.
+    if (w0 !== undefined && used > 0 && used <= w0.len) mem.writeFrom(w0.addr, this.outView(used));
+    else scatter(mem, out, used, writable);
     return used;
   }
+
+  /** `inScratch.subarray(0, n)`, made once per length (no view per request). */
+  private inView(n: number): Uint8Array {
+    return (this.inViews[n] ??= this.inScratch.subarray(0, n));
+  }
+
+  /** `outScratch.subarray(0, n)`, made once per length. */
+  private outView(n: number): Uint8Array {
+    const out = this.outScratch;
+    let v = this.outViews[n];
+    if (v === undefined || v.buffer !== out.buffer) this.outViews[n] = v = out.subarray(0, n);
+    return v;
+  }
+
+  private readonly inViews: (Uint8Array | undefined)[] = [];
+  private readonly outViews: (Uint8Array | undefined)[] = [];
 
   /** Fills one event-queue element (device-writable segments) with the oldest pending fault; returns the used length (24 or 0). */
   processEvent(mem: DmaMemory, writable: readonly ChainSegment[]): number {
@@ -640,7 +660,8 @@ export class VirtioIommu implements FaultSink {
 /** Writes the first `used` bytes of `src` over the segments, in order. */
 function scatter(mem: DmaMemory, src: Uint8Array, used: number, segs: readonly ChainSegment[]): void {
   let done = 0;
-  for (const seg of segs) {
+  for (let i = 0; i < segs.length; i++) {
+    const seg = segs[i]!;
     if (done >= used) break;
     const n = Math.min(seg.len, used - done);
     mem.writeFrom(seg.addr, src.subarray(done, done + n));

@@ -231,7 +231,7 @@ export class VirtioIommuDriver implements IommuTransport {
         // A used length past the writable part is the device's error: `status` reads it as IOERR.
         r.used = used.len;
         const len = Math.min(used.len, r.writable.length);
-        if (len > 0) mem.readInto(this.#slotBase + k * sb + REQ_READABLE, r.writable.subarray(0, len));
+        if (len > 0) mem.readInto(this.#slotBase + k * sb + REQ_READABLE, len === r.writable.length ? r.writable : r.writable.subarray(0, len));
         got++;
       }
       if (dq.broken !== undefined) throw new VirtioError('device-needs-reset', `request queue: ${dq.broken.message}`, {}, { cause: dq.broken });
