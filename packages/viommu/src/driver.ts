@@ -258,10 +258,22 @@ interface LiveMapping {
   fixed: boolean;
 }
 
-/** First-fit IOVA allocator over [start, end) with coalescing frees. */
+/**
+ * Next-fit IOVA allocator over [start, end) with coalescing frees: each
+ * allocation starts where the previous one ended (the free interval holding
+ * or following that point), wrapping to the lowest free address when nothing
+ * fits above — as Linux's IOVA allocator resumes from its cached node. So a
+ * freed IOVA is not handed out again at once (a stale device access after a
+ * strict unmap hits nothing, not someone else's buffer), consecutive
+ * allocations are adjacent (a deferred batch goes as one range UNMAP) and
+ * new mappings land at the top of the device's sorted table (an append, not
+ * an insertion). O(log n) in the number of free intervals.
+ */
 class IovaAllocator {
   /** Free intervals [s, e), sorted, disjoint, not adjacent. */
   private free: number[] = [];
+  /** Where the next search starts: the end of the last allocation. */
+  private cursor = 0;
   constructor(start: number, end: number, holes: readonly { start: number; end: number }[]) {
     let at = start;
     for (const h of [...holes].sort((a, b) => a.start - b.start)) {
@@ -274,16 +286,40 @@ class IovaAllocator {
 
   alloc(size: number): number | undefined {
     const f = this.free;
-    for (let i = 0; i < f.length; i += 2) {
+    // The first interval ending after the cursor (binary search over the ends).
+    let lo = 0;
+    let hi = f.length / 2;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (f[2 * mid + 1]! <= this.cursor) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = 2 * lo; i < f.length; i += 2) {
       const s = f[i]!;
       const e = f[i + 1]!;
-      if (e - s >= size) {
-        if (e - s === size) f.splice(i, 2);
-        else f[i] = s + size;
-        return s;
-      }
+      const at = s < this.cursor ? this.cursor : s;
+      if (e - at >= size) return this.cut(i, at, size);
+    }
+    // Wrap: first fit from the bottom.
+    for (let i = 0; i < f.length; i += 2) {
+      const s = f[i]!;
+      if (f[i + 1]! - s >= size) return this.cut(i, s, size);
     }
     return undefined;
+  }
+
+  /** Takes [at, at+size) out of free interval `i` (which holds it) and moves the cursor past it. */
+  private cut(i: number, at: number, size: number): number {
+    const f = this.free;
+    const s = f[i]!;
+    const e = f[i + 1]!;
+    const end = at + size;
+    if (s === at && e === end) f.splice(i, 2);
+    else if (s === at) f[i] = end;
+    else if (e === end) f[i + 1] = at;
+    else f.splice(i + 1, 0, at, end);
+    this.cursor = end;
+    return at;
   }
 
   /** Takes exactly [s, s+size) if it is free; false otherwise. */
@@ -668,7 +704,7 @@ export class DmaDomain {
    * Mappings whose IOVA ranges are adjacent go in one UNMAP covering the run:
    * §5.13.6.4 removes every mapping wholly inside [virt_start, virt_end], and
    * nothing else can lie between adjacent ranges, so no live mapping is
-   * touched and none is split. A deferred batch, allocated first-fit, is
+   * touched and none is split. A deferred batch, allocated next-fit, is
    * mostly one run: one request for up to `batchSize` unmaps.
    */
   private sendUnmaps(batch: LiveMapping[]): void {

@@ -1,4 +1,4 @@
-import { type Access, type DmaMemory, GuestMemoryError } from '@ioplane/guest-memory';
+import { type Access, type DmaMemory, GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import { DmaFault, FAULT_REASONS, FaultCode, type FaultRecord, type FaultSink, VTD_FAULT_CODES } from './errors.js';
 
 /** Where a successful translation is written (preallocated by the caller: no object per access). */
@@ -32,6 +32,8 @@ export interface TranslationSource {
 }
 
 const TWO_53 = 2 ** 53;
+/** Runs longer than this are not verified against the inner memory when cached (a bypass identity run reaches 2^53). */
+const MAX_VERIFY = 2 ** 40;
 
 /**
  * A `DmaMemory` that translates every address through a `TranslationSource`
@@ -65,18 +67,30 @@ export class TranslatingMemory implements DmaMemory {
   private r0Start = 1;
   private r0End = 0;
   private r0Delta = 0;
+  private r0Ok = false;
   private r1Start = 1;
   private r1End = 0;
   private r1Delta = 0;
+  private r1Ok = false;
   private rNext = 0;
   private wGen = -1;
   private w0Start = 1;
   private w0End = 0;
   private w0Delta = 0;
+  private w0Ok = false;
   private w1Start = 1;
   private w1End = 0;
   private w1Delta = 0;
+  private w1Ok = false;
   private wNext = 0;
+  /**
+   * After a successful `translateOne`: the whole run holding the address is
+   * known to be inner memory accessible in that direction (checked once when
+   * the run was cached), so a range inside it needs no inner check. Only
+   * for an inner `GuestMemory`, whose regions never change.
+   */
+  private verified = false;
+  private readonly stableInner: boolean;
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
   private count = 0;
@@ -89,7 +103,20 @@ export class TranslatingMemory implements DmaMemory {
     private readonly sink?: FaultSink,
     /** Keep the last runs per direction (false: every access asks the source). */
     private readonly micro = true,
-  ) {}
+  ) {
+    this.stableInner = inner instanceof GuestMemory;
+  }
+
+  /** Whether the run [start, end) → start + delta is wholly inner memory accessible for `access` (fill time, never on a hit). */
+  private verify(start: number, end: number, delta: number, access: Access): boolean {
+    if (!this.stableInner || end - start > MAX_VERIFY) return false;
+    try {
+      this.inner.checkRange(start + delta, end - start, access);
+      return true;
+    } catch {
+      return false;
+    }
+  }
 
   /** Translates `addr` into `this.out` through the run cache, then the source; returns 0 or a fault code. */
   private translateOne(addr: number, access: Access): number {
@@ -100,12 +127,14 @@ export class TranslatingMemory implements DmaMemory {
         if (addr >= this.r0Start && addr < this.r0End) {
           out.gpa = addr + this.r0Delta;
           out.end = this.r0End;
+          this.verified = this.r0Ok;
           this.rNext = 1;
           return 0;
         }
         if (addr >= this.r1Start && addr < this.r1End) {
           out.gpa = addr + this.r1Delta;
           out.end = this.r1End;
+          this.verified = this.r1Ok;
           this.rNext = 0;
           return 0;
         }
@@ -118,12 +147,14 @@ export class TranslatingMemory implements DmaMemory {
       if (addr >= this.w0Start && addr < this.w0End) {
         out.gpa = addr + this.w0Delta;
         out.end = this.w0End;
+        this.verified = this.w0Ok;
         this.wNext = 1;
         return 0;
       }
       if (addr >= this.w1Start && addr < this.w1End) {
         out.gpa = addr + this.w1Delta;
         out.end = this.w1End;
+        this.verified = this.w1Ok;
         this.wNext = 0;
         return 0;
       }
@@ -132,21 +163,26 @@ export class TranslatingMemory implements DmaMemory {
       this.w0Start = this.w1Start = 1;
       this.w0End = this.w1End = 0;
     }
+    this.verified = false;
     const code = this.source.translate(addr, access, out);
     if (code === 0 && this.micro) {
       // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
       const delta = out.gpa - addr;
+      const ok = this.verify(out.start, out.end, delta, access);
+      this.verified = ok;
       if (access === 'read') {
         this.rGen = gen;
         if (this.rNext === 0) {
           this.r0Start = out.start;
           this.r0End = out.end;
           this.r0Delta = delta;
+          this.r0Ok = ok;
           this.rNext = 1;
         } else {
           this.r1Start = out.start;
           this.r1End = out.end;
           this.r1Delta = delta;
+          this.r1Ok = ok;
           this.rNext = 0;
         }
       } else {
@@ -155,11 +191,13 @@ export class TranslatingMemory implements DmaMemory {
           this.w0Start = out.start;
           this.w0End = out.end;
           this.w0Delta = delta;
+          this.w0Ok = ok;
           this.wNext = 1;
         } else {
           this.w1Start = out.start;
           this.w1End = out.end;
           this.w1Delta = delta;
+          this.w1Ok = ok;
           this.wNext = 0;
         }
       }
@@ -285,12 +323,27 @@ export class TranslatingMemory implements DmaMemory {
    */
   checkRange(addr: number, len: number, access: Access): void {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
+    // One cached run that covers the range and was verified against RAM: nothing can fail.
+    if (this.inRun(addr, len, access) && this.verified) return;
     this.probing = true;
     try {
       this.resolve(addr, len, access, true);
     } finally {
       this.probing = false;
     }
+  }
+
+  /**
+   * Fast path: true when [addr, addr+len) is a valid range that one run
+   * translates whole (then `out.gpa` is its guest-physical address). False
+   * sends the caller down the general path, which redoes the translation
+   * and reports whatever fails — so this never records a fault.
+   */
+  private inRun(addr: number, len: number, access: Access): boolean {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len <= 0 || addr + len > TWO_53) return false;
+    // translateOne records nothing: a fault is reported once, by the general path that follows.
+    if (this.translateOne(addr, access) !== 0) return false;
+    return this.out.end >= addr + len;
   }
 
   /** Inside `checkRange`: faults are thrown, not recorded. */
@@ -437,6 +490,15 @@ export class TranslatingMemory implements DmaMemory {
   readInto(addr: number, dest: Uint8Array): void {
     const len = dest.byteLength;
     if (len === 0) return;
+    if (this.inRun(addr, len, 'read')) {
+      const g = this.out.gpa;
+      try {
+        this.inner.readInto(g, dest);
+      } catch (e) {
+        throw this.badTarget(e, addr, len, 'read', addr, g, len);
+      }
+      return;
+    }
     this.resolve(addr, len, 'read', false);
     if (this.count === 1) {
       try {
@@ -458,6 +520,15 @@ export class TranslatingMemory implements DmaMemory {
   writeFrom(addr: number, src: Uint8Array): void {
     const len = src.byteLength;
     if (len === 0) return;
+    if (this.inRun(addr, len, 'write')) {
+      const g = this.out.gpa;
+      try {
+        this.inner.writeFrom(g, src);
+      } catch (e) {
+        throw this.badTarget(e, addr, len, 'write', addr, g, len);
+      }
+      return;
+    }
     this.resolve(addr, len, 'write', false);
     if (this.count === 1) {
       try {
@@ -484,6 +555,7 @@ export class TranslatingMemory implements DmaMemory {
 
   tryView(addr: number, len: number, access: Access): Uint8Array | undefined {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return new Uint8Array(0);
+    if (this.inRun(addr, len, access) && this.verified) return this.inner.tryView(this.out.gpa, len, access);
     this.resolve(addr, len, access, true);
     if (this.count !== 1) return undefined;
     return this.inner.tryView(this.gpas[0]!, len, access);
@@ -491,6 +563,7 @@ export class TranslatingMemory implements DmaMemory {
 
   slices(addr: number, len: number, access: Access, out: Uint8Array[] = []): Uint8Array[] {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return out;
+    if (this.inRun(addr, len, access) && this.verified) return this.inner.slices(this.out.gpa, len, access, out);
     this.resolve(addr, len, access, true);
     for (let i = 0; i < this.count; i++) this.inner.slices(this.gpas[i]!, this.lens[i]!, access, out);
     return out;
