@@ -474,10 +474,10 @@ export class DmaDomain {
    * `iotlb_sync_map`. The caller MUST NOT hand the IOVA to a device before
    * `syncMaps()` returned: until then the device has no such mapping (an
    * access faults; nothing is reachable that was not mapped). An optimistic
-   * reuse needs no request and is usable at once.
+   * reuse needs no request and is usable at once. It does not read the clock
+   * (`syncMaps` does).
    */
   queueMap(gpa: number, len: number, dir: DmaDirection): number {
-    this.expire();
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len <= 0) {
       throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)}`, gpa);
     }
@@ -516,6 +516,12 @@ export class DmaDomain {
    * mapping (its IOVA returns to the allocator); the others stand.
    */
   syncMaps(): void {
+    this.expire();
+    this.sendQueued();
+  }
+
+  /** `syncMaps` without applying the clock. */
+  private sendQueued(): void {
     const q = this.queued;
     const n = q.length;
     if (n === 0) return;
@@ -565,7 +571,6 @@ export class DmaDomain {
    */
   mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
     this.syncMaps();
-    this.expire();
     const g = this.driver.granule;
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
       throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)} to IOVA ${String(iova)} (offsets within a ${g}-byte granule must agree)`, gpa);
@@ -628,7 +633,7 @@ export class DmaDomain {
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
   unmap(iova: number): void {
     // A MAP still queued goes first: UNMAP must find what it removes.
-    if (this.queued.length > 0) this.syncMaps();
+    if (this.queued.length > 0) this.sendQueued();
     const g = this.driver.granule;
     const base = roundDown(iova, g);
     const m = this.live.get(base);
@@ -680,7 +685,7 @@ export class DmaDomain {
 
   /** Sends every pending UNMAP now (one batch); afterwards no unmapped buffer is reachable. */
   flush(): void {
-    this.syncMaps();
+    this.sendQueued();
     if (this.pending.length === 0) return;
     this.teardown(this.pending.length);
   }

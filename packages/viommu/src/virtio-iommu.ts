@@ -92,6 +92,8 @@ export class VirtioIommu implements FaultSink {
   private readonly initialBypass: boolean;
   /** The granule as a number (0 when it is above 2^52: then MAP always takes the bigint path). */
   private readonly granuleNum: number;
+  /** granule − 1 when the granule is at most 2^31 (alignment checked on the low u32), else −1. */
+  private readonly granuleLowMask: number;
   private readonly inputStartNum: number;
   private readonly inputEndNum: number;
   private readonly physLimitNum: number;
@@ -138,6 +140,7 @@ export class VirtioIommu implements FaultSink {
     this.physLimit = options.physLimit ?? d.U64_MAX;
     // Number forms for the MAP/UNMAP fast path: exact below 2^53, at least 2^53 above.
     this.granuleNum = this.granule <= 1n << 52n ? Number(this.granule) : 0;
+    this.granuleLowMask = this.granule <= 1n << 31n ? Number(this.granule) - 1 : -1;
     this.inputStartNum = Number(this.inputRange.start);
     this.inputEndNum = Number(this.inputRange.end);
     this.physLimitNum = Number(this.physLimit);
@@ -389,12 +392,9 @@ export class VirtioIommu implements FaultSink {
     return (this.inViews[n] ??= this.inScratch.subarray(0, n));
   }
 
-  /** `outScratch.subarray(0, n)`, made once per length. */
+  /** `outScratch.subarray(0, n)`, made once per length (the cache is emptied when `outScratch` is replaced). */
   private outView(n: number): Uint8Array {
-    const out = this.outScratch;
-    let v = this.outViews[n];
-    if (v === undefined || v.buffer !== out.buffer) this.outViews[n] = v = out.subarray(0, n);
-    return v;
+    return (this.outViews[n] ??= this.outScratch.subarray(0, n));
   }
 
   private readonly inViews: (Uint8Array | undefined)[] = [];
@@ -404,7 +404,11 @@ export class VirtioIommu implements FaultSink {
   processEvent(mem: DmaMemory, writable: readonly ChainSegment[]): number {
     let outLen = 0;
     for (const seg of writable) outLen += seg.len;
-    const out = this.outScratch.length >= d.FAULT_SIZE ? this.outScratch : (this.outScratch = new Uint8Array(d.FAULT_SIZE));
+    if (this.outScratch.length < d.FAULT_SIZE) {
+      this.outScratch = new Uint8Array(d.FAULT_SIZE);
+      this.outViews.length = 0;
+    }
+    const out = this.outScratch;
     const used = this.takeFaultEvent(out.subarray(0, Math.min(outLen, d.FAULT_SIZE)));
     scatter(mem, out, used, writable);
     return used;
@@ -413,9 +417,20 @@ export class VirtioIommu implements FaultSink {
   /** Two cached DataViews (a driver alternates MAP and UNMAP buffers; processChain uses one scratch). */
   private viewA: DataView | undefined;
   private viewB: DataView | undefined;
+  /** The last scratch input view handed to `viewOf` and its DataView. */
+  private inViewKey: Uint8Array | undefined;
+  private inViewDv: DataView | undefined;
 
   /** A little-endian view starting at `b`'s first byte, reused when `b` sits where a cached one does. */
   private viewOf(b: Uint8Array): DataView {
+    // processChain passes the same scratch view object for every request of a length: identity is enough.
+    if (b === this.inViewKey) return this.inViewDv!;
+    if (b.buffer === this.inScratch.buffer) {
+      const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+      this.inViewKey = b;
+      this.inViewDv = v;
+      return v;
+    }
     const a = this.viewA;
     if (a !== undefined && a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength >= b.byteLength) return a;
     const c = this.viewB;
@@ -526,13 +541,21 @@ export class VirtioIommu implements FaultSink {
       const ve = veHi * TWO_32 + req.getUint32(d.MAP_VIRT_END, true);
       const ps = psHi * TWO_32 + req.getUint32(d.MAP_PHYS_START, true);
       // phys_end must be exact too; past 2^53 the bigint path decides.
-      if (ve < vs || ps + (ve - vs) < TWO_53) return this.mapNum(req, vs, ve, ps);
+      if (ve < vs || ps + (ve - vs) < TWO_53) {
+        // Alignment on the low words when the granule fits in them (no float modulo per request).
+        const m = this.granuleLowMask;
+        const aligned =
+          m >= 0
+            ? (req.getUint32(d.MAP_VIRT_START, true) & m) === 0 && (req.getUint32(d.MAP_PHYS_START, true) & m) === 0 && (req.getUint32(d.MAP_VIRT_END, true) & m) === m
+            : vs % this.granuleNum === 0 && ps % this.granuleNum === 0 && (ve + 1) % this.granuleNum === 0;
+        return this.mapNum(req, vs, ve, ps, aligned);
+      }
     }
     return this.mapBig(req);
   }
 
   /** MAP with virt_start, virt_end, phys_start and phys_end below 2^53: the rules of `mapBig`, in the same order, on numbers. */
-  private mapNum(req: DataView, virtStart: number, virtEnd: number, physStart: number): d.VirtioIommuStatus {
+  private mapNum(req: DataView, virtStart: number, virtEnd: number, physStart: number, aligned: boolean): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.MAP_DOMAIN, true);
     const flags = req.getUint32(d.MAP_FLAGS, true);
     let known = d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
@@ -542,8 +565,7 @@ export class VirtioIommu implements FaultSink {
     if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
     if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
     if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
-    const g = this.granuleNum;
-    if (virtStart % g !== 0 || physStart % g !== 0 || (virtEnd + 1) % g !== 0) return d.VIRTIO_IOMMU_S_RANGE;
+    if (!aligned) return d.VIRTIO_IOMMU_S_RANGE;
     // Number(bound) is exact below 2^53 and at least 2^53 above, so these compare as the bigints do.
     if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
     if (physStart + (virtEnd - virtStart) > this.physLimitNum) return d.VIRTIO_IOMMU_S_RANGE;

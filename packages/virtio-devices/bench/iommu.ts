@@ -42,8 +42,9 @@ const BLK_AREA = { addr: 0x100000, len: 3 << 20 };
 const DATA = 8 << 20;
 const EP = 8;
 
-type Scenario = 'off' | 'static' | InvalidationMode;
-const SCENARIOS: Scenario[] = (process.env.ONLY?.split(',') as Scenario[] | undefined) ?? ['off', 'static', 'strict', 'deferred', 'optimistic'];
+/** `off-again`: a second vIOMMU-off rig, the A/A control — its ratio shows what the pairing cannot tell from noise. */
+type Scenario = 'off' | 'off-again' | 'static' | InvalidationMode;
+const SCENARIOS: Scenario[] = (process.env.ONLY?.split(',') as Scenario[] | undefined) ?? ['off', 'off-again', 'static', 'strict', 'deferred', 'optimistic'];
 
 interface Rig {
   blk: VirtioBlkDriver;
@@ -64,7 +65,7 @@ async function rig(s: Scenario, disk: Uint8Array, qd: number, rawPath: string): 
   let dma = mem as GuestMemory | ReturnType<VirtioIommuDevice['iommu']['dmaMemory']>;
   let domain: DmaDomain | undefined;
   const fixed: number[] = [];
-  if (s !== 'off') {
+  if (s !== 'off' && s !== 'off-again') {
     const dev = new VirtioIommuDevice({ mem, interrupts: { queue: (q) => void ref.iommu?.handleInterrupt(q), config: () => undefined } });
     dev.iommu.addEndpoint(EP);
     const iommu = await VirtioIommuDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: IOMMU_AREA, len: VirtioIommuDriver.areaSize() }, now: () => performance.now() });
@@ -93,7 +94,7 @@ async function rig(s: Scenario, disk: Uint8Array, qd: number, rawPath: string): 
 function run(s: Scenario, r: Rig, qd: number, ops: number, seed: number): Promise<number> {
   const next = rng(seed);
   const blocks = DISK / BS;
-  const perRequest = s !== 'off' && s !== 'static';
+  const perRequest = s !== 'off' && s !== 'off-again' && s !== 'static';
   const domain = r.domain;
   const iova = new Array<number>(qd).fill(-1);
   const ready: number[] = [];
@@ -129,7 +130,7 @@ function run(s: Scenario, r: Rig, qd: number, ops: number, seed: number): Promis
         if (perRequest) domain!.syncMaps();
         for (let i = 0; i < n; i++) {
           const slot = ready[i]!;
-          const addr = s === 'off' ? DATA + slot * BS : s === 'static' ? r.fixed[slot]! : iova[slot]!;
+          const addr = s === 'static' ? r.fixed[slot]! : perRequest ? iova[slot]! : DATA + slot * BS;
           issued++;
           r.blk.read((next() % blocks) * (BS / 512), addr, BS).then(() => complete(slot), reject);
         }
