@@ -382,7 +382,10 @@ export class VirtioIommu implements FaultSink {
     const used = this.handleRequest(this.inView(Math.min(total, inBuf.length)), this.outView(Math.min(outLen, out.length)));
     const w0 = writable[0];
     // The usual chain: one writable descriptor holding the whole answer.
-    if (w0 !== undefined && used > 0 && used <= w0.len) mem.writeFrom(w0.addr, this.outView(used));
+    if (w0 !== undefined && used === d.TAIL_SIZE && w0.len >= d.TAIL_SIZE) {
+      // A bare tail (every request but PROBE): one scalar write.
+      mem.writeU32(w0.addr, (out[0]! | (out[1]! << 8) | (out[2]! << 16) | (out[3]! << 24)) >>> 0);
+    } else if (w0 !== undefined && used > 0 && used <= w0.len) mem.writeFrom(w0.addr, this.outView(used));
     else scatter(mem, out, used, writable);
     return used;
   }
