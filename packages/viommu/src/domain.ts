@@ -34,6 +34,16 @@ export class Domain {
     this.tlb = iotlbEntries > 0 ? new Iotlb(iotlbEntries) : undefined;
   }
 
+  /** Whether some attached endpoint has reserved regions (MAP checks them only then). */
+  anyReserved = false;
+
+  /** Recomputes `anyReserved` (after an endpoint joins or leaves). */
+  updateReserved(): void {
+    let any = false;
+    for (const ep of this.endpoints) if (ep.reserved.length > 0) any = true;
+    this.anyReserved = any;
+  }
+
   /** Drops every cached translation of `m` (synchronously: the next access walks the table again). */
   invalidate(m: Mapping): void {
     const tlb = this.tlb;

@@ -499,6 +499,7 @@ export class VirtioIommu implements FaultSink {
       this.domains.set(domainId, dom);
     }
     dom.endpoints.add(ep);
+    dom.updateReserved();
     ep.domain = dom;
     this.state.generation++;
     return d.VIRTIO_IOMMU_S_OK;
@@ -508,6 +509,7 @@ export class VirtioIommu implements FaultSink {
     const dom = ep.domain;
     if (dom === undefined) return;
     dom.endpoints.delete(ep);
+    dom.updateReserved();
     ep.domain = undefined;
     this.state.generation++;
     // §5.13.6.2: "After all endpoints have been successfully detached from a domain, it ceases to exist."
@@ -573,7 +575,7 @@ export class VirtioIommu implements FaultSink {
     if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
     if (physStart + (virtEnd - virtStart) > this.physLimitNum) return d.VIRTIO_IOMMU_S_RANGE;
     if (dom.mappings.firstOverlapNum(virtStart, virtEnd) !== undefined) return d.VIRTIO_IOMMU_S_INVAL;
-    for (const ep of dom.endpoints) if (ep.reservedOverlapsNum(virtStart, virtEnd)) return d.VIRTIO_IOMMU_S_RANGE;
+    if (dom.anyReserved) for (const ep of dom.endpoints) if (ep.reservedOverlapsNum(virtStart, virtEnd)) return d.VIRTIO_IOMMU_S_RANGE;
     if (dom.mappings.size >= this.maxMappings) return d.VIRTIO_IOMMU_S_NOMEM;
     dom.mappings.insertNum(Mapping.fromNumbers(virtStart, virtEnd, physStart, flags));
     return d.VIRTIO_IOMMU_S_OK;
