@@ -146,7 +146,7 @@ function run(s: Scenario, r: Rig, qd: number, ops: number, seed: number): Promis
         }
         ready.splice(0, n);
       } catch (e) {
-        reject(e);
+        reject(e instanceof Error ? e : new Error(String(e)));
       }
     };
     for (let slot = 0; slot < qd; slot++) ready.push(slot);
