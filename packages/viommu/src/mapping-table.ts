@@ -119,6 +119,9 @@ export class MappingTable {
   /** The mapping holding `addr` (a non-negative number below 2^53), if any: the data-path lookup. */
   findNum(addr: number): Mapping | undefined {
     const l = this.list;
+    // The newest mapping usually sits at the top (next-fit IOVAs): one compare for it.
+    const top = l[l.length - 1];
+    if (top !== undefined && addr >= top.startNum) return addr <= top.endNum ? top : undefined;
     let lo = 0;
     let hi = l.length - 1;
     let found = -1;
@@ -161,6 +164,28 @@ export class MappingTable {
     i++;
     const next = this.list[i];
     return next !== undefined && next.startNum <= end ? next : undefined;
+  }
+
+  /**
+   * For [start, end] below 2^53: the index a new mapping would be inserted
+   * at, or −1 if it overlaps one (one search for both questions; then
+   * `insertAtNum`, with no change to the table in between).
+   */
+  slotNum(start: number, end: number): number {
+    const l = this.list;
+    const n = l.length;
+    // Above the top mapping (the next-fit case): no search.
+    const i = n > 0 && l[n - 1]!.startNum <= start ? n - 1 : this.floorIndexNum(start);
+    if (i >= 0 && l[i]!.endNum >= start) return -1;
+    const next = l[i + 1];
+    if (next !== undefined && next.startNum <= end) return -1;
+    return i + 1;
+  }
+
+  /** Inserts `m` at `at`, as returned by `slotNum(m.startNum, m.endNum)` on the unchanged table. */
+  insertAtNum(at: number, m: Mapping): void {
+    if (at === this.list.length) this.list.push(m);
+    else this.list.splice(at, 0, m);
   }
 
   /** `insert` for a mapping made by `Mapping.fromNumbers` (every address below 2^53). */

@@ -574,10 +574,11 @@ export class VirtioIommu implements FaultSink {
     // Number(bound) is exact below 2^53 and at least 2^53 above, so these compare as the bigints do.
     if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
     if (physStart + (virtEnd - virtStart) > this.physLimitNum) return d.VIRTIO_IOMMU_S_RANGE;
-    if (dom.mappings.firstOverlapNum(virtStart, virtEnd) !== undefined) return d.VIRTIO_IOMMU_S_INVAL;
+    const at = dom.mappings.slotNum(virtStart, virtEnd);
+    if (at < 0) return d.VIRTIO_IOMMU_S_INVAL;
     if (dom.anyReserved) for (const ep of dom.endpoints) if (ep.reservedOverlapsNum(virtStart, virtEnd)) return d.VIRTIO_IOMMU_S_RANGE;
     if (dom.mappings.size >= this.maxMappings) return d.VIRTIO_IOMMU_S_NOMEM;
-    dom.mappings.insertNum(Mapping.fromNumbers(virtStart, virtEnd, physStart, flags));
+    dom.mappings.insertAtNum(at, Mapping.fromNumbers(virtStart, virtEnd, physStart, flags));
     return d.VIRTIO_IOMMU_S_OK;
   }
 
