@@ -18,7 +18,7 @@
  * OPS / the sum of its slice times; its ratio is that / off's IOPS in the same
  * round; the figure is the median over ROUNDS rounds, with the interquartile
  * range and the full min–max spread beside it.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=8 QD=1,32 BACKEND=raw|memory ONLY=off,static,…)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|memory ONLY=off,static,…)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,7 +31,7 @@ import { rng } from './common.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 11);
 const OPS = Number(process.env.OPS ?? 40000);
-const SLICES = Number(process.env.SLICES ?? 8);
+const SLICES = Number(process.env.SLICES ?? 20);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const DISK = 16 << 20;
 const BACKEND = process.env.BACKEND ?? 'raw';
