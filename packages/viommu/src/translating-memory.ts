@@ -67,29 +67,28 @@ export class TranslatingMemory implements DmaMemory {
   private r0Start = 1;
   private r0End = 0;
   private r0Delta = 0;
-  private r0Ok = false;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private r0Ok = 0;
   private r1Start = 1;
   private r1End = 0;
   private r1Delta = 0;
-  private r1Ok = false;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private r1Ok = 0;
   private rNext = 0;
   private wGen = -1;
   private w0Start = 1;
   private w0End = 0;
   private w0Delta = 0;
-  private w0Ok = false;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private w0Ok = 0;
   private w1Start = 1;
   private w1End = 0;
   private w1Delta = 0;
-  private w1Ok = false;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private w1Ok = 0;
   private wNext = 0;
-  /**
-   * After a successful `translateOne`: the whole run holding the address is
-   * known to be inner memory accessible in that direction (checked once when
-   * the run was cached), so a range inside it needs no inner check. Only
-   * for an inner `GuestMemory`, whose regions never change.
-   */
-  private verified = false;
+  /** After a `translateOne`: which cached run served it (0 r0, 1 r1, 2 w0, 3 w1), or −1. */
+  private hit = -1;
   private readonly stableInner: boolean;
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
@@ -108,6 +107,32 @@ export class TranslatingMemory implements DmaMemory {
   }
 
   /** Whether the run [start, end) → start + delta is wholly inner memory accessible for `access` (fill time, never on a hit). */
+  /**
+   * After `inRun` returned true: whether the whole cached run that served it
+   * is inner memory accessible in its direction — checked against RAM the
+   * first time a range check needs it, then remembered with the run (so a
+   * range inside it needs no inner check). Only for an inner `GuestMemory`,
+   * whose regions never change; false for a run that was not cached.
+   */
+  private runChecked(): boolean {
+    switch (this.hit) {
+      case 0:
+        if (this.r0Ok === 0) this.r0Ok = this.verify(this.r0Start, this.r0End, this.r0Delta, 'read') ? 1 : 2;
+        return this.r0Ok === 1;
+      case 1:
+        if (this.r1Ok === 0) this.r1Ok = this.verify(this.r1Start, this.r1End, this.r1Delta, 'read') ? 1 : 2;
+        return this.r1Ok === 1;
+      case 2:
+        if (this.w0Ok === 0) this.w0Ok = this.verify(this.w0Start, this.w0End, this.w0Delta, 'write') ? 1 : 2;
+        return this.w0Ok === 1;
+      case 3:
+        if (this.w1Ok === 0) this.w1Ok = this.verify(this.w1Start, this.w1End, this.w1Delta, 'write') ? 1 : 2;
+        return this.w1Ok === 1;
+      default:
+        return false;
+    }
+  }
+
   private verify(start: number, end: number, delta: number, access: Access): boolean {
     if (!this.stableInner || end - start > MAX_VERIFY) return false;
     try {
@@ -127,14 +152,14 @@ export class TranslatingMemory implements DmaMemory {
         if (addr >= this.r0Start && addr < this.r0End) {
           out.gpa = addr + this.r0Delta;
           out.end = this.r0End;
-          this.verified = this.r0Ok;
+          this.hit = 0;
           this.rNext = 1;
           return 0;
         }
         if (addr >= this.r1Start && addr < this.r1End) {
           out.gpa = addr + this.r1Delta;
           out.end = this.r1End;
-          this.verified = this.r1Ok;
+          this.hit = 1;
           this.rNext = 0;
           return 0;
         }
@@ -147,14 +172,14 @@ export class TranslatingMemory implements DmaMemory {
       if (addr >= this.w0Start && addr < this.w0End) {
         out.gpa = addr + this.w0Delta;
         out.end = this.w0End;
-        this.verified = this.w0Ok;
+        this.hit = 2;
         this.wNext = 1;
         return 0;
       }
       if (addr >= this.w1Start && addr < this.w1End) {
         out.gpa = addr + this.w1Delta;
         out.end = this.w1End;
-        this.verified = this.w1Ok;
+        this.hit = 3;
         this.wNext = 0;
         return 0;
       }
@@ -163,13 +188,12 @@ export class TranslatingMemory implements DmaMemory {
       this.w0Start = this.w1Start = 1;
       this.w0End = this.w1End = 0;
     }
-    this.verified = false;
+    this.hit = -1;
     const code = this.source.translate(addr, access, out);
     if (code === 0 && this.micro) {
       // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
       const delta = out.gpa - addr;
-      const ok = this.verify(out.start, out.end, delta, access);
-      this.verified = ok;
+      const ok = 0; // checked against RAM lazily (runChecked)
       if (access === 'read') {
         this.rGen = gen;
         if (this.rNext === 0) {
@@ -177,12 +201,14 @@ export class TranslatingMemory implements DmaMemory {
           this.r0End = out.end;
           this.r0Delta = delta;
           this.r0Ok = ok;
+          this.hit = 0;
           this.rNext = 1;
         } else {
           this.r1Start = out.start;
           this.r1End = out.end;
           this.r1Delta = delta;
           this.r1Ok = ok;
+          this.hit = 1;
           this.rNext = 0;
         }
       } else {
@@ -192,12 +218,14 @@ export class TranslatingMemory implements DmaMemory {
           this.w0End = out.end;
           this.w0Delta = delta;
           this.w0Ok = ok;
+          this.hit = 2;
           this.wNext = 1;
         } else {
           this.w1Start = out.start;
           this.w1End = out.end;
           this.w1Delta = delta;
           this.w1Ok = ok;
+          this.hit = 3;
           this.wNext = 0;
         }
       }
@@ -324,7 +352,7 @@ export class TranslatingMemory implements DmaMemory {
   checkRange(addr: number, len: number, access: Access): void {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
     // One cached run that covers the range and was verified against RAM: nothing can fail.
-    if (this.inRun(addr, len, access) && this.verified) return;
+    if (this.inRun(addr, len, access) && this.runChecked()) return;
     this.probing = true;
     try {
       this.resolve(addr, len, access, true);
@@ -555,7 +583,7 @@ export class TranslatingMemory implements DmaMemory {
 
   tryView(addr: number, len: number, access: Access): Uint8Array | undefined {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return new Uint8Array(0);
-    if (this.inRun(addr, len, access) && this.verified) return this.inner.tryView(this.out.gpa, len, access);
+    if (this.inRun(addr, len, access) && this.runChecked()) return this.inner.tryView(this.out.gpa, len, access);
     this.resolve(addr, len, access, true);
     if (this.count !== 1) return undefined;
     return this.inner.tryView(this.gpas[0]!, len, access);
@@ -563,7 +591,7 @@ export class TranslatingMemory implements DmaMemory {
 
   slices(addr: number, len: number, access: Access, out: Uint8Array[] = []): Uint8Array[] {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return out;
-    if (this.inRun(addr, len, access) && this.verified) return this.inner.slices(this.out.gpa, len, access, out);
+    if (this.inRun(addr, len, access) && this.runChecked()) return this.inner.slices(this.out.gpa, len, access, out);
     this.resolve(addr, len, access, true);
     for (let i = 0; i < this.count; i++) this.inner.slices(this.gpas[i]!, this.lens[i]!, access, out);
     return out;
