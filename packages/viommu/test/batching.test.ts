@@ -210,3 +210,26 @@ describe('MAP / UNMAP below and across 2^53: the number fast path agrees with th
     expect(map(big, 1, 7n * G, 8n * G - 2n, 0n)).toBe(VIRTIO_IOMMU_S_RANGE);
   });
 });
+
+describe('cached runs only partly in guest RAM', () => {
+  it('ranges inside RAM pass, ranges reaching past it fault bad-target at the first bad byte, every time, hit or miss', () => {
+    const dev = new VirtioIommu();
+    dev.addEndpoint(1);
+    const ram = GuestMemory.create(0x10000);
+    const dma = dev.dmaMemory(1, ram);
+    attach(dev, 1, 1);
+    // IOVA [0x1000, 0x3000) → GPA [0xf000, 0x11000): the second page is not RAM.
+    expect(map(dev, 1, 0x1000n, 0x2fffn, 0xf000n)).toBe(VIRTIO_IOMMU_S_OK);
+    for (let round = 0; round < 3; round++) {
+      dma.checkRange(0x1000, 0x1000, 'write');
+      expect(dma.tryView(0x1800, 0x100, 'read')?.length).toBe(0x100);
+      expect(dma.slices(0x1000, 0x1000, 'write').length).toBe(1);
+      const faults = dev.stats.faults;
+      expect(() => dma.checkRange(0x1f00, 0x200, 'read')).toThrow(expect.objectContaining({ fault: expect.objectContaining({ reason: 'bad-target', address: 0x2000 }) }));
+      expect(dev.stats.faults).toBe(faults); // a probe records nothing
+      expect(() => dma.slices(0x1f00, 0x200, 'write')).toThrow(expect.objectContaining({ fault: expect.objectContaining({ reason: 'bad-target', address: 0x2000 }) }));
+      expect(() => dma.readInto(0x1ff0, new Uint8Array(0x20))).toThrow(DmaFault);
+      expect(dev.stats.faults).toBe(faults + 2);
+    }
+  });
+});
