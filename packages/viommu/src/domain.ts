@@ -34,6 +34,16 @@ export class Domain {
     this.tlb = iotlbEntries > 0 ? new Iotlb(iotlbEntries) : undefined;
   }
 
+  /** Whether some attached endpoint has reserved regions (MAP checks them only then). */
+  anyReserved = false;
+
+  /** Recomputes `anyReserved` (after an endpoint joins or leaves). */
+  updateReserved(): void {
+    let any = false;
+    for (const ep of this.endpoints) if (ep.reserved.length > 0) any = true;
+    this.anyReserved = any;
+  }
+
   /** Drops every cached translation of `m` (synchronously: the next access walks the table again). */
   invalidate(m: Mapping): void {
     const tlb = this.tlb;
@@ -158,6 +168,13 @@ export class Endpoint implements TranslationSource {
     const s = this.resvStart;
     for (let i = 0; i < s.length; i++) if (s[i]! > addr && s[i]! < end) end = s[i]!;
     return end;
+  }
+
+  /** `reservedOverlaps` for start ≤ end below 2^53 (region bounds as numbers are exact there and ≥ 2^53 above). */
+  reservedOverlapsNum(start: number, end: number): boolean {
+    const s = this.resvStart;
+    for (let i = 0; i < s.length; i++) if (s[i]! <= end && this.resvEnd[i]! >= start) return true;
+    return false;
   }
 
   /** True if some reserved region of this endpoint overlaps [start, end]. */

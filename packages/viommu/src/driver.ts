@@ -254,13 +254,26 @@ interface LiveMapping {
   flags: number;
   /** Time of unmap (deferred/optimistic). */
   at: number;
-  key: string;
+  /** Made by `mapAt`: never reused by optimistic teardown. */
+  fixed: boolean;
 }
 
-/** First-fit IOVA allocator over [start, end) with coalescing frees. */
+/**
+ * Next-fit IOVA allocator over [start, end) with coalescing frees: each
+ * allocation starts where the previous one ended (the free interval holding
+ * or following that point), wrapping to the lowest free address when nothing
+ * fits above — as Linux's IOVA allocator resumes from its cached node. So a
+ * freed IOVA is not handed out again at once (a stale device access after a
+ * strict unmap hits nothing, not someone else's buffer), consecutive
+ * allocations are adjacent (a deferred batch goes as one range UNMAP) and
+ * new mappings land at the top of the device's sorted table (an append, not
+ * an insertion). O(log n) in the number of free intervals.
+ */
 class IovaAllocator {
   /** Free intervals [s, e), sorted, disjoint, not adjacent. */
   private free: number[] = [];
+  /** Where the next search starts: the end of the last allocation. */
+  private cursor = 0;
   constructor(start: number, end: number, holes: readonly { start: number; end: number }[]) {
     let at = start;
     for (const h of [...holes].sort((a, b) => a.start - b.start)) {
@@ -273,16 +286,40 @@ class IovaAllocator {
 
   alloc(size: number): number | undefined {
     const f = this.free;
-    for (let i = 0; i < f.length; i += 2) {
+    // The first interval ending after the cursor (binary search over the ends).
+    let lo = 0;
+    let hi = f.length / 2;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (f[2 * mid + 1]! <= this.cursor) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = 2 * lo; i < f.length; i += 2) {
       const s = f[i]!;
       const e = f[i + 1]!;
-      if (e - s >= size) {
-        if (e - s === size) f.splice(i, 2);
-        else f[i] = s + size;
-        return s;
-      }
+      const at = s < this.cursor ? this.cursor : s;
+      if (e - at >= size) return this.cut(i, at, size);
+    }
+    // Wrap: first fit from the bottom.
+    for (let i = 0; i < f.length; i += 2) {
+      const s = f[i]!;
+      if (f[i + 1]! - s >= size) return this.cut(i, s, size);
     }
     return undefined;
+  }
+
+  /** Takes [at, at+size) out of free interval `i` (which holds it) and moves the cursor past it. */
+  private cut(i: number, at: number, size: number): number {
+    const f = this.free;
+    const s = f[i]!;
+    const e = f[i + 1]!;
+    const end = at + size;
+    if (s === at && e === end) f.splice(i, 2);
+    else if (s === at) f[i] = end;
+    else if (e === end) f[i + 1] = at;
+    else f.splice(i + 1, 0, at, end);
+    this.cursor = end;
+    return at;
   }
 
   /** Takes exactly [s, s+size) if it is free; false otherwise. */
@@ -324,6 +361,8 @@ export class GuestIommuDriver {
   readonly config: IommuConfig;
   readonly granule: number;
   private nextDomain: number;
+  /** Scratch batch of one request (`send`). */
+  private readonly one: IommuRequest[] = [];
 
   constructor(
     readonly transport: IommuTransport,
@@ -340,7 +379,9 @@ export class GuestIommuDriver {
 
   /** Sends one request and throws unless it succeeded. */
   send(req: IommuRequest): void {
-    this.transport.submit([req]);
+    const one = this.one;
+    one[0] = req;
+    this.transport.submit(one);
     if (req.status !== d.VIRTIO_IOMMU_S_OK) {
       throw new ViommuError('request-failed', `virtio-iommu request type ${req.type} failed with ${d.STATUS_NAMES[req.status] ?? req.status}`, req.type, req.status);
     }
@@ -373,7 +414,10 @@ export class DmaDomain {
   private readonly live = new Map<number, LiveMapping>();
   /** deferred: unmapped, UNMAP not yet sent. optimistic: unmapped, still live in the device (oldest first). */
   private readonly pending: LiveMapping[] = [];
-  private readonly cache = new Map<string, LiveMapping[]>();
+  /** optimistic: unmapped mappings still live in the device, by guest page (then matched on size and flags). */
+  private readonly cache = new Map<number, LiveMapping[]>();
+  /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
+  private readonly spare: LiveMapping[] = [];
   /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
   private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
   private readonly unmapReqs: IommuRequest[] = [];
@@ -416,7 +460,24 @@ export class DmaDomain {
    * covers whole granules; the device may reach the rest of them too.
    */
   map(gpa: number, len: number, dir: DmaDirection): number {
-    this.expire();
+    const iova = this.queueMap(gpa, len, dir);
+    this.syncMaps();
+    return iova;
+  }
+
+  /**
+   * `map` without waiting: the IOVA is chosen and the MAP request built, but
+   * it is sent only by the next `syncMaps()` (or `map`, `unmap`, `flush`,
+   * `destroy`), together with every other queued MAP, in one submission —
+   * one notification for a burst of requests, as Linux's virtio-iommu driver
+   * adds each MAP to the request queue in `map_pages` and kicks once in
+   * `iotlb_sync_map`. The caller MUST NOT hand the IOVA to a device before
+   * `syncMaps()` returned: until then the device has no such mapping (an
+   * access faults; nothing is reachable that was not mapped). An optimistic
+   * reuse needs no request and is usable at once. It does not read the clock
+   * (`syncMaps` does).
+   */
+  queueMap(gpa: number, len: number, dir: DmaDirection): number {
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len <= 0) {
       throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)}`, gpa);
     }
@@ -424,10 +485,9 @@ export class DmaDomain {
     const gpaPage = roundDown(gpa, g);
     const size = roundUp(gpa + len, g) - gpaPage;
     const flags = dirFlags(dir);
-    const key = `${gpaPage}:${size}:${flags}`;
     this.stats.maps++;
     if (this.mode === 'optimistic') {
-      const hit = this.cache.get(key)?.pop();
+      const hit = this.takeCached(gpaPage, size, flags);
       if (hit !== undefined) {
         this.pending.splice(this.pending.indexOf(hit), 1);
         this.live.set(hit.iova, hit);
@@ -441,8 +501,65 @@ export class DmaDomain {
       iova = this.iovas.alloc(size);
     }
     if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
-    return this.sendMap(iova, gpaPage, size, flags, key) + (gpa - gpaPage);
+    const k = this.queued.length;
+    const pool = this.mapReqs;
+    if (k === pool.length) pool.push(mapRequest(0, 0n, 0n, 0n, 0));
+    refillMap(pool[k]!, this.id, iova, iova + size - 1, gpaPage, flags);
+    this.queued.push(this.record(iova, gpaPage, size, flags, false));
+    return iova + (gpa - gpaPage);
   }
+
+  /**
+   * Sends every queued MAP in one submission (one notification) and returns
+   * when the device has answered them all: from then on the device may use
+   * their IOVAs. Throws the first failure after forgetting every failed
+   * mapping (its IOVA returns to the allocator); the others stand.
+   */
+  syncMaps(): void {
+    this.expire();
+    this.sendQueued();
+  }
+
+  /** `syncMaps` without applying the clock. */
+  private sendQueued(): void {
+    const q = this.queued;
+    const n = q.length;
+    if (n === 0) return;
+    const pool = this.mapReqs;
+    const reqs = n === pool.length ? pool : pool.slice(0, n);
+    this.stats.requests += n;
+    this.stats.batches++;
+    try {
+      this.driver.transport.submit(reqs);
+    } catch (e) {
+      // The transport failed as a whole: nothing is known to be mapped.
+      for (const m of q) this.forget(m);
+      q.length = 0;
+      throw e;
+    }
+    let failed: IommuRequest | undefined;
+    for (let i = 0; i < n; i++) {
+      const req = reqs[i]!;
+      if (req.status === d.VIRTIO_IOMMU_S_OK) continue;
+      failed ??= req;
+      this.forget(q[i]!);
+    }
+    q.length = 0;
+    if (failed !== undefined) {
+      throw new ViommuError('request-failed', `virtio-iommu request type ${failed.type} failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
+    }
+  }
+
+  /** A mapping whose MAP did not succeed: not live, IOVA free again. */
+  private forget(m: LiveMapping): void {
+    this.live.delete(m.iova);
+    this.iovas.release(m.iova, m.size);
+  }
+
+  /** MAPs built by `queueMap`, not yet sent (their records, in `mapReqs` order). */
+  private readonly queued: LiveMapping[] = [];
+  /** Request buffers for queued MAPs, reused from batch to batch. */
+  private readonly mapReqs: IommuRequest[] = [];
 
   /**
    * Maps [gpa, gpa+len) at a fixed IOVA (whole granules): `mapAt(gpa, gpa, …)`
@@ -453,7 +570,7 @@ export class DmaDomain {
    * `unmap(iova)`, in the domain's mode; never reused by optimistic teardown.
    */
   mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
-    this.expire();
+    this.syncMaps();
     const g = this.driver.granule;
     if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
       throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)} to IOVA ${String(iova)} (offsets within a ${g}-byte granule must agree)`, gpa);
@@ -466,11 +583,26 @@ export class DmaDomain {
       if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside input_range`, iovaPage);
     }
     this.stats.maps++;
-    // A unique key: fixed mappings never enter the optimistic cache.
-    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), `fixed:${iovaPage}`) + (gpa - gpaPage);
+    // Fixed mappings never enter the optimistic cache.
+    return this.sendMap(iovaPage, gpaPage, size, dirFlags(dir), true) + (gpa - gpaPage);
   }
 
-  private sendMap(iova: number, gpaPage: number, size: number, flags: number, key: string): number {
+  /** optimistic: the most recently unmapped cached mapping of exactly these pages and flags, removed from the cache. */
+  private takeCached(gpaPage: number, size: number, flags: number): LiveMapping | undefined {
+    const list = this.cache.get(gpaPage);
+    if (list === undefined) return undefined;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const m = list[i]!;
+      if (m.size === size && m.flags === flags) {
+        list.splice(i, 1);
+        if (list.length === 0) this.cache.delete(gpaPage);
+        return m;
+      }
+    }
+    return undefined;
+  }
+
+  private sendMap(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): number {
     const req = this.mapReq;
     refillMap(req, this.id, iova, iova + size - 1, gpaPage, flags);
     this.stats.requests++;
@@ -481,12 +613,27 @@ export class DmaDomain {
       this.iovas.release(iova, size);
       throw e;
     }
-    this.live.set(iova, { iova, size, gpaPage, flags, at: 0, key });
+    this.record(iova, gpaPage, size, flags, fixed);
     return iova;
+  }
+
+  /** A live-mapping record (recycled), entered in `live`. */
+  private record(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): LiveMapping {
+    const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false };
+    m.iova = iova;
+    m.size = size;
+    m.gpaPage = gpaPage;
+    m.flags = flags;
+    m.at = 0;
+    m.fixed = fixed;
+    this.live.set(iova, m);
+    return m;
   }
 
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
   unmap(iova: number): void {
+    // A MAP still queued goes first: UNMAP must find what it removes.
+    if (this.queued.length > 0) this.sendQueued();
     const g = this.driver.granule;
     const base = roundDown(iova, g);
     const m = this.live.get(base);
@@ -494,27 +641,39 @@ export class DmaDomain {
     this.live.delete(base);
     this.stats.unmaps++;
     if (this.mode === 'strict') {
-      this.sendUnmaps([m]);
+      const one = this.one;
+      one[0] = m;
+      this.sendUnmaps(one);
       return;
     }
-    m.at = this.driver.now();
+    const now = this.driver.now();
+    m.at = now;
     this.pending.push(m);
     if (this.mode === 'optimistic') {
-      let list = this.cache.get(m.key);
-      if (list === undefined) this.cache.set(m.key, (list = []));
-      list.push(m);
+      if (!m.fixed) {
+        let list = this.cache.get(m.gpaPage);
+        if (list === undefined) this.cache.set(m.gpaPage, (list = []));
+        list.push(m);
+      }
       if (this.pending.length > this.quota) this.teardown(this.pending.length - this.quota);
     } else if (this.pending.length >= this.batchSize) {
       this.flush();
     }
-    this.expire();
+    this.expireAt(now);
   }
+
+  /** Scratch batch of one (strict unmap). */
+  private readonly one: LiveMapping[] = [];
 
   /** Applies the clock: sends the deferred batch, or tears down expired cached mappings, when due. */
   expire(): void {
+    if (this.pending.length === 0) return;
+    this.expireAt(this.driver.now());
+  }
+
+  private expireAt(now: number): void {
     const p = this.pending;
     if (p.length === 0) return;
-    const now = this.driver.now();
     if (this.mode === 'deferred') {
       if (now - p[0]!.at >= this.flushDelay) this.flush();
     } else if (this.mode === 'optimistic') {
@@ -526,6 +685,7 @@ export class DmaDomain {
 
   /** Sends every pending UNMAP now (one batch); afterwards no unmapped buffer is reachable. */
   flush(): void {
+    this.sendQueued();
     if (this.pending.length === 0) return;
     this.teardown(this.pending.length);
   }
@@ -535,9 +695,10 @@ export class DmaDomain {
     const batch = this.pending.splice(0, n);
     if (this.mode === 'optimistic') {
       for (const m of batch) {
-        const list = this.cache.get(m.key)!;
+        if (m.fixed) continue;
+        const list = this.cache.get(m.gpaPage)!;
         list.splice(list.indexOf(m), 1);
-        if (list.length === 0) this.cache.delete(m.key);
+        if (list.length === 0) this.cache.delete(m.gpaPage);
       }
     }
     this.sendUnmaps(batch);
@@ -548,7 +709,7 @@ export class DmaDomain {
    * Mappings whose IOVA ranges are adjacent go in one UNMAP covering the run:
    * §5.13.6.4 removes every mapping wholly inside [virt_start, virt_end], and
    * nothing else can lie between adjacent ranges, so no live mapping is
-   * touched and none is split. A deferred batch, allocated first-fit, is
+   * touched and none is split. A deferred batch, allocated next-fit, is
    * mostly one run: one request for up to `batchSize` unmaps.
    */
   private sendUnmaps(batch: LiveMapping[]): void {
@@ -580,6 +741,8 @@ export class DmaDomain {
         const first = sorted[runs[r]!]!;
         const last = sorted[runs[r + 1]! - 1]!;
         this.iovas.release(first.iova, last.iova + last.size - first.iova);
+        const spare = this.spare;
+        for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
       } else failed ??= req;
     }
     if (failed !== undefined) {

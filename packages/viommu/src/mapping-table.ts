@@ -1,27 +1,71 @@
 const TWO_53 = 2 ** 53;
 
-/** One mapping created by a single MAP request: [virtStart, virtEnd] (inclusive) → physStart. */
+/**
+ * One mapping created by a single MAP request: [virtStart, virtEnd]
+ * (inclusive) → physStart. Made from bigints (any u64), or from numbers when
+ * every address is below 2^53 (`fromNumbers`, the MAP fast path: no bigint is
+ * made until one is asked for).
+ */
 export class Mapping {
   /** Number(virtStart) and Number(virtEnd): exact below 2^53, and at least 2^53 otherwise (rounding is monotone). */
   readonly startNum: number;
   readonly endNum: number;
   /** Number(physStart), or NaN when physStart ≥ 2^53 (then no byte of the mapping is guest RAM reachable by number). */
   readonly physNum: number;
+  #virtStart: bigint | undefined;
+  #virtEnd: bigint | undefined;
+  #physStart: bigint | undefined;
   constructor(
-    readonly virtStart: bigint,
-    readonly virtEnd: bigint,
-    readonly physStart: bigint,
+    virtStart: bigint,
+    virtEnd: bigint,
+    physStart: bigint,
     /** VIRTIO_IOMMU_MAP_F_* bits: READ = 1, WRITE = 2, MMIO = 4. */
     readonly flags: number,
+    /** Internal (`fromNumbers`): the three addresses as exact numbers, bigints made on demand. */
+    nums?: { start: number; end: number; phys: number },
   ) {
+    if (nums !== undefined) {
+      this.startNum = nums.start;
+      this.endNum = nums.end;
+      this.physNum = nums.phys;
+      return;
+    }
+    this.#virtStart = virtStart;
+    this.#virtEnd = virtEnd;
+    this.#physStart = physStart;
     this.startNum = Number(virtStart);
     this.endNum = Number(virtEnd);
     this.physNum = physStart < BigInt(TWO_53) ? Number(physStart) : NaN;
   }
+
+  /** A mapping whose addresses are all non-negative safe integers (start ≤ end, phys + end − start < 2^53). */
+  static fromNumbers(start: number, end: number, phys: number, flags: number): Mapping {
+    NUMS.start = start;
+    NUMS.end = end;
+    NUMS.phys = phys;
+    return new Mapping(0n, 0n, 0n, flags, NUMS);
+  }
+
+  get virtStart(): bigint {
+    return (this.#virtStart ??= BigInt(this.startNum));
+  }
+
+  get virtEnd(): bigint {
+    return (this.#virtEnd ??= BigInt(this.endNum));
+  }
+
+  get physStart(): bigint {
+    return (this.#physStart ??= BigInt(this.physNum));
+  }
 }
+
+/** Scratch argument of `Mapping.fromNumbers` (read at once by the constructor). */
+const NUMS = { start: 0, end: 0, phys: 0 };
 
 /** Result of `MappingTable.unmap`. */
 export type UnmapResult = { ok: true; removed: Mapping[] } | { ok: false; splits: Mapping };
+
+const EMPTY_UNMAP: UnmapResult = { ok: true, removed: [] };
 
 /**
  * The mappings of one domain: non-overlapping intervals over the full 64-bit
@@ -75,6 +119,9 @@ export class MappingTable {
   /** The mapping holding `addr` (a non-negative number below 2^53), if any: the data-path lookup. */
   findNum(addr: number): Mapping | undefined {
     const l = this.list;
+    // The newest mapping usually sits at the top (next-fit IOVAs): one compare for it.
+    const top = l[l.length - 1];
+    if (top !== undefined && addr >= top.startNum) return addr <= top.endNum ? top : undefined;
     let lo = 0;
     let hi = l.length - 1;
     let found = -1;
@@ -88,6 +135,86 @@ export class MappingTable {
     if (found < 0) return undefined;
     const m = l[found]!;
     return addr <= m.endNum ? m : undefined;
+  }
+
+  /**
+   * Index of the last mapping whose start is ≤ addr, or -1, for addr below
+   * 2^53: `startNum` is exact there and at least 2^53 above (monotone
+   * rounding), so the order and the answer are those of the bigint search.
+   */
+  private floorIndexNum(addr: number): number {
+    const l = this.list;
+    let lo = 0;
+    let hi = l.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (l[mid]!.startNum <= addr) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  /** The first mapping overlapping [start, end] (inclusive, both below 2^53), if any: `firstOverlap` without bigints. */
+  firstOverlapNum(start: number, end: number): Mapping | undefined {
+    let i = this.floorIndexNum(start);
+    if (i >= 0 && this.list[i]!.endNum >= start) return this.list[i];
+    i++;
+    const next = this.list[i];
+    return next !== undefined && next.startNum <= end ? next : undefined;
+  }
+
+  /**
+   * For [start, end] below 2^53: the index a new mapping would be inserted
+   * at, or −1 if it overlaps one (one search for both questions; then
+   * `insertAtNum`, with no change to the table in between).
+   */
+  slotNum(start: number, end: number): number {
+    const l = this.list;
+    const n = l.length;
+    // Above the top mapping (the next-fit case): no search.
+    const i = n > 0 && l[n - 1]!.startNum <= start ? n - 1 : this.floorIndexNum(start);
+    if (i >= 0 && l[i]!.endNum >= start) return -1;
+    const next = l[i + 1];
+    if (next !== undefined && next.startNum <= end) return -1;
+    return i + 1;
+  }
+
+  /** Inserts `m` at `at`, as returned by `slotNum(m.startNum, m.endNum)` on the unchanged table. */
+  insertAtNum(at: number, m: Mapping): void {
+    if (at === this.list.length) this.list.push(m);
+    else this.list.splice(at, 0, m);
+  }
+
+  /** `insert` for a mapping made by `Mapping.fromNumbers` (every address below 2^53). */
+  insertNum(m: Mapping): Mapping | undefined {
+    const clash = this.firstOverlapNum(m.startNum, m.endNum);
+    if (clash !== undefined) return clash;
+    const at = this.floorIndexNum(m.startNum) + 1;
+    if (at === this.list.length) this.list.push(m);
+    else this.list.splice(at, 0, m);
+    return undefined;
+  }
+
+  /**
+   * `unmap` for [start, end] both below 2^53, without bigints. Mappings
+   * reaching past 2^53 compare by `endNum` ≥ 2^53 > end: still "not wholly
+   * inside", as with bigints.
+   */
+  unmapNum(start: number, end: number): UnmapResult {
+    const l = this.list;
+    let first = this.floorIndexNum(start);
+    if (first < 0 || l[first]!.endNum < start) first++;
+    let last = first;
+    while (last < l.length && l[last]!.startNum <= end) last++;
+    if (last === first) return EMPTY_UNMAP;
+    const a = l[first]!;
+    if (a.startNum < start) return { ok: false, splits: a };
+    const b = l[last - 1]!;
+    if (b.endNum > end) return { ok: false, splits: b };
+    return { ok: true, removed: last - first === 1 ? [l.splice(first, 1)[0]!] : l.splice(first, last - first) };
   }
 
   /** The first mapping overlapping [start, end] (inclusive), if any. */

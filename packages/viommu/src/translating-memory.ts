@@ -1,4 +1,4 @@
-import { type Access, type DmaMemory, GuestMemoryError } from '@ioplane/guest-memory';
+import { type Access, type DmaMemory, GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import { DmaFault, FAULT_REASONS, FaultCode, type FaultRecord, type FaultSink, VTD_FAULT_CODES } from './errors.js';
 
 /** Where a successful translation is written (preallocated by the caller: no object per access). */
@@ -32,6 +32,8 @@ export interface TranslationSource {
 }
 
 const TWO_53 = 2 ** 53;
+/** Runs longer than this are not verified against the inner memory when cached (a bypass identity run reaches 2^53). */
+const MAX_VERIFY = 2 ** 40;
 
 /**
  * A `DmaMemory` that translates every address through a `TranslationSource`
@@ -52,19 +54,42 @@ const TWO_53 = 2 ** 53;
 export class TranslatingMemory implements DmaMemory {
   private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0 };
   /**
-   * The last run translated for each direction (a one-entry TLB in front of
-   * the source's IOTLB, for the ring-index and descriptor reads that hit the
-   * same page over and over). Valid only while the source's generation is
-   * the one it was filled under, so it is never stale either.
+   * The last two runs translated for each direction (a small TLB in front of
+   * the source's IOTLB: a request's accesses alternate between the ring area
+   * — header, status byte — and its data buffer, so two entries per
+   * direction serve all but the first touch of each). Entry 0 is [r0Start,
+   * r0End) → +r0Delta, entry 1 likewise; `rNext` is the one to replace. All
+   * are valid only while the source's generation is `rGen` (`wGen` for
+   * writes), the one they were filled under, so they are never stale either:
+   * the first access after a generation change empties the direction.
    */
   private rGen = -1;
-  private rStart = 1;
-  private rEnd = 0;
-  private rDelta = 0;
+  private r0Start = 1;
+  private r0End = 0;
+  private r0Delta = 0;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private r0Ok = 0;
+  private r1Start = 1;
+  private r1End = 0;
+  private r1Delta = 0;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private r1Ok = 0;
+  private rNext = 0;
   private wGen = -1;
-  private wStart = 1;
-  private wEnd = 0;
-  private wDelta = 0;
+  private w0Start = 1;
+  private w0End = 0;
+  private w0Delta = 0;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private w0Ok = 0;
+  private w1Start = 1;
+  private w1End = 0;
+  private w1Delta = 0;
+  /** 0: not checked against RAM yet, 1: wholly accessible, 2: not (checked lazily, by `runChecked`). */
+  private w1Ok = 0;
+  private wNext = 0;
+  /** After a `translateOne`: which cached run served it (0 r0, 1 r1, 2 w0, 3 w1), or −1. */
+  private hit = -1;
+  private readonly stableInner: boolean;
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
   private count = 0;
@@ -75,36 +100,134 @@ export class TranslatingMemory implements DmaMemory {
     readonly inner: DmaMemory,
     readonly source: TranslationSource,
     private readonly sink?: FaultSink,
-    /** Keep the last run per direction (false: every access asks the source). */
+    /** Keep the last runs per direction (false: every access asks the source). */
     private readonly micro = true,
-  ) {}
+  ) {
+    this.stableInner = inner instanceof GuestMemory;
+  }
 
-  /** Translates `addr` into `this.out` through the one-entry cache, then the source; returns 0 or a fault code. */
+  /** Whether the run [start, end) → start + delta is wholly inner memory accessible for `access` (fill time, never on a hit). */
+  /**
+   * After `inRun` returned true: whether the whole cached run that served it
+   * is inner memory accessible in its direction — checked against RAM the
+   * first time a range check needs it, then remembered with the run (so a
+   * range inside it needs no inner check). Only for an inner `GuestMemory`,
+   * whose regions never change; false for a run that was not cached.
+   */
+  private runChecked(): boolean {
+    switch (this.hit) {
+      case 0:
+        if (this.r0Ok === 0) this.r0Ok = this.verify(this.r0Start, this.r0End, this.r0Delta, 'read') ? 1 : 2;
+        return this.r0Ok === 1;
+      case 1:
+        if (this.r1Ok === 0) this.r1Ok = this.verify(this.r1Start, this.r1End, this.r1Delta, 'read') ? 1 : 2;
+        return this.r1Ok === 1;
+      case 2:
+        if (this.w0Ok === 0) this.w0Ok = this.verify(this.w0Start, this.w0End, this.w0Delta, 'write') ? 1 : 2;
+        return this.w0Ok === 1;
+      case 3:
+        if (this.w1Ok === 0) this.w1Ok = this.verify(this.w1Start, this.w1End, this.w1Delta, 'write') ? 1 : 2;
+        return this.w1Ok === 1;
+      default:
+        return false;
+    }
+  }
+
+  private verify(start: number, end: number, delta: number, access: Access): boolean {
+    if (!this.stableInner || end - start > MAX_VERIFY) return false;
+    try {
+      this.inner.checkRange(start + delta, end - start, access);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Translates `addr` into `this.out` through the run cache, then the source; returns 0 or a fault code. */
   private translateOne(addr: number, access: Access): number {
     const out = this.out;
+    const gen = this.source.generation;
     if (access === 'read') {
-      if (addr >= this.rStart && addr < this.rEnd && this.rGen === this.source.generation) {
-        out.gpa = addr + this.rDelta;
-        out.end = this.rEnd;
+      if (gen === this.rGen) {
+        if (addr >= this.r0Start && addr < this.r0End) {
+          out.gpa = addr + this.r0Delta;
+          out.end = this.r0End;
+          this.hit = 0;
+          this.rNext = 1;
+          return 0;
+        }
+        if (addr >= this.r1Start && addr < this.r1End) {
+          out.gpa = addr + this.r1Delta;
+          out.end = this.r1End;
+          this.hit = 1;
+          this.rNext = 0;
+          return 0;
+        }
+      } else {
+        this.rGen = -1;
+        this.r0Start = this.r1Start = 1;
+        this.r0End = this.r1End = 0;
+      }
+    } else if (gen === this.wGen) {
+      if (addr >= this.w0Start && addr < this.w0End) {
+        out.gpa = addr + this.w0Delta;
+        out.end = this.w0End;
+        this.hit = 2;
+        this.wNext = 1;
         return 0;
       }
-    } else if (addr >= this.wStart && addr < this.wEnd && this.wGen === this.source.generation) {
-      out.gpa = addr + this.wDelta;
-      out.end = this.wEnd;
-      return 0;
+      if (addr >= this.w1Start && addr < this.w1End) {
+        out.gpa = addr + this.w1Delta;
+        out.end = this.w1End;
+        this.hit = 3;
+        this.wNext = 0;
+        return 0;
+      }
+    } else {
+      this.wGen = -1;
+      this.w0Start = this.w1Start = 1;
+      this.w0End = this.w1End = 0;
     }
+    this.hit = -1;
     const code = this.source.translate(addr, access, out);
     if (code === 0 && this.micro) {
+      // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
+      const delta = out.gpa - addr;
+      const ok = 0; // checked against RAM lazily (runChecked)
       if (access === 'read') {
-        this.rGen = this.source.generation;
-        this.rStart = out.start;
-        this.rEnd = out.end;
-        this.rDelta = out.gpa - addr;
+        this.rGen = gen;
+        if (this.rNext === 0) {
+          this.r0Start = out.start;
+          this.r0End = out.end;
+          this.r0Delta = delta;
+          this.r0Ok = ok;
+          this.hit = 0;
+          this.rNext = 1;
+        } else {
+          this.r1Start = out.start;
+          this.r1End = out.end;
+          this.r1Delta = delta;
+          this.r1Ok = ok;
+          this.hit = 1;
+          this.rNext = 0;
+        }
       } else {
-        this.wGen = this.source.generation;
-        this.wStart = out.start;
-        this.wEnd = out.end;
-        this.wDelta = out.gpa - addr;
+        this.wGen = gen;
+        if (this.wNext === 0) {
+          this.w0Start = out.start;
+          this.w0End = out.end;
+          this.w0Delta = delta;
+          this.w0Ok = ok;
+          this.hit = 2;
+          this.wNext = 1;
+        } else {
+          this.w1Start = out.start;
+          this.w1End = out.end;
+          this.w1Delta = delta;
+          this.w1Ok = ok;
+          this.hit = 3;
+          this.wNext = 0;
+        }
       }
     }
     return code;
@@ -228,12 +351,27 @@ export class TranslatingMemory implements DmaMemory {
    */
   checkRange(addr: number, len: number, access: Access): void {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return;
+    // One cached run that covers the range and was verified against RAM: nothing can fail.
+    if (this.inRun(addr, len, access) && this.runChecked()) return;
     this.probing = true;
     try {
       this.resolve(addr, len, access, true);
     } finally {
       this.probing = false;
     }
+  }
+
+  /**
+   * Fast path: true when [addr, addr+len) is a valid range that one run
+   * translates whole (then `out.gpa` is its guest-physical address). False
+   * sends the caller down the general path, which redoes the translation
+   * and reports whatever fails — so this never records a fault.
+   */
+  private inRun(addr: number, len: number, access: Access): boolean {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len <= 0 || addr + len > TWO_53) return false;
+    // translateOne records nothing: a fault is reported once, by the general path that follows.
+    if (this.translateOne(addr, access) !== 0) return false;
+    return this.out.end >= addr + len;
   }
 
   /** Inside `checkRange`: faults are thrown, not recorded. */
@@ -380,6 +518,15 @@ export class TranslatingMemory implements DmaMemory {
   readInto(addr: number, dest: Uint8Array): void {
     const len = dest.byteLength;
     if (len === 0) return;
+    if (this.inRun(addr, len, 'read')) {
+      const g = this.out.gpa;
+      try {
+        this.inner.readInto(g, dest);
+      } catch (e) {
+        throw this.badTarget(e, addr, len, 'read', addr, g, len);
+      }
+      return;
+    }
     this.resolve(addr, len, 'read', false);
     if (this.count === 1) {
       try {
@@ -401,6 +548,15 @@ export class TranslatingMemory implements DmaMemory {
   writeFrom(addr: number, src: Uint8Array): void {
     const len = src.byteLength;
     if (len === 0) return;
+    if (this.inRun(addr, len, 'write')) {
+      const g = this.out.gpa;
+      try {
+        this.inner.writeFrom(g, src);
+      } catch (e) {
+        throw this.badTarget(e, addr, len, 'write', addr, g, len);
+      }
+      return;
+    }
     this.resolve(addr, len, 'write', false);
     if (this.count === 1) {
       try {
@@ -427,6 +583,7 @@ export class TranslatingMemory implements DmaMemory {
 
   tryView(addr: number, len: number, access: Access): Uint8Array | undefined {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return new Uint8Array(0);
+    if (this.inRun(addr, len, access) && this.runChecked()) return this.inner.tryView(this.out.gpa, len, access);
     this.resolve(addr, len, access, true);
     if (this.count !== 1) return undefined;
     return this.inner.tryView(this.gpas[0]!, len, access);
@@ -434,6 +591,7 @@ export class TranslatingMemory implements DmaMemory {
 
   slices(addr: number, len: number, access: Access, out: Uint8Array[] = []): Uint8Array[] {
     if (len === 0 && Number.isSafeInteger(addr) && addr >= 0) return out;
+    if (this.inRun(addr, len, access) && this.runChecked()) return this.inner.slices(this.out.gpa, len, access, out);
     this.resolve(addr, len, access, true);
     for (let i = 0; i < this.count; i++) this.inner.slices(this.gpas[i]!, this.lens[i]!, access, out);
     return out;

@@ -2,7 +2,7 @@ import type { DmaMemory } from '@ioplane/guest-memory';
 import * as d from './defs.js';
 import { type BypassState, Domain, Endpoint, type ReservedRegion } from './domain.js';
 import { type FaultRecord, type FaultSink, ViommuError } from './errors.js';
-import { Mapping } from './mapping-table.js';
+import { Mapping, type UnmapResult } from './mapping-table.js';
 import { TranslatingMemory } from './translating-memory.js';
 
 /** Host-side configuration of a virtio-iommu device. */
@@ -52,6 +52,11 @@ export interface VirtioIommuStats {
   badConfigWrites: number;
 }
 
+const TWO_32 = 0x1_0000_0000;
+const TWO_53 = 2 ** 53;
+/** The largest high u32 of a u64 below 2^53. */
+const MAX_HI_53 = 0x1f_ffff;
+
 export const DEFAULT_FEATURES =
   (1n << BigInt(d.VIRTIO_IOMMU_F_INPUT_RANGE)) |
   (1n << BigInt(d.VIRTIO_IOMMU_F_DOMAIN_RANGE)) |
@@ -85,6 +90,13 @@ export class VirtioIommu implements FaultSink {
   readonly probeSize: number;
   readonly physLimit: bigint;
   private readonly initialBypass: boolean;
+  /** The granule as a number (0 when it is above 2^52: then MAP always takes the bigint path). */
+  private readonly granuleNum: number;
+  /** granule − 1 when the granule is at most 2^31 (alignment checked on the low u32), else −1. */
+  private readonly granuleLowMask: number;
+  private readonly inputStartNum: number;
+  private readonly inputEndNum: number;
+  private readonly physLimitNum: number;
   private readonly state: BypassState;
   private readonly iotlbEntries: number;
   private readonly maxMappings: number;
@@ -126,6 +138,12 @@ export class VirtioIommu implements FaultSink {
     this.probeSize = options.probeSize ?? 512;
     if (!isU32(this.probeSize) || this.probeSize > 1 << 20) throw new ViommuError('invalid-option', `probeSize ${this.probeSize} is not between 0 and 1 MiB`, this.probeSize);
     this.physLimit = options.physLimit ?? d.U64_MAX;
+    // Number forms for the MAP/UNMAP fast path: exact below 2^53, at least 2^53 above.
+    this.granuleNum = this.granule <= 1n << 52n ? Number(this.granule) : 0;
+    this.granuleLowMask = this.granule <= 1n << 31n ? Number(this.granule) - 1 : -1;
+    this.inputStartNum = Number(this.inputRange.start);
+    this.inputEndNum = Number(this.inputRange.end);
+    this.physLimitNum = Number(this.physLimit);
     this.initialBypass = options.bypass ?? false;
     this.state = { bypass: false, generation: 0 };
     this.iotlbEntries = options.iotlbEntries ?? 512;
@@ -351,25 +369,49 @@ export class VirtioIommu implements FaultSink {
     const inBuf = this.inScratch;
     let inLen = 0;
     let total = 0;
-    for (const seg of readable) {
+    for (let i = 0; i < readable.length; i++) {
+      const seg = readable[i]!;
       const n = Math.min(seg.len, inBuf.length - inLen);
-      if (n > 0) mem.readInto(seg.addr, inBuf.subarray(inLen, inLen + n));
+      if (n > 0) mem.readInto(seg.addr, inLen === 0 ? this.inView(n) : inBuf.subarray(inLen, inLen + n));
       inLen += n;
       total += seg.len;
     }
     let outLen = 0;
-    for (const seg of writable) outLen += seg.len;
+    for (let i = 0; i < writable.length; i++) outLen += writable[i]!.len;
     const out = this.outScratch;
-    const used = this.handleRequest(inBuf.subarray(0, Math.min(total, inBuf.length)), out.subarray(0, Math.min(outLen, out.length)));
-    scatter(mem, out, used, writable);
+    const used = this.handleRequest(this.inView(Math.min(total, inBuf.length)), this.outView(Math.min(outLen, out.length)));
+    const w0 = writable[0];
+    // The usual chain: one writable descriptor holding the whole answer.
+    if (w0 !== undefined && used === d.TAIL_SIZE && w0.len >= d.TAIL_SIZE) {
+      // A bare tail (every request but PROBE): one scalar write.
+      mem.writeU32(w0.addr, (out[0]! | (out[1]! << 8) | (out[2]! << 16) | (out[3]! << 24)) >>> 0);
+    } else if (w0 !== undefined && used > 0 && used <= w0.len) mem.writeFrom(w0.addr, this.outView(used));
+    else scatter(mem, out, used, writable);
     return used;
   }
+
+  /** `inScratch.subarray(0, n)`, made once per length (no view per request). */
+  private inView(n: number): Uint8Array {
+    return (this.inViews[n] ??= this.inScratch.subarray(0, n));
+  }
+
+  /** `outScratch.subarray(0, n)`, made once per length (the cache is emptied when `outScratch` is replaced). */
+  private outView(n: number): Uint8Array {
+    return (this.outViews[n] ??= this.outScratch.subarray(0, n));
+  }
+
+  private readonly inViews: (Uint8Array | undefined)[] = [];
+  private readonly outViews: (Uint8Array | undefined)[] = [];
 
   /** Fills one event-queue element (device-writable segments) with the oldest pending fault; returns the used length (24 or 0). */
   processEvent(mem: DmaMemory, writable: readonly ChainSegment[]): number {
     let outLen = 0;
     for (const seg of writable) outLen += seg.len;
-    const out = this.outScratch.length >= d.FAULT_SIZE ? this.outScratch : (this.outScratch = new Uint8Array(d.FAULT_SIZE));
+    if (this.outScratch.length < d.FAULT_SIZE) {
+      this.outScratch = new Uint8Array(d.FAULT_SIZE);
+      this.outViews.length = 0;
+    }
+    const out = this.outScratch;
     const used = this.takeFaultEvent(out.subarray(0, Math.min(outLen, d.FAULT_SIZE)));
     scatter(mem, out, used, writable);
     return used;
@@ -378,9 +420,20 @@ export class VirtioIommu implements FaultSink {
   /** Two cached DataViews (a driver alternates MAP and UNMAP buffers; processChain uses one scratch). */
   private viewA: DataView | undefined;
   private viewB: DataView | undefined;
+  /** The last scratch input view handed to `viewOf` and its DataView. */
+  private inViewKey: Uint8Array | undefined;
+  private inViewDv: DataView | undefined;
 
   /** A little-endian view starting at `b`'s first byte, reused when `b` sits where a cached one does. */
   private viewOf(b: Uint8Array): DataView {
+    // processChain passes the same scratch view object for every request of a length: identity is enough.
+    if (b === this.inViewKey) return this.inViewDv!;
+    if (b.buffer === this.inScratch.buffer) {
+      const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+      this.inViewKey = b;
+      this.inViewDv = v;
+      return v;
+    }
     const a = this.viewA;
     if (a !== undefined && a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength >= b.byteLength) return a;
     const c = this.viewB;
@@ -446,6 +499,7 @@ export class VirtioIommu implements FaultSink {
       this.domains.set(domainId, dom);
     }
     dom.endpoints.add(ep);
+    dom.updateReserved();
     ep.domain = dom;
     this.state.generation++;
     return d.VIRTIO_IOMMU_S_OK;
@@ -455,6 +509,7 @@ export class VirtioIommu implements FaultSink {
     const dom = ep.domain;
     if (dom === undefined) return;
     dom.endpoints.delete(ep);
+    dom.updateReserved();
     ep.domain = undefined;
     this.state.generation++;
     // §5.13.6.2: "After all endpoints have been successfully detached from a domain, it ceases to exist."
@@ -477,8 +532,58 @@ export class VirtioIommu implements FaultSink {
     return d.VIRTIO_IOMMU_S_OK;
   }
 
-  /** §5.13.6.3 MAP. */
+  /**
+   * §5.13.6.3 MAP. Requests whose addresses all lie below 2^53 (every
+   * mapping a `DmaMemory` can use) take `mapNum`, the same rules on numbers
+   * without a bigint; the others are decided on exact bigints here.
+   */
   private map(req: DataView): d.VirtioIommuStatus {
+    const vsHi = req.getUint32(d.MAP_VIRT_START + 4, true);
+    const veHi = req.getUint32(d.MAP_VIRT_END + 4, true);
+    const psHi = req.getUint32(d.MAP_PHYS_START + 4, true);
+    if (vsHi <= MAX_HI_53 && veHi <= MAX_HI_53 && psHi <= MAX_HI_53 && this.granuleNum !== 0) {
+      const vs = vsHi * TWO_32 + req.getUint32(d.MAP_VIRT_START, true);
+      const ve = veHi * TWO_32 + req.getUint32(d.MAP_VIRT_END, true);
+      const ps = psHi * TWO_32 + req.getUint32(d.MAP_PHYS_START, true);
+      // phys_end must be exact too; past 2^53 the bigint path decides.
+      if (ve < vs || ps + (ve - vs) < TWO_53) {
+        // Alignment on the low words when the granule fits in them (no float modulo per request).
+        const m = this.granuleLowMask;
+        const aligned =
+          m >= 0
+            ? (req.getUint32(d.MAP_VIRT_START, true) & m) === 0 && (req.getUint32(d.MAP_PHYS_START, true) & m) === 0 && (req.getUint32(d.MAP_VIRT_END, true) & m) === m
+            : vs % this.granuleNum === 0 && ps % this.granuleNum === 0 && (ve + 1) % this.granuleNum === 0;
+        return this.mapNum(req, vs, ve, ps, aligned);
+      }
+    }
+    return this.mapBig(req);
+  }
+
+  /** MAP with virt_start, virt_end, phys_start and phys_end below 2^53: the rules of `mapBig`, in the same order, on numbers. */
+  private mapNum(req: DataView, virtStart: number, virtEnd: number, physStart: number, aligned: boolean): d.VirtioIommuStatus {
+    const domainId = req.getUint32(d.MAP_DOMAIN, true);
+    const flags = req.getUint32(d.MAP_FLAGS, true);
+    let known = d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
+    if (this.has(d.VIRTIO_IOMMU_F_MMIO)) known |= d.VIRTIO_IOMMU_MAP_F_MMIO;
+    if ((flags & ~known) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
+    const dom = this.domains.get(domainId);
+    if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
+    if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
+    if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+    if (!aligned) return d.VIRTIO_IOMMU_S_RANGE;
+    // Number(bound) is exact below 2^53 and at least 2^53 above, so these compare as the bigints do.
+    if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
+    if (physStart + (virtEnd - virtStart) > this.physLimitNum) return d.VIRTIO_IOMMU_S_RANGE;
+    const at = dom.mappings.slotNum(virtStart, virtEnd);
+    if (at < 0) return d.VIRTIO_IOMMU_S_INVAL;
+    if (dom.anyReserved) for (const ep of dom.endpoints) if (ep.reservedOverlapsNum(virtStart, virtEnd)) return d.VIRTIO_IOMMU_S_RANGE;
+    if (dom.mappings.size >= this.maxMappings) return d.VIRTIO_IOMMU_S_NOMEM;
+    dom.mappings.insertAtNum(at, Mapping.fromNumbers(virtStart, virtEnd, physStart, flags));
+    return d.VIRTIO_IOMMU_S_OK;
+  }
+
+  /** §5.13.6.3 MAP on exact u64s. */
+  private mapBig(req: DataView): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.MAP_DOMAIN, true);
     const virtStart = req.getBigUint64(d.MAP_VIRT_START, true);
     const virtEnd = req.getBigUint64(d.MAP_VIRT_END, true);
@@ -513,17 +618,29 @@ export class VirtioIommu implements FaultSink {
   /** §5.13.6.4 UNMAP. */
   private unmap(req: DataView): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.UNMAP_DOMAIN, true);
-    const virtStart = req.getBigUint64(d.UNMAP_VIRT_START, true);
-    const virtEnd = req.getBigUint64(d.UNMAP_VIRT_END, true);
     // "If the reserved field ... is not zero, the device MAY set INVAL" — and then does not unmap.
     if (req.getUint32(d.UNMAP_RESERVED, true) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
     const dom = this.domains.get(domainId);
     if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
     if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
-    if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
-    if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputRange.start || virtEnd > this.inputRange.end)) return d.VIRTIO_IOMMU_S_RANGE;
-    // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
-    const r = dom.mappings.unmap(virtStart, virtEnd);
+    const vsHi = req.getUint32(d.UNMAP_VIRT_START + 4, true);
+    const veHi = req.getUint32(d.UNMAP_VIRT_END + 4, true);
+    let r: UnmapResult;
+    if (vsHi <= MAX_HI_53 && veHi <= MAX_HI_53) {
+      // Both ends below 2^53: the same rules on numbers (no bigint per request).
+      const virtStart = vsHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_START, true);
+      const virtEnd = veHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_END, true);
+      if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+      if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
+      r = dom.mappings.unmapNum(virtStart, virtEnd);
+    } else {
+      const virtStart = req.getBigUint64(d.UNMAP_VIRT_START, true);
+      const virtEnd = req.getBigUint64(d.UNMAP_VIRT_END, true);
+      if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
+      if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputRange.start || virtEnd > this.inputRange.end)) return d.VIRTIO_IOMMU_S_RANGE;
+      // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
+      r = dom.mappings.unmap(virtStart, virtEnd);
+    }
     if (!r.ok) return d.VIRTIO_IOMMU_S_RANGE;
     // The IOTLB forgets each removed mapping before the status is written: once
     // the driver sees OK, no endpoint of the domain can use the mapping.
@@ -571,7 +688,8 @@ export class VirtioIommu implements FaultSink {
 /** Writes the first `used` bytes of `src` over the segments, in order. */
 function scatter(mem: DmaMemory, src: Uint8Array, used: number, segs: readonly ChainSegment[]): void {
   let done = 0;
-  for (const seg of segs) {
+  for (let i = 0; i < segs.length; i++) {
+    const seg = segs[i]!;
     if (done >= used) break;
     const n = Math.min(seg.len, used - done);
     mem.writeFrom(seg.addr, src.subarray(done, done + n));

@@ -17,8 +17,8 @@ import {
   parseProbeProperties,
 } from '../src/index.js';
 
-function rig(options: { reserved?: { start: bigint; end: bigint }[] } = {}) {
-  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 } });
+function rig(options: { reserved?: { start: bigint; end: bigint }[]; inputRange?: { start: bigint; end: bigint } } = {}) {
+  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 }, ...(options.inputRange ? { inputRange: options.inputRange } : {}) });
   dev.addEndpoint(1, { reserved: options.reserved ?? [] });
   const ram = GuestMemory.create(0x100000);
   const dma = dev.dmaMemory(1, ram);
@@ -43,8 +43,27 @@ describe('guest driver: strict mode', () => {
     expect(transport.kicks).toBe(kicks + 1);
     expect(() => dma.readU32(iova)).toThrow(DmaFault);
     expect(dom.stats).toMatchObject({ maps: 1, unmaps: 1, requests: 2, batches: 2 });
-    // The IOVA is free again at once.
-    expect(dom.map(0x9000, 16, 'from-device')).toBe(iova - 0x10);
+    // The IOVA is free again at once (mapAt claims exactly it) — though the
+    // next-fit allocator does not hand it out next.
+    const next = dom.map(0x9000, 16, 'from-device');
+    expect(next).not.toBe(iova - 0x10);
+    expect(dom.mapAt(iova - 0x10, 0x9000, 16, 'from-device')).toBe(iova - 0x10);
+  });
+
+  it('allocates next-fit: fresh IOVAs above the last one, wrapping to the bottom when the top is used up', () => {
+    // IOVAs 0x1000..0x3fff: three pages (0 is never handed out).
+    const { driver } = rig({ inputRange: { start: 0n, end: 0x3fffn } });
+    const dom = driver.attach(1, { mode: 'strict' });
+    const a = dom.map(0x10000, 64, 'to-device');
+    expect(a).toBe(0x1000);
+    dom.unmap(a);
+    const b = dom.map(0x10000, 64, 'to-device');
+    expect(b).toBe(0x2000);
+    const c = dom.map(0x20000, 64, 'to-device');
+    expect(c).toBe(0x3000);
+    // Nothing above 0x3000: the search wraps and finds 0x1000, free since a's UNMAP.
+    expect(dom.map(0x30000, 64, 'to-device')).toBe(0x1000);
+    expect(() => dom.map(0x40000, 64, 'to-device')).toThrow(expect.objectContaining({ kind: 'driver-state' }));
   });
 
   it('covers whole granules and spans them for unaligned buffers', () => {
@@ -136,16 +155,20 @@ describe('guest driver: deferred mode (batched invalidation)', () => {
   });
 
   it('never reuses an IOVA before its UNMAP completed', () => {
-    const { driver } = rig();
+    // Two usable IOVA pages, so the allocator must come back to them.
+    const { driver, dev } = rig({ inputRange: { start: 0n, end: 0x2fffn } });
     const dom = driver.attach(1, { mode: 'deferred', batchSize: 100, flushDelayMs: 1e9 });
     const a = dom.map(0x10000, 64, 'to-device');
     dom.unmap(a);
     const b = dom.map(0x10000, 64, 'to-device');
     expect(b).not.toBe(a);
-    dom.flush();
     dom.unmap(b);
-    dom.flush();
-    expect(dom.map(0x30000, 64, 'to-device')).toBe(a);
+    // Both pages are unmapped but not yet flushed: a third map must flush first.
+    expect(dev.domain(dom.id)!.mappings.size).toBe(2);
+    const c = dom.map(0x30000, 64, 'to-device');
+    expect([a, b]).toContain(c);
+    expect(dev.domain(dom.id)!.mappings.size).toBe(1);
+    expect(dom.stats.batches).toBe(4); // 3 MAPs, 1 UNMAP batch
   });
 });
 
@@ -232,7 +255,10 @@ describe('guest driver: failures and exhaustion', () => {
     const a = dom.map(0, 4096, 'to-device');
     expect(() => dom.map(0x8000, 4096, 'to-device')).toThrow(expect.objectContaining({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOMEM }));
     dom.unmap(a);
-    expect(dom.map(0x8000, 4096, 'to-device')).toBe(a);
+    // The refused MAP's IOVA (the next after a) was given back: mapAt can claim it.
+    expect(dom.mapAt(a + 0x1000, 0x8000, 4096, 'to-device')).toBe(a + 0x1000);
+    dom.unmap(a + 0x1000);
+    expect(dom.mapAt(a, 0x8000, 4096, 'to-device')).toBe(a);
     // The domain disappears behind the driver's back: its UNMAP gets NOENT.
     driver.send(detachRequest(dom.id, 1));
     expect(() => dom.unmap(a)).toThrow(expect.objectContaining({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOENT }));

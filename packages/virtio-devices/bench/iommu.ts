@@ -8,10 +8,17 @@
  * mappings (the data buffers mapped once), and on with map before / unmap
  * after every request in each invalidation mode (strict, deferred,
  * optimistic), MAP and UNMAP going over the virtio-iommu request queue.
- * One thread (driver, devices and back-end share the event loop). Each round
- * runs every scenario once, in a rotating order; the ratio is the median over
- * rounds of scenario / off measured in the same round.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=20000 QD=1,32)
+ * One thread (driver, devices and back-end share the event loop).
+ *
+ * Pairing: a round gives every scenario OPS reads, cut into SLICES slices;
+ * the slices of all scenarios are interleaved (slice 1 of each scenario in a
+ * rotating order, then slice 2, …), so every scenario of a round samples the
+ * same stretch of machine time and slow drift (frequency, other tenants,
+ * page cache) falls on all of them alike. A scenario's IOPS in a round is
+ * OPS / the sum of its slice times; its ratio is that / off's IOPS in the same
+ * round; the figure is the median over ROUNDS rounds, with the interquartile
+ * range and the full min–max spread beside it.
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|memory ONLY=off,static,…)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +30,8 @@ import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver, VirtioIommuDevice, V
 import { rng } from './common.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 11);
-const OPS = Number(process.env.OPS ?? 20000);
+const OPS = Number(process.env.OPS ?? 40000);
+const SLICES = Number(process.env.SLICES ?? 20);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const DISK = 16 << 20;
 const BACKEND = process.env.BACKEND ?? 'raw';
@@ -34,8 +42,9 @@ const BLK_AREA = { addr: 0x100000, len: 3 << 20 };
 const DATA = 8 << 20;
 const EP = 8;
 
-type Scenario = 'off' | 'static' | InvalidationMode;
-const SCENARIOS: Scenario[] = (process.env.ONLY?.split(',') as Scenario[] | undefined) ?? ['off', 'static', 'strict', 'deferred', 'optimistic'];
+/** `off-again`: a second vIOMMU-off rig, the A/A control — its ratio shows what the pairing cannot tell from noise. */
+type Scenario = 'off' | 'off-again' | 'static' | InvalidationMode;
+const SCENARIOS: Scenario[] = (process.env.ONLY?.split(',') as Scenario[] | undefined) ?? ['off', 'off-again', 'static', 'strict', 'deferred', 'optimistic'];
 
 interface Rig {
   blk: VirtioBlkDriver;
@@ -45,18 +54,28 @@ interface Rig {
   fixed: number[];
 }
 
-async function rig(s: Scenario, disk: Uint8Array, qd: number, rawPath: string): Promise<Rig> {
+/** Guest RAM and a back-end: a scenario's devices and drivers are built over one for a round. */
+interface Host {
+  mem: GuestMemory;
+  backend: BlockBackend;
+}
+
+async function host(disk: Uint8Array, rawPath: string): Promise<Host> {
   const mem = GuestMemory.create(MEM);
   let backend: BlockBackend;
   if (BACKEND === 'memory') {
     backend = new MemoryBackend({ size: DISK });
     await backend.write(0, [disk]);
   } else backend = await RawFileBackend.open(rawPath, { readOnly: true });
+  return { mem, backend };
+}
+
+async function rig(s: Scenario, { mem, backend }: Host, qd: number): Promise<Rig> {
   const ref: { blk?: VirtioBlkDriver; iommu?: VirtioIommuDriver } = {};
   let dma = mem as GuestMemory | ReturnType<VirtioIommuDevice['iommu']['dmaMemory']>;
   let domain: DmaDomain | undefined;
   const fixed: number[] = [];
-  if (s !== 'off') {
+  if (s !== 'off' && s !== 'off-again') {
     const dev = new VirtioIommuDevice({ mem, interrupts: { queue: (q) => void ref.iommu?.handleInterrupt(q), config: () => undefined } });
     dev.iommu.addEndpoint(EP);
     const iommu = await VirtioIommuDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: IOMMU_AREA, len: VirtioIommuDriver.areaSize() }, now: () => performance.now() });
@@ -72,34 +91,77 @@ async function rig(s: Scenario, disk: Uint8Array, qd: number, rawPath: string): 
   return { blk, backend, domain, fixed };
 }
 
-/** OPS random 4 KiB reads at queue depth `qd`; returns IOPS. */
-async function run(s: Scenario, r: Rig, qd: number, seed: number): Promise<number> {
+/**
+ * `ops` random 4 KiB reads kept `qd` deep; returns the elapsed milliseconds.
+ * The guest submits in waves, as blk-mq does: every request that completed
+ * since the last wave is unmapped (the DMA API's unmap in the completion
+ * path), then the wave's new requests are mapped — each MAP built at once,
+ * all of them sent in one submission to the virtio-iommu request queue
+ * (`syncMaps`, Linux's iotlb_sync_map) — and only then issued to the
+ * virtio-blk queue (which the driver kicks once per wave). The same loop
+ * drives every scenario; `off` and `static` just skip map and unmap.
+ */
+function run(s: Scenario, r: Rig, qd: number, ops: number, seed: number): Promise<number> {
   const next = rng(seed);
   const blocks = DISK / BS;
+  const perRequest = s !== 'off' && s !== 'off-again' && s !== 'static';
+  const domain = r.domain;
+  const iova = new Array<number>(qd).fill(-1);
+  const ready: number[] = [];
   let issued = 0;
+  let done = 0;
+  let scheduled = false;
   const t0 = performance.now();
-  const worker = async (slot: number): Promise<void> => {
-    const gpa = DATA + slot * BS;
-    while (issued < OPS) {
-      issued++;
-      const sector = (next() % blocks) * (BS / 512);
-      if (s === 'off') await r.blk.read(sector, gpa, BS);
-      else if (s === 'static') await r.blk.read(sector, r.fixed[slot]!, BS);
-      else {
-        // The DMA API around every request: map before, unmap after.
-        const iova = r.domain!.map(gpa, BS, 'from-device');
-        await r.blk.read(sector, iova, BS);
-        r.domain!.unmap(iova);
+  return new Promise<number>((resolve, reject) => {
+    const complete = (slot: number): void => {
+      done++;
+      ready.push(slot);
+      if (!scheduled) {
+        scheduled = true;
+        queueMicrotask(wave);
       }
-    }
-  };
-  await Promise.all(Array.from({ length: qd }, (_, i) => worker(i)));
-  return OPS / ((performance.now() - t0) / 1000);
+    };
+    const wave = (): void => {
+      scheduled = false;
+      try {
+        if (perRequest) {
+          for (const slot of ready) {
+            const a = iova[slot]!;
+            if (a >= 0) domain!.unmap(a);
+            iova[slot] = -1;
+          }
+        }
+        if (done === ops) {
+          resolve(performance.now() - t0);
+          return;
+        }
+        const n = Math.min(ready.length, ops - issued);
+        if (perRequest) for (let i = 0; i < n; i++) iova[ready[i]!] = domain!.queueMap(DATA + ready[i]! * BS, BS, 'from-device');
+        if (perRequest) domain!.syncMaps();
+        for (let i = 0; i < n; i++) {
+          const slot = ready[i]!;
+          const addr = s === 'static' ? r.fixed[slot]! : perRequest ? iova[slot]! : DATA + slot * BS;
+          issued++;
+          r.blk.read((next() % blocks) * (BS / 512), addr, BS).then(() => complete(slot), reject);
+        }
+        ready.splice(0, n);
+      } catch (e) {
+        reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    };
+    for (let slot = 0; slot < qd; slot++) ready.push(slot);
+    scheduled = true;
+    queueMicrotask(wave);
+  });
+}
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
 }
 
 function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+  return quantile(xs, 0.5);
 }
 
 function fmt(n: number): string {
@@ -130,39 +192,65 @@ async function main(): Promise<void> {
 }
 
 async function bench(disk: Uint8Array, rawPath: string): Promise<void> {
-  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : 'raw file (warm page cache)'} ${DISK >> 20} MiB, ${OPS} reads per run, ${ROUNDS} rounds, Node ${process.version}`);
+  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : 'raw file (warm page cache)'} ${DISK >> 20} MiB, ${OPS} reads per scenario per round in ${SLICES} interleaved slices, ${ROUNDS} rounds, Node ${process.version}`);
+  const slice = Math.max(1, Math.floor(OPS / SLICES));
+  // One host (guest RAM + back-end) per scenario, handed to a different scenario every round:
+  // where a buffer landed (page placement, huge pages, caches) is not one scenario's luck for the whole run.
+  const hosts: Host[] = [];
+  for (let i = 0; i < SCENARIOS.length; i++) hosts.push(await host(disk, rawPath));
   for (const qd of QDS) {
-    const rigs = new Map<Scenario, Rig>();
-    for (const s of SCENARIOS) rigs.set(s, await rig(s, disk, qd, rawPath));
-    // Warm-up: one run of each.
-    for (const s of SCENARIOS) await run(s, rigs.get(s)!, qd, 99);
     const iops = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
     const ratios = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
-    for (let round = 0; round < ROUNDS; round++) {
-      const got = new Map<Scenario, number>();
+    const batching = new Map<Scenario, { maps: number; reused: number; requests: number; batches: number }>(SCENARIOS.map((s) => [s, { maps: 0, reused: 0, requests: 0, batches: 0 }]));
+    for (let round = -1; round < ROUNDS; round++) {
+      // Fresh devices and drivers every round, each scenario on another host; round −1 only warms up.
+      const rigs = new Map<Scenario, Rig>();
       for (let k = 0; k < SCENARIOS.length; k++) {
-        const s = SCENARIOS[(k + round) % SCENARIOS.length]!;
-        got.set(s, await run(s, rigs.get(s)!, qd, round + 1));
+        const s = SCENARIOS[k]!;
+        rigs.set(s, await rig(s, hosts[(k + round + 1) % hosts.length]!, qd));
       }
+      for (const s of SCENARIOS) await run(s, rigs.get(s)!, qd, Math.min(slice, 2000), 99);
+      const ms = new Map<Scenario, number>(SCENARIOS.map((s) => [s, 0]));
+      const slices = round < 0 ? 1 : SLICES;
+      for (let sl = 0; sl < slices; sl++) {
+        for (let k = 0; k < SCENARIOS.length; k++) {
+          const s = SCENARIOS[(k + round + sl + 1) % SCENARIOS.length]!;
+          ms.set(s, ms.get(s)! + (await run(s, rigs.get(s)!, qd, slice, 1 + (round + 1) * SLICES + sl)));
+        }
+      }
+      for (const [s, r] of rigs) {
+        const st = r.domain?.stats;
+        const b = batching.get(s)!;
+        if (st !== undefined && round >= 0) {
+          b.maps += st.maps;
+          b.reused += st.reused;
+          b.requests += st.requests;
+          b.batches += st.batches;
+        }
+        await r.blk.close();
+      }
+      if (round < 0) continue;
+      const got = new Map<Scenario, number>(SCENARIOS.map((s) => [s, (slice * SLICES) / (ms.get(s)! / 1000)]));
       for (const s of SCENARIOS) {
         iops.get(s)!.push(got.get(s)!);
         ratios.get(s)!.push(got.get(s)! / got.get('off')!);
       }
     }
     console.log(`\nQD ${qd}`);
-    console.log('| scenario | IOPS (median) | ratio vs off (median) | spread | target | paper |');
-    console.log('|---|---:|---:|---:|---:|---:|');
+    for (const s of SCENARIOS) {
+      const b = batching.get(s)!;
+      if (b.maps > 0 && s !== 'static') console.log(`${s}: ${(b.requests / b.batches).toFixed(1)} virtio-iommu requests per submission, ${((b.maps - b.reused) / b.maps).toFixed(2)} MAP requests per map`);
+    }
+    console.log('| scenario | IOPS (median) | ratio vs off (median) | IQR | min–max | target | paper |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|');
     for (const s of SCENARIOS) {
       const rs = ratios.get(s)!;
       const t = TARGET[s];
       const verdict = t === undefined ? '' : `≥ ${t} ${median(rs) >= t ? 'met' : 'NOT met'}`;
-      console.log(`| ${s} | ${fmt(median(iops.get(s)!))} | ${median(rs).toFixed(3)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)} | ${verdict} | ${PAPER[s] ?? ''} |`);
-    }
-    for (const r of rigs.values()) {
-      await r.blk.close();
-      await r.backend.close();
+      console.log(`| ${s} | ${fmt(median(iops.get(s)!))} | ${median(rs).toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)} | ${verdict} | ${PAPER[s] ?? ''} |`);
     }
   }
+  for (const h of hosts) await h.backend.close();
 }
 
 await main();

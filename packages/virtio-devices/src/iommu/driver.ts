@@ -231,7 +231,16 @@ export class VirtioIommuDriver implements IommuTransport {
         // A used length past the writable part is the device's error: `status` reads it as IOERR.
         r.used = used.len;
         const len = Math.min(used.len, r.writable.length);
-        if (len > 0) mem.readInto(this.#slotBase + k * sb + REQ_READABLE, r.writable.subarray(0, len));
+        const at = this.#slotBase + k * sb + REQ_READABLE;
+        if (len === 4) {
+          // The usual answer, a bare tail: one scalar read (no view).
+          const w = mem.readU32(at);
+          const out = r.writable;
+          out[0] = w & 0xff;
+          out[1] = (w >>> 8) & 0xff;
+          out[2] = (w >>> 16) & 0xff;
+          out[3] = w >>> 24;
+        } else if (len > 0) mem.readInto(at, len === r.writable.length ? r.writable : r.writable.subarray(0, len));
         got++;
       }
       if (dq.broken !== undefined) throw new VirtioError('device-needs-reset', `request queue: ${dq.broken.message}`, {}, { cause: dq.broken });
