@@ -1,10 +1,26 @@
-import { constants, promises as fsp, readv as fsReadv } from 'node:fs';
+import { constants, fdatasyncSync, fstatSync, ftruncateSync, promises as fsp, readSync, readv as fsReadv, readvSync, writevSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { BlockError, ioError } from './errors.js';
 import { ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, native, SEEK_DATA, SEEK_HOLE } from './native.js';
 
 const ZEROS = new Uint8Array(1 << 20);
 const NO_BUFFERS: readonly Uint8Array[] = [];
+/** What a synchronous-engine call returns on success: one settled promise shared by all (no allocation per I/O). */
+const DONE: Promise<void> = Promise.resolve();
+
+/**
+ * How a `HostFile` performs its I/O.
+ * - `'threadpool'` (default): each call is a job on libuv's threadpool; many
+ *   calls overlap, the calling thread never blocks. Right for a thread shared
+ *   with other work, and for slow storage where concurrency matters.
+ * - `'sync'`: each call is a system call on the calling thread
+ *   (preadv/pwritev/fdatasync), finished before the call returns; the returned
+ *   promise is already settled. No threadpool hand-off and no wake-up per I/O,
+ *   as Firecracker's `Sync` block engine does on its device thread. Right for a
+ *   dedicated I/O thread over fast storage or a warm page cache; wrong for a
+ *   thread that must stay responsive, since a slow disk blocks it.
+ */
+export type IoEngine = 'threadpool' | 'sync';
 
 /**
  * One positional vectored read in flight, reused from a pool: the callback-style
@@ -40,16 +56,23 @@ export class HostFile {
   /** Callback-style reads in flight (close waits for them: they use the fd, not the FileHandle). */
   #pending = 0;
   #idle: (() => void) | undefined;
+  readonly #sync: boolean;
   private constructor(
     readonly path: string,
     readonly handle: FileHandle,
     readonly readOnly: boolean,
     size: number,
+    readonly engine: IoEngine,
   ) {
     this.#size = size;
+    this.#sync = engine === 'sync';
   }
 
-  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; direct?: boolean } = {}): Promise<HostFile> {
+  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; direct?: boolean; engine?: IoEngine } = {}): Promise<HostFile> {
+    const engine = opts.engine ?? 'threadpool';
+    if (engine !== 'threadpool' && engine !== 'sync') {
+      throw new BlockError('invalid-argument', `I/O engine '${String(engine)}' is not one of 'threadpool', 'sync'`, { engine });
+    }
     const readOnly = opts.readOnly ?? false;
     let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     if (opts.create) flags |= constants.O_CREAT | constants.O_TRUNC;
@@ -63,7 +86,7 @@ export class HostFile {
     try {
       const st = await handle.stat();
       if (st.isDirectory()) throw new BlockError('invalid-argument', `${path} is a directory`, { path });
-      return new HostFile(path, handle, readOnly, st.size);
+      return new HostFile(path, handle, readOnly, st.size, engine);
     } catch (e) {
       await handle.close().catch(() => undefined);
       throw e instanceof BlockError ? e : ioError(`cannot stat ${path}`, e);
@@ -80,7 +103,7 @@ export class HostFile {
   }
 
   async refreshSize(): Promise<number> {
-    this.#size = (await this.handle.stat()).size;
+    this.#size = this.#sync ? fstatSync(this.handle.fd).size : (await this.handle.stat()).size;
     return this.#size;
   }
 
@@ -89,6 +112,7 @@ export class HostFile {
    * One preadv on libuv's threadpool (more only after a short read).
    */
   readv(buffers: readonly Uint8Array[], pos: number): Promise<void> {
+    if (this.#sync) return this.readvSync(buffers, pos);
     const r = this.#readPool.pop() ?? new ReadReq(this);
     r.buffers = buffers;
     r.at = pos;
@@ -103,6 +127,41 @@ export class HostFile {
     this.#pending++;
     this.readIssue(r);
     return p;
+  }
+
+  /** The sync engine's readv: preadv on this thread until every buffer is full or the file ends. */
+  private readvSync(buffers: readonly Uint8Array[], pos: number): Promise<void> {
+    let i = 0;
+    let skip = 0;
+    let at = pos;
+    try {
+      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+      // Bounded: each round reads ≥1 byte, or zero-fills the rest and stops.
+      while (i < buffers.length) {
+        const n = skip === 0 && i === 0 ? readvSync(this.handle.fd, buffers, at) : readvSync(this.handle.fd, [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)], at);
+        if (n === 0) {
+          for (let j = i; j < buffers.length; j++) buffers[j]!.fill(0, j === i ? skip : 0);
+          break;
+        }
+        at += n;
+        let left = n;
+        while (i < buffers.length && left > 0) {
+          const room = buffers[i]!.byteLength - skip;
+          if (left >= room) {
+            left -= room;
+            i++;
+            skip = 0;
+          } else {
+            skip += left;
+            left = 0;
+          }
+        }
+        while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+      }
+    } catch (e) {
+      return Promise.reject(ioError(`read of ${this.path} at ${at}`, e));
+    }
+    return DONE;
   }
 
   private readIssue(r: ReadReq): void {
@@ -168,7 +227,7 @@ export class HostFile {
     while (done < buf.byteLength) {
       let n: number;
       try {
-        n = (await this.handle.read(buf, done, buf.byteLength - done, pos + done)).bytesRead;
+        n = this.#sync ? readSync(this.handle.fd, buf, done, buf.byteLength - done, pos + done) : (await this.handle.read(buf, done, buf.byteLength - done, pos + done)).bytesRead;
       } catch (e) {
         throw ioError(`read of ${this.path} at ${pos + done}`, e);
       }
@@ -190,7 +249,7 @@ export class HostFile {
       const batch = skip === 0 && i === 0 ? buffers : [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)];
       let n: number;
       try {
-        n = (await this.handle.writev(batch as Uint8Array[], at)).bytesWritten;
+        n = this.#sync ? writevSync(this.handle.fd, batch, at) : (await this.handle.writev(batch as Uint8Array[], at)).bytesWritten;
       } catch (e) {
         throw ioError(`write of ${this.path} at ${at}`, e);
       }
@@ -218,7 +277,8 @@ export class HostFile {
 
   async datasync(): Promise<void> {
     try {
-      await this.handle.datasync();
+      if (this.#sync) fdatasyncSync(this.handle.fd);
+      else await this.handle.datasync();
     } catch (e) {
       throw ioError(`fdatasync of ${this.path}`, e);
     }
@@ -226,7 +286,8 @@ export class HostFile {
 
   async truncate(size: number): Promise<void> {
     try {
-      await this.handle.truncate(size);
+      if (this.#sync) ftruncateSync(this.handle.fd, size);
+      else await this.handle.truncate(size);
     } catch (e) {
       throw ioError(`truncate of ${this.path} to ${size}`, e);
     }
@@ -247,7 +308,7 @@ export class HostFile {
     if (n !== undefined) {
       const mode = unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
       // On koffi's worker thread; any failure (EOPNOTSUPP, an old kernel) falls back to writing zeros.
-      const r = await n.fallocateAsync(this.handle.fd, mode, pos, end - pos);
+      const r = this.#sync ? n.fallocate(this.handle.fd, mode, pos, end - pos) : await n.fallocateAsync(this.handle.fd, mode, pos, end - pos);
       if (r === 0) return unmap;
     }
     for (let at = pos; at < end; at += ZEROS.byteLength) {

@@ -9,6 +9,7 @@ export {
   type Segments,
 } from './backend.js';
 export { MemoryBackend, type MemoryBackendOptions } from './memory.js';
+export type { IoEngine } from './file.js';
 export { RawFileBackend, type RawFileOptions } from './raw.js';
 export {
   Qcow2Backend,

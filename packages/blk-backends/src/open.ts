@@ -4,6 +4,7 @@ import { BlockError, ioError } from './errors.js';
 import { Qcow2Backend, type Qcow2CreateOptions } from './qcow2/qcow2.js';
 import { QCOW_MAGIC } from './qcow2/format.js';
 import { RawFileBackend } from './raw.js';
+import type { IoEngine } from './file.js';
 
 export type ImageFormat = 'raw' | 'qcow2';
 
@@ -17,6 +18,8 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Real paths of the images above, for loop detection (set by qcow2 when it opens its backing file). */
   chain?: readonly string[];
+  /** How the image's file I/O is done, backing files included: 'threadpool' (default) or 'sync' (see `IoEngine`). */
+  engine?: IoEngine;
 }
 
 /** Guess an image's format from its first four bytes. */
@@ -44,12 +47,14 @@ export function checkFormat(format: string): ImageFormat {
 /** Open an image file of any supported format; a qcow2 image's backing chain is opened read-only below it. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockBackend> {
   const format = opts.format !== undefined ? checkFormat(opts.format) : await probeFormat(path);
-  if (format === 'raw') return RawFileBackend.open(path, { readOnly: opts.readOnly ?? false, direct: opts.direct ?? false });
+  const engine = opts.engine ?? 'threadpool';
+  if (format === 'raw') return RawFileBackend.open(path, { readOnly: opts.readOnly ?? false, direct: opts.direct ?? false, engine });
   return Qcow2Backend.open(path, {
     readOnly: opts.readOnly ?? false,
     noBacking: opts.noBacking ?? false,
     chain: opts.chain ?? [],
-    openBacking: (p, fmt, chain) => openImage(p, { format: fmt, readOnly: true, chain }),
+    engine,
+    openBacking: (p, fmt, chain) => openImage(p, { format: fmt, readOnly: true, chain, engine }),
   });
 }
 

@@ -1,7 +1,7 @@
 import { checkRequest, gatherInto, pushExtent, scatterFrom, segmentsLength,
   rejectWith, type BlockBackend, type Extent, type Segments } from './backend.js';
 import { BlockError } from './errors.js';
-import { HostFile } from './file.js';
+import { HostFile, type IoEngine } from './file.js';
 import { native } from './native.js';
 
 export interface RawFileOptions {
@@ -13,6 +13,8 @@ export interface RawFileOptions {
   direct?: boolean;
   /** Default 512; with O_DIRECT use the file system's logical block size if it is larger. */
   logicalBlockSize?: number;
+  /** 'threadpool' (default) or 'sync': see `IoEngine`. */
+  engine?: IoEngine;
 }
 
 const BOUNCE_SIZE = 1 << 20;
@@ -53,7 +55,7 @@ export class RawFileBackend implements BlockBackend {
     if (opts.direct && native() === undefined) {
       throw new BlockError('unsupported', 'O_DIRECT needs aligned buffers, which need the koffi FFI (not loadable here)');
     }
-    const file = await HostFile.open(path, { readOnly: opts.readOnly ?? false, direct: opts.direct ?? false });
+    const file = await HostFile.open(path, { readOnly: opts.readOnly ?? false, direct: opts.direct ?? false, engine: opts.engine ?? 'threadpool' });
     return new RawFileBackend(file, opts);
   }
 

@@ -1,5 +1,5 @@
 import { describe, it } from 'vitest';
-import { createImage, MemoryBackend, openImage, Qcow2Backend, RawFileBackend, type BlockBackend } from '../src/index.js';
+import { createImage, MemoryBackend, openImage, Qcow2Backend, RawFileBackend, type BlockBackend, type IoEngine } from '../src/index.js';
 import { testBlockBackend, type BackendFactory } from '../src/testing.js';
 import { tempDir } from './helpers.js';
 
@@ -7,7 +7,7 @@ testBlockBackend({ describe, it }, 'memory', {
   create: (size) => Promise.resolve(new MemoryBackend({ size })),
 });
 
-function fileFactory(create: (path: string, size: number) => Promise<BlockBackend>): BackendFactory {
+function fileFactory(create: (path: string, size: number) => Promise<BlockBackend>, engine: IoEngine = 'threadpool'): BackendFactory {
   let tmp: ReturnType<typeof tempDir> | undefined;
   let file = '';
   return {
@@ -18,7 +18,7 @@ function fileFactory(create: (path: string, size: number) => Promise<BlockBacken
     },
     async reopen(b, readOnly) {
       await b.close();
-      return openImage(file, { readOnly });
+      return openImage(file, { readOnly, engine });
     },
     cleanup() {
       tmp?.remove();
@@ -34,6 +34,25 @@ testBlockBackend(
     await RawFileBackend.create(p, size);
     return RawFileBackend.open(p);
   }),
+);
+
+testBlockBackend(
+  { describe, it },
+  'raw file, sync engine',
+  fileFactory(async (p, size) => {
+    await RawFileBackend.create(p, size);
+    return RawFileBackend.open(p, { engine: 'sync' });
+  }, 'sync'),
+);
+
+testBlockBackend(
+  { describe, it },
+  'qcow2 over a qcow2 backing file, sync engine',
+  fileFactory(async (p, size) => {
+    await createImage(`${p}.base`, 'qcow2', { size });
+    await createImage(p, 'qcow2', { backingFile: `${p}.base`, backingFormat: 'qcow2' });
+    return openImage(p, { engine: 'sync' });
+  }, 'sync'),
 );
 
 testBlockBackend(

@@ -18,7 +18,8 @@ function bytes(len: number, seed: number): Uint8Array {
   return b;
 }
 
-describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
+for (const engine of ['threadpool', 'sync'] as const)
+describe(`HostFile.readv, ${engine} engine`, () => {
   let tmp: ReturnType<typeof tempDir> | undefined;
   afterEach(() => {
     tmp?.remove();
@@ -29,7 +30,7 @@ describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
     tmp = tempDir();
     const content = bytes(1 << 20, 7);
     writeFileSync(tmp.path('f'), content);
-    const f = await HostFile.open(tmp.path('f'), { readOnly: true });
+    const f = await HostFile.open(tmp.path('f'), { readOnly: true, engine });
     try {
       const reads = Array.from({ length: 200 }, (_, i) => {
         const at = (i * 4099) % ((1 << 20) - 9000);
@@ -54,7 +55,7 @@ describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
     tmp = tempDir();
     const content = bytes(10_000, 3);
     writeFileSync(tmp.path('f'), content);
-    const f = await HostFile.open(tmp.path('f'), { readOnly: true });
+    const f = await HostFile.open(tmp.path('f'), { readOnly: true, engine });
     try {
       const a = new Uint8Array(4096).fill(0xee);
       const b = new Uint8Array(4096).fill(0xee);
@@ -74,7 +75,7 @@ describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
     tmp = tempDir();
     const content = bytes(256 << 10, 9);
     writeFileSync(tmp.path('f'), content);
-    const f = await HostFile.open(tmp.path('f'), { readOnly: true });
+    const f = await HostFile.open(tmp.path('f'), { readOnly: true, engine });
     const bufs = Array.from({ length: 64 }, () => new Uint8Array(4096));
     const reads = bufs.map((b, i) => f.readv([b], i * 4096));
     await f.close();
@@ -84,7 +85,7 @@ describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
 
   it('a failing read rejects with an io BlockError naming the file and offset', async () => {
     // /proc/self/mem: reading an unmapped address (page 0) fails with EIO, on every Linux.
-    const f = await HostFile.open('/proc/self/mem', { readOnly: true });
+    const f = await HostFile.open('/proc/self/mem', { readOnly: true, engine });
     try {
       const e = await f.readv([new Uint8Array(512)], 4096).then(() => undefined, (x: unknown) => x);
       expect(e).toBeInstanceOf(BlockError);
@@ -94,6 +95,34 @@ describe('HostFile.readv (callback-style preadv, pooled requests)', () => {
       await expect(f.readv([new Uint8Array(512)], 0)).rejects.toBeInstanceOf(BlockError);
     } finally {
       await f.close();
+    }
+  });
+});
+
+describe('HostFile engines', () => {
+  it('an unknown engine is refused by name before the file is opened', async () => {
+    await expect(HostFile.open('/nonexistent/x', { engine: 'uring' as never })).rejects.toMatchObject({ kind: 'invalid-argument', message: expect.stringMatching(/engine 'uring'/) as unknown });
+  });
+
+  it('the sync engine has finished the read when readv returns', async () => {
+    const tmp = tempDir();
+    try {
+      writeFileSync(tmp.path('f'), bytes(8192, 5));
+      {
+        const f = await HostFile.open(tmp.path('f'), { readOnly: true, engine: 'sync' });
+        try {
+          const b = new Uint8Array(4096);
+          const p = f.readv([b], 4096);
+          // (The threadpool engine's read may land at any moment, so only the sync engine can be asserted.)
+          expect(b).toEqual(bytes(8192, 5).subarray(4096));
+          await p;
+          expect(b).toEqual(bytes(8192, 5).subarray(4096));
+        } finally {
+          await f.close();
+        }
+      }
+    } finally {
+      tmp.remove();
     }
   });
 });

@@ -17,7 +17,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
-import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend } from '@ioplane/blk-backends';
+import { RawFileBackend, copyImage, createImage, openImage, type BlockBackend, type IoEngine } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
@@ -30,6 +30,10 @@ const SIZE = Number(process.env.SIZE_MB ?? 128) * 1024 * 1024;
 const PACKED = process.env.PACKED === '1';
 const RECORD_TRACES = process.env.RECORD_TRACES;
 const TRACE_IOS = Number(process.env.TRACE_IOS ?? 20000);
+/** Which back-end I/O engines to measure (each with its own direct baseline): ENGINES=threadpool,sync. */
+const ENGINES = (process.env.ENGINES ?? 'threadpool,sync').split(',') as IoEngine[];
+/** The device's settings over the sync engine: publish every 16 requests, poll 50 µs before sleeping. */
+const SYNC_DEVICE = { maxBatch: Number(process.env.SYNC_BATCH ?? 16), pollNs: Number(process.env.POLL_NS ?? 50_000) };
 
 async function direct(b: BlockBackend, job: Job): Promise<JobResult> {
   const next = rng(job.seed);
@@ -68,6 +72,8 @@ interface GuestMode {
   pollWhileBusy: boolean;
   /** The device's VirtioBlkOptions.merge (default: merging on). */
   merge?: VirtioBlkOptions['merge'];
+  pollNs?: number;
+  maxBatch?: number;
 }
 
 async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'async', pollWhileBusy: true }): Promise<Guest> {
@@ -76,7 +82,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
   const bells = new Int32Array(new SharedArrayBuffer(8));
   const kick = new Doorbell(bells, 0);
   const irq = new Doorbell(bells, 1);
-  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, merge: mode.merge, interrupts: { queue: () => irq.ring(), config: () => {} } });
+  const device = new VirtioBlkDevice({ mem, backend, queueSize: 256, pollWhileBusy: mode.pollWhileBusy, merge: mode.merge, pollNs: mode.pollNs, maxBatch: mode.maxBatch, interrupts: { queue: () => irq.ring(), config: () => {} } });
   const { port1, port2 } = new MessageChannel();
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
@@ -131,6 +137,8 @@ const fmt = (v: number, d = 0): string => v.toFixed(d).padStart(9);
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ioplane-vblk-bench-'));
   const guests: Guest[] = [];
+  const syncBackends: BlockBackend[] = [];
+  const guestsByName: [string, Guest][] = [];
   try {
     const rawPath = join(dir, 'disk.raw');
     const qPath = join(dir, 'disk.qcow2');
@@ -172,17 +180,38 @@ async function main(): Promise<void> {
       { name: 'qcow2 direct', run: (j: Job) => direct(q, j) },
       { name: 'qcow2 virtio', run: (j: Job) => qcow.run(j) },
     ];
+    // The same images opened with the sync engine: a direct baseline and a virtio path of their own.
+    if (ENGINES.includes('sync')) {
+      const ws = await openImage(rawPath, { engine: 'sync' });
+      const qs = await openImage(qPath, { engine: 'sync' });
+      syncBackends.push(ws, qs);
+      const rawSync = await startGuest(ws, { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE });
+      const qcowSync = await startGuest(qs, { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE });
+      guests.push(rawSync, qcowSync);
+      guestsByName.push(['raw virtio sync', rawSync], ['qcow2 virtio sync', qcowSync]);
+      allConfigs.push(
+        { name: 'raw direct sync', run: (j: Job) => direct(ws, j) },
+        { name: 'raw virtio sync', run: (j: Job) => rawSync.run(j) },
+        { name: 'qcow2 direct sync', run: (j: Job) => direct(qs, j) },
+        { name: 'qcow2 virtio sync', run: (j: Job) => qcowSync.run(j) },
+      );
+    }
+    if (!ENGINES.includes('threadpool')) allConfigs.splice(0, 4);
     // Variants of the raw virtio path for A/B in the same run (started only when CONFIG names them):
     // the guest waiting with Atomics.waitAsync on its event loop, and/or the device asking for every kick.
     const variants: [string, GuestMode][] = [
       ['raw virtio futex-guest', { wait: 'sync', pollWhileBusy: true }],
       ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
       ['raw virtio no-merge', { wait: 'async', pollWhileBusy: true, merge: false }],
+      ['raw virtio sync futex-guest', { wait: 'sync', pollWhileBusy: true, ...SYNC_DEVICE }],
+      ['raw virtio sync no-poll', { wait: 'async', pollWhileBusy: true, maxBatch: SYNC_DEVICE.maxBatch }],
+      ['raw virtio sync whole-pass', { wait: 'async', pollWhileBusy: true, pollNs: SYNC_DEVICE.pollNs }],
     ];
     for (const [name, mode] of variants) {
       if (!process.env.CONFIG?.split(',').includes(name)) continue;
-      const g = await startGuest(w, mode);
+      const g = await startGuest(name.startsWith('raw virtio sync') ? syncBackends[0]! : w, mode);
       guests.push(g);
+      guestsByName.push([name, g]);
       allConfigs.push({ name, run: (j: Job) => g.run(j) });
     }
     const configs = allConfigs.filter((c) => process.env.CONFIG === undefined || process.env.CONFIG.split(',').includes(c.name));
@@ -223,8 +252,15 @@ async function main(): Promise<void> {
         const paired = ra.map((x, i) => x.iops / rb[i]!.iops);
         return `${(med.get(a)! / med.get(b)!).toFixed(2)} (paired ${median(paired).toFixed(2)}, ${Math.min(...paired).toFixed(2)}–${Math.max(...paired).toFixed(2)})`;
       };
-      const line = `${p.name}: virtio/direct raw ${ratio('raw virtio', 'raw direct')}, qcow2 ${ratio('qcow2 virtio', 'qcow2 direct')}; qcow2/raw direct ${ratio('qcow2 direct', 'raw direct')}, virtio ${ratio('qcow2 virtio', 'raw virtio')}`;
-      const extra = configs.filter((c) => c.name.startsWith('raw virtio ')).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, 'raw direct')}`);
+      const lines: string[] = [];
+      for (const e of ENGINES) {
+        const x = e === 'sync' ? ' sync' : '';
+        lines.push(`${p.name}: ${e} engine: virtio/direct raw ${ratio(`raw virtio${x}`, `raw direct${x}`)}, qcow2 ${ratio(`qcow2 virtio${x}`, `qcow2 direct${x}`)}; qcow2/raw direct ${ratio(`qcow2 direct${x}`, `raw direct${x}`)}, virtio ${ratio(`qcow2 virtio${x}`, `raw virtio${x}`)}`);
+      }
+      if (ENGINES.length > 1) lines.push(`${p.name}: virtio (sync engine) / direct (threadpool engine): raw ${ratio('raw virtio sync', 'raw direct')}, qcow2 ${ratio('qcow2 virtio sync', 'qcow2 direct')}`);
+      const line = lines.join('\n  ');
+      const variantNames = new Set(variants.map((v) => v[0]));
+      const extra = configs.filter((c) => variantNames.has(c.name)).map((c) => `${c.name.slice('raw '.length)} ${ratio(c.name, c.name.includes(' sync') ? 'raw direct sync' : 'raw direct')}`);
       const line2 = extra.length > 0 ? `${p.name}: raw variants/direct: ${extra.join(', ')}` : undefined;
       console.log(`  ${line}${line2 !== undefined ? `\n  ${line2}` : ''}\n`);
       summary.push(line);
@@ -243,16 +279,18 @@ async function main(): Promise<void> {
         }
       }
     }
-    for (const [name, g] of [['raw', raw], ['qcow2', qcow]] as const) {
+    for (const [name, g] of [['raw virtio', raw], ['qcow2 virtio', qcow], ...guestsByName] as const) {
       const st = g.device.stats;
       const bs = g.device.blkStats;
-      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt)`);
+      if (bs.requests === 0) continue;
+      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt), polls ${bs.pollHits} hit / ${bs.pollMisses} missed`);
     }
     console.log('ratios (IOPS medians):');
     for (const l of summary) console.log(`  ${l}`);
     for (const g of guests.splice(0)) await g.stop();
     await w.close();
     await q.close();
+    for (const b of syncBackends) await b.close();
   } finally {
     for (const g of guests) await g.worker.terminate();
     rmSync(dir, { recursive: true, force: true });

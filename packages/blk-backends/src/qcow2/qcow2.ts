@@ -22,7 +22,7 @@ segmentsLength,
   type Segments,
 } from '../backend.js';
 import { BlockError, corrupt, hex } from '../errors.js';
-import { HostFile } from '../file.js';
+import { HostFile, type IoEngine } from '../file.js';
 import { RwLock, TableCache, type Table } from './cache.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -73,6 +73,8 @@ export interface Qcow2OpenOptions {
   refcountCacheBlocks?: number;
   /** Real paths of the images above this one, for loop detection. */
   chain?: readonly string[];
+  /** How the image file's I/O is done (default 'threadpool'; see `IoEngine`). The backing file is opened by `openBacking`. */
+  engine?: IoEngine;
 }
 
 export interface Qcow2CreateOptions {
@@ -233,7 +235,7 @@ export class Qcow2Backend implements BlockBackend {
 
   static async open(path: string, opts: Qcow2OpenOptions = {}): Promise<Qcow2Backend> {
     const readOnly = opts.readOnly ?? false;
-    const file = await HostFile.open(path, { readOnly });
+    const file = await HostFile.open(path, { readOnly, engine: opts.engine ?? 'threadpool' });
     try {
       const head = new Uint8Array(Math.min(2 ** MAX_CLUSTER_BITS, Math.max(file.size, 512)));
       await file.read(head.subarray(0, Math.min(head.byteLength, 4096)), 0);

@@ -1,0 +1,131 @@
+import { MemoryBackend, type BlockBackend, type Extent, type Segments } from '@ioplane/blk-backends';
+import { describe, expect, it } from 'vitest';
+import { VirtioBlkDevice } from '../src/index.js';
+import { DATA, harness, pattern } from './harness.js';
+
+/** A memory back-end that completes at once (as the sync engine does) and records, at each read, how many interrupts the driver had been sent. */
+class CountingBackend implements BlockBackend {
+  readonly inner: MemoryBackend;
+  readonly interruptsAtRead: number[] = [];
+  interrupts: () => number = () => 0;
+  readOnly = false;
+  constructor(size: number) {
+    this.inner = new MemoryBackend({ size });
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  get logicalBlockSize(): number {
+    return 512;
+  }
+  get physicalBlockSize(): number {
+    return 4096;
+  }
+  /** When set, reads wait here until released (a back-end that completes later, as the threadpool engine does). */
+  gate = false;
+  readonly held: (() => void)[] = [];
+  read(o: number, s: Segments): Promise<void> {
+    this.interruptsAtRead.push(this.interrupts());
+    if (!this.gate) return this.inner.read(o, s);
+    return new Promise<void>((resolve, reject) => this.held.push(() => void this.inner.read(o, s).then(resolve, reject)));
+  }
+  write(o: number, s: Segments): Promise<void> {
+    return this.inner.write(o, s);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  discard(o: number, l: number): Promise<void> {
+    return this.inner.discard(o, l);
+  }
+  writeZeroes(o: number, l: number, u: boolean): Promise<void> {
+    return this.inner.writeZeroes(o, l, u);
+  }
+  blockStatus(o: number, l: number): Promise<Extent[]> {
+    return this.inner.blockStatus(o, l);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
+  for (const maxBatch of [undefined, 8]) {
+    it(`maxBatch ${maxBatch ?? 'unlimited'}: 20 reads made available together ${maxBatch ? 'go in passes of 8, each published before the next is taken' : 'go in one pass, published once'}`, async () => {
+      const backend = new CountingBackend(1 << 20);
+      const data = pattern(20 * 8192, 9);
+      await backend.inner.write(0, [data]);
+      // Not contiguous (every other 4 KiB block), and merging off anyway: 20 back-end calls.
+      const h = await harness({ backend, device: { merge: false, ...(maxBatch ? { maxBatch } : {}) } });
+      backend.interrupts = () => h.interrupts.length;
+      await Promise.all(Array.from({ length: 20 }, (_, i) => h.driver.read(i * 16, DATA + i * 4096, 4096)));
+      for (let i = 0; i < 20; i++) expect(h.mem.view(DATA + i * 4096, 4096, 'read')).toEqual(data.subarray(i * 8192, i * 8192 + 4096));
+      if (maxBatch) {
+        // Pass 1 before any interrupt; the interrupt for pass 1 comes before pass 2 is taken, and so on.
+        expect(backend.interruptsAtRead).toEqual([...Array<number>(8).fill(0), ...Array<number>(8).fill(1), ...Array<number>(4).fill(2)]);
+        expect(h.interrupts).toHaveLength(3);
+      } else {
+        expect(backend.interruptsAtRead).toEqual(Array<number>(20).fill(0));
+        expect(h.interrupts).toHaveLength(1);
+      }
+      expect(h.device.inFlight).toBe(0);
+      expect(h.driver.inFlight).toBe(0);
+    });
+  }
+
+  it('maxBatch with a back-end that completes later: the next pass is taken without waiting for a completion', async () => {
+    const backend = new CountingBackend(1 << 20);
+    const h = await harness({ backend, device: { merge: false, maxBatch: 8 } });
+    backend.gate = true;
+    const ps = Array.from({ length: 20 }, (_, i) => h.driver.read(i * 16, DATA + i * 4096, 4096));
+    for (let i = 0; i < 10 && backend.held.length < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(backend.held).toHaveLength(20);
+    expect(h.device.inFlight).toBe(20);
+    for (const release of backend.held.splice(0)) release();
+    await Promise.all(ps);
+    expect(h.device.inFlight).toBe(0);
+  });
+
+  it('pollNs: an idle queue is polled until the budget runs out on the injected clock, then kicks are asked for and still work', async () => {
+    let clock = 0;
+    let reads = 0;
+    // Each look at the clock moves it 10 µs: a 1 ms budget ends after about 100 looks.
+    const now = (): number => {
+      reads++;
+      return (clock += 0.01);
+    };
+    const h = await harness({ device: { pollNs: 1_000_000, now } });
+    h.mem.writeFrom(DATA, pattern(4096, 1));
+    await h.driver.write(0, DATA, 4096);
+    expect(h.device.blkStats.pollMisses).toBeGreaterThanOrEqual(1);
+    expect(h.device.blkStats.pollHits).toBe(0);
+    const misses = h.device.blkStats.pollMisses;
+    const looks = reads;
+    // One miss = the deadline read + about 100 more (one per 64 ring checks).
+    expect(looks / misses).toBeGreaterThan(90);
+    expect(looks / misses).toBeLessThan(120);
+    // After a miss the device asked for kicks: the next request is kicked and served.
+    const kicks = h.device.stats.notifications;
+    await h.driver.read(0, DATA + 8192, 4096);
+    expect(h.device.stats.notifications).toBe(kicks + 1);
+    expect(h.mem.view(DATA + 8192, 4096, 'read')).toEqual(pattern(4096, 1));
+  });
+
+  it('pollNs 0 (the default) never spins', async () => {
+    let reads = 0;
+    const h = await harness({ device: { now: () => ++reads } });
+    await h.driver.read(0, DATA, 4096);
+    expect(reads).toBe(0);
+    expect(h.device.blkStats.pollHits + h.device.blkStats.pollMisses).toBe(0);
+  });
+
+  it('rejects a negative or absurd poll budget and a pass that is not a positive integer', () => {
+    const mem = { checkRange() {} } as never;
+    const backend = new MemoryBackend({ size: 1 << 20 });
+    const base = { mem, backend, interrupts: { queue: () => {}, config: () => {} } };
+    expect(() => new VirtioBlkDevice({ ...base, pollNs: -1 })).toThrow(/pollNs -1/);
+    expect(() => new VirtioBlkDevice({ ...base, pollNs: 2e9 })).toThrow(/pollNs/);
+    expect(() => new VirtioBlkDevice({ ...base, maxBatch: 0 })).toThrow(/maxBatch 0/);
+    expect(() => new VirtioBlkDevice({ ...base, maxBatch: 2.5 })).toThrow(/maxBatch 2.5/);
+  });
+});
