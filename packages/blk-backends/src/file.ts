@@ -23,6 +23,57 @@ const DONE: Promise<void> = Promise.resolve();
 export type IoEngine = 'threadpool' | 'sync';
 
 /**
+ * A position in a list of buffers (buffer `i`, `skip` bytes into it), for
+ * resuming a vectored call after a short read or write. Empty buffers are
+ * stepped over, so `i < buffers.length` means bytes are left.
+ */
+class IovCursor {
+  i = 0;
+  skip = 0;
+
+  start(b: readonly Uint8Array[]): void {
+    this.i = 0;
+    this.skip = 0;
+    this.stepOverEmpty(b);
+  }
+
+  done(b: readonly Uint8Array[]): boolean {
+    return this.i >= b.length;
+  }
+
+  /** Moves past `n` bytes just transferred. */
+  advance(b: readonly Uint8Array[], n: number): void {
+    while (this.i < b.length && n > 0) {
+      const left = b[this.i]!.byteLength - this.skip;
+      if (n >= left) {
+        n -= left;
+        this.i++;
+        this.skip = 0;
+      } else {
+        this.skip += n;
+        n = 0;
+      }
+    }
+    this.stepOverEmpty(b);
+  }
+
+  /** The bytes left, as a buffer list (the list itself when nothing was transferred yet). */
+  rest(b: readonly Uint8Array[]): Uint8Array[] {
+    return (this.skip === 0 && this.i === 0 ? b : [b[this.i]!.subarray(this.skip), ...b.slice(this.i + 1)]) as Uint8Array[];
+  }
+
+  /** Zero-fills the bytes left (a read that met the end of the file). */
+  zeroRest(b: readonly Uint8Array[]): void {
+    for (let j = this.i; j < b.length; j++) b[j]!.fill(0, j === this.i ? this.skip : 0);
+    this.i = b.length;
+  }
+
+  private stepOverEmpty(b: readonly Uint8Array[]): void {
+    while (this.i < b.length && b[this.i]!.byteLength === 0) this.i++;
+  }
+}
+
+/**
  * One positional vectored read in flight, reused from a pool: the callback-style
  * `fs.readv` with pre-bound callbacks, so a read costs one Promise (the caller's)
  * and libuv's own request object, not the several promises, closures and result
@@ -33,8 +84,7 @@ class ReadReq {
   /** File position of the next byte to read. */
   at = 0;
   /** Next buffer to fill, and bytes of it already filled. */
-  i = 0;
-  skip = 0;
+  readonly pos = new IovCursor();
   resolve: (() => void) | undefined = undefined;
   reject: ((e: Error) => void) | undefined = undefined;
   readonly executor = (resolve: () => void, reject: (e: Error) => void): void => {
@@ -57,6 +107,8 @@ export class HostFile {
   #pending = 0;
   #idle: (() => void) | undefined;
   readonly #sync: boolean;
+  /** The sync engine's reads run one at a time, so they share one cursor. */
+  readonly #syncCursor = new IovCursor();
   private constructor(
     readonly path: string,
     readonly handle: FileHandle,
@@ -116,11 +168,9 @@ export class HostFile {
     const r = this.#readPool.pop() ?? new ReadReq(this);
     r.buffers = buffers;
     r.at = pos;
-    r.i = 0;
-    r.skip = 0;
-    while (r.i < buffers.length && buffers[r.i]!.byteLength === 0) r.i++;
+    r.pos.start(buffers);
     const p = new Promise<void>(r.executor);
-    if (r.i >= buffers.length) {
+    if (r.pos.done(buffers)) {
       this.readFinish(r, undefined);
       return p;
     }
@@ -131,32 +181,15 @@ export class HostFile {
 
   /** The sync engine's readv: preadv on this thread until every buffer is full or the file ends. */
   private readvSync(buffers: readonly Uint8Array[], pos: number): Promise<void> {
-    let i = 0;
-    let skip = 0;
+    const c = this.#syncCursor;
     let at = pos;
     try {
-      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
       // Bounded: each round reads ≥1 byte, or zero-fills the rest and stops.
-      while (i < buffers.length) {
-        const n = skip === 0 && i === 0 ? readvSync(this.handle.fd, buffers, at) : readvSync(this.handle.fd, [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)], at);
-        if (n === 0) {
-          for (let j = i; j < buffers.length; j++) buffers[j]!.fill(0, j === i ? skip : 0);
-          break;
-        }
+      for (c.start(buffers); !c.done(buffers); ) {
+        const n = readvSync(this.handle.fd, c.rest(buffers), at);
+        if (n === 0) c.zeroRest(buffers);
         at += n;
-        let left = n;
-        while (i < buffers.length && left > 0) {
-          const room = buffers[i]!.byteLength - skip;
-          if (left >= room) {
-            left -= room;
-            i++;
-            skip = 0;
-          } else {
-            skip += left;
-            left = 0;
-          }
-        }
-        while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+        c.advance(buffers, n);
       }
     } catch (e) {
       return Promise.reject(ioError(`read of ${this.path} at ${at}`, e));
@@ -165,10 +198,8 @@ export class HostFile {
   }
 
   private readIssue(r: ReadReq): void {
-    const b = r.buffers;
-    const batch = r.skip === 0 && r.i === 0 ? b : [b[r.i]!.subarray(r.skip), ...b.slice(r.i + 1)];
     try {
-      fsReadv(this.handle.fd, batch as Uint8Array[], r.at, r.cb);
+      fsReadv(this.handle.fd, r.pos.rest(r.buffers), r.at, r.cb);
     } catch (e) {
       this.readSettled(r, ioError(`read of ${this.path} at ${r.at}`, e));
     }
@@ -182,24 +213,13 @@ export class HostFile {
     }
     const b = r.buffers;
     if (n === 0) {
-      for (let j = r.i; j < b.length; j++) b[j]!.fill(0, j === r.i ? r.skip : 0);
+      r.pos.zeroRest(b);
       this.readSettled(r, undefined);
       return;
     }
     r.at += n;
-    while (r.i < b.length && n > 0) {
-      const left = b[r.i]!.byteLength - r.skip;
-      if (n >= left) {
-        n -= left;
-        r.i++;
-        r.skip = 0;
-      } else {
-        r.skip += n;
-        n = 0;
-      }
-    }
-    while (r.i < b.length && b[r.i]!.byteLength === 0) r.i++;
-    if (r.i < b.length) this.readIssue(r);
+    r.pos.advance(b, n);
+    if (!r.pos.done(b)) this.readIssue(r);
     else this.readSettled(r, undefined);
   }
 
@@ -240,33 +260,21 @@ export class HostFile {
   }
 
   async writev(buffers: readonly Uint8Array[], pos: number): Promise<void> {
-    let i = 0;
-    let skip = 0;
+    const c = new IovCursor();
     let at = pos;
     let total = 0;
     for (const b of buffers) total += b.byteLength;
-    while (i < buffers.length) {
-      const batch = skip === 0 && i === 0 ? buffers : [buffers[i]!.subarray(skip), ...buffers.slice(i + 1)];
+    // Bounded: each round writes ≥1 byte or throws.
+    for (c.start(buffers); !c.done(buffers); ) {
       let n: number;
       try {
-        n = this.#sync ? writevSync(this.handle.fd, batch, at) : (await this.handle.writev(batch as Uint8Array[], at)).bytesWritten;
+        n = this.#sync ? writevSync(this.handle.fd, c.rest(buffers), at) : (await this.handle.writev(c.rest(buffers), at)).bytesWritten;
       } catch (e) {
         throw ioError(`write of ${this.path} at ${at}`, e);
       }
       if (n === 0) throw new BlockError('io', `write of ${this.path} at ${at} made no progress`, { pos: at });
       at += n;
-      while (i < buffers.length && n > 0) {
-        const left = buffers[i]!.byteLength - skip;
-        if (n >= left) {
-          n -= left;
-          i++;
-          skip = 0;
-        } else {
-          skip += n;
-          n = 0;
-        }
-      }
-      while (i < buffers.length && buffers[i]!.byteLength === 0) i++;
+      c.advance(buffers, n);
     }
     if (pos + total > this.#size) this.#size = pos + total;
   }

@@ -1,29 +1,15 @@
-import { BlockError, MemoryBackend, type BlockBackend, type Extent, type Segments } from '@ioplane/blk-backends';
+import { BlockError, type Segments } from '@ioplane/blk-backends';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { VirtioError } from '../src/index.js';
-import { DATA, harness, pattern } from './harness.js';
+import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
 
 /** A memory back-end that records each read/write call (offset, bytes, segments), can hold them, and fails any that touches a bad sector. */
-class RecordingBackend implements BlockBackend {
-  readonly inner: MemoryBackend;
+class RecordingBackend extends DelegatingBackend {
   readonly calls: { op: string; offset: number; length: number; segments: number }[] = [];
   readonly bad = new Set<number>();
   gate = false;
   readonly held: (() => void)[] = [];
-  readOnly = false;
-  constructor(size: number) {
-    this.inner = new MemoryBackend({ size });
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  get logicalBlockSize(): number {
-    return 512;
-  }
-  get physicalBlockSize(): number {
-    return 4096;
-  }
   private io(op: 'read' | 'write', offset: number, segs: Segments): Promise<void> {
     let length = 0;
     for (const s of segs) length += s.byteLength;
@@ -35,27 +21,15 @@ class RecordingBackend implements BlockBackend {
     if (!this.gate) return run();
     return new Promise<void>((resolve, reject) => this.held.push(() => void run().then(resolve, reject)));
   }
-  read(o: number, s: Segments): Promise<void> {
+  override read(o: number, s: Segments): Promise<void> {
     return this.io('read', o, s);
   }
-  write(o: number, s: Segments): Promise<void> {
+  override write(o: number, s: Segments): Promise<void> {
     return this.io('write', o, s);
   }
-  flush(): Promise<void> {
+  override flush(): Promise<void> {
     this.calls.push({ op: 'flush', offset: 0, length: 0, segments: 0 });
     return this.inner.flush();
-  }
-  discard(o: number, l: number): Promise<void> {
-    return this.inner.discard(o, l);
-  }
-  writeZeroes(o: number, l: number, u: boolean): Promise<void> {
-    return this.inner.writeZeroes(o, l, u);
-  }
-  blockStatus(o: number, l: number): Promise<Extent[]> {
-    return this.inner.blockStatus(o, l);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -1,51 +1,19 @@
-import { MemoryBackend, type BlockBackend, type Extent, type Segments } from '@ioplane/blk-backends';
+import { MemoryBackend, type Segments } from '@ioplane/blk-backends';
 import { describe, expect, it } from 'vitest';
 import { VirtioBlkDevice } from '../src/index.js';
-import { DATA, harness, pattern } from './harness.js';
+import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
 
 /** A memory back-end that completes at once (as the sync engine does) and records, at each read, how many interrupts the driver had been sent. */
-class CountingBackend implements BlockBackend {
-  readonly inner: MemoryBackend;
+class CountingBackend extends DelegatingBackend {
   readonly interruptsAtRead: number[] = [];
   interrupts: () => number = () => 0;
-  readOnly = false;
-  constructor(size: number) {
-    this.inner = new MemoryBackend({ size });
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  get logicalBlockSize(): number {
-    return 512;
-  }
-  get physicalBlockSize(): number {
-    return 4096;
-  }
   /** When set, reads wait here until released (a back-end that completes later, as the threadpool engine does). */
   gate = false;
   readonly held: (() => void)[] = [];
-  read(o: number, s: Segments): Promise<void> {
+  override read(o: number, s: Segments): Promise<void> {
     this.interruptsAtRead.push(this.interrupts());
     if (!this.gate) return this.inner.read(o, s);
     return new Promise<void>((resolve, reject) => this.held.push(() => void this.inner.read(o, s).then(resolve, reject)));
-  }
-  write(o: number, s: Segments): Promise<void> {
-    return this.inner.write(o, s);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  discard(o: number, l: number): Promise<void> {
-    return this.inner.discard(o, l);
-  }
-  writeZeroes(o: number, l: number, u: boolean): Promise<void> {
-    return this.inner.writeZeroes(o, l, u);
-  }
-  blockStatus(o: number, l: number): Promise<Extent[]> {
-    return this.inner.blockStatus(o, l);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -1,28 +1,14 @@
-import { BlockError, MemoryBackend, type BlockBackend, type Extent, type Segments } from '@ioplane/blk-backends';
+import { BlockError, type Segments } from '@ioplane/blk-backends';
 import { describe, expect, it } from 'vitest';
 import { STATUS_DEVICE_NEEDS_RESET, VirtioError } from '../src/index.js';
-import { DATA, harness, pattern } from './harness.js';
+import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
 
 /** A back-end whose calls wait until the test releases them, in any order; counts every call. */
-class GatedBackend implements BlockBackend {
-  readonly inner: MemoryBackend;
+class GatedBackend extends DelegatingBackend {
   gate = false;
   failNext: string | undefined;
   readonly calls: string[] = [];
   readonly held: { op: string; release: () => void }[] = [];
-  constructor(size: number) {
-    this.inner = new MemoryBackend({ size });
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  get logicalBlockSize(): number {
-    return 512;
-  }
-  get physicalBlockSize(): number {
-    return 4096;
-  }
-  readOnly = false;
   private wrap(op: string, run: () => Promise<void>): Promise<void> {
     this.calls.push(op);
     if (this.failNext !== undefined && op === this.failNext) {
@@ -34,26 +20,20 @@ class GatedBackend implements BlockBackend {
       this.held.push({ op, release: () => void run().then(resolve, reject) });
     });
   }
-  read(o: number, s: Segments): Promise<void> {
+  override read(o: number, s: Segments): Promise<void> {
     return this.wrap('read', () => this.inner.read(o, s));
   }
-  write(o: number, s: Segments): Promise<void> {
+  override write(o: number, s: Segments): Promise<void> {
     return this.wrap('write', () => this.inner.write(o, s));
   }
-  flush(): Promise<void> {
+  override flush(): Promise<void> {
     return this.wrap('flush', () => this.inner.flush());
   }
-  discard(o: number, l: number): Promise<void> {
+  override discard(o: number, l: number): Promise<void> {
     return this.wrap('discard', () => this.inner.discard(o, l));
   }
-  writeZeroes(o: number, l: number, u: boolean): Promise<void> {
+  override writeZeroes(o: number, l: number, u: boolean): Promise<void> {
     return this.wrap('write-zeroes', () => this.inner.writeZeroes(o, l, u));
-  }
-  blockStatus(o: number, l: number): Promise<Extent[]> {
-    return this.inner.blockStatus(o, l);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

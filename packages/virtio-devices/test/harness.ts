@@ -1,4 +1,4 @@
-import { MemoryBackend, type BlockBackend } from '@ioplane/blk-backends';
+import { MemoryBackend, type BlockBackend, type Extent, type Segments } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver, type VirtioBlkDriverOptions, type VirtioBlkOptions, type VirtioError } from '../src/index.js';
 
@@ -51,4 +51,43 @@ export function pattern(len: number, seed: number): Uint8Array {
     b[i] = x >>> 24;
   }
   return b;
+}
+
+/** A back-end that hands every call to a MemoryBackend: tests extend it to record, hold or fail calls. */
+export class DelegatingBackend implements BlockBackend {
+  readonly inner: MemoryBackend;
+  readOnly = false;
+  constructor(size: number) {
+    this.inner = new MemoryBackend({ size });
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  get logicalBlockSize(): number {
+    return 512;
+  }
+  get physicalBlockSize(): number {
+    return 4096;
+  }
+  read(o: number, s: Segments): Promise<void> {
+    return this.inner.read(o, s);
+  }
+  write(o: number, s: Segments): Promise<void> {
+    return this.inner.write(o, s);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  discard(o: number, l: number): Promise<void> {
+    return this.inner.discard(o, l);
+  }
+  writeZeroes(o: number, l: number, u: boolean): Promise<void> {
+    return this.inner.writeZeroes(o, l, u);
+  }
+  blockStatus(o: number, l: number): Promise<Extent[]> {
+    return this.inner.blockStatus(o, l);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }
