@@ -67,7 +67,7 @@ interface Guest {
 
 interface GuestMode {
   /** How the guest thread waits for interrupts while a job runs. */
-  wait: 'sync' | 'async';
+  wait: 'sync' | 'async' | 'poll';
   /** The device's VirtioBlkOptions.pollWhileBusy. */
   pollWhileBusy: boolean;
   /** The device's VirtioBlkOptions.merge (default: merging on). */
@@ -204,6 +204,7 @@ async function main(): Promise<void> {
       ['raw virtio kick-always', { wait: 'async', pollWhileBusy: false }],
       ['raw virtio no-merge', { wait: 'async', pollWhileBusy: true, merge: false }],
       ['raw virtio sync futex-guest', { wait: 'sync', pollWhileBusy: true, ...SYNC_DEVICE }],
+      ['raw virtio sync polled-guest', { wait: 'poll', pollWhileBusy: true, ...SYNC_DEVICE }],
       ['raw virtio sync no-poll', { wait: 'async', pollWhileBusy: true, maxBatch: SYNC_DEVICE.maxBatch }],
       ['raw virtio sync whole-pass', { wait: 'async', pollWhileBusy: true, pollNs: SYNC_DEVICE.pollNs }],
     ];

@@ -11,8 +11,11 @@ interface Setup {
   bells: Int32Array;
   port: MessagePort;
   packed: boolean;
-  /** 'sync': while a job runs, the guest thread sleeps on the interrupt doorbell (a futex, like a halted vCPU) instead of Atomics.waitAsync. */
-  wait: 'async' | 'sync';
+  /**
+   * 'sync': while a job runs, the guest thread sleeps on the interrupt doorbell (a futex, like a halted vCPU) instead of Atomics.waitAsync.
+   * 'poll': the queue is a polled queue (no interrupts) and the guest thread spins on the used ring while a job runs (Linux's poll queues with io_uring IOPOLL).
+   */
+  wait: 'async' | 'sync' | 'poll';
 }
 
 const setup = workerData as Setup;
@@ -45,7 +48,16 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   const all = Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s))).then(() => {
     done = true;
   });
-  if (setup.wait === 'sync') {
+  if (setup.wait === 'poll') {
+    driver.setPolled(0, true);
+    const yieldTurn = (r: () => void): void => void setImmediate(r);
+    while (!done) {
+      driver.poll(0);
+      // Let the completed requests' continuations run and submit (a macrotask turn drains every microtask).
+      await new Promise<void>(yieldTurn);
+    }
+    driver.setPolled(0, false);
+  } else if (setup.wait === 'sync') {
     const yieldTurn = (r: () => void): void => void setImmediate(r);
     while (!done) {
       const seen = irq.count;

@@ -134,6 +134,8 @@ interface DQ {
   free: number[];
   waiters: (() => void)[];
   dirty: boolean;
+  /** Interrupts off: completions are collected by `poll()` only (Linux's virtio-blk poll queues). */
+  polled: boolean;
 }
 
 const wantedBits =
@@ -240,7 +242,7 @@ export class VirtioBlkDriver {
       await t.enableQueue(q);
       const dq = createDriverQueue<number>(opts.mem, config, rf, { indirectArea: { addr: indirect, maxIndirect: maxSegments + 2 } });
       const slots: Slot[] = Array.from({ length: size }, () => ({ resolve: undefined, reject: undefined, type: 0, id: undefined }));
-      queues.push({ q, dq, slotBase, slots, free: Array.from({ length: size }, (_, i) => size - 1 - i), waiters: [], dirty: false });
+      queues.push({ q, dq, slotBase, slots, free: Array.from({ length: size }, (_, i) => size - 1 - i), waiters: [], dirty: false, polled: false });
       at = next;
     }
     // 8. DRIVER_OK.
@@ -449,6 +451,27 @@ export class VirtioBlkDriver {
     return n;
   }
 
+  /**
+   * Makes queue `q` a polled queue (`on`), as Linux's virtio-blk `poll_queues`
+   * are: the driver asks the device for no used buffer notifications on it
+   * (§2.7.10: NO_INTERRUPT, or with EVENT_IDX a used_event it stops moving)
+   * and collects completions only when `poll(q)` is called — the caller spins
+   * instead of sleeping, as io_uring's IOPOLL does. `on = false` re-arms the
+   * interrupt and collects what is there.
+   */
+  setPolled(q: number, on: boolean): void {
+    const d = this.#queues[q];
+    if (d === undefined) throw new VirtioError('invalid-argument', `queue ${q} is not set up (the device has ${this.numQueues})`, { queue: q });
+    d.polled = on;
+    if (on) d.dq.disableInterrupts();
+    else this.reap(d);
+  }
+
+  /** Collects the completions of queue `q` (or of every queue) now; returns how many. For polled queues. */
+  poll(q?: number): number {
+    return this.handleInterrupt(q);
+  }
+
   private reap(d: DQ): number {
     let n = 0;
     const used = this.#used;
@@ -458,7 +481,7 @@ export class VirtioBlkDriver {
         got = d.dq.pollUsed(used);
         // Out of used buffers: re-arm the interrupt (with EVENT_IDX, used_event moves on, §2.7.10)
         // and look again in case the device returned more meanwhile.
-        if (!got && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
+        if (!got && !d.polled && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
       } catch (e) {
         this.fail(new VirtioError('bad-completion', `queue ${d.q}: ${e instanceof Error ? e.message : String(e)}`, { queue: d.q }, { cause: e }));
         return n;

@@ -214,6 +214,11 @@ export class VirtioBlkDevice extends VirtioDevice {
   #inFlight = 0;
   #drained: (() => void) | undefined;
   #publishScheduled = false;
+  /** A microtask will close the current pass (see `closePass`). */
+  #passClosing = false;
+  /** Passes chained through microtasks since the event loop last ran a publish. */
+  #chained = 0;
+  readonly #closePass = (): void => this.closePass();
   readonly #pollWhileBusy: boolean;
   /** Merge limits; maxBytes 0 = merging off. */
   readonly #mergeMaxBytes: number;
@@ -451,7 +456,29 @@ export class VirtioBlkDevice extends VirtioDevice {
       // Whatever was popped goes to the back-end, even if the queue broke meanwhile (as before merging).
       if (st.run.count > 0) this.flushRun(st);
       st.processing = false;
+      if (!this.#passClosing) {
+        this.#passClosing = true;
+        queueMicrotask(this.#closePass);
+      }
     }
+  }
+
+  /**
+   * Runs after the microtasks a pass queued: a back-end that completed during
+   * the pass (the sync engine, memory) has had its completions pushed by now,
+   * so they are published at once instead of a turn of the event loop later.
+   * At most 32 passes chain this way before the event loop gets a turn (its
+   * publish resets the count), so control messages and timers still run.
+   */
+  private closePass(): void {
+    this.#passClosing = false;
+    if (this.#chained >= 32) return;
+    let work = false;
+    for (const st of this.#state) if (st !== undefined && (st.dirty || st.recheck)) work = true;
+    if (!work) return;
+    const chained = this.#chained + 1;
+    this.publishAll();
+    this.#chained = chained;
   }
 
   /** Spins on the available ring for up to the poll budget; true if buffers arrived. */
@@ -700,6 +727,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** One release store and at most one interrupt per queue for every completion of this turn. */
   private publishAll(): void {
     this.#publishScheduled = false;
+    this.#chained = 0;
     const states = this.#state;
     for (let q = 0; q < states.length; q++) {
       const st = states[q];

@@ -209,8 +209,16 @@ export interface ServedDevice {
  * `device.notify(q)` (a wait on shared memory, like an ioeventfd).
  */
 export function serveTransport(device: VirtioTransportTarget, port: MessagePort, kicks: readonly Doorbell[], pollMs = 50): ServedDevice {
+  // Kick counts already acted on, per queue (shared with the reset below).
+  const seen = kicks.map((bell) => bell.count);
   port.on('message', (m: Request) => {
     let reply: Reply;
+    if (m.op[0] === 'setStatus' && m.op[1] === 0) {
+      // A reset: kicks rung before it (the driver rang them before sending this message, so
+      // they are in the counts now) were for rings the reset throws away. Mark them handled,
+      // so a kick loop that wakes late does not deliver them to the reset device.
+      for (let q = 0; q < kicks.length; q++) seen[q] = kicks[q]!.count;
+    }
     try {
       reply = { id: m.id, value: applyOp(device, m.op) };
     } catch (e) {
@@ -222,12 +230,11 @@ export function serveTransport(device: VirtioTransportTarget, port: MessagePort,
   const loops = kicks.map(async (bell, q) => {
     // Read the count before acting on it: a kick that lands while the device
     // processes moves the count past `seen`, so the next wait returns at once.
-    let seen = bell.count;
     while (running) {
-      await bell.waitAsync(seen, pollMs);
+      await bell.waitAsync(seen[q]!, pollMs);
       const now = bell.count;
-      if (running && now !== seen) {
-        seen = now;
+      if (running && now !== seen[q]) {
+        seen[q] = now;
         device.notify(q);
       }
     }

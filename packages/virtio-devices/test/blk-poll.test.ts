@@ -79,6 +79,44 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
     expect(h.mem.view(DATA + 8192, 4096, 'read')).toEqual(pattern(4096, 1));
   });
 
+  for (const eventIdx of [true, false]) {
+    it(`a polled queue (${eventIdx ? 'EVENT_IDX' : 'NO_INTERRUPT flag'}): no interrupts; completions are collected by poll(), and setPolled(q, false) re-arms`, async () => {
+      const h = await harness({ device: { ring: { eventIdx } } });
+      h.mem.writeFrom(DATA, pattern(4096, 4));
+      await h.driver.write(0, DATA, 4096);
+      const before = h.interrupts.length;
+      h.driver.setPolled(0, true);
+      let done = 0;
+      const ps = [0, 1, 2].map((i) => h.driver.read(0, DATA + (i + 1) * 4096, 4096).then(() => done++));
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+      expect(h.device.inFlight).toBe(0); // the device has completed them …
+      expect(done).toBe(0); // … but nobody was interrupted
+      expect(h.interrupts.length).toBe(before);
+      expect(h.driver.poll(0)).toBe(3);
+      await Promise.all(ps);
+      expect(done).toBe(3);
+      for (let i = 1; i <= 3; i++) expect(h.mem.view(DATA + i * 4096, 4096, 'read')).toEqual(pattern(4096, 4));
+      expect(h.driver.poll(0)).toBe(0);
+      h.driver.setPolled(0, false);
+      await h.driver.read(0, DATA + 8 * 4096, 4096); // resolves by interrupt again
+      expect(h.interrupts.length).toBe(before + 1);
+      expect(() => h.driver.setPolled(3, true)).toThrow(/queue 3 is not set up/);
+    });
+  }
+
+  it('completions of a back-end that finishes during the pass are published in the same turn of the event loop', async () => {
+    const h = await harness();
+    let published = -1;
+    const p = h.driver.read(0, DATA, 4096).then(() => (published = h.interrupts.length));
+    // No macrotask has run yet: a microtask chain (pass → completions → publish → interrupt → reap) did it all.
+    await p;
+    expect(published).toBe(1);
+    let immediate = false;
+    setImmediate(() => (immediate = true));
+    await h.driver.read(8, DATA, 4096);
+    expect(immediate).toBe(false);
+  });
+
   it('pollNs 0 (the default) never spins', async () => {
     let reads = 0;
     const h = await harness({ device: { now: () => ++reads } });

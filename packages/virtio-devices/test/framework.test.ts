@@ -308,6 +308,33 @@ describe('driver side of config_generation and the cross-thread transport', () =
     await driver.close();
   });
 
+  it('a kick rung before a reset and noticed only after it is not delivered to the reset device', async () => {
+    const { MessagePortTransport, serveTransport } = await import('../src/index.js');
+    const { Doorbell } = await import('@ioplane/virtqueue');
+    const { MessageChannel } = await import('node:worker_threads');
+    const { dev, errors } = setup();
+    const { port1, port2 } = new MessageChannel();
+    const bell = new Doorbell();
+    // The kick loop polls every 50 ms; a count moved without Atomics.notify is seen only then.
+    const served = serveTransport(dev, port1, [bell], 50);
+    const t = new MessagePortTransport(port2, [bell]);
+    try {
+      Atomics.add(bell.array, bell.index, 1); // a kick whose wake-up has not reached the device yet
+      await t.setStatus(0); // the driver resets: that kick was for rings now thrown away
+      await new Promise((r) => setTimeout(r, 120));
+      expect(dev.stats.notifications).toBe(0);
+      expect(errors).toEqual([]);
+      // A kick after the reset still reaches the device (here it is not started: reported as such).
+      t.notify(0);
+      for (let i = 0; i < 50 && dev.stats.notifications === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(dev.stats.notifications).toBe(1);
+      expect(errors.map((e) => e.message)).toEqual(['notification of queue 0 before DRIVER_OK']);
+    } finally {
+      t.close();
+      await served.stop();
+    }
+  });
+
   it('a control call with no device behind the port times out with a typed error', async () => {
     const { MessagePortTransport } = await import('../src/index.js');
     const { MessageChannel } = await import('node:worker_threads');
