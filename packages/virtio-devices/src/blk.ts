@@ -465,14 +465,18 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   /**
    * Runs after the microtasks a pass queued: a back-end that completed during
-   * the pass (the sync engine, memory) has had its completions pushed by now,
-   * so they are published at once instead of a turn of the event loop later.
+   * the pass (the sync engine on a raw file, memory) has had its completions
+   * pushed by now, so they are published at once instead of a turn of the
+   * event loop later.
    * At most 32 passes chain this way before the event loop gets a turn (its
    * publish resets the count), so control messages and timers still run.
    */
   private closePass(): void {
     this.#passClosing = false;
-    if (this.#chained >= 32) return;
+    // Only when the pass's requests have all completed: a back-end still working on some (a qcow2
+    // read waiting on its metadata, the threadpool) publishes through the event loop as before, so
+    // its completions are not published, and interrupted for, piecemeal.
+    if (this.#chained >= 32 || this.#inFlight > 0) return;
     let work = false;
     for (const st of this.#state) if (st !== undefined && (st.dirty || st.recheck)) work = true;
     if (!work) return;
