@@ -14,12 +14,7 @@ import {
   BLK_DWZ_SEGMENT_SIZE,
   BLK_REQ_HEADER_SIZE,
   SECTOR_SIZE,
-  STATUS_ACKNOWLEDGE,
   STATUS_DEVICE_NEEDS_RESET,
-  STATUS_DRIVER,
-  STATUS_DRIVER_OK,
-  STATUS_FAILED,
-  STATUS_FEATURES_OK,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -43,6 +38,7 @@ import {
   VIRTIO_F_VERSION_1,
   bit,
 } from './defs.js';
+import { driverOk, negotiateFeatures } from './driver-init.js';
 import { VirtioError } from './errors.js';
 import type { DriverTransport } from './transport.js';
 
@@ -183,35 +179,13 @@ export class VirtioBlkDriver {
   /** Device initialisation as a driver does it (VirtIO 1.2 §3.1.1), then queue set-up (§4.1.5.1.3). */
   static async create(opts: VirtioBlkDriverOptions): Promise<VirtioBlkDriver> {
     const t = opts.transport;
-    // 1. Reset, and wait until the device says it finished (§4.1.4.3.2).
-    await t.setStatus(0);
-    const deadline = Date.now() + (opts.resetTimeoutMs ?? 5000);
-    while ((await t.status()) !== 0) {
-      if (Date.now() > deadline) throw new VirtioError('device-needs-reset', 'the device did not finish its reset in time', {});
-      await new Promise((r) => setTimeout(r, 1));
-    }
-    // 2–3. ACKNOWLEDGE, DRIVER.
-    await t.setStatus(STATUS_ACKNOWLEDGE);
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    // 4. Features: the subset we understand of what is offered.
-    const offered = await t.deviceFeatures();
-    if ((offered & bit(VIRTIO_F_VERSION_1)) === 0n) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('feature-missing', 'the device does not offer VIRTIO_F_VERSION_1', { offered });
-    }
+    // 1–6. Reset, ACKNOWLEDGE, DRIVER, features (the subset we understand of what is offered), FEATURES_OK.
     const ring = { indirect: true, eventIdx: true, packed: true, ...opts.ring };
     let want = wantedBits | featureBits({ indirect: ring.indirect, eventIdx: ring.eventIdx, packed: ring.packed });
     if (opts.flush ?? true) want |= bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE);
     if (opts.discard ?? true) want |= bit(VIRTIO_BLK_F_DISCARD);
     if (opts.writeZeroes ?? true) want |= bit(VIRTIO_BLK_F_WRITE_ZEROES);
-    const accepted = offered & want;
-    await t.setDriverFeatures(accepted);
-    // 5–6. FEATURES_OK, and re-read it: the device may refuse.
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    if (((await t.status()) & STATUS_FEATURES_OK) === 0) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('features-rejected', `the device refused features ${accepted.toString(16)}`, { accepted });
-    }
+    const accepted = await negotiateFeatures(t, () => want, opts.resetTimeoutMs);
     const has = (n: number): boolean => (accepted & bit(n)) !== 0n;
     // 7. Device-specific set-up: config space read consistently (§2.5.1 config_generation).
     if (has(VIRTIO_BLK_F_CONFIG_WCE) && opts.writeThrough) await t.writeConfig(BLK_CFG_WRITEBACK, 1, 0);
@@ -246,11 +220,7 @@ export class VirtioBlkDriver {
       at = next;
     }
     // 8. DRIVER_OK.
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-    const st = await t.status();
-    if ((st & STATUS_DEVICE_NEEDS_RESET) !== 0 || (st & STATUS_DRIVER_OK) === 0) {
-      throw new VirtioError('device-needs-reset', `the device did not start (status 0x${st.toString(16)})`, { status: st });
-    }
+    await driverOk(t);
     return new VirtioBlkDriver(t, opts.mem, info, queues, maxSegments);
   }
 

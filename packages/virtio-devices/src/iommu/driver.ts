@@ -14,7 +14,8 @@ import {
   parseFaultEvent,
 } from '@ioplane/viommu';
 import { BufferList, type DriverQueue, type UsedBuffer, createDriverQueue, layoutQueue, ringFeatures } from '@ioplane/virtqueue';
-import { STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, bit } from '../defs.js';
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FAILED, VIRTIO_F_VERSION_1, bit } from '../defs.js';
+import { driverOk, negotiateFeatures } from '../driver-init.js';
 import { VirtioError } from '../errors.js';
 import type { GuestBuffer } from '../blk-driver.js';
 import type { DriverTransport } from '../transport.js';
@@ -118,27 +119,8 @@ export class VirtioIommuDriver implements IommuTransport {
   /** Device initialisation (§3.1.1) and queue set-up; the event queue is filled before DRIVER_OK (§5.13.5). */
   static async create(opts: VirtioIommuDriverOptions): Promise<VirtioIommuDriver> {
     const t = opts.transport;
-    await t.setStatus(0);
-    const deadline = Date.now() + (opts.resetTimeoutMs ?? 5000);
-    while ((await t.status()) !== 0) {
-      if (Date.now() > deadline) throw new VirtioError('device-needs-reset', 'the device did not finish its reset in time', {});
-      await new Promise((r) => setTimeout(r, 1));
-    }
-    await t.setStatus(STATUS_ACKNOWLEDGE);
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    const offered = await t.deviceFeatures();
-    if ((offered & bit(VIRTIO_F_VERSION_1)) === 0n) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('feature-missing', 'the device does not offer VIRTIO_F_VERSION_1', { offered });
-    }
     // Every device feature this driver implements (never the superseded BYPASS, §5.13.3.2); plain split rings.
-    const accepted = offered & (DEFAULT_FEATURES | bit(VIRTIO_F_VERSION_1));
-    await t.setDriverFeatures(accepted);
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    if (((await t.status()) & STATUS_FEATURES_OK) === 0) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('features-rejected', `the device refused features ${accepted.toString(16)}`, { accepted });
-    }
+    const accepted = await negotiateFeatures(t, () => DEFAULT_FEATURES | bit(VIRTIO_F_VERSION_1), opts.resetTimeoutMs);
     const config = await readConfig(t);
     if (config.probeSize > 1 << 16) {
       await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
@@ -176,11 +158,7 @@ export class VirtioIommuDriver implements IommuTransport {
     // §5.13.5: the driver SHOULD fill the event queue with buffers for fault reports.
     for (let i = 0; i < eventBuffers; i++) drv.postEvent(i);
     made[1]!.publish();
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-    const st = await t.status();
-    if ((st & STATUS_DEVICE_NEEDS_RESET) !== 0 || (st & STATUS_DRIVER_OK) === 0) {
-      throw new VirtioError('device-needs-reset', `the device did not start (status 0x${st.toString(16)})`, { status: st });
-    }
+    await driverOk(t);
     return drv;
   }
 

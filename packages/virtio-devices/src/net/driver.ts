@@ -2,15 +2,11 @@ import type { GuestMemory } from '@ioplane/guest-memory';
 import { Layer, PacketInfo, fillL4Checksum, l4ChecksumFieldOffset, parsePacket, pseudoHeaderSum } from '@ioplane/packet';
 import { BufferList, type Doorbell, type DriverQueue, type UsedBuffer, createDriverQueue, featureBits, layoutQueue, ringFeatures } from '@ioplane/virtqueue';
 import {
-  STATUS_ACKNOWLEDGE,
   STATUS_DEVICE_NEEDS_RESET,
-  STATUS_DRIVER,
-  STATUS_DRIVER_OK,
-  STATUS_FAILED,
-  STATUS_FEATURES_OK,
   VIRTIO_F_VERSION_1,
   bit,
 } from '../defs.js';
+import { driverOk, negotiateFeatures } from '../driver-init.js';
 import { VirtioError } from '../errors.js';
 import type { DriverTransport } from '../transport.js';
 import {
@@ -191,19 +187,6 @@ export class VirtioNetDriver {
   /** Device initialisation (§3.1.1) and virtio-net set-up (§5.1.5). */
   static async create(opts: VirtioNetDriverOptions): Promise<VirtioNetDriver> {
     const t = opts.transport;
-    await t.setStatus(0);
-    const deadline = Date.now() + (opts.resetTimeoutMs ?? 5000);
-    while ((await t.status()) !== 0) {
-      if (Date.now() > deadline) throw new VirtioError('device-needs-reset', 'the device did not finish its reset in time', {});
-      await new Promise((r) => setTimeout(r, 1));
-    }
-    await t.setStatus(STATUS_ACKNOWLEDGE);
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    const offered = await t.deviceFeatures();
-    if ((offered & bit(VIRTIO_F_VERSION_1)) === 0n) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('feature-missing', 'the device does not offer VIRTIO_F_VERSION_1', { offered });
-    }
     const ring = { indirect: true, eventIdx: true, packed: true, ...opts.ring };
     let want = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | bit(VIRTIO_NET_F_MTU) | featureBits({ indirect: ring.indirect, eventIdx: ring.eventIdx, packed: ring.packed });
     if (opts.mergeable ?? true) want |= bit(VIRTIO_NET_F_MRG_RXBUF);
@@ -213,16 +196,17 @@ export class VirtioNetDriver {
       want |= bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_RX_EXTRA) | bit(VIRTIO_NET_F_CTRL_VLAN);
       want |= bit(VIRTIO_NET_F_CTRL_MAC_ADDR) | bit(VIRTIO_NET_F_GUEST_ANNOUNCE) | bit(VIRTIO_NET_F_MQ);
     }
-    let accepted = offered & want;
-    // §5.1.3.1: what depends on CTRL_VQ / CSUM goes when they are missing.
-    if ((accepted & bit(VIRTIO_NET_F_CTRL_VQ)) === 0n) accepted &= ~(bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_RX_EXTRA) | bit(VIRTIO_NET_F_CTRL_VLAN) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR) | bit(VIRTIO_NET_F_GUEST_ANNOUNCE) | bit(VIRTIO_NET_F_MQ));
-    if ((accepted & bit(VIRTIO_NET_F_CSUM)) === 0n) accepted &= ~(bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6));
-    await t.setDriverFeatures(accepted);
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    if (((await t.status()) & STATUS_FEATURES_OK) === 0) {
-      await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FAILED);
-      throw new VirtioError('features-rejected', `the device refused features ${accepted.toString(16)}`, { accepted });
-    }
+    const accepted = await negotiateFeatures(
+      t,
+      (offered) => {
+        let f = offered & want;
+        // §5.1.3.1: what depends on CTRL_VQ / CSUM goes when they are missing.
+        if ((f & bit(VIRTIO_NET_F_CTRL_VQ)) === 0n) f &= ~(bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_RX_EXTRA) | bit(VIRTIO_NET_F_CTRL_VLAN) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR) | bit(VIRTIO_NET_F_GUEST_ANNOUNCE) | bit(VIRTIO_NET_F_MQ));
+        if ((f & bit(VIRTIO_NET_F_CSUM)) === 0n) f &= ~(bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6));
+        return f;
+      },
+      opts.resetTimeoutMs,
+    );
     const has = (n: number): boolean => (accepted & bit(n)) !== 0n;
     const info = await readInfo(t, accepted, has);
     const mq = has(VIRTIO_NET_F_MQ);
@@ -272,11 +256,7 @@ export class VirtioNetDriver {
       const c = await setup(cq, () => CTRL_SLOT_BYTES);
       ctrl = { q: cq, dq: c.dq, slot: c.base };
     }
-    await t.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-    const st = await t.status();
-    if ((st & STATUS_DEVICE_NEEDS_RESET) !== 0 || (st & STATUS_DRIVER_OK) === 0) {
-      throw new VirtioError('device-needs-reset', `the device did not start (status 0x${st.toString(16)})`, { status: st });
-    }
+    await driverOk(t);
     const d = new VirtioNetDriver(t, opts.mem, info, tx, rx, ctrl, mergeable);
     // §5.1.6.3.1: fill the receive queues.
     for (const r of rx) d.fillRx(r);
