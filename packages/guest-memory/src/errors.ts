@@ -10,7 +10,9 @@ export type GuestMemoryErrorKind =
   | 'not-contiguous'
   /** A 64-bit value read from the guest does not fit in 53 bits. */
   | 'too-large'
-  /** A translating layer (an IOMMU) refused the access: unmapped, or no permission. */
+  /** A write to a region the owner made read-only (ROM, a write-protected image of RAM). */
+  | 'read-only'
+  /** A translating layer (an IOMMU) refused the access: unmapped, or no permission. Only such layers raise it. */
   | 'fault'
   /** A region description given to the constructor is unusable. */
   | 'invalid-region';

@@ -336,5 +336,5 @@ function validate(addr: number, len: number, access: Access | undefined): void {
 }
 
 function readOnly(addr: number, len: number): GuestMemoryError {
-  return new GuestMemoryError('fault', addr, len, `write of ${len} byte(s) at ${hex(addr)} hits read-only memory`, 'write');
+  return new GuestMemoryError('read-only', addr, len, `write of ${len} byte(s) at ${hex(addr)} hits read-only memory`, 'write');
 }
