@@ -5,6 +5,8 @@ import { MAX_GUEST_ADDRESS, Region, type RegionSpec } from './region.js';
 const TWO_32 = 0x1_0000_0000;
 /** The high word of a u64 whose value still fits in 53 bits. */
 const MAX_HI_53 = 0x1f_ffff;
+/** Entries in the cache of views `slices` hands out (a power of two). */
+const VIEW_CACHE = 256;
 
 /**
  * Guest physical memory: a sorted set of non-overlapping regions. Holes
@@ -19,6 +21,16 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
   private last: Region;
   private readonly scratch = new DataView(new ArrayBuffer(8));
   private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
+  /**
+   * The views `slices` made last, direct-mapped by (address, length): a device
+   * that reads into the same guest buffers again (a guest's I/O buffers and
+   * page cache pages come round again) gets the same view back instead of a
+   * new one per request. Views are windows on regions that never change, so
+   * one stays right for as long as the memory lives.
+   */
+  private readonly viewAddr = new Float64Array(VIEW_CACHE).fill(-1);
+  private readonly viewLen = new Uint32Array(VIEW_CACHE);
+  private readonly views: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(VIEW_CACHE).fill(undefined);
 
   constructor(specs: readonly RegionSpec[]) {
     if (specs.length === 0) {
@@ -266,6 +278,20 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
 
   slices(addr: number, len: number, access: Access, out: Uint8Array[] = []): Uint8Array[] {
     this.checkRange(addr, len, access);
+    const r = this.findRegion(addr);
+    if (r !== undefined && addr + len <= r.end && len > 0) {
+      const i = Math.imul(((addr / 512) | 0) ^ len, 0x9e3779b1) >>> 24;
+      let v = this.views[i];
+      if (v === undefined || this.viewAddr[i] !== addr || this.viewLen[i] !== len) {
+        const off = addr - r.gpa;
+        v = r.bytes.subarray(off, off + len);
+        this.views[i] = v;
+        this.viewAddr[i] = addr;
+        this.viewLen[i] = len;
+      }
+      out.push(v);
+      return out;
+    }
     let a = addr;
     const end = addr + len;
     while (a < end) {

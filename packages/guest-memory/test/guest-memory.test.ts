@@ -140,6 +140,26 @@ describe('byte ranges, views and scatter/gather', () => {
     expect(out.length).toBe(1);
   });
 
+  it('hands the same view back for the same range, and the right one after any number of others', () => {
+    const m = GuestMemory.create(1 << 20);
+    const a = m.slices(0x1000, 4096, 'write')[0]!;
+    expect(m.slices(0x1000, 4096, 'read')[0]).toBe(a);
+    expect(m.slices(0x1000, 512, 'read')[0]).not.toBe(a);
+    // More ranges than the cache has entries: every answer is still the range asked for.
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < 1000; i++) {
+        const addr = (i * 4097) % ((1 << 20) - 600);
+        const len = 1 + (i % 512);
+        const [v] = m.slices(addr, len, 'read');
+        expect(v!.byteOffset).toBe(addr);
+        expect(v!.byteLength).toBe(len);
+      }
+    }
+    m.writeU8(0x1000, 0x5a);
+    expect(m.slices(0x1000, 4096, 'read')[0]![0]).toBe(0x5a);
+    expect(m.slices(0x1000, 0, 'read')).toEqual([]);
+  });
+
   it('fills', () => {
     const m = holey();
     m.fill(0x3ffe, 4, 0xee);
