@@ -52,6 +52,53 @@ export class Domain {
   }
 }
 
+/**
+ * What each generation bump revoked, for the last `InvalidationLog.SIZE`
+ * bumps: one domain's IOVA range (an UNMAP) or everything (ATTACH, DETACH,
+ * `bypass`, reset). Lets a translation made under an older generation be
+ * kept when nothing since touched its range — so a strict-mode UNMAP of one
+ * request's buffer does not cost the other in-flight requests (and the ring
+ * area) their translations. Fixed typed arrays: recording allocates nothing.
+ */
+export class InvalidationLog {
+  static readonly SIZE = 256;
+  private static readonly MASK = InvalidationLog.SIZE - 1;
+  /** The generation each slot describes (a slot not written for that generation means "unknown": treated as everything). */
+  private readonly gens = new Float64Array(InvalidationLog.SIZE).fill(-1);
+  /** Domain ID, or −1 for a change that affects every endpoint and address. */
+  private readonly domains = new Float64Array(InvalidationLog.SIZE);
+  private readonly starts = new Float64Array(InvalidationLog.SIZE);
+  /** Exclusive. */
+  private readonly ends = new Float64Array(InvalidationLog.SIZE);
+
+  /** Generation `generation` revoked [start, end) of domain `domain` (−1: everything). */
+  record(generation: number, domain: number, start: number, end: number): void {
+    const i = generation & InvalidationLog.MASK;
+    this.gens[i] = generation;
+    this.domains[i] = domain;
+    this.starts[i] = start;
+    this.ends[i] = end;
+  }
+
+  /**
+   * Whether no bump after `since` up to `current` revoked anything in
+   * [start, end) of `domain`. False when unsure (too old, a slot overwritten).
+   */
+  unchangedSince(current: number, since: number, domain: number, start: number, end: number): boolean {
+    const d = current - since;
+    if (d === 0) return true;
+    if (!(d > 0 && d <= InvalidationLog.SIZE && since >= 0)) return false;
+    for (let g = since + 1; g <= current; g++) {
+      const i = g & InvalidationLog.MASK;
+      if (this.gens[i] !== g) return false;
+      const dom = this.domains[i]!;
+      if (dom === -1) return false;
+      if (dom === domain && this.starts[i]! < end && this.ends[i]! > start) return false;
+    }
+    return true;
+  }
+}
+
 /** Shared, mutable device state an endpoint consults on every translation. */
 export interface BypassState {
   /** Unattached endpoints are in bypass (config `bypass` = 1 with VIRTIO_IOMMU_F_BYPASS_CONFIG offered). */
@@ -62,6 +109,8 @@ export interface BypassState {
    * reset. (MAP only adds translations.)
    */
   generation: number;
+  /** What each bump revoked (absent: any bump may have revoked anything). */
+  log?: InvalidationLog;
 }
 
 /** A device behind the vIOMMU, identified by its endpoint ID (§5.13.6.1). */
@@ -84,6 +133,18 @@ export class Endpoint implements TranslationSource {
 
   get generation(): number {
     return this.state.generation;
+  }
+
+  /**
+   * Whether a translation of [start, end) made under generation `since` still
+   * holds: no bump since revoked anything of this endpoint's domain in the
+   * range, nor changed which domain it is in (ATTACH/DETACH are global).
+   */
+  unchangedSince(since: number, start: number, end: number): boolean {
+    const log = this.state.log;
+    if (log === undefined) return since === this.state.generation;
+    // An unattached endpoint (bypass or blocked) is only affected by global changes: −2 matches no UNMAP.
+    return log.unchangedSince(this.state.generation, since, this.domain?.id ?? -2, start, end);
   }
 
   /** The reserved region holding `addr`, as an index, or -1. */

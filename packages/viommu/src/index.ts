@@ -3,7 +3,7 @@ export { ViommuError, type ViommuErrorKind, DmaFault, type FaultRecord, type Fau
 export { Iotlb } from './iotlb.js';
 export { Mapping, MappingTable, type UnmapResult } from './mapping-table.js';
 export { TranslatingMemory, type TranslationOut, type TranslationSource } from './translating-memory.js';
-export { Domain, Endpoint, type ReservedRegion, type BypassState } from './domain.js';
+export { Domain, Endpoint, InvalidationLog, type ReservedRegion, type BypassState } from './domain.js';
 export { VirtioIommu, type ChainSegment, type VirtioIommuOptions, type VirtioIommuStats, DEFAULT_FEATURES, encodeFault } from './virtio-iommu.js';
 export {
   IommuRequest,

@@ -29,11 +29,22 @@ export interface TranslationSource {
    * fills `out`, or returns a nonzero `FaultCode` and leaves `out` alone.
    */
   translate(addr: number, access: Access, out: TranslationOut): number;
+  /**
+   * Optional: whether a translation of [start, end) made under generation
+   * `since` still holds (nothing since revoked anything in the range). Lets
+   * translations survive a bump that concerned other addresses. May answer
+   * false when unsure; must never answer true for a revoked range. Without
+   * it, only the current generation is trusted.
+   */
+  unchangedSince?(since: number, start: number, end: number): boolean;
 }
 
 const TWO_53 = 2 ** 53;
 /** Runs longer than this are not verified against the inner memory when cached (a bypass identity run reaches 2^53). */
 const MAX_VERIFY = 2 ** 40;
+/** Entries per direction of the checked-range table (`translateRange`), indexed by 4 KiB page of the address. */
+const RANGE_SLOTS = 64;
+const RANGE_PAGE = 4096;
 
 /**
  * A `DmaMemory` that translates every address through a `TranslationSource`
@@ -90,6 +101,23 @@ export class TranslatingMemory implements DmaMemory {
   /** After a `translateOne`: which cached run served it (0 r0, 1 r1, 2 w0, 3 w1), or −1. */
   private hit = -1;
   private readonly stableInner: boolean;
+  /**
+   * The checked-range table behind `translateRange`: per direction
+   * (reads at [0, RANGE_SLOTS), writes after), direct-mapped by the 4 KiB page
+   * of the address it was filled for, one translated run each — [start, end)
+   * → +delta, verified against guest RAM for that direction, made under
+   * generation `rangeGen`. A queue translates the same few ranges over and
+   * over (the ring area's header and status bytes, the data buffers of
+   * static mappings or of a reused pool): a hit is a compare, no source call
+   * and no RAM check. Entries survive a generation change that did not touch
+   * their run (`source.unchangedSince`).
+   */
+  private readonly rangeStart = new Float64Array(2 * RANGE_SLOTS).fill(1);
+  private readonly rangeEnd = new Float64Array(2 * RANGE_SLOTS);
+  private readonly rangeDelta = new Float64Array(2 * RANGE_SLOTS);
+  private readonly rangeGen = new Float64Array(2 * RANGE_SLOTS);
+  /** Hit/miss counters of the checked-range table (tests, benchmarks). */
+  readonly rangeStats = { hits: 0, misses: 0, revalidated: 0 };
   private gpas = new Float64Array(8);
   private lens = new Float64Array(8);
   private count = 0;
@@ -143,34 +171,67 @@ export class TranslatingMemory implements DmaMemory {
     }
   }
 
+  /**
+   * The generation moved since the read runs were filled: keep each run the
+   * source vouches for (nothing since revoked any of it — a strict UNMAP of
+   * another buffer leaves the ring area's run alone), drop the others.
+   */
+  private refreshReads(gen: number): void {
+    const src = this.source;
+    const old = this.rGen;
+    if (!(old >= 0 && src.unchangedSince !== undefined && this.r0Start < this.r0End && src.unchangedSince(old, this.r0Start, this.r0End))) {
+      this.r0Start = 1;
+      this.r0End = 0;
+    }
+    if (!(old >= 0 && src.unchangedSince !== undefined && this.r1Start < this.r1End && src.unchangedSince(old, this.r1Start, this.r1End))) {
+      this.r1Start = 1;
+      this.r1End = 0;
+    }
+    this.rGen = gen;
+  }
+
+  /** `refreshReads` for the write runs. */
+  private refreshWrites(gen: number): void {
+    const src = this.source;
+    const old = this.wGen;
+    if (!(old >= 0 && src.unchangedSince !== undefined && this.w0Start < this.w0End && src.unchangedSince(old, this.w0Start, this.w0End))) {
+      this.w0Start = 1;
+      this.w0End = 0;
+    }
+    if (!(old >= 0 && src.unchangedSince !== undefined && this.w1Start < this.w1End && src.unchangedSince(old, this.w1Start, this.w1End))) {
+      this.w1Start = 1;
+      this.w1End = 0;
+    }
+    this.wGen = gen;
+  }
+
   /** Translates `addr` into `this.out` through the run cache, then the source; returns 0 or a fault code. */
   private translateOne(addr: number, access: Access): number {
     const out = this.out;
     const gen = this.source.generation;
     if (access === 'read') {
-      if (gen === this.rGen) {
-        if (addr >= this.r0Start && addr < this.r0End) {
-          out.gpa = addr + this.r0Delta;
-          out.end = this.r0End;
-          this.hit = 0;
-          this.rNext = 1;
-          return 0;
-        }
-        if (addr >= this.r1Start && addr < this.r1End) {
-          out.gpa = addr + this.r1Delta;
-          out.end = this.r1End;
-          this.hit = 1;
-          this.rNext = 0;
-          return 0;
-        }
-      } else {
-        this.rGen = -1;
-        this.r0Start = this.r1Start = 1;
-        this.r0End = this.r1End = 0;
+      if (gen !== this.rGen) this.refreshReads(gen);
+      if (addr >= this.r0Start && addr < this.r0End) {
+        out.gpa = addr + this.r0Delta;
+        out.start = this.r0Start;
+        out.end = this.r0End;
+        this.hit = 0;
+        this.rNext = 1;
+        return 0;
       }
-    } else if (gen === this.wGen) {
+      if (addr >= this.r1Start && addr < this.r1End) {
+        out.gpa = addr + this.r1Delta;
+        out.start = this.r1Start;
+        out.end = this.r1End;
+        this.hit = 1;
+        this.rNext = 0;
+        return 0;
+      }
+    } else {
+      if (gen !== this.wGen) this.refreshWrites(gen);
       if (addr >= this.w0Start && addr < this.w0End) {
         out.gpa = addr + this.w0Delta;
+        out.start = this.w0Start;
         out.end = this.w0End;
         this.hit = 2;
         this.wNext = 1;
@@ -178,15 +239,12 @@ export class TranslatingMemory implements DmaMemory {
       }
       if (addr >= this.w1Start && addr < this.w1End) {
         out.gpa = addr + this.w1Delta;
+        out.start = this.w1Start;
         out.end = this.w1End;
         this.hit = 3;
         this.wNext = 0;
         return 0;
       }
-    } else {
-      this.wGen = -1;
-      this.w0Start = this.w1Start = 1;
-      this.w0End = this.w1End = 0;
     }
     this.hit = -1;
     const code = this.source.translate(addr, access, out);
@@ -359,6 +417,91 @@ export class TranslatingMemory implements DmaMemory {
     } finally {
       this.probing = false;
     }
+  }
+
+  // ── TranslatingDma (@ioplane/virtqueue): translate a descriptor's buffer once ──
+
+  /** The guest-physical memory behind the translation (what `translateRange` addresses name). */
+  get physical(): DmaMemory {
+    return this.inner;
+  }
+
+  /** The source's generation: a translation made under it is current. */
+  get translationGeneration(): number {
+    return this.source.generation;
+  }
+
+  /**
+   * Whether a translation of [addr, addr+len) made under generation
+   * `generation` still holds: the generation is current, or the source
+   * vouches that nothing since revoked any of the range. Conservative when
+   * the source keeps no record (VT-d: only the current generation counts).
+   */
+  stillValid(addr: number, len: number, generation: number): boolean {
+    const src = this.source;
+    if (src.generation === generation) return true;
+    return src.unchangedSince !== undefined && generation >= 0 && src.unchangedSince(generation, addr, addr + len);
+  }
+
+  /**
+   * `checkRange` of [addr, addr+len) — the same errors, nothing recorded —
+   * that also returns the range's guest-physical address when it is one run
+   * verified accessible in guest RAM for `access` (else -1: the caller goes
+   * through this memory as before). Only over a `GuestMemory` (whose regions
+   * never change) is anything returned: a verified range stays verified.
+   * Served from the checked-range table when it holds a run covering the
+   * range under the current generation (or one the source says is
+   * unchanged); otherwise translated, verified and recorded there.
+   */
+  translateRange(addr: number, len: number, access: Access): number {
+    if (!this.stableInner || !(len > 0) || !Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || addr + len > TWO_53) {
+      this.checkRange(addr, len, access);
+      return -1;
+    }
+    const gen = this.source.generation;
+    // ToInt32 keeps the low bits of the (integral) page number: any address below 2^53 indexes safely.
+    const i = ((addr / RANGE_PAGE) & (RANGE_SLOTS - 1)) + (access === 'read' ? 0 : RANGE_SLOTS);
+    const start = this.rangeStart[i]!;
+    const end = this.rangeEnd[i]!;
+    if (addr >= start && addr + len <= end) {
+      const eg = this.rangeGen[i]!;
+      if (eg === gen) {
+        this.rangeStats.hits++;
+        return addr + this.rangeDelta[i]!;
+      }
+      const src = this.source;
+      if (src.unchangedSince !== undefined && src.unchangedSince(eg, start, end)) {
+        this.rangeGen[i] = gen;
+        this.rangeStats.revalidated++;
+        return addr + this.rangeDelta[i]!;
+      }
+    }
+    this.rangeStats.misses++;
+    this.rangeStart[i] = 1;
+    this.rangeEnd[i] = 0;
+    // One translation, through the run cache and the source; records nothing.
+    if (this.translateOne(addr, access) === 0 && this.out.end >= addr + len) {
+      const gpa = this.out.gpa;
+      if (this.runChecked()) {
+        // The whole run is RAM for this direction: record all of it.
+        this.rangeStart[i] = this.out.start;
+        this.rangeEnd[i] = this.out.end;
+        this.rangeDelta[i] = gpa - addr;
+        this.rangeGen[i] = gen;
+        return gpa;
+      }
+      // The run could not be verified whole (a bypass run reaching 2^53, or one partly outside RAM):
+      // check just the range, the way checkRange does, and record only it.
+      this.checkRange(addr, len, access);
+      this.rangeStart[i] = addr;
+      this.rangeEnd[i] = addr + len;
+      this.rangeDelta[i] = gpa - addr;
+      this.rangeGen[i] = gen;
+      return gpa;
+    }
+    // A fault (thrown here, as checkRange throws it) or a range over several runs (not carried).
+    this.checkRange(addr, len, access);
+    return -1;
   }
 
   /**

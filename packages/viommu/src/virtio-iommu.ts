@@ -1,6 +1,6 @@
 import type { DmaMemory } from '@ioplane/guest-memory';
 import * as d from './defs.js';
-import { type BypassState, Domain, Endpoint, type ReservedRegion } from './domain.js';
+import { type BypassState, Domain, Endpoint, InvalidationLog, type ReservedRegion } from './domain.js';
 import { type FaultRecord, type FaultSink, ViommuError } from './errors.js';
 import { Mapping, type UnmapResult } from './mapping-table.js';
 import { TranslatingMemory } from './translating-memory.js';
@@ -145,7 +145,7 @@ export class VirtioIommu implements FaultSink {
     this.inputEndNum = Number(this.inputRange.end);
     this.physLimitNum = Number(this.physLimit);
     this.initialBypass = options.bypass ?? false;
-    this.state = { bypass: false, generation: 0 };
+    this.state = { bypass: false, generation: 0, log: new InvalidationLog() };
     this.iotlbEntries = options.iotlbEntries ?? 512;
     this.maxMappings = positiveInt('maxMappingsPerDomain', options.maxMappingsPerDomain ?? 65536);
     this.maxDomains = positiveInt('maxDomains', options.maxDomains ?? 65536);
@@ -192,7 +192,7 @@ export class VirtioIommu implements FaultSink {
   private setBypass(on: boolean): void {
     // §5.13.4.2: the device never presents anything but 0 or 1.
     this.config[d.CONFIG_BYPASS] = on ? 1 : 0;
-    this.state.generation++;
+    this.bump(-1, 0, Infinity);
     // §5.13.6: bypass applies with BYPASS_CONFIG offered, even if the driver did not accept it.
     this.state.bypass = on && this.offers(d.VIRTIO_IOMMU_F_BYPASS_CONFIG);
   }
@@ -219,7 +219,7 @@ export class VirtioIommu implements FaultSink {
     for (const ep of this.endpoints.values()) ep.domain = undefined;
     for (const dom of this.domains.values()) dom.tlb?.flush();
     this.domains.clear();
-    this.state.generation++;
+    this.bump(-1, 0, Infinity);
     this.events.length = 0;
     this.negotiated = this.offeredFeatures;
     this.negotiatedLow = this.offeredLow;
@@ -448,6 +448,16 @@ export class VirtioIommu implements FaultSink {
     return v;
   }
 
+  /**
+   * A change that can revoke translations already handed out: a new
+   * generation, logged with what it revoked — [start, end) of domain
+   * `domain`, or everything (−1) — so translations of other ranges survive it.
+   */
+  private bump(domain: number, start: number, end: number): void {
+    const g = ++this.state.generation;
+    this.state.log?.record(g, domain, start, end);
+  }
+
   private drop(): number {
     this.stats.dropped++;
     return 0;
@@ -501,7 +511,7 @@ export class VirtioIommu implements FaultSink {
     dom.endpoints.add(ep);
     dom.updateReserved();
     ep.domain = dom;
-    this.state.generation++;
+    this.bump(-1, 0, Infinity);
     return d.VIRTIO_IOMMU_S_OK;
   }
 
@@ -511,7 +521,7 @@ export class VirtioIommu implements FaultSink {
     dom.endpoints.delete(ep);
     dom.updateReserved();
     ep.domain = undefined;
-    this.state.generation++;
+    this.bump(-1, 0, Infinity);
     // §5.13.6.2: "After all endpoints have been successfully detached from a domain, it ceases to exist."
     if (dom.endpoints.size === 0) {
       dom.mappings.clear();
@@ -645,7 +655,18 @@ export class VirtioIommu implements FaultSink {
     // The IOTLB forgets each removed mapping before the status is written: once
     // the driver sees OK, no endpoint of the domain can use the mapping.
     for (const m of r.removed) dom.invalidate(m);
-    if (r.removed.length > 0) this.state.generation++;
+    if (r.removed.length > 0) {
+      // One bump for the request, logged with the span of what it removed (§5.13.6.4 removes
+      // only mappings wholly inside the range, so nothing outside the span changed).
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const m of r.removed) {
+        if (m.startNum < lo) lo = m.startNum;
+        if (m.endNum + 1 > hi) hi = m.endNum + 1;
+      }
+      // Bounds at or above 2^53 are inexact as numbers: widen to infinity (no device address is there).
+      this.bump(dom.id, lo >= TWO_53 ? TWO_53 - 1 : lo, hi >= TWO_53 ? Infinity : hi);
+    }
     return d.VIRTIO_IOMMU_S_OK;
   }
 

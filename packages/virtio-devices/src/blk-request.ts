@@ -95,6 +95,9 @@ export class BlkRequest {
   error: BlkParseError | undefined = undefined;
   /** Guest address of the status byte, or -1. */
   statusAddr = -1;
+  /** The chain segment holding the status byte and its offset there (for `writeBlkStatus`), or -1. */
+  statusSeg = -1;
+  statusOff = 0;
   /** Data views (read: device-writable, write: device-readable). */
   readonly segments: Uint8Array[] = [];
   /** Discard / write-zeroes ranges, in bytes. */
@@ -117,6 +120,8 @@ export class BlkRequest {
     this.status = VIRTIO_BLK_S_OK;
     this.error = undefined;
     this.statusAddr = -1;
+    this.statusSeg = -1;
+    this.statusOff = 0;
     this.segments.length = 0;
     this.rangeCount = 0;
   }
@@ -168,8 +173,12 @@ function collect(chain: DescriptorChain, mem: DmaMemory, writable: boolean, skip
       continue;
     }
     const n = Math.min(dl - skip, len);
+    const access = writable ? 'write' : 'read';
+    // Translated once when the queue popped the chain and still valid: a view of guest RAM, no second walk.
+    const g = chain.carried(mem, i);
     try {
-      mem.slices(chain.addr(i) + skip, n, writable ? 'write' : 'read', out);
+      if (g >= 0) chain.via!.physical.slices(g + skip, n, access, out);
+      else mem.slices(chain.addr(i) + skip, n, access, out);
     } catch {
       return -1;
     }
@@ -195,6 +204,8 @@ export function parseBlkRequest(chain: DescriptorChain, mem: DmaMemory, limits: 
     const l = chain.len(i);
     if (l > 0) {
       out.statusAddr = chain.addr(i) + l - 1;
+      out.statusSeg = i;
+      out.statusOff = l - 1;
       break;
     }
   }
@@ -249,6 +260,26 @@ export function parseBlkRequest(chain: DescriptorChain, mem: DmaMemory, limits: 
       // GET_LIFETIME, SECURE_ERASE and anything unknown (§5.2.6.2).
       return out.unsupp('unknown-type');
   }
+}
+
+/**
+ * Writes the status byte of a parsed request (its last device-writable
+ * byte) through the translation the queue carried for its segment when that
+ * still holds — so a request costs no second translation at completion —
+ * else through `mem`, which translates again and faults as before (a
+ * strict-mode UNMAP of the status buffer while the request was in flight).
+ * Throws what `mem.writeU8` throws.
+ */
+export function writeBlkStatus(chain: DescriptorChain, mem: DmaMemory, req: BlkRequest, status: number): void {
+  const i = req.statusSeg;
+  if (i >= 0) {
+    const g = chain.carried(mem, i);
+    if (g >= 0) {
+      chain.via!.physical.writeU8(g + req.statusOff, status);
+      return;
+    }
+  }
+  mem.writeU8(req.statusAddr, status);
 }
 
 function parseRanges(chain: DescriptorChain, mem: DmaMemory, limits: BlkLimits, out: BlkRequest, discard: boolean, readData: number, writeData: number): BlkRequest {

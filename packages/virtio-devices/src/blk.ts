@@ -1,6 +1,6 @@
 import type { BlockBackend } from '@ioplane/blk-backends';
 import type { DescriptorChain, DeviceQueue, RingFeatures } from '@ioplane/virtqueue';
-import { BlkRequest, type BlkLimits, parseBlkRequest } from './blk-request.js';
+import { BlkRequest, type BlkLimits, parseBlkRequest, writeBlkStatus } from './blk-request.js';
 import {
   BLK_CFG_BLK_SIZE,
   BLK_CFG_CAPACITY,
@@ -706,7 +706,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       return;
     }
     try {
-      this.mem.writeU8(slot.req.statusAddr, status);
+      writeBlkStatus(slot.chain, this.mem, slot.req, status);
     } catch (e) {
       this.needsReset(new VirtioError('queue-broken', `queue ${slot.queue}: status byte at ${slot.req.statusAddr} is no longer writable`, { queue: slot.queue }, { cause: e }));
       return;

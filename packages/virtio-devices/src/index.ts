@@ -8,7 +8,7 @@ export {
   type VirtioDeviceOptions,
   type VirtioTransportTarget,
 } from './device.js';
-export { BlkRequest, parseBlkRequest, type BlkLimits, type BlkParseError, type BlkRequestKind } from './blk-request.js';
+export { BlkRequest, parseBlkRequest, writeBlkStatus, type BlkLimits, type BlkParseError, type BlkRequestKind } from './blk-request.js';
 export { VirtioBlkDevice, type BlkStats, type VirtioBlkOptions } from './blk.js';
 export {
   VirtioBlkDriver,

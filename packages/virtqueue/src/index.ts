@@ -1,6 +1,7 @@
 export * from './defs.js';
 export { VirtqueueError, type VirtqueueErrorKind } from './errors.js';
 export { BufferList, DescriptorChain } from './chain.js';
+export { type TranslatingDma, isTranslatingDma } from './translating.js';
 export {
   type QueueConfig,
   type RingFeatures,

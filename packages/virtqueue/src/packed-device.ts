@@ -114,7 +114,7 @@ export class PackedDeviceQueue implements DeviceQueue {
         const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
         const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
         if (addr >= 0) {
-          chain.setSingle(t[o + 3]! & 0xffff, addr, len, writable);
+          chain.setSingle(t[o + 3]! & 0xffff, addr, len, writable, this.checker.via, this.checker.gpa, this.checker.gen);
           this.inFlight++;
           if (++this.nextAvail === this.size) {
             this.nextAvail = 0;

@@ -2,6 +2,7 @@ import { type DmaMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import type { DescriptorChain } from './chain.js';
 import { DESC_SIZE, MAX_QUEUE_SIZE } from './defs.js';
 import { VirtqueueError } from './errors.js';
+import { type TranslatingDma, isTranslatingDma } from './translating.js';
 
 const TWO_32 = 0x1_0000_0000;
 const MAX_HI_53 = 0x1f_ffff;
@@ -25,7 +26,33 @@ export class SegmentChecker {
   tableView: DataView = new DataView(new ArrayBuffer(0));
   tableBase = 0;
 
-  constructor(private readonly mem: DmaMemory) {}
+  /** The queue's memory when it can translate a range once (see `TranslatingDma`). */
+  readonly via: TranslatingDma | undefined;
+  /** After `single` / `check`: the range's translation (-1: none) and the generation it was made under. */
+  gpa = -1;
+  gen = 0;
+
+  constructor(private readonly mem: DmaMemory) {
+    this.via = isTranslatingDma(mem) ? mem : undefined;
+  }
+
+  /**
+   * `checkRange` of the buffer, or — behind a translating memory — its one
+   * translation, kept in `gpa` / `gen` for the chain to carry. Throws what
+   * `checkRange` throws (and, like it, records no fault).
+   */
+  private check(addr: number, len: number, access: 'read' | 'write'): void {
+    const via = this.via;
+    this.gpa = -1;
+    if (via === undefined) {
+      this.mem.checkRange(addr, len, access);
+      return;
+    }
+    // Read before translating: a translation is good under the generation it began in.
+    const gen = via.translationGeneration;
+    this.gpa = via.translateRange(addr, len, access);
+    this.gen = gen;
+  }
 
   /**
    * A chain of one descriptor: its address if the checks of `push` that can
@@ -36,7 +63,7 @@ export class SegmentChecker {
     if (hi > MAX_HI_53) return -1;
     const addr = hi * TWO_32 + lo;
     try {
-      this.mem.checkRange(addr, len, writable ? 'write' : 'read');
+      this.check(addr, len, writable ? 'write' : 'read');
     } catch (e) {
       // An IOMMU translation fault does not break the ring (see `inMemory`).
       if (!(e instanceof GuestMemoryError && e.kind === 'fault' && 'fault' in e)) return -1;
@@ -55,12 +82,13 @@ export class SegmentChecker {
     if (chain.readableBytes + chain.writableBytes + len > MAX_CHAIN_BYTES) {
       throw new VirtqueueError('chain-too-large', `chain ${head} is longer than 2^32 bytes in total (VirtIO 1.2 §2.7.5.1)`, { head, desc });
     }
-    chain.push(addr, len, writable);
+    chain.via = this.via;
+    chain.push(addr, len, writable, this.gpa, this.gen);
   }
 
   private inMemory(head: number, desc: number, addr: number, len: number, writable: boolean): void {
     try {
-      this.mem.checkRange(addr, len, writable ? 'write' : 'read');
+      this.check(addr, len, writable ? 'write' : 'read');
     } catch (e) {
       // Behind an IOMMU the address is an IOVA: one the IOMMU refuses (a translation
       // fault, kind 'fault' with its `fault` record, as @ioplane/viommu's DmaFault)
@@ -92,7 +120,10 @@ export class SegmentChecker {
     }
     const addr = hi * TWO_32 + lo;
     try {
-      const view = this.mem.tryView(addr, len, 'read');
+      // Behind a translating memory, the table's one translation (a table that faults, or is not
+      // one run, takes the translating path below, which records the fault as before).
+      const g = this.via === undefined ? -1 : this.tableGpa(addr, len);
+      const view = g >= 0 ? this.via!.physical.tryView(g, len, 'read') : this.mem.tryView(addr, len, 'read');
       if (view !== undefined) {
         this.tableView = this.viewOf(view.buffer);
         this.tableBase = view.byteOffset;
@@ -107,6 +138,15 @@ export class SegmentChecker {
         throw new VirtqueueError('buffer-out-of-memory', `descriptor ${desc} of chain ${head}: indirect table (${len} bytes at 0x${addr.toString(16)}) is not in guest memory (${e.kind})`, { head, desc, value: addr, cause: e });
       }
       throw e;
+    }
+  }
+
+  /** The indirect table's guest-physical address through `via`, or -1 (fault, several runs): never throws. */
+  private tableGpa(addr: number, len: number): number {
+    try {
+      return this.via!.translateRange(addr, len, 'read');
+    } catch {
+      return -1;
     }
   }
 

@@ -114,7 +114,7 @@ export class SplitDeviceQueue implements DeviceQueue {
         const writable = (t[o + 3]! & VIRTQ_DESC_F_WRITE) !== 0;
         const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
         if (addr >= 0) {
-          chain.setSingle(head, addr, len, writable);
+          chain.setSingle(head, addr, len, writable, this.checker.via, this.checker.gpa, this.checker.gen);
           this.popped();
           return true;
         }
