@@ -22,7 +22,7 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
   private readonly scratch = new DataView(new ArrayBuffer(8));
   private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
   /**
-   * The views `slices` made last, direct-mapped by (address, length): a device
+   * The views `slices` and `tryView` made last, direct-mapped by (address, length): a device
    * that reads into the same guest buffers again (a guest's I/O buffers and
    * page cache pages come round again) gets the same view back instead of a
    * new one per request. Views are windows on regions that never change, so
@@ -258,10 +258,7 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
   tryView(addr: number, len: number, access: Access): Uint8Array | undefined {
     validate(addr, len, access);
     const r = this.findRegion(addr);
-    if (r !== undefined && addr + len <= r.end && !(access === 'write' && r.readonly)) {
-      const off = addr - r.gpa;
-      return r.bytes.subarray(off, off + len);
-    }
+    if (r !== undefined && addr + len <= r.end && !(access === 'write' && r.readonly)) return this.cachedView(r, addr, len);
     this.checkRange(addr, len, access);
     if (len === 0) return new Uint8Array(0);
     return undefined;
@@ -280,16 +277,7 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
     this.checkRange(addr, len, access);
     const r = this.findRegion(addr);
     if (r !== undefined && addr + len <= r.end && len > 0) {
-      const i = Math.imul(((addr / 512) | 0) ^ len, 0x9e3779b1) >>> 24;
-      let v = this.views[i];
-      if (v === undefined || this.viewAddr[i] !== addr || this.viewLen[i] !== len) {
-        const off = addr - r.gpa;
-        v = r.bytes.subarray(off, off + len);
-        this.views[i] = v;
-        this.viewAddr[i] = addr;
-        this.viewLen[i] = len;
-      }
-      out.push(v);
+      out.push(this.cachedView(r, addr, len));
       return out;
     }
     let a = addr;
@@ -302,6 +290,20 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
       a += n;
     }
     return out;
+  }
+
+  /** The view of [addr, addr+len), wholly inside `r`, from the cache or made and cached. */
+  private cachedView(r: Region, addr: number, len: number): Uint8Array {
+    const i = Math.imul(((addr / 512) | 0) ^ len, 0x9e3779b1) >>> 24;
+    let v = this.views[i];
+    if (v === undefined || this.viewAddr[i] !== addr || this.viewLen[i] !== len) {
+      const off = addr - r.gpa;
+      v = r.bytes.subarray(off, off + len);
+      this.views[i] = v;
+      this.viewAddr[i] = addr;
+      this.viewLen[i] = len;
+    }
+    return v;
   }
 
   /** The region and host index for an aligned atomic access of `size` bytes. */

@@ -149,12 +149,46 @@ const scratchView = new DataView(scratch.buffer);
 /** 2^53 / 512: sectors at or above it overflow byte arithmetic. */
 const MAX_SECTOR_HI = 2 ** (53 - 9 - 32);
 
-/** Reads a le64 sector at `off` of the scratch buffer; -1 if it cannot be a byte offset. */
-function sectorAt(off: number): number {
-  const lo = scratchView.getUint32(off, true);
-  const hi = scratchView.getUint32(off + 4, true);
+/** A le64 sector from its two halves; -1 if it cannot be a byte offset. */
+function sectorOf(lo: number, hi: number): number {
   if (hi >= MAX_SECTOR_HI) return -1;
   return hi * 0x1_0000_0000 + lo;
+}
+
+/** Reads a le64 sector at `off` of the scratch buffer; -1 if it cannot be a byte offset. */
+function sectorAt(off: number): number {
+  return sectorOf(scratchView.getUint32(off, true), scratchView.getUint32(off + 4, true));
+}
+
+/** The header fields `readHeader` read: type and the sector's two halves. */
+let hdrType = 0;
+let hdrSectorLo = 0;
+let hdrSectorHi = 0;
+
+/**
+ * Reads the request header into `hdrType` / `hdrSector*`. When the first
+ * descriptor holds all 16 bytes (as every driver lays it out) the fields are
+ * read where they are — through the translation the chain carried, or from
+ * untranslated memory — with no copy; else the header is gathered into the
+ * scratch buffer across descriptors (§2.6.4: any split is allowed). Each
+ * field is read once. Throws what guest memory throws.
+ */
+function readHeader(chain: DescriptorChain, mem: DmaMemory): void {
+  if (chain.len(0) >= BLK_REQ_HEADER_SIZE) {
+    const g = chain.carried(mem, 0);
+    if (g >= 0 || chain.via === undefined) {
+      const m = g >= 0 ? chain.via!.physical : mem;
+      const a = g >= 0 ? g : chain.addr(0);
+      hdrType = m.readU32(a + BLK_REQ_TYPE);
+      hdrSectorLo = m.readU32(a + BLK_REQ_SECTOR);
+      hdrSectorHi = m.readU32(a + BLK_REQ_SECTOR + 4);
+      return;
+    }
+  }
+  chain.readInto(mem, 0, scratch);
+  hdrType = scratchView.getUint32(BLK_REQ_TYPE, true);
+  hdrSectorLo = scratchView.getUint32(BLK_REQ_SECTOR, true);
+  hdrSectorHi = scratchView.getUint32(BLK_REQ_SECTOR + 4, true);
 }
 
 /**
@@ -212,11 +246,11 @@ export function parseBlkRequest(chain: DescriptorChain, mem: DmaMemory, limits: 
   if (out.statusAddr < 0) return out.ioerr('no-status-byte');
   if (chain.readableBytes < BLK_REQ_HEADER_SIZE) return out.ioerr('header-too-short');
   try {
-    chain.readInto(mem, 0, scratch);
+    readHeader(chain, mem);
   } catch {
     return out.ioerr('memory');
   }
-  const type = scratchView.getUint32(BLK_REQ_TYPE, true);
+  const type = hdrType;
   out.type = type;
   const readData = chain.readableBytes - BLK_REQ_HEADER_SIZE;
   const writeData = chain.writableBytes - 1;
@@ -229,7 +263,7 @@ export function parseBlkRequest(chain: DescriptorChain, mem: DmaMemory, limits: 
       if (!isRead && limits.readOnly) return out.ioerr('read-only');
       const len = isRead ? writeData : readData;
       if (len % SECTOR_SIZE !== 0) return out.ioerr('unaligned-length');
-      const sector = sectorAt(BLK_REQ_SECTOR);
+      const sector = sectorOf(hdrSectorLo, hdrSectorHi);
       if (sector < 0) return out.ioerr('sector-overflow');
       const nsect = len / SECTOR_SIZE;
       if (sector > limits.capacitySectors || nsect > limits.capacitySectors - sector) return out.ioerr('out-of-range');
