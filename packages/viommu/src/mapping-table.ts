@@ -204,17 +204,38 @@ export class MappingTable {
    * inside", as with bigints.
    */
   unmapNum(start: number, end: number): UnmapResult {
+    const removed: Mapping[] = [];
+    const splits = this.unmapNumInto(start, end, removed);
+    if (splits !== undefined) return { ok: false, splits };
+    return removed.length === 0 ? EMPTY_UNMAP : { ok: true, removed };
+  }
+
+  /**
+   * `unmapNum` without allocating (the device's UNMAP path): the removed
+   * mappings are put in `removed` (emptied first), in IOVA order; returns the
+   * mapping the request would split — then nothing is removed — or undefined.
+   */
+  unmapNumInto(start: number, end: number, removed: Mapping[]): Mapping | undefined {
+    while (removed.length > 0) removed.pop();
     const l = this.list;
     let first = this.floorIndexNum(start);
     if (first < 0 || l[first]!.endNum < start) first++;
     let last = first;
     while (last < l.length && l[last]!.startNum <= end) last++;
-    if (last === first) return EMPTY_UNMAP;
+    if (last === first) return undefined;
     const a = l[first]!;
-    if (a.startNum < start) return { ok: false, splits: a };
+    if (a.startNum < start) return a;
     const b = l[last - 1]!;
-    if (b.endNum > end) return { ok: false, splits: b };
-    return { ok: true, removed: last - first === 1 ? [l.splice(first, 1)[0]!] : l.splice(first, last - first) };
+    if (b.endNum > end) return b;
+    for (let i = first; i < last; i++) removed.push(l[i]!);
+    // Close the gap in place (splice would return a new array).
+    const n = last - first;
+    const len = l.length;
+    for (let i = first; i + n < len; i++) l[i] = l[i + n]!;
+    // Pops, not a `length` assignment (a runtime call): usually few are removed.
+    if (n > 16) l.length = len - n;
+    else for (let i = 0; i < n; i++) l.pop();
+    return undefined;
   }
 
   /** The first mapping overlapping [start, end] (inclusive), if any. */
