@@ -415,6 +415,12 @@ export class DmaDomain {
   readonly mode: InvalidationMode;
   readonly stats: DriverStats = { maps: 0, unmaps: 0, requests: 0, batches: 0, reused: 0 };
   private readonly iovas: IovaAllocator;
+  /**
+   * Live mappings by IOVA page number (iova / granule), not by IOVA: next-fit
+   * IOVAs climb past 2^31 after half a million 4 KiB maps, and a Map keyed by
+   * numbers that are not small integers hashes heap numbers — about twice the
+   * cost per set/get/delete. Page numbers stay small integers up to 8 TiB of IOVA.
+   */
   private readonly live = new Map<number, LiveMapping>();
   /** deferred: unmapped, UNMAP not yet sent. optimistic: unmapped, still live in the device (oldest first). */
   private pending: LiveMapping[] = [];
@@ -496,7 +502,7 @@ export class DmaDomain {
       const hit = this.takeCached(gpaPage, size, flags);
       if (hit !== undefined) {
         this.pending.splice(this.pending.indexOf(hit), 1);
-        this.live.set(hit.iova, hit);
+        this.live.set(hit.iova / this.driver.granule, hit);
         this.stats.reused++;
         return hit.iova + (gpa - gpaPage);
       }
@@ -558,7 +564,7 @@ export class DmaDomain {
 
   /** A mapping whose MAP did not succeed: not live, IOVA free again. */
   private forget(m: LiveMapping): void {
-    this.live.delete(m.iova);
+    this.live.delete(m.iova / this.driver.granule);
     this.iovas.release(m.iova, m.size);
   }
 
@@ -632,7 +638,7 @@ export class DmaDomain {
     m.flags = flags;
     m.at = 0;
     m.fixed = fixed;
-    this.live.set(iova, m);
+    this.live.set(iova / this.driver.granule, m);
     return m;
   }
 
@@ -672,7 +678,7 @@ export class DmaDomain {
       for (let i = 0; i < count; i++) batch.push(this.takeLive(iovas[i]!));
     } catch (e) {
       // Nothing changes: the mappings already taken are live again.
-      for (const m of batch) this.live.set(m.iova, m);
+      for (const m of batch) this.live.set(m.iova / this.driver.granule, m);
       batch.length = 0;
       throw e;
     }
@@ -696,10 +702,10 @@ export class DmaDomain {
 
   /** Removes and returns the live mapping holding `iova`'s granule; throws if there is none. */
   private takeLive(iova: number): LiveMapping {
-    const base = roundDown(iova, this.driver.granule);
-    const m = this.live.get(base);
+    const page = Math.floor(iova / this.driver.granule);
+    const m = this.live.get(page);
     if (m === undefined) throw new ViommuError('driver-state', `IOVA 0x${iova.toString(16)} is not mapped in domain ${this.id}`, iova);
-    this.live.delete(base);
+    this.live.delete(page);
     return m;
   }
 

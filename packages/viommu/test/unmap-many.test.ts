@@ -64,6 +64,20 @@ describe('unmapMany', () => {
     dom.unmapMany([], 0);
   });
 
+  it('finds mappings at IOVAs far above 2^31 (live mappings are keyed by page number)', () => {
+    const { dma, driver } = rig();
+    const dom = driver.attach(1, { mode: 'strict' });
+    const hi = 2 ** 40 + 0x5123;
+    expect(dom.mapAt(hi, 0x25123, 16, 'to-device')).toBe(hi);
+    const hi2 = dom.mapAt(2 ** 52 + 0x7000, 0x27000, PAGE, 'to-device');
+    expect(reachable(dma, hi) && reachable(dma, hi2)).toBe(true);
+    expect(() => dom.unmap(2 ** 40 + 0x6000)).toThrow(expect.objectContaining({ kind: 'driver-state' }));
+    dom.unmap(hi + 7); // any address inside the mapping's first granule names it
+    dom.unmapMany([hi2]);
+    expect(reachable(dma, hi) || reachable(dma, hi2)).toBe(false);
+    expect(dom.reachable).toBe(0);
+  });
+
   it('sends MAPs still queued first', () => {
     const { dma, driver } = rig();
     const dom = driver.attach(1, { mode: 'strict' });

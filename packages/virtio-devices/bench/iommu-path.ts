@@ -11,6 +11,8 @@ import { DirectTransport, VirtioIommuDevice, VirtioIommuDriver } from '../src/in
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
 const WAVES = Number(process.env.WAVES ?? 4000);
 const QD = Number(process.env.QD ?? 32);
+/** TOUCH=1: after each wave's syncMaps, translate each new buffer once as a virtqueue pop does (translateRange). */
+const TOUCH = process.env.TOUCH === '1';
 const MODES = (process.env.MODES ?? 'strict,strict-batch,deferred').split(',');
 const DATA = 8 << 20;
 const EP = 8;
@@ -23,12 +25,12 @@ async function rig(mode: string) {
   const iommu = await VirtioIommuDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: 0x10000, len: VirtioIommuDriver.areaSize() }, now: () => performance.now() });
   ref.iommu = iommu;
   const domain = iommu.iommu.attach(EP, { mode: mode === 'strict-batch' ? 'strict' : (mode as 'strict' | 'deferred') });
-  return domain;
+  return { domain, dma: dev.iommu.dmaMemory(EP, mem) };
 }
 
 const iovas = new Array<number>(QD).fill(0);
 for (const mode of MODES) {
-  const domain = await rig(mode);
+  const { domain, dma } = await rig(mode);
   const batch = mode === 'strict-batch';
   const res: number[] = [];
   for (let r = -1; r < ROUNDS; r++) {
@@ -36,6 +38,7 @@ for (const mode of MODES) {
     for (let w = 0; w < WAVES; w++) {
       for (let i = 0; i < QD; i++) iovas[i] = domain.queueMap(DATA + i * 4096, 4096, 'from-device');
       domain.syncMaps();
+      if (TOUCH) for (let i = 0; i < QD; i++) dma.translateRange(iovas[i]!, 4096, 'write');
       if (batch) domain.unmapMany(iovas, QD);
       else for (let i = 0; i < QD; i++) domain.unmap(iovas[i]!);
     }
