@@ -161,6 +161,9 @@ export class VirtioIommuDriver implements IommuTransport {
     }
     const slotBase = opts.area.addr + 2 * ring;
     const eventBase = slotBase + align(size * slotBytes(config.probeSize), 4096);
+    // The request queue is reaped by `submit` itself: no used-buffer notifications for it, as Linux
+    // sets VRING_AVAIL_F_NO_INTERRUPT on a virtqueue without a callback (virtio-iommu's requestq).
+    made[0]!.disableInterrupts();
     const drv = new VirtioIommuDriver(t, opts.mem, config, accepted, { req: made[0]!, evq: made[1]!, slotBase, slots: size, eventBase }, opts);
     // §5.13.5: the driver SHOULD fill the event queue with buffers for fault reports.
     for (let i = 0; i < eventBuffers; i++) drv.postEvent(i);
