@@ -679,7 +679,7 @@ export class DmaDomain {
     } catch (e) {
       // Nothing changes: the mappings already taken are live again.
       for (const m of batch) this.live.set(m.iova / this.driver.granule, m);
-      batch.length = 0;
+      clear(batch);
       throw e;
     }
     this.stats.unmaps += count;
@@ -704,7 +704,10 @@ export class DmaDomain {
   private takeLive(iova: number): LiveMapping {
     const page = Math.floor(iova / this.driver.granule);
     const m = this.live.get(page);
-    if (m === undefined) throw new ViommuError('driver-state', `IOVA 0x${iova.toString(16)} is not mapped in domain ${this.id}`, iova);
+    if (m === undefined) {
+      const name = typeof iova === 'number' && Number.isFinite(iova) ? `0x${iova.toString(16)}` : String(iova);
+      throw new ViommuError('driver-state', `IOVA ${name} is not mapped in domain ${this.id}`, iova);
+    }
     this.live.delete(page);
     return m;
   }
