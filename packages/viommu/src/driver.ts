@@ -194,16 +194,20 @@ export function parseConfig(bytes: Uint8Array): IommuConfig {
  * call the device directly (`directTransport`).
  */
 export interface IommuTransport {
-  submit(batch: readonly IommuRequest[]): void;
+  /** Submits the first `count` requests of `batch` (default: all of them). */
+  submit(batch: readonly IommuRequest[], count?: number): void;
 }
 
 /** A transport that hands each request straight to a device's `handleRequest` (no virtqueue). */
 export function directTransport(device: { handleRequest(request: Uint8Array, response: Uint8Array): number }): IommuTransport & { kicks: number } {
   const t = {
     kicks: 0,
-    submit(batch: readonly IommuRequest[]): void {
+    submit(batch: readonly IommuRequest[], count = batch.length): void {
       t.kicks++;
-      for (const r of batch) r.used = device.handleRequest(r.readable, r.writable);
+      for (let i = 0; i < count; i++) {
+        const r = batch[i]!;
+        r.used = device.handleRequest(r.readable, r.writable);
+      }
     },
   };
   return t;
@@ -411,9 +415,15 @@ export class DmaDomain {
   readonly mode: InvalidationMode;
   readonly stats: DriverStats = { maps: 0, unmaps: 0, requests: 0, batches: 0, reused: 0 };
   private readonly iovas: IovaAllocator;
+  /**
+   * Live mappings by IOVA page number (iova / granule), not by IOVA: next-fit
+   * IOVAs climb past 2^31 after half a million 4 KiB maps, and a Map keyed by
+   * numbers that are not small integers hashes heap numbers — about twice the
+   * cost per set/get/delete. Page numbers stay small integers up to 8 TiB of IOVA.
+   */
   private readonly live = new Map<number, LiveMapping>();
   /** deferred: unmapped, UNMAP not yet sent. optimistic: unmapped, still live in the device (oldest first). */
-  private readonly pending: LiveMapping[] = [];
+  private pending: LiveMapping[] = [];
   /** optimistic: unmapped mappings still live in the device, by guest page (then matched on size and flags). */
   private readonly cache = new Map<number, LiveMapping[]>();
   /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
@@ -421,6 +431,8 @@ export class DmaDomain {
   /** Request buffers reused from call to call: the driver makes no request objects in steady state. */
   private readonly mapReq = mapRequest(0, 0n, 0n, 0n, 0);
   private readonly unmapReqs: IommuRequest[] = [];
+  /** Scratch for `sendUnmaps`: the batch in IOVA order. */
+  private readonly sortScratch: LiveMapping[] = [];
   /** Scratch for `sendUnmaps`: where each run of adjacent mappings starts. */
   private readonly runStarts: number[] = [];
   private readonly batchSize: number;
@@ -490,7 +502,7 @@ export class DmaDomain {
       const hit = this.takeCached(gpaPage, size, flags);
       if (hit !== undefined) {
         this.pending.splice(this.pending.indexOf(hit), 1);
-        this.live.set(hit.iova, hit);
+        this.live.set(hit.iova / this.driver.granule, hit);
         this.stats.reused++;
         return hit.iova + (gpa - gpaPage);
       }
@@ -525,12 +537,12 @@ export class DmaDomain {
     const q = this.queued;
     const n = q.length;
     if (n === 0) return;
-    const pool = this.mapReqs;
-    const reqs = n === pool.length ? pool : pool.slice(0, n);
+    const reqs = this.mapReqs;
     this.stats.requests += n;
     this.stats.batches++;
     try {
-      this.driver.transport.submit(reqs);
+      // The pool may hold more requests than are queued: send only the first n (no slice per batch).
+      this.driver.transport.submit(reqs, n);
     } catch (e) {
       // The transport failed as a whole: nothing is known to be mapped.
       for (const m of q) this.forget(m);
@@ -544,7 +556,7 @@ export class DmaDomain {
       failed ??= req;
       this.forget(q[i]!);
     }
-    q.length = 0;
+    clear(q);
     if (failed !== undefined) {
       throw new ViommuError('request-failed', `virtio-iommu request type ${failed.type} failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
     }
@@ -552,7 +564,7 @@ export class DmaDomain {
 
   /** A mapping whose MAP did not succeed: not live, IOVA free again. */
   private forget(m: LiveMapping): void {
-    this.live.delete(m.iova);
+    this.live.delete(m.iova / this.driver.granule);
     this.iovas.release(m.iova, m.size);
   }
 
@@ -626,7 +638,7 @@ export class DmaDomain {
     m.flags = flags;
     m.at = 0;
     m.fixed = fixed;
-    this.live.set(iova, m);
+    this.live.set(iova / this.driver.granule, m);
     return m;
   }
 
@@ -634,19 +646,74 @@ export class DmaDomain {
   unmap(iova: number): void {
     // A MAP still queued goes first: UNMAP must find what it removes.
     if (this.queued.length > 0) this.sendQueued();
-    const g = this.driver.granule;
-    const base = roundDown(iova, g);
-    const m = this.live.get(base);
-    if (m === undefined) throw new ViommuError('driver-state', `IOVA 0x${iova.toString(16)} is not mapped in domain ${this.id}`, iova);
-    this.live.delete(base);
+    const m = this.takeLive(iova);
     this.stats.unmaps++;
     if (this.mode === 'strict') {
       const one = this.one;
       one[0] = m;
-      this.sendUnmaps(one);
+      this.sendUnmaps(one, 1);
       return;
     }
     const now = this.driver.now();
+    this.retire(m, now);
+    this.expireAt(now);
+  }
+
+  /**
+   * `unmap` of the first `count` IOVAs of `iovas` in one call, as a DMA API
+   * unmaps a scatter list or a completion batch. strict: every UNMAP goes in
+   * one submission (one notification) — mappings with adjacent IOVA ranges in
+   * one range UNMAP — and on return the device can reach none of the buffers,
+   * exactly as after `count` calls of `unmap`. deferred / optimistic: the same
+   * as calling `unmap` for each, with one clock read. Throws, changing
+   * nothing, if an IOVA is not mapped (or is named twice).
+   */
+  unmapMany(iovas: ArrayLike<number>, count: number = iovas.length): void {
+    if (!Number.isSafeInteger(count) || count < 0 || count > iovas.length) throw new ViommuError('driver-state', `cannot unmap ${String(count)} of ${iovas.length} IOVAs`, count);
+    if (count === 0) return;
+    if (this.queued.length > 0) this.sendQueued();
+    const batch = this.manyBatch;
+    clear(batch);
+    try {
+      for (let i = 0; i < count; i++) batch.push(this.takeLive(iovas[i]!));
+    } catch (e) {
+      // Nothing changes: the mappings already taken are live again.
+      for (const m of batch) this.live.set(m.iova / this.driver.granule, m);
+      clear(batch);
+      throw e;
+    }
+    this.stats.unmaps += count;
+    if (this.mode === 'strict') {
+      try {
+        this.sendUnmaps(batch, count);
+      } finally {
+        clear(batch);
+      }
+      return;
+    }
+    const now = this.driver.now();
+    for (let i = 0; i < count; i++) this.retire(batch[i]!, now);
+    clear(batch);
+    this.expireAt(now);
+  }
+
+  /** Scratch for `unmapMany`: the records being unmapped. */
+  private readonly manyBatch: LiveMapping[] = [];
+
+  /** Removes and returns the live mapping holding `iova`'s granule; throws if there is none. */
+  private takeLive(iova: number): LiveMapping {
+    const page = Math.floor(iova / this.driver.granule);
+    const m = this.live.get(page);
+    if (m === undefined) {
+      const name = typeof iova === 'number' && Number.isFinite(iova) ? `0x${iova.toString(16)}` : String(iova);
+      throw new ViommuError('driver-state', `IOVA ${name} is not mapped in domain ${this.id}`, iova);
+    }
+    this.live.delete(page);
+    return m;
+  }
+
+  /** deferred / optimistic: `m` was unmapped at `now`; queue it (and send what is due by count; the clock is applied by the caller). */
+  private retire(m: LiveMapping, now: number): void {
     m.at = now;
     this.pending.push(m);
     if (this.mode === 'optimistic') {
@@ -659,7 +726,6 @@ export class DmaDomain {
     } else if (this.pending.length >= this.batchSize) {
       this.flush();
     }
-    this.expireAt(now);
   }
 
   /** Scratch batch of one (strict unmap). */
@@ -692,7 +758,13 @@ export class DmaDomain {
 
   /** Sends UNMAP for the `n` oldest pending mappings in one batch. */
   private teardown(n: number): void {
-    const batch = this.pending.splice(0, n);
+    let batch: LiveMapping[];
+    if (n === this.pending.length) {
+      // The whole queue (every deferred flush): swap in the empty spare array, no copy.
+      batch = this.pending;
+      this.pending = this.drained;
+      this.drained = batch;
+    } else batch = this.pending.splice(0, n);
     if (this.mode === 'optimistic') {
       for (const m of batch) {
         if (m.fixed) continue;
@@ -701,8 +773,15 @@ export class DmaDomain {
         if (list.length === 0) this.cache.delete(m.gpaPage);
       }
     }
-    this.sendUnmaps(batch);
+    try {
+      this.sendUnmaps(batch, batch.length);
+    } finally {
+      if (batch === this.drained) clear(batch);
+    }
   }
+
+  /** The array `pending` last swapped out (empty between teardowns). */
+  private drained: LiveMapping[] = [];
 
   /**
    * Sends the UNMAPs for `batch` in one submission (one notification).
@@ -712,27 +791,33 @@ export class DmaDomain {
    * touched and none is split. A deferred batch, allocated next-fit, is
    * mostly one run: one request for up to `batchSize` unmaps.
    */
-  private sendUnmaps(batch: LiveMapping[]): void {
-    if (batch.length === 0) return;
-    const sorted = batch.length === 1 ? batch : batch.slice().sort((a, b) => a.iova - b.iova);
+  private sendUnmaps(batch: LiveMapping[], count: number): void {
+    if (count === 0) return;
+    let sorted = batch;
+    if (count > 1) {
+      // Sorted in a scratch array (no array or closure per batch); usually already in order (next-fit).
+      sorted = this.sortScratch;
+      clear(sorted);
+      for (let i = 0; i < count; i++) sorted.push(batch[i]!);
+      if (!isSortedByIova(sorted)) sorted.sort(byIova);
+    }
     const runs = this.runStarts;
-    runs.length = 0;
-    for (let i = 0; i < sorted.length; i++) {
+    clear(runs);
+    for (let i = 0; i < count; i++) {
       if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs.push(i);
     }
-    runs.push(sorted.length);
+    runs.push(count);
     const n = runs.length - 1;
-    const pool = this.unmapReqs;
-    while (pool.length < n) pool.push(unmapRequest(0, 0n, 0n));
+    const reqs = this.unmapReqs;
+    while (reqs.length < n) reqs.push(unmapRequest(0, 0n, 0n));
     for (let r = 0; r < n; r++) {
       const first = sorted[runs[r]!]!;
       const last = sorted[runs[r + 1]! - 1]!;
-      refillUnmap(pool[r]!, this.id, first.iova, last.iova + last.size - 1);
+      refillUnmap(reqs[r]!, this.id, first.iova, last.iova + last.size - 1);
     }
-    const reqs = n === pool.length ? pool : pool.slice(0, n);
     this.stats.requests += n;
     this.stats.batches++;
-    this.driver.transport.submit(reqs);
+    this.driver.transport.submit(reqs, n);
     let failed: IommuRequest | undefined;
     for (let r = 0; r < n; r++) {
       const req = reqs[r]!;
@@ -745,6 +830,7 @@ export class DmaDomain {
         for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
       } else failed ??= req;
     }
+    if (sorted !== batch) clear(sorted);
     if (failed !== undefined) {
       throw new ViommuError('request-failed', `UNMAP failed with ${d.STATUS_NAMES[failed.status] ?? failed.status}`, failed.type, failed.status);
     }
@@ -755,6 +841,24 @@ export class DmaDomain {
     this.flush();
     for (const ep of this.endpoints) this.driver.send(detachRequest(this.id, ep));
   }
+}
+
+/**
+ * Empties a scratch array. Short ones are popped: an assignment to `length`
+ * is a runtime call in V8, dearer than a few inlined pops.
+ */
+function clear(a: unknown[]): void {
+  if (a.length > 16) a.length = 0;
+  else while (a.length > 0) a.pop();
+}
+
+function byIova(a: LiveMapping, b: LiveMapping): number {
+  return a.iova - b.iova;
+}
+
+function isSortedByIova(l: readonly LiveMapping[]): boolean {
+  for (let i = 1; i < l.length; i++) if (l[i - 1]!.iova > l[i]!.iova) return false;
+  return true;
 }
 
 function dirFlags(dir: DmaDirection): number {

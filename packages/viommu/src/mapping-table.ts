@@ -204,17 +204,36 @@ export class MappingTable {
    * inside", as with bigints.
    */
   unmapNum(start: number, end: number): UnmapResult {
+    const removed: Mapping[] = [];
+    const splits = this.unmapNumInto(start, end, removed);
+    if (splits !== undefined) return { ok: false, splits };
+    return removed.length === 0 ? EMPTY_UNMAP : { ok: true, removed };
+  }
+
+  /**
+   * `unmapNum` without allocating (the device's UNMAP path): the removed
+   * mappings are put in `removed` (emptied first), in IOVA order; returns the
+   * mapping the request would split — then nothing is removed — or undefined.
+   */
+  unmapNumInto(start: number, end: number, removed: Mapping[]): Mapping | undefined {
+    while (removed.length > 0) removed.pop();
     const l = this.list;
     let first = this.floorIndexNum(start);
     if (first < 0 || l[first]!.endNum < start) first++;
     let last = first;
     while (last < l.length && l[last]!.startNum <= end) last++;
-    if (last === first) return EMPTY_UNMAP;
+    if (last === first) return undefined;
     const a = l[first]!;
-    if (a.startNum < start) return { ok: false, splits: a };
+    if (a.startNum < start) return a;
     const b = l[last - 1]!;
-    if (b.endNum > end) return { ok: false, splits: b };
-    return { ok: true, removed: last - first === 1 ? [l.splice(first, 1)[0]!] : l.splice(first, last - first) };
+    if (b.endNum > end) return b;
+    for (let i = first; i < last; i++) removed.push(l[i]!);
+    const n = last - first;
+    // Removing the top is pops; anything else is splice, whose memmove beats a JS loop of element
+    // stores (each with a write barrier) even though it returns an array we drop.
+    if (last === l.length && n <= 16) for (let i = 0; i < n; i++) l.pop();
+    else l.splice(first, n);
+    return undefined;
   }
 
   /** The first mapping overlapping [start, end] (inclusive), if any. */

@@ -372,7 +372,14 @@ export class VirtioIommu implements FaultSink {
     for (let i = 0; i < readable.length; i++) {
       const seg = readable[i]!;
       const n = Math.min(seg.len, inBuf.length - inLen);
-      if (n > 0) mem.readInto(seg.addr, inLen === 0 ? this.inView(n) : inBuf.subarray(inLen, inLen + n));
+      if (n > 0) {
+        const dst = inLen === 0 ? this.inView(n) : inBuf.subarray(inLen, inLen + n);
+        // Copied, never decoded in place: the guest may rewrite its buffer while we validate.
+        // A view of a recurring buffer comes from the memory's view cache (no subarray per request).
+        const src = mem.tryView(seg.addr, n, 'read');
+        if (src !== undefined) dst.set(src);
+        else mem.readInto(seg.addr, dst);
+      }
       inLen += n;
       total += seg.len;
     }
@@ -387,6 +394,27 @@ export class VirtioIommu implements FaultSink {
       mem.writeU32(w0.addr, (out[0]! | (out[1]! << 8) | (out[2]! << 16) | (out[3]! << 24)) >>> 0);
     } else if (w0 !== undefined && used > 0 && used <= w0.len) mem.writeFrom(w0.addr, this.outView(used));
     else scatter(mem, out, used, writable);
+    return used;
+  }
+
+  /**
+   * `processChain` for the usual chain, one device-readable and one
+   * device-writable descriptor (every request a driver lays out as
+   * head + payload, then tail): no segment lists, no loops.
+   */
+  processRequest(mem: DmaMemory, readAddr: number, readLen: number, writeAddr: number, writeLen: number): number {
+    const n = Math.min(readLen, this.inScratch.length);
+    const dst = this.inView(n);
+    if (n > 0) {
+      // Copied, never decoded in place: the guest may rewrite its buffer while we validate.
+      const src = mem.tryView(readAddr, n, 'read');
+      if (src !== undefined) dst.set(src);
+      else mem.readInto(readAddr, dst);
+    }
+    const out = this.outScratch;
+    const used = this.handleRequest(dst, this.outView(Math.min(writeLen, out.length)));
+    if (used === d.TAIL_SIZE) mem.writeU32(writeAddr, (out[0]! | (out[1]! << 8) | (out[2]! << 16) | (out[3]! << 24)) >>> 0);
+    else if (used > 0) mem.writeFrom(writeAddr, this.outView(used));
     return used;
   }
 
@@ -625,6 +653,9 @@ export class VirtioIommu implements FaultSink {
     return d.VIRTIO_IOMMU_S_OK;
   }
 
+  /** Scratch for UNMAP: the mappings one request removed (no array per request). */
+  private readonly removedScratch: Mapping[] = [];
+
   /** §5.13.6.4 UNMAP. */
   private unmap(req: DataView): d.VirtioIommuStatus {
     const domainId = req.getUint32(d.UNMAP_DOMAIN, true);
@@ -635,35 +666,37 @@ export class VirtioIommu implements FaultSink {
     if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
     const vsHi = req.getUint32(d.UNMAP_VIRT_START + 4, true);
     const veHi = req.getUint32(d.UNMAP_VIRT_END + 4, true);
-    let r: UnmapResult;
+    let removed: readonly Mapping[];
     if (vsHi <= MAX_HI_53 && veHi <= MAX_HI_53) {
       // Both ends below 2^53: the same rules on numbers (no bigint per request).
       const virtStart = vsHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_START, true);
       const virtEnd = veHi * TWO_32 + req.getUint32(d.UNMAP_VIRT_END, true);
       if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
       if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputStartNum || virtEnd > this.inputEndNum)) return d.VIRTIO_IOMMU_S_RANGE;
-      r = dom.mappings.unmapNum(virtStart, virtEnd);
+      removed = this.removedScratch;
+      // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
+      if (dom.mappings.unmapNumInto(virtStart, virtEnd, this.removedScratch) !== undefined) return d.VIRTIO_IOMMU_S_RANGE;
     } else {
       const virtStart = req.getBigUint64(d.UNMAP_VIRT_START, true);
       const virtEnd = req.getBigUint64(d.UNMAP_VIRT_END, true);
       if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
       if (this.has(d.VIRTIO_IOMMU_F_INPUT_RANGE) && (virtStart < this.inputRange.start || virtEnd > this.inputRange.end)) return d.VIRTIO_IOMMU_S_RANGE;
       // "If a mapping affected by the range is not covered in its entirety ... RANGE, and SHOULD NOT remove any mapping."
-      r = dom.mappings.unmap(virtStart, virtEnd);
+      const r: UnmapResult = dom.mappings.unmap(virtStart, virtEnd);
+      if (!r.ok) return d.VIRTIO_IOMMU_S_RANGE;
+      removed = r.removed;
     }
-    if (!r.ok) return d.VIRTIO_IOMMU_S_RANGE;
-    // The IOTLB forgets each removed mapping before the status is written: once
-    // the driver sees OK, no endpoint of the domain can use the mapping.
-    for (const m of r.removed) dom.invalidate(m);
-    if (r.removed.length > 0) {
+    const n = removed.length;
+    if (n > 0) {
+      // The IOTLB forgets each removed mapping before the status is written: once
+      // the driver sees OK, no endpoint of the domain can use the mapping.
+      for (let i = 0; i < n; i++) dom.invalidate(removed[i]!);
       // One bump for the request, logged with the span of what it removed (§5.13.6.4 removes
-      // only mappings wholly inside the range, so nothing outside the span changed).
-      let lo = Infinity;
-      let hi = -Infinity;
-      for (const m of r.removed) {
-        if (m.startNum < lo) lo = m.startNum;
-        if (m.endNum + 1 > hi) hi = m.endNum + 1;
-      }
+      // only mappings wholly inside the range, so nothing outside the span changed). The
+      // mappings are in IOVA order and disjoint: the span is first start .. last end.
+      const lo = removed[0]!.startNum;
+      const hi = removed[n - 1]!.endNum + 1;
+      if (removed === this.removedScratch) while (this.removedScratch.length > 0) this.removedScratch.pop();
       // Bounds at or above 2^53 are inexact as numbers: widen to infinity (no device address is there).
       this.bump(dom.id, lo >= TWO_53 ? TWO_53 - 1 : lo, hi >= TWO_53 ? Infinity : hi);
     }

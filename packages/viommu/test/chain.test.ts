@@ -1,4 +1,5 @@
 import { GuestMemory } from '@ioplane/guest-memory';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DmaFault, VIRTIO_IOMMU_S_OK, VIRTIO_IOMMU_S_INVAL, VirtioIommu, attachRequest, mapRequest, parseFaultEvent, parseProbeProperties, probeRequest } from '../src/index.js';
 
@@ -73,5 +74,51 @@ describe('descriptor chains in guest memory (processChain / processEvent)', () =
     mem.readInto(0x300, ev);
     expect(parseFaultEvent(ev)).toMatchObject({ endpoint: 1, address: 0x5678n });
     expect(dev.processEvent(mem, [{ addr: 0x300, len: 64 }])).toBe(0);
+  });
+});
+
+describe('processRequest: the one-readable, one-writable chain', () => {
+  it('answers exactly as processChain does, for any request bytes and lengths (fast-check)', () => {
+    const T = [1, 2, 3, 4, 5, 99];
+    const req = fc.record({
+      type: fc.constantFrom(...T),
+      domain: fc.constantFrom(1, 2, 0xffff_ffff),
+      words: fc.array(fc.oneof(fc.constantFrom(0, 0x1000, 0x2fff, 0x3000, 0xffff_ffff, 3, 8), fc.nat()), { minLength: 16, maxLength: 16 }),
+      readLen: fc.integer({ min: 0, max: 140 }),
+      writeLen: fc.constantFrom(0, 2, 4, 8, 52, 60),
+    });
+    fc.assert(
+      fc.property(fc.array(req, { minLength: 1, maxLength: 12 }), (reqs) => {
+        const make = () => {
+          const d = new VirtioIommu({ probeSize: 48, domainRange: { start: 1, end: 8 } });
+          d.addEndpoint(3, { reserved: [{ start: 0x1000n, end: 0x1fffn }] });
+          return d;
+        };
+        const a = make();
+        const b = make();
+        const ma = GuestMemory.create(0x10000);
+        const mb = GuestMemory.create(0x10000);
+        // Every request first attaches endpoint 3, so MAP and UNMAP have a domain to work on.
+        for (const d of [a, b]) d.handleRequest(attachRequest(1, 3).readable, new Uint8Array(4));
+        for (const r of reqs) {
+          const bytes = new Uint8Array(160);
+          const v = new DataView(bytes.buffer);
+          for (let i = 0; i < 16; i++) v.setUint32(8 + 4 * i, r.words[i]!, true);
+          bytes[0] = r.type;
+          v.setUint32(4, r.domain, true);
+          for (const m of [ma, mb]) {
+            m.writeFrom(0x1000, bytes);
+            m.fill(0x4000, 0x100, 0xee);
+          }
+          const ua = a.processChain(ma, [{ addr: 0x1000, len: r.readLen }], [{ addr: 0x4000, len: r.writeLen }]);
+          const ub = b.processRequest(mb, 0x1000, r.readLen, 0x4000, r.writeLen);
+          expect(ub).toBe(ua);
+          expect(mb.view(0x4000, 0x100, 'read')).toEqual(ma.view(0x4000, 0x100, 'read'));
+        }
+        expect(b.stats).toEqual(a.stats);
+        expect(b.domain(1)?.mappings.all().map((m) => m.virtStart)).toEqual(a.domain(1)?.mappings.all().map((m) => m.virtStart));
+      }),
+      { numRuns: 300 },
+    );
   });
 });

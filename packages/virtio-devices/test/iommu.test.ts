@@ -196,6 +196,32 @@ describe('the virtio-iommu device on its virtqueues', () => {
     return { mem, dev, drv, errors, transport };
   }
 
+  it('the request queue raises no interrupts (the driver reaps it in submit); the event queue still does', async () => {
+    const queues: number[] = [];
+    const ref: { drv?: VirtioIommuDriver } = {};
+    const { dev, drv } = await plain({
+      interrupts: {
+        queue: (q) => {
+          queues.push(q);
+          void ref.drv?.handleInterrupt(q);
+        },
+        config: () => undefined,
+      },
+    });
+    ref.drv = drv;
+    const dom = drv.iommu.attach(1, { mode: 'strict' });
+    const iovas = [0, 1, 2, 3].map((i) => dom.queueMap(0x200000 + i * 4096, 4096, 'to-device'));
+    dom.syncMaps();
+    for (const a of iovas) dom.unmap(a);
+    dom.unmapMany([dom.map(0x300000, 4096, 'to-device')]);
+    expect(queues.filter((q) => q === 0)).toEqual([]);
+    // A fault still reaches the driver through the event queue and its interrupt.
+    expect(() => dev.iommu.dmaMemory(1, GuestMemory.create(1 << 20)).readU32(iovas[0]!)).toThrow();
+    await new Promise<void>((r) => queueMicrotask(r));
+    expect(queues).toContain(1);
+    expect(drv.events.length).toBe(1);
+  });
+
   it('is device 23 with a request queue and an event queue, the §5.13.4 config, and the features', async () => {
     const { dev, drv } = await plain({ probeSize: 256, domainRange: { start: 1, end: 100 } });
     expect(dev.deviceId).toBe(VIRTIO_ID_IOMMU);

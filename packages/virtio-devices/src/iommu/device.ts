@@ -63,8 +63,6 @@ export class VirtioIommuDevice extends VirtioDevice {
   readonly #readable: Seg[] = [];
   readonly #writable: Seg[] = [];
   readonly #pool: Seg[] = [];
-  readonly #oneR: Seg[] = [{ addr: 0, len: 0 }];
-  readonly #oneW: Seg[] = [{ addr: 0, len: 0 }];
   #deliveryScheduled = false;
   readonly #deliver = (): void => {
     this.#deliveryScheduled = false;
@@ -186,14 +184,8 @@ export class VirtioIommuDevice extends VirtioDevice {
   private request(chain: DescriptorChain): number {
     this.queueStats.requests++;
     if (chain.count === 2 && chain.readableCount === 1) {
-      // The usual request (one readable, one writable descriptor): no list to rebuild.
-      const r = this.#oneR[0]!;
-      const w = this.#oneW[0]!;
-      r.addr = chain.addr(0);
-      r.len = chain.len(0);
-      w.addr = chain.addr(1);
-      w.len = chain.len(1);
-      return this.iommu.processChain(this.mem, this.#oneR, this.#oneW);
+      // The usual request (one readable, one writable descriptor): no segment lists.
+      return this.iommu.processRequest(this.mem, chain.addr(0), chain.len(0), chain.addr(1), chain.len(1));
     }
     this.segments(chain);
     return this.iommu.processChain(this.mem, this.#readable, this.#writable);
