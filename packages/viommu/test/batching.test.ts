@@ -2,28 +2,16 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
 import {
   DmaFault,
-  GuestIommuDriver,
   U64_MAX,
   VIRTIO_IOMMU_S_INVAL,
   VIRTIO_IOMMU_S_NOMEM,
   VIRTIO_IOMMU_S_OK,
   VIRTIO_IOMMU_S_RANGE,
   VirtioIommu,
-  directTransport,
-  parseConfig,
 } from '../src/index.js';
-import { RW, attach, map, unmap } from './helpers.js';
+import { RW, attach, driverRig, map, unmap } from './helpers.js';
 
-function rig(options: ConstructorParameters<typeof VirtioIommu>[0] = {}) {
-  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 }, ...options });
-  dev.addEndpoint(1);
-  const ram = GuestMemory.create(0x100000);
-  const dma = dev.dmaMemory(1, ram);
-  let now = 0;
-  const transport = directTransport(dev);
-  const driver = new GuestIommuDriver(transport, parseConfig(dev.config), () => now);
-  return { dev, ram, dma, transport, driver, tick: (ms: number) => (now += ms) };
-}
+const rig = (options: Parameters<typeof driverRig>[0] = {}) => driverRig(options);
 
 /** Every way a device touches a buffer: each must fault on a revoked IOVA. */
 function expectUnreachable(dma: ReturnType<typeof rig>['dma'], iova: number): void {

@@ -1,4 +1,3 @@
-import { GuestMemory } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
 import {
   DmaFault,
@@ -16,16 +15,10 @@ import {
   parseConfig,
   parseProbeProperties,
 } from '../src/index.js';
+import { driverRig } from './helpers.js';
 
 function rig(options: { reserved?: { start: bigint; end: bigint }[]; inputRange?: { start: bigint; end: bigint } } = {}) {
-  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 }, ...(options.inputRange ? { inputRange: options.inputRange } : {}) });
-  dev.addEndpoint(1, { reserved: options.reserved ?? [] });
-  const ram = GuestMemory.create(0x100000);
-  const dma = dev.dmaMemory(1, ram);
-  let now = 0;
-  const transport = directTransport(dev);
-  const driver = new GuestIommuDriver(transport, parseConfig(dev.config), () => now);
-  return { dev, ram, dma, transport, driver, tick: (ms: number) => (now += ms) };
+  return driverRig(options.inputRange ? { inputRange: options.inputRange } : {}, options.reserved ?? []);
 }
 
 describe('guest driver: strict mode', () => {

@@ -1,4 +1,5 @@
-import { IommuRequest, VirtioIommu, type VirtioIommuOptions, attachRequest, mapRequest, unmapRequest } from '../src/index.js';
+import { GuestMemory } from '@ioplane/guest-memory';
+import { GuestIommuDriver, IommuRequest, VirtioIommu, type VirtioIommuOptions, attachRequest, directTransport, mapRequest, parseConfig, unmapRequest } from '../src/index.js';
 
 /** Sends one request to `dev` and returns [status, used]. */
 export function send(dev: VirtioIommu, r: IommuRequest): [number, number] {
@@ -36,4 +37,20 @@ export function unmap(dev: VirtioIommu, domain: number, start: bigint, end: bigi
 /** A raw request with `readable` bytes and a `writable` buffer. */
 export function raw(readable: number[] | Uint8Array, writable = 4): IommuRequest {
   return new IommuRequest(Uint8Array.from(readable), new Uint8Array(writable));
+}
+
+/**
+ * A virtio-iommu device with endpoint 1 (optionally with reserved regions),
+ * 1 MiB of RAM behind it, and the guest driver over a direct transport on an
+ * injected clock (`tick` moves it).
+ */
+export function driverRig(options: VirtioIommuOptions = {}, reserved: { start: bigint; end: bigint }[] = []) {
+  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 }, ...options });
+  dev.addEndpoint(1, { reserved });
+  const ram = GuestMemory.create(0x100000);
+  const dma = dev.dmaMemory(1, ram);
+  let now = 0;
+  const transport = directTransport(dev);
+  const driver = new GuestIommuDriver(transport, parseConfig(dev.config), () => now);
+  return { dev, ram, dma, transport, driver, tick: (ms: number) => (now += ms) };
 }

@@ -1,20 +1,11 @@
-import { GuestMemory } from '@ioplane/guest-memory';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, GuestIommuDriver, type InvalidationMode, VirtioIommu, directTransport, parseConfig } from '../src/index.js';
+import { DmaFault, type InvalidationMode } from '../src/index.js';
+import { driverRig } from './helpers.js';
 
 const PAGE = 4096;
 
-function rig() {
-  const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 } });
-  dev.addEndpoint(1);
-  const ram = GuestMemory.create(0x100000);
-  const dma = dev.dmaMemory(1, ram);
-  let now = 0;
-  const transport = directTransport(dev);
-  const driver = new GuestIommuDriver(transport, parseConfig(dev.config), () => now);
-  return { dev, ram, dma, transport, driver, tick: (ms: number) => (now += ms) };
-}
+const rig = () => driverRig();
 
 function reachable(dma: ReturnType<typeof rig>['dma'], iova: number): boolean {
   try {
