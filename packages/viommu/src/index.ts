@@ -21,9 +21,6 @@ export {
   type FaultEvent,
   type IommuConfig,
   type IommuTransport,
-  type DmaDirection,
-  type InvalidationMode,
-  type DmaDomainOptions,
-  type DriverStats,
 } from './driver.js';
+export { DmaMapper, PERM_READ, PERM_WRITE, type DmaDirection, type InvalidationMode, type DmaDomainOptions, type DriverStats, type LiveMapping, type MapperHost } from './dma-mapper.js';
 export { VtdRemapper, VtdSource, type VtdOptions } from './vtd.js';

@@ -1,0 +1,533 @@
+import { ViommuError } from './errors.js';
+import { IovaAllocator } from './iova-allocator.js';
+
+/**
+ * The guest's DMA-mapping API (map before a device touches a buffer, unmap
+ * after), with the three invalidation strategies of the vIOMMU paper (Amit,
+ * Ben-Yehuda, Tsafrir, Schuster, USENIX ATC 2011). What a mode promises is
+ * the same whichever IOMMU carries it out; how a mapping reaches the IOMMU is
+ * the subclass's: MAP and UNMAP requests on the virtio-iommu request queue
+ * (`DmaDomain`), or entries written in page tables followed by IOTLB
+ * invalidations (`VtdDmaDomain`).
+ */
+
+/** Which way a DMA buffer goes, as in the Linux DMA API. */
+export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
+
+/**
+ * Invalidation strategies (vIOMMU paper §3–4):
+ * - `strict`: every unmap is complete on return: the device cannot reach the buffer.
+ * - `deferred`: unmaps are queued and carried out in batches (one notification or invalidation) when
+ *   `batchSize` are pending or the oldest is `flushDelayMs` old; IOVAs are reused only after that.
+ * - `optimistic`: unmapped mappings stay live in the IOMMU for reuse by a later map of the same pages
+ *   and direction; they are torn down (in a batch) beyond `quota` or after `timeoutMs`.
+ */
+export type InvalidationMode = 'strict' | 'deferred' | 'optimistic';
+
+export interface DmaDomainOptions {
+  mode?: InvalidationMode;
+  /** deferred: unmaps per batch (Linux's flush queue holds 256). Default 256. */
+  batchSize?: number;
+  /** deferred: the longest an unmapped buffer stays reachable (Linux: 10 ms). Default 10. */
+  flushDelayMs?: number;
+  /** optimistic: cached mappings kept at most. Default 256. */
+  quota?: number;
+  /** optimistic: how long a cached mapping may stay live after its unmap. Default 10. */
+  timeoutMs?: number;
+  /** virtio-iommu only: attach with VIRTIO_IOMMU_ATTACH_F_BYPASS (needs BYPASS_CONFIG). */
+  bypass?: boolean;
+}
+
+export interface DriverStats {
+  maps: number;
+  unmaps: number;
+  /** virtio-iommu: MAP and UNMAP requests sent. VT-d: invalidations issued. */
+  requests: number;
+  /** Batches submitted (one notification, or one invalidation wait, each). */
+  batches: number;
+  /** optimistic: maps served from the cache without touching the IOMMU. */
+  reused: number;
+}
+
+/** Permission bits of a mapping: the same values as VIRTIO_IOMMU_MAP_F_READ/WRITE and VT-d's R/W. */
+export const PERM_READ = 1;
+export const PERM_WRITE = 2;
+
+export interface LiveMapping {
+  iova: number;
+  size: number;
+  gpaPage: number;
+  /** PERM_READ | PERM_WRITE: what the device may do. */
+  flags: number;
+  /** Time of unmap (deferred/optimistic). */
+  at: number;
+  /** Made by `mapAt`: never reused by optimistic teardown. */
+  fixed: boolean;
+}
+
+/** What a mapper needs from its driver: the IOMMU's granule and the guest's clock. */
+export interface MapperHost {
+  readonly granule: number;
+  /** Milliseconds, monotonic. */
+  now(): number;
+}
+
+export abstract class DmaMapper {
+  readonly mode: InvalidationMode;
+  readonly stats: DriverStats = { maps: 0, unmaps: 0, requests: 0, batches: 0, reused: 0 };
+  protected readonly granule: number;
+  private readonly iovas: IovaAllocator;
+  /**
+   * Live mappings by IOVA page number (iova / granule), not by IOVA: next-fit
+   * IOVAs climb past 2^31 after half a million 4 KiB maps, and a Map keyed by
+   * numbers that are not small integers hashes heap numbers — about twice the
+   * cost per set/get/delete. Page numbers stay small integers up to 8 TiB of IOVA.
+   */
+  private readonly live = new Map<number, LiveMapping>();
+  /** deferred: unmapped, not yet torn down. optimistic: unmapped, still live in the IOMMU (oldest first). */
+  private pending: LiveMapping[] = [];
+  /** optimistic: unmapped mappings still live in the IOMMU, by guest page (then matched on size and flags). */
+  private readonly cache = new Map<number, LiveMapping[]>();
+  /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
+  private readonly spare: LiveMapping[] = [];
+  /** Maps staged by `queueMap`, not yet committed (their records, in staging order). */
+  private readonly queued: LiveMapping[] = [];
+  /** Scratch for `tearDown`: the batch in IOVA order. */
+  private readonly sortScratch: LiveMapping[] = [];
+  /** Scratch for `tearDown`: where each run of adjacent mappings starts. */
+  private readonly runStarts: number[] = [];
+  private readonly batchSize: number;
+  private readonly flushDelay: number;
+  private readonly quota: number;
+  private readonly timeout: number;
+
+  /**
+   * @param iovaStart, iovaEnd the IOVA space handed out, [start, end), granule-aligned
+   * @param holes IOVA ranges never handed out (reserved regions), [start, end)
+   */
+  constructor(
+    protected readonly host: MapperHost,
+    readonly id: number,
+    iovaStart: number,
+    iovaEnd: number,
+    holes: readonly { start: number; end: number }[],
+    options: DmaDomainOptions,
+  ) {
+    this.mode = options.mode ?? 'strict';
+    this.batchSize = options.batchSize ?? 256;
+    this.flushDelay = options.flushDelayMs ?? 10;
+    this.quota = options.quota ?? 256;
+    this.timeout = options.timeoutMs ?? 10;
+    this.granule = host.granule;
+    this.iovas = new IovaAllocator(iovaStart, iovaEnd, holes);
+  }
+
+  // --- what a subclass does to the IOMMU ---
+
+  /**
+   * Prepares map number `k` of the next commit: [iova, iova+size) → gpaPage
+   * with `flags`. May already make it reachable (page tables); must not
+   * throw unless it changed nothing.
+   */
+  protected abstract stageMap(k: number, iova: number, size: number, gpaPage: number, flags: number): void;
+  /** Makes the first `n` staged maps reachable; true if all succeeded (else `mapError(k)` names each failure). */
+  protected abstract commitMaps(n: number): boolean;
+  protected abstract mapError(k: number): Error | undefined;
+  /** Prepares unmap number `r` of the next commit: every mapping wholly inside [start, end), and nothing else. */
+  protected abstract stageUnmap(r: number, start: number, end: number): void;
+  /**
+   * Carries out the first `n` staged unmaps; on return the device can reach
+   * none of them (IOTLB included). True if all succeeded, else `unmapError(r)`
+   * names each failure. `batch` is true for a deferred or optimistic teardown,
+   * false for a strict unmap.
+   */
+  protected abstract commitUnmaps(n: number, batch: boolean): boolean;
+  protected abstract unmapError(r: number): Error | undefined;
+
+  // --- the DMA API ---
+
+  /** Mappings whose IOVA a device may currently use (live, plus unmapped-but-not-yet-invalidated). */
+  get reachable(): number {
+    return this.live.size + this.pending.length;
+  }
+
+  /**
+   * Maps [gpa, gpa+len) for a device and returns the IOVA of `gpa`. The mapping
+   * covers whole granules; the device may reach the rest of them too.
+   */
+  map(gpa: number, len: number, dir: DmaDirection): number {
+    const iova = this.queueMap(gpa, len, dir);
+    this.syncMaps();
+    return iova;
+  }
+
+  /**
+   * `map` without waiting: the IOVA is chosen and the mapping staged, but it
+   * is committed only by the next `syncMaps()` (or `map`, `mapAt`, `unmap`,
+   * `flush`, `destroy`), together with every other staged map — for
+   * virtio-iommu in one submission, one notification for a burst of requests,
+   * as Linux's driver adds each MAP to the request queue in `map_pages` and
+   * kicks once in `iotlb_sync_map`. The caller MUST NOT hand the IOVA to a
+   * device before `syncMaps()` returned. An optimistic reuse is usable at
+   * once. It does not read the clock (`syncMaps` does).
+   */
+  queueMap(gpa: number, len: number, dir: DmaDirection): number {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len <= 0) {
+      throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)}`, gpa);
+    }
+    const g = this.granule;
+    const gpaPage = roundDown(gpa, g);
+    const size = roundUp(gpa + len, g) - gpaPage;
+    const flags = dirFlags(dir);
+    this.stats.maps++;
+    if (this.mode === 'optimistic') {
+      const hit = this.takeCached(gpaPage, size, flags);
+      if (hit !== undefined) {
+        this.pending.splice(this.pending.indexOf(hit), 1);
+        this.live.set(hit.iova / g, hit);
+        this.stats.reused++;
+        return hit.iova + (gpa - gpaPage);
+      }
+    }
+    let iova = this.iovas.alloc(size);
+    if (iova === undefined && this.pending.length > 0) {
+      this.flush();
+      iova = this.iovas.alloc(size);
+    }
+    if (iova === undefined) throw new ViommuError('driver-state', `IOVA space of domain ${this.id} exhausted (${size} bytes wanted)`, size);
+    this.stage(iova, gpaPage, size, flags, false);
+    return iova + (gpa - gpaPage);
+  }
+
+  /** Stages a map of an IOVA range the allocator already gave out; on failure gives it back. */
+  private stage(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): void {
+    try {
+      this.stageMap(this.queued.length, iova, size, gpaPage, flags);
+    } catch (e) {
+      this.iovas.release(iova, size);
+      throw e;
+    }
+    this.queued.push(this.record(iova, gpaPage, size, flags, fixed));
+  }
+
+  /**
+   * Commits every staged map (for virtio-iommu: one submission, one
+   * notification) and returns when the IOMMU has them all: from then on the
+   * device may use their IOVAs. Throws the first failure after forgetting
+   * every failed mapping (its IOVA returns to the allocator); the others stand.
+   */
+  syncMaps(): void {
+    this.expire();
+    this.commitQueued();
+  }
+
+  /** `syncMaps` without applying the clock. */
+  private commitQueued(): void {
+    const q = this.queued;
+    const n = q.length;
+    if (n === 0) return;
+    this.stats.batches++;
+    let ok: boolean;
+    try {
+      ok = this.commitMaps(n);
+    } catch (e) {
+      // The commit failed as a whole: nothing is known to be mapped.
+      for (const m of q) this.forget(m);
+      q.length = 0;
+      throw e;
+    }
+    let failed: Error | undefined;
+    if (!ok) {
+      for (let i = 0; i < n; i++) {
+        const err = this.mapError(i);
+        if (err === undefined) continue;
+        failed ??= err;
+        this.forget(q[i]!);
+      }
+    }
+    clear(q);
+    if (failed !== undefined) throw failed;
+  }
+
+  /** A mapping whose map did not succeed: not live, IOVA free again. */
+  private forget(m: LiveMapping): void {
+    this.live.delete(m.iova / this.granule);
+    this.iovas.release(m.iova, m.size);
+  }
+
+  /**
+   * Maps [gpa, gpa+len) at a fixed IOVA (whole granules): `mapAt(gpa, gpa, …)`
+   * is an identity ("direct") mapping, as a guest sets up for memory a device
+   * must reach at its physical address — e.g. virtqueue rings a driver placed
+   * before it knew of the IOMMU. Fails if any part of the IOVA range is in use
+   * or outside the domain's IOVA space (reserved regions included). Undone by
+   * `unmap(iova)`, in the domain's mode; never reused by optimistic teardown.
+   */
+  mapAt(iova: number, gpa: number, len: number, dir: DmaDirection): number {
+    this.syncMaps();
+    const g = this.granule;
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(iova) || iova < 0 || !Number.isSafeInteger(len) || len <= 0 || iova % g !== gpa % g) {
+      throw new ViommuError('driver-state', `cannot map ${String(len)} byte(s) at GPA ${String(gpa)} to IOVA ${String(iova)} (offsets within a ${g}-byte granule must agree)`, gpa);
+    }
+    const gpaPage = roundDown(gpa, g);
+    const iovaPage = roundDown(iova, g);
+    const size = roundUp(gpa + len, g) - gpaPage;
+    if (!this.iovas.take(iovaPage, size)) {
+      if (this.pending.length > 0) this.flush();
+      if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside the input range`, iovaPage);
+    }
+    this.stats.maps++;
+    // Fixed mappings never enter the optimistic cache.
+    this.stage(iovaPage, gpaPage, size, dirFlags(dir), true);
+    this.commitQueued();
+    return iova;
+  }
+
+  /** optimistic: the most recently unmapped cached mapping of exactly these pages and flags, removed from the cache. */
+  private takeCached(gpaPage: number, size: number, flags: number): LiveMapping | undefined {
+    const list = this.cache.get(gpaPage);
+    if (list === undefined) return undefined;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const m = list[i]!;
+      if (m.size === size && m.flags === flags) {
+        list.splice(i, 1);
+        if (list.length === 0) this.cache.delete(gpaPage);
+        return m;
+      }
+    }
+    return undefined;
+  }
+
+  /** A live-mapping record (recycled), entered in `live`. */
+  private record(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): LiveMapping {
+    const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false };
+    m.iova = iova;
+    m.size = size;
+    m.gpaPage = gpaPage;
+    m.flags = flags;
+    m.at = 0;
+    m.fixed = fixed;
+    this.live.set(iova / this.granule, m);
+    return m;
+  }
+
+  /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
+  unmap(iova: number): void {
+    // A map still staged goes first: the unmap must find what it removes.
+    if (this.queued.length > 0) this.commitQueued();
+    const m = this.takeLive(iova);
+    this.stats.unmaps++;
+    if (this.mode === 'strict') {
+      const one = this.one;
+      one[0] = m;
+      this.tearDown(one, 1, false);
+      return;
+    }
+    const now = this.host.now();
+    this.retire(m, now);
+    this.expireAt(now);
+  }
+
+  /**
+   * `unmap` of the first `count` IOVAs of `iovas` in one call, as a DMA API
+   * unmaps a scatter list or a completion batch. strict: every unmap is
+   * carried out in one commit (for virtio-iommu one submission, mappings with
+   * adjacent IOVA ranges in one range UNMAP) and on return the device can
+   * reach none of the buffers, exactly as after `count` calls of `unmap`.
+   * deferred / optimistic: the same as calling `unmap` for each, with one
+   * clock read. Throws, changing nothing, if an IOVA is not mapped (or is
+   * named twice).
+   */
+  unmapMany(iovas: ArrayLike<number>, count: number = iovas.length): void {
+    if (!Number.isSafeInteger(count) || count < 0 || count > iovas.length) throw new ViommuError('driver-state', `cannot unmap ${String(count)} of ${iovas.length} IOVAs`, count);
+    if (count === 0) return;
+    if (this.queued.length > 0) this.commitQueued();
+    const batch = this.manyBatch;
+    clear(batch);
+    try {
+      for (let i = 0; i < count; i++) batch.push(this.takeLive(iovas[i]!));
+    } catch (e) {
+      // Nothing changes: the mappings already taken are live again.
+      for (const m of batch) this.live.set(m.iova / this.granule, m);
+      clear(batch);
+      throw e;
+    }
+    this.stats.unmaps += count;
+    if (this.mode === 'strict') {
+      try {
+        this.tearDown(batch, count, false);
+      } finally {
+        clear(batch);
+      }
+      return;
+    }
+    const now = this.host.now();
+    for (let i = 0; i < count; i++) this.retire(batch[i]!, now);
+    clear(batch);
+    this.expireAt(now);
+  }
+
+  /** Scratch for `unmapMany`: the records being unmapped. */
+  private readonly manyBatch: LiveMapping[] = [];
+
+  /** Removes and returns the live mapping holding `iova`'s granule; throws if there is none. */
+  private takeLive(iova: number): LiveMapping {
+    const page = Math.floor(iova / this.granule);
+    const m = this.live.get(page);
+    if (m === undefined) {
+      const name = typeof iova === 'number' && Number.isFinite(iova) ? `0x${iova.toString(16)}` : String(iova);
+      throw new ViommuError('driver-state', `IOVA ${name} is not mapped in domain ${this.id}`, iova);
+    }
+    this.live.delete(page);
+    return m;
+  }
+
+  /** deferred / optimistic: `m` was unmapped at `now`; queue it (and tear down what is due by count; the clock is applied by the caller). */
+  private retire(m: LiveMapping, now: number): void {
+    m.at = now;
+    this.pending.push(m);
+    if (this.mode === 'optimistic') {
+      if (!m.fixed) {
+        let list = this.cache.get(m.gpaPage);
+        if (list === undefined) this.cache.set(m.gpaPage, (list = []));
+        list.push(m);
+      }
+      if (this.pending.length > this.quota) this.teardownOldest(this.pending.length - this.quota);
+    } else if (this.pending.length >= this.batchSize) {
+      this.flush();
+    }
+  }
+
+  /** Scratch batch of one (strict unmap). */
+  private readonly one: LiveMapping[] = [];
+
+  /** Applies the clock: tears down the deferred batch, or expired cached mappings, when due. */
+  expire(): void {
+    if (this.pending.length === 0) return;
+    this.expireAt(this.host.now());
+  }
+
+  private expireAt(now: number): void {
+    const p = this.pending;
+    if (p.length === 0) return;
+    if (this.mode === 'deferred') {
+      if (now - p[0]!.at >= this.flushDelay) this.flush();
+    } else if (this.mode === 'optimistic') {
+      let n = 0;
+      while (n < p.length && now - p[n]!.at >= this.timeout) n++;
+      if (n > 0) this.teardownOldest(n);
+    }
+  }
+
+  /** Commits staged maps and tears down every pending unmap now (one batch); afterwards no unmapped buffer is reachable. */
+  flush(): void {
+    this.commitQueued();
+    if (this.pending.length === 0) return;
+    this.teardownOldest(this.pending.length);
+  }
+
+  /** Tears down the `n` oldest pending mappings in one batch. */
+  private teardownOldest(n: number): void {
+    let batch: LiveMapping[];
+    if (n === this.pending.length) {
+      // The whole queue (every deferred flush): swap in the empty spare array, no copy.
+      batch = this.pending;
+      this.pending = this.drained;
+      this.drained = batch;
+    } else batch = this.pending.splice(0, n);
+    if (this.mode === 'optimistic') {
+      for (const m of batch) {
+        if (m.fixed) continue;
+        const list = this.cache.get(m.gpaPage)!;
+        list.splice(list.indexOf(m), 1);
+        if (list.length === 0) this.cache.delete(m.gpaPage);
+      }
+    }
+    try {
+      this.tearDown(batch, batch.length, true);
+    } finally {
+      if (batch === this.drained) clear(batch);
+    }
+  }
+
+  /** The array `pending` last swapped out (empty between teardowns). */
+  private drained: LiveMapping[] = [];
+
+  /**
+   * Unmaps `batch` in one commit. Mappings whose IOVA ranges are adjacent go
+   * as one range covering the run: an unmap removes every mapping wholly
+   * inside its range (virtio-iommu §5.13.6.4), and nothing else can lie
+   * between adjacent ranges, so no live mapping is touched and none is split.
+   * A deferred batch, allocated next-fit, is mostly one run.
+   */
+  private tearDown(batch: LiveMapping[], count: number, isBatch: boolean): void {
+    if (count === 0) return;
+    let sorted = batch;
+    if (count > 1) {
+      // Sorted in a scratch array (no array or closure per batch); usually already in order (next-fit).
+      sorted = this.sortScratch;
+      clear(sorted);
+      for (let i = 0; i < count; i++) sorted.push(batch[i]!);
+      if (!isSortedByIova(sorted)) sorted.sort(byIova);
+    }
+    const runs = this.runStarts;
+    clear(runs);
+    for (let i = 0; i < count; i++) {
+      if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs.push(i);
+    }
+    runs.push(count);
+    const n = runs.length - 1;
+    for (let r = 0; r < n; r++) {
+      const first = sorted[runs[r]!]!;
+      const last = sorted[runs[r + 1]! - 1]!;
+      this.stageUnmap(r, first.iova, last.iova + last.size);
+    }
+    this.stats.batches++;
+    const ok = this.commitUnmaps(n, isBatch);
+    let failed: Error | undefined;
+    for (let r = 0; r < n; r++) {
+      // A failed unmap leaves its IOVAs reachable: they are never reused.
+      const err = ok ? undefined : this.unmapError(r);
+      if (err === undefined) {
+        const first = sorted[runs[r]!]!;
+        const last = sorted[runs[r + 1]! - 1]!;
+        this.iovas.release(first.iova, last.iova + last.size - first.iova);
+        const spare = this.spare;
+        for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
+      } else failed ??= err;
+    }
+    if (sorted !== batch) clear(sorted);
+    if (failed !== undefined) throw failed;
+  }
+}
+
+/**
+ * Empties a scratch array. Short ones are popped: an assignment to `length`
+ * is a runtime call in V8, dearer than a few inlined pops.
+ */
+export function clear(a: unknown[]): void {
+  if (a.length > 16) a.length = 0;
+  else while (a.length > 0) a.pop();
+}
+
+function byIova(a: LiveMapping, b: LiveMapping): number {
+  return a.iova - b.iova;
+}
+
+function isSortedByIova(l: readonly LiveMapping[]): boolean {
+  for (let i = 1; i < l.length; i++) if (l[i - 1]!.iova > l[i]!.iova) return false;
+  return true;
+}
+
+export function dirFlags(dir: DmaDirection): number {
+  return dir === 'to-device' ? PERM_READ : dir === 'from-device' ? PERM_WRITE : PERM_READ | PERM_WRITE;
+}
+
+export function roundDown(v: number, g: number): number {
+  return v - (v % g);
+}
+
+export function roundUp(v: number, g: number): number {
+  const r = v % g;
+  return r === 0 ? v : v + (g - r);
+}
