@@ -23,4 +23,5 @@ export {
   type IommuTransport,
 } from './driver.js';
 export { DmaMapper, PERM_READ, PERM_WRITE, type DmaDirection, type InvalidationMode, type DmaDomainOptions, type DriverStats, type LiveMapping, type MapperHost } from './dma-mapper.js';
+export { VtdGuestDriver, VtdDmaDomain, type VtdGuestDriverOptions, type VtdInvalidator } from './vtd-driver.js';
 export { VtdRemapper, VtdSource, type VtdOptions } from './vtd.js';

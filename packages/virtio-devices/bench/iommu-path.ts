@@ -2,10 +2,13 @@
  * The virtio-iommu MAP/UNMAP request path alone, without virtio-blk: waves of
  * QD maps (`queueMap` + one `syncMaps`) and QD unmaps through
  * `VirtioIommuDriver` → request virtqueue → `VirtioIommuDevice`, as the
- * bench:iommu loop does per wave. Prints ns per map+unmap pair, median of ROUNDS.
- *   tsx --conditions=@ioplane/source bench/iommu-path.ts   (ROUNDS=9 WAVES=4000 QD=32 MODES=strict,deferred,strict-batch)
+ * bench:iommu loop does per wave. `vtd-…` modes: the same on the VT-d unit
+ * (`VtdGuestDriver` writing page tables, unmaps as IOTLB invalidations).
+ * Prints ns per map+unmap pair, median of ROUNDS.
+ *   tsx --conditions=@ioplane/source bench/iommu-path.ts   (ROUNDS=9 WAVES=4000 QD=32 TOUCH=1 MODES=strict,deferred,strict-batch,vtd-strict,vtd-deferred,vtd-strict-batch)
  */
 import { GuestMemory } from '@ioplane/guest-memory';
+import { type DmaMapper, VtdGuestDriver, VtdRemapper } from '@ioplane/viommu';
 import { DirectTransport, VirtioIommuDevice, VirtioIommuDriver } from '../src/index.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
@@ -17,8 +20,14 @@ const MODES = (process.env.MODES ?? 'strict,strict-batch,deferred').split(',');
 const DATA = 8 << 20;
 const EP = 8;
 
-async function rig(mode: string) {
+async function rig(mode: string): Promise<{ domain: DmaMapper; dma: ReturnType<VtdRemapper['dmaMemory']> }> {
   const mem = GuestMemory.create(32 << 20);
+  if (mode.startsWith('vtd-')) {
+    const vtd = new VtdRemapper({ memory: mem });
+    const drv = new VtdGuestDriver({ unit: vtd, mem, area: { addr: 0x600000, len: 1 << 20 }, now: () => performance.now() });
+    const m = mode.slice(4);
+    return { domain: drv.attach(EP, { mode: m === 'strict-batch' ? 'strict' : (m as 'strict' | 'deferred') }), dma: vtd.dmaMemory(EP, mem) };
+  }
   const ref: { iommu?: VirtioIommuDriver } = {};
   const dev = new VirtioIommuDevice({ mem, interrupts: { queue: (q) => void ref.iommu?.handleInterrupt(q), config: () => undefined } });
   dev.iommu.addEndpoint(EP);
@@ -31,7 +40,7 @@ async function rig(mode: string) {
 const iovas = new Array<number>(QD).fill(0);
 for (const mode of MODES) {
   const { domain, dma } = await rig(mode);
-  const batch = mode === 'strict-batch';
+  const batch = mode.endsWith('strict-batch');
   const res: number[] = [];
   for (let r = -1; r < ROUNDS; r++) {
     const t0 = performance.now();

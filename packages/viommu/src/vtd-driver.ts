@@ -1,0 +1,378 @@
+import type { DmaMemory } from '@ioplane/guest-memory';
+import { DmaMapper, type DmaDomainOptions, type MapperHost } from './dma-mapper.js';
+import { ViommuError } from './errors.js';
+
+/*
+ * The guest side of the VT-d unit (legacy mode, second-level tables), for
+ * simulated guests and tests: it builds the root, context and paging tables
+ * in guest memory and hands out DMA mappers with the same API and the same
+ * three invalidation modes as virtio-iommu's `DmaDomain`.
+ *
+ * The difference is where the cost lies. Over virtio-iommu every map is a
+ * request the device must parse and apply. Here a map is an entry the guest
+ * writes in its own page table, and no notification at all: the unit never
+ * caches a not-present entry (CAP.CM = 0, VT-d §6.1), so a new entry needs no
+ * invalidation. Only unmaps reach the unit, as IOTLB invalidations: one
+ * page-selective invalidation per strict unmap, one domain-selective one per
+ * deferred or optimistic batch (what Linux's intel-iommu flush queue sends).
+ * That is the setting of the vIOMMU paper, whose emulated IOMMU is Intel's.
+ */
+
+const PAGE = 4096;
+const TWO_21 = 2 ** 21;
+const TWO_32 = 0x1_0000_0000;
+/** The interrupt address range (0xFEEx_xxxx): DMA there is an interrupt, so no IOVA is handed out in it (Linux reserves it too). */
+const INTERRUPT_RANGE = { start: 0xfee0_0000, end: 0xfef0_0000 };
+/** Strict unmaps of more runs than this in one call go as one domain-selective invalidation. */
+const PSI_LIMIT = 16;
+/** A page-selective invalidation covering more than 2^PSI_MAX_AM pages goes as domain-selective. */
+const PSI_MAX_AM = 9;
+
+/** What the guest reaches of the unit: table pointer and invalidation (register-based or queued; VT-d §6.5). */
+export interface VtdInvalidator {
+  setRootTable(gpa: number): void;
+  invalidateContextDevice(sourceId: number): void;
+  invalidateIotlbDomain(domainId: number): void;
+  /** Page-selective: the 2^am pages aligned on their size around `addr`; `ih`: only leaf entries changed. */
+  invalidateIotlbPages(domainId: number, addr: number, am: number, ih?: boolean): void;
+}
+
+export interface VtdGuestDriverOptions {
+  /** The unit (a `VtdRemapper`, or anything forwarding to one). */
+  unit: VtdInvalidator;
+  /** Guest-physical memory, where the tables are written (the unit reads them from the same memory). */
+  mem: DmaMemory;
+  /** Guest-physical area for the tables: 4 KiB-aligned, at least 3 pages. */
+  area: { addr: number; len: number };
+  /** Paging levels of every domain: 4 (48-bit IOVAs) or 3 (39-bit). Default 4. */
+  levels?: 3 | 4;
+  /** Host address width: mappings must target addresses below 2^haw. Default 48 (the unit's default). */
+  haw?: number;
+  /** Milliseconds, monotonic: the guest's clock (injected so tests are deterministic). */
+  now?: () => number;
+}
+
+/** Builds the translation tables of a VT-d unit in guest memory and attaches devices to domains. */
+export class VtdGuestDriver implements MapperHost {
+  readonly granule = PAGE;
+  readonly unit: VtdInvalidator;
+  readonly mem: DmaMemory;
+  readonly levels: 3 | 4;
+  readonly haw: number;
+  readonly now: () => number;
+  readonly rootTable: number;
+  private bump: number;
+  private readonly areaEnd: number;
+  private readonly freePages: number[] = [];
+  private nextDomain = 1;
+  private inUse = 0;
+
+  constructor(options: VtdGuestDriverOptions) {
+    const { addr, len } = options.area;
+    if (!Number.isSafeInteger(addr) || addr < 0 || addr % PAGE !== 0 || !Number.isSafeInteger(len) || len < 3 * PAGE) {
+      throw new ViommuError('invalid-option', `table area 0x${String(addr.toString(16))}+${String(len)} must be 4 KiB-aligned and at least 3 pages`, addr);
+    }
+    this.unit = options.unit;
+    this.mem = options.mem;
+    this.levels = options.levels ?? 4;
+    if (this.levels !== 3 && this.levels !== 4) throw new ViommuError('invalid-option', `page-table depth ${String(this.levels)} is not 3 or 4`, this.levels);
+    this.haw = options.haw ?? 48;
+    this.now = options.now ?? (() => 0);
+    this.bump = addr;
+    this.areaEnd = addr + len - (len % PAGE);
+    this.rootTable = this.allocPage();
+    this.unit.setRootTable(this.rootTable);
+  }
+
+  /** A zeroed table page from the area. */
+  allocPage(): number {
+    let page = this.freePages.pop();
+    if (page === undefined) {
+      if (this.bump + PAGE > this.areaEnd) throw new ViommuError('driver-state', `VT-d table area exhausted (${(this.areaEnd - this.bump) / PAGE} pages left)`, this.bump);
+      page = this.bump;
+      this.bump += PAGE;
+    }
+    this.mem.fill(page, PAGE, 0);
+    this.inUse++;
+    return page;
+  }
+
+  freePage(page: number): void {
+    this.inUse--;
+    this.freePages.push(page);
+  }
+
+  /** Table pages handed out and not freed. */
+  get pagesInUse(): number {
+    return this.inUse;
+  }
+
+  /** Reads a 64-bit entry as a number (addresses below 2^53). */
+  readEntry(at: number): number {
+    return this.mem.readU32(at + 4) * TWO_32 + this.mem.readU32(at);
+  }
+
+  /** Writes a 64-bit entry, high half first: the present bits in the low half appear last. */
+  writeEntry(at: number, value: number): void {
+    this.mem.writeU32(at + 4, Math.floor(value / TWO_32));
+    this.mem.writeU32(at, value % TWO_32);
+  }
+
+  private contextEntry(sid: number, create: boolean): number {
+    const root = this.rootTable + (sid >>> 8) * 16;
+    let ctable = this.readEntry(root);
+    if ((ctable & 1) === 0) {
+      if (!create) return -1;
+      const page = this.allocPage();
+      this.writeEntry(root, page + 1);
+      ctable = page + 1;
+    }
+    return ctable - (ctable % PAGE) + (sid & 0xff) * 16;
+  }
+
+  /**
+   * Creates a domain, points the context entry of source-id `sid` (bus << 8 |
+   * devfn) at its (empty) page table, and returns its DMA mapper. The device
+   * reaches nothing until something is mapped.
+   */
+  attach(sid: number, options: DmaDomainOptions = {}): VtdDmaDomain {
+    if (!Number.isInteger(sid) || sid < 0 || sid > 0xffff) throw new ViommuError('endpoint', `source-id ${String(sid)} is not a 16-bit bus/devfn`, sid);
+    if (options.bypass === true) throw new ViommuError('invalid-option', 'bypass is a virtio-iommu attach flag; a VT-d context uses pass-through (TT = 2) instead', sid);
+    const ctx = this.contextEntry(sid, true);
+    if ((this.mem.readU32(ctx) & 1) !== 0) throw new ViommuError('driver-state', `source-id 0x${sid.toString(16)} is already attached`, sid);
+    if (this.nextDomain > 0xffff) throw new ViommuError('driver-state', 'VT-d domain IDs exhausted', this.nextDomain);
+    const did = this.nextDomain++;
+    const top = this.allocPage();
+    // Context hi: AW (levels − 2) and DID; lo: the table pointer, TT = 0 (translate), P.
+    this.writeEntry(ctx + 8, (this.levels - 2) + did * 256);
+    this.writeEntry(ctx, top + 1);
+    // Not-present entries are not cached (CM = 0), but Linux invalidates here anyway; so do we.
+    this.unit.invalidateContextDevice(sid);
+    return new VtdDmaDomain(this, did, sid, top, options);
+  }
+
+  /** Clears the context entry of `sid` and invalidates it: the device reaches nothing. */
+  detach(sid: number): void {
+    const ctx = this.contextEntry(sid, false);
+    if (ctx < 0) return;
+    this.writeEntry(ctx, 0);
+    this.writeEntry(ctx + 8, 0);
+    this.unit.invalidateContextDevice(sid);
+  }
+}
+
+/** A VT-d domain's DMA-mapping API: maps are page-table entries, unmaps are cleared entries plus IOTLB invalidations. */
+export class VtdDmaDomain extends DmaMapper {
+  /**
+   * The level-1 tables in use, one slot each, found by IOVA / 2 MiB (small
+   * integers up to 2^48 of IOVA). Per slot: the table's address, a view of
+   * its page (entries are written straight into guest RAM), its count of
+   * present entries (an emptied table is freed) and the address of the
+   * level-2 entry pointing at it.
+   */
+  private readonly slotOf = new Map<number, number>();
+  private readonly slotTable: number[] = [];
+  private readonly slotView: (DataView | undefined)[] = [];
+  private readonly slotCount: number[] = [];
+  private readonly slotPde: number[] = [];
+  private readonly freeSlots: number[] = [];
+  /** The last slot looked up and its key: consecutive IOVAs mostly share a table. */
+  private lastKey = -1;
+  private lastSlot = -1;
+  /** Level-1 tables unlinked by the staged unmaps: given back only after the invalidation. */
+  private readonly unlinked: number[] = [];
+  /** Table pages above level 1 (freed by `destroy`). */
+  private readonly upperPages: number[] = [];
+  /** Staged unmap runs, [start, end). */
+  private readonly runStart: number[] = [];
+  private readonly runEnd: number[] = [];
+  private readonly levels: number;
+  private readonly mem: DmaMemory;
+  private readonly gpaLimit: number;
+  private destroyed = false;
+
+  constructor(
+    readonly driver: VtdGuestDriver,
+    id: number,
+    /** Source-id of the attached device. */
+    readonly sourceId: number,
+    /** The top-level table (the context entry's SLPTPTR). */
+    readonly topTable: number,
+    options: DmaDomainOptions,
+  ) {
+    // IOVA 0 is left out so a zero address is never a valid DMA address.
+    super(driver, id, PAGE, 2 ** (12 + 9 * driver.levels), [INTERRUPT_RANGE], options);
+    this.levels = driver.levels;
+    this.mem = driver.mem;
+    this.gpaLimit = 2 ** driver.haw;
+    this.upperPages.push(topTable);
+  }
+
+  /** The slot of the level-1 table for `iova`, or −1. */
+  private slot(key: number): number {
+    if (key === this.lastKey) return this.lastSlot;
+    const s = this.slotOf.get(key);
+    if (s === undefined) return -1;
+    this.lastKey = key;
+    this.lastSlot = s;
+    return s;
+  }
+
+  /** The slot of the level-1 table for `iova`, building it and the tables above it as needed. */
+  private leafSlot(iova: number): number {
+    const key = Math.floor(iova / TWO_21);
+    const found = this.slot(key);
+    if (found >= 0) return found;
+    let pt = this.topTable;
+    let at = 0;
+    for (let level = this.levels; level >= 2; level--) {
+      at = pt + (Math.floor(iova / 2 ** (12 + 9 * (level - 1))) % 512) * 8;
+      const e = this.driver.readEntry(at);
+      if (e % 4 === 0) {
+        const page = this.driver.allocPage();
+        if (level > 2) this.upperPages.push(page);
+        // Upper levels grant read and write: the leaf alone decides (rights are ANDed over the walk).
+        this.driver.writeEntry(at, page + 3);
+        pt = page;
+      } else pt = e - (e % PAGE);
+    }
+    const s = this.freeSlots.pop() ?? this.slotTable.length;
+    const bytes = this.mem.tryView(pt, PAGE, 'write');
+    this.slotTable[s] = pt;
+    this.slotView[s] = bytes === undefined ? undefined : new DataView(bytes.buffer, bytes.byteOffset, PAGE);
+    this.slotCount[s] = 0;
+    this.slotPde[s] = at;
+    this.slotOf.set(key, s);
+    this.lastKey = key;
+    this.lastSlot = s;
+    return s;
+  }
+
+  /** Writes the leaf entry of `iova` in slot `s`'s table: 0 clears it. */
+  private setLeaf(s: number, iova: number, value: number): void {
+    const off = (Math.floor(iova / PAGE) % 512) * 8;
+    const v = this.slotView[s];
+    // High half first: the present bits in the low half appear last (and go first when clearing).
+    if (v !== undefined) {
+      if (value === 0) v.setUint32(off, 0, true);
+      v.setUint32(off + 4, Math.floor(value / TWO_32), true);
+      v.setUint32(off, value % TWO_32, true);
+    } else this.driver.writeEntry(this.slotTable[s]! + off, value);
+  }
+
+  protected stageMap(_k: number, iova: number, size: number, gpaPage: number, flags: number): void {
+    if (this.destroyed) throw new ViommuError('driver-state', `domain ${this.id} was destroyed`, this.id);
+    if (gpaPage + size > this.gpaLimit) throw new ViommuError('driver-state', `GPA 0x${gpaPage.toString(16)}+0x${size.toString(16)} is not below 2^${this.driver.haw}`, gpaPage);
+    let off = 0;
+    try {
+      for (; off < size; off += PAGE) {
+        const a = iova + off;
+        const s = this.leafSlot(a);
+        this.setLeaf(s, a, gpaPage + off + flags);
+        this.slotCount[s]!++;
+      }
+    } catch (e) {
+      // Out of table pages part-way: take back what was written, so nothing stays reachable.
+      // Tables stay linked: no invalidation follows, so none may be freed.
+      this.clearEntries(iova, iova + off, false);
+      throw e;
+    }
+  }
+
+  /** New entries need no invalidation: the unit caches no not-present entry (CM = 0). */
+  protected commitMaps(): boolean {
+    return true;
+  }
+
+  protected mapError(): Error | undefined {
+    return undefined;
+  }
+
+  /**
+   * Clears the leaf entries of [start, end). With `unlink`, a level-1 table
+   * left empty is unlinked from its level-2 entry and queued in `unlinked`:
+   * the page is reused only after an invalidation that drops the
+   * paging-structure caches (IH = 0), so no cached entry can lead to it.
+   */
+  private clearEntries(start: number, end: number, unlink: boolean): void {
+    for (let a = start; a < end; a += PAGE) {
+      const key = Math.floor(a / TWO_21);
+      const s = this.slot(key);
+      if (s < 0) continue;
+      this.setLeaf(s, a, 0);
+      const left = --this.slotCount[s]!;
+      if (left === 0 && unlink) {
+        this.driver.writeEntry(this.slotPde[s]!, 0);
+        this.unlinked.push(this.slotTable[s]!);
+        this.slotOf.delete(key);
+        this.slotView[s] = undefined;
+        this.freeSlots.push(s);
+        this.lastKey = -1;
+      }
+    }
+  }
+
+  protected stageUnmap(r: number, start: number, end: number): void {
+    this.clearEntries(start, end, true);
+    this.runStart[r] = start;
+    this.runEnd[r] = end;
+  }
+
+  /**
+   * The cleared entries may still be cached: invalidate. A strict unmap of a
+   * few runs: one page-selective invalidation each, with IH set when only
+   * leaves changed (the paging-structure caches stay) and clear when a table
+   * was unlinked. A batch, or many runs: one domain-selective invalidation.
+   * Unlinked tables are free once it returns.
+   */
+  protected commitUnmaps(n: number, batch: boolean): boolean {
+    const unit = this.driver.unit;
+    const ih = this.unlinked.length === 0;
+    if (batch || n > PSI_LIMIT) {
+      this.stats.requests++;
+      unit.invalidateIotlbDomain(this.id);
+      this.freeUnlinked();
+      return true;
+    }
+    for (let r = 0; r < n; r++) {
+      const first = Math.floor(this.runStart[r]! / PAGE);
+      const last = Math.floor((this.runEnd[r]! - 1) / PAGE);
+      // The smallest aligned block of 2^am pages holding [first, last].
+      let am = 0;
+      while (Math.floor(first / 2 ** am) !== Math.floor(last / 2 ** am)) am++;
+      this.stats.requests++;
+      if (am > PSI_MAX_AM) unit.invalidateIotlbDomain(this.id);
+      else unit.invalidateIotlbPages(this.id, (first - (first % 2 ** am)) * PAGE, am, ih);
+    }
+    this.freeUnlinked();
+    return true;
+  }
+
+  private freeUnlinked(): void {
+    const u = this.unlinked;
+    while (u.length > 0) this.driver.freePage(u.pop()!);
+  }
+
+  /** Level-1 tables in use (each maps 2 MiB of IOVA space). */
+  get leafTableCount(): number {
+    return this.slotOf.size;
+  }
+
+  protected unmapError(): Error | undefined {
+    return undefined;
+  }
+
+  /** Tears down pending unmaps, detaches the device, invalidates the domain and gives its table pages back. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.flush();
+    this.driver.detach(this.sourceId);
+    this.driver.unit.invalidateIotlbDomain(this.id);
+    this.destroyed = true;
+    for (const p of this.upperPages) this.driver.freePage(p);
+    for (const s of this.slotOf.values()) this.driver.freePage(this.slotTable[s]!);
+    this.upperPages.length = 0;
+    this.slotOf.clear();
+    this.lastKey = -1;
+  }
+}

@@ -1,0 +1,260 @@
+import { GuestMemory } from '@ioplane/guest-memory';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { DmaFault, type InvalidationMode, ViommuError, VtdGuestDriver, VtdRemapper } from '../src/index.js';
+
+const PAGE = 4096;
+const SID = 0x0108; // 01:01.0
+const TABLES = { addr: 0x80000, len: 0x40000 };
+const DATA = 0x10000;
+
+function rig(options: { levels?: 3 | 4; area?: { addr: number; len: number } } = {}) {
+  const ram = GuestMemory.create(0x100000);
+  for (let i = 0; i < 0x40000; i += 4) ram.writeU32(DATA + i, (DATA + i) >>> 0);
+  const vtd = new VtdRemapper({ memory: ram });
+  let now = 0;
+  const calls: string[] = [];
+  // Records what reaches the unit, then forwards it.
+  const unit = {
+    setRootTable: (gpa: number) => vtd.setRootTable(gpa),
+    invalidateContextDevice: (sid: number) => {
+      calls.push(`ctx ${sid}`);
+      vtd.invalidateContextDevice(sid);
+    },
+    invalidateIotlbDomain: (did: number) => {
+      calls.push(`dsi ${did}`);
+      vtd.invalidateIotlbDomain(did);
+    },
+    invalidateIotlbPages: (did: number, addr: number, am: number, ih?: boolean) => {
+      calls.push(`psi ${did} 0x${addr.toString(16)} ${am}${ih === true ? ' ih' : ''}`);
+      vtd.invalidateIotlbPages(did, addr, am);
+    },
+  };
+  const driver = new VtdGuestDriver({ unit, mem: ram, area: options.area ?? TABLES, levels: options.levels, now: () => now });
+  const dma = vtd.dmaMemory(SID, ram);
+  calls.length = 0;
+  /** Attaches SID and forgets the context invalidation that makes. */
+  const attach = (opts: Parameters<VtdGuestDriver['attach']>[1] = {}) => {
+    const dom = driver.attach(SID, opts);
+    calls.length = 0;
+    return dom;
+  };
+  return { ram, vtd, driver, dma, calls, attach, tick: (ms: number) => (now += ms) };
+}
+
+function fault(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof DmaFault) return e.fault.reason;
+    throw e;
+  }
+  return 'none';
+}
+
+function reachable(dma: ReturnType<typeof rig>['dma'], iova: number): boolean {
+  return fault(() => dma.checkRange(iova, 16, 'read')) === 'none';
+}
+
+describe('VT-d guest driver: tables the walker accepts', () => {
+  it('maps by writing page-table entries: no invalidation; the device reads the GPA, within the direction', () => {
+    const { dma, attach, calls, vtd } = rig();
+    const dom = attach();
+    const iova = dom.map(DATA + 0x2010, 64, 'to-device');
+    expect(iova % PAGE).toBe(0x10);
+    expect(calls).toEqual([]);
+    expect(dma.readU32(iova)).toBe(DATA + 0x2010);
+    expect(fault(() => dma.writeU32(iova, 1))).toBe('vtd-write');
+    const w = dom.map(DATA + 0x5000, PAGE, 'from-device');
+    dma.writeU32(w + 8, 0xabcd);
+    expect(fault(() => dma.readU32(w))).toBe('vtd-read');
+    expect(vtd.faults.length).toBe(2);
+  });
+
+  it('a buffer across a page boundary gets one entry per page, each to its own page', () => {
+    const { dma, driver } = rig();
+    const dom = driver.attach(SID);
+    const iova = dom.map(DATA + PAGE - 8, 16, 'bidirectional');
+    expect(dma.readU32(iova)).toBe(DATA + PAGE - 8);
+    expect(dma.readU32(iova + 8)).toBe(DATA + PAGE);
+    expect(fault(() => dma.readU32(iova + 2 * PAGE))).toBe('vtd-read');
+  });
+
+  it('never hands out IOVA 0 nor the interrupt range; 3-level tables stay below 2^39', () => {
+    const { driver } = rig({ levels: 3 });
+    const dom = driver.attach(SID);
+    expect(dom.map(DATA, PAGE, 'bidirectional')).toBe(PAGE);
+    // Take everything up to the interrupt range, then the next map lands above it.
+    const below = dom.mapAt(0x2000, DATA, PAGE, 'bidirectional');
+    expect(below).toBe(0x2000);
+    expect(() => dom.mapAt(0xfee0_0000, DATA, PAGE, 'bidirectional')).toThrow(ViommuError);
+    expect(() => dom.mapAt(2 ** 39, DATA, PAGE, 'bidirectional')).toThrow(ViommuError);
+    expect(dom.mapAt(2 ** 39 - PAGE, DATA, PAGE, 'bidirectional')).toBe(2 ** 39 - PAGE);
+  });
+
+  it('attaching an attached source-id or mapping a GPA above HAW is refused', () => {
+    const { driver } = rig();
+    const dom = driver.attach(SID);
+    expect(() => driver.attach(SID)).toThrow(/already attached/);
+    expect(() => dom.map(2 ** 48, PAGE, 'bidirectional')).toThrow(/2\^48/);
+    expect(dom.reachable).toBe(0);
+  });
+
+  it('running out of table pages part-way takes back what was written', () => {
+    // Root, context table, top table, then two pages: one 2 MiB region's path (3 tables) cannot be built.
+    const { driver, dma } = rig({ area: { addr: TABLES.addr, len: 5 * PAGE } });
+    const dom = driver.attach(SID);
+    expect(() => dom.map(DATA, PAGE, 'bidirectional')).toThrow(/exhausted/);
+    expect(dom.reachable).toBe(0);
+    expect(reachable(dma, PAGE)).toBe(false);
+  });
+
+  it('destroy detaches (context not present) and gives every table page back', () => {
+    const { driver, dma, calls } = rig();
+    const dom = driver.attach(SID);
+    // Root table, bus 1's context table, the domain's top table.
+    const before = driver.pagesInUse;
+    expect(before).toBe(3);
+    const iova = dom.map(DATA, PAGE, 'bidirectional');
+    dom.mapAt(2 ** 40, DATA, PAGE, 'bidirectional');
+    // Three tables below the top for each of two PML4 slots.
+    expect(driver.pagesInUse).toBe(before + 3 + 3);
+    dma.readU32(iova);
+    dom.destroy();
+    expect(fault(() => dma.readU32(iova))).toBe('context-not-present');
+    expect(driver.pagesInUse).toBe(before - 1);
+    expect(calls).toContain(`dsi ${dom.id}`);
+    // The source-id can be attached again, to a fresh domain.
+    const again = driver.attach(SID);
+    expect(again.id).not.toBe(dom.id);
+    expect(dma.readU32(again.map(DATA, PAGE, 'to-device'))).toBe(DATA);
+  });
+});
+
+describe('VT-d guest driver: table pages are reclaimed', () => {
+  it('an emptied level-1 table is unlinked, invalidated with IH clear, and reused: a long strict run keeps a bounded table set', () => {
+    const { driver, dma, calls, attach } = rig();
+    const dom = attach({ mode: 'strict' });
+    const start = driver.pagesInUse;
+    // 3000 map/unmap pairs climb through six 2 MiB regions of IOVA (next-fit never reuses at once).
+    let prev = dom.map(DATA, PAGE, 'bidirectional');
+    for (let i = 1; i < 3000; i++) {
+      const next = dom.map(DATA + (i % 64) * PAGE, PAGE, 'bidirectional');
+      expect(dma.readU32(next)).toBe(DATA + (i % 64) * PAGE);
+      dom.unmap(prev);
+      expect(reachable(dma, prev)).toBe(false);
+      prev = next;
+    }
+    expect(prev).toBeGreaterThan(5 * 2 ** 21);
+    expect(dom.leafTableCount).toBeLessThanOrEqual(2);
+    expect(driver.pagesInUse).toBeLessThanOrEqual(start + 3 + 1);
+    const full = calls.filter((c) => c.startsWith('psi') && !c.endsWith(' ih'));
+    expect(full.length).toBeGreaterThanOrEqual(5);
+  });
+});
+
+describe('VT-d guest driver: invalidation modes', () => {
+  it('strict: one page-selective invalidation (IH: leaves only) per unmap; a warm translation faults at once', () => {
+    const { dma, attach, calls } = rig();
+    const dom = attach({ mode: 'strict' });
+    const keep = dom.map(DATA + 0x10000, PAGE, 'bidirectional'); // so the level-1 table stays in use
+    const iova = dom.map(DATA, 3 * PAGE, 'bidirectional');
+    expect(dma.readU32(iova + PAGE)).toBe(DATA + PAGE);
+    dom.unmap(iova);
+    // [0x2000, 0x5000): the aligned block holding pages 2–4 is pages 0–7.
+    expect(iova).toBe(0x2000);
+    expect(calls).toEqual([`psi ${dom.id} 0x0 3 ih`]);
+    expect(dma.readU32(keep)).toBe(DATA + 0x10000);
+    expect(fault(() => dma.readU32(iova + PAGE))).toBe('vtd-read');
+    expect(fault(() => dma.readU32(iova))).toBe('vtd-read');
+  });
+
+  it('strict unmapMany: one invalidation per run of adjacent mappings, none of them reachable on return', () => {
+    const { dma, attach, calls } = rig();
+    const dom = attach({ mode: 'strict' });
+    const a = [0, 1, 2, 3].map((i) => dom.map(DATA + i * PAGE, PAGE, 'bidirectional'));
+    for (const x of a) dma.readU32(x);
+    dom.unmapMany([a[0]!, a[1]!, a[3]!]);
+    expect(calls.length).toBe(2);
+    expect(a.map((x) => reachable(dma, x))).toEqual([false, false, true, false]);
+  });
+
+  it('deferred: unmapped buffers stay reachable until the batch is full or old, then one domain-selective invalidation; IOVAs not reused before', () => {
+    const { dma, attach, calls, tick } = rig();
+    const dom = attach({ mode: 'deferred', batchSize: 3, flushDelayMs: 10 });
+    const a = dom.map(DATA, PAGE, 'bidirectional');
+    const b = dom.map(DATA + PAGE, PAGE, 'bidirectional');
+    dma.readU32(a);
+    dom.unmap(a);
+    dom.unmap(b);
+    expect(calls).toEqual([]);
+    expect(reachable(dma, a)).toBe(true);
+    const c = dom.map(DATA, PAGE, 'bidirectional');
+    expect([a, b]).not.toContain(c);
+    tick(10);
+    dom.syncMaps();
+    expect(calls).toEqual([`dsi ${dom.id}`]);
+    expect(reachable(dma, a)).toBe(false);
+    expect(reachable(dma, b)).toBe(false);
+    expect(reachable(dma, c)).toBe(true);
+  });
+
+  it('optimistic: an unmapped mapping is handed back for the same pages and direction, with no table write or invalidation', () => {
+    const { attach, calls, ram } = rig();
+    const dom = attach({ mode: 'optimistic', quota: 2, timeoutMs: 10 });
+    const a = dom.map(DATA, PAGE, 'to-device');
+    dom.unmap(a);
+    const writesBefore = ram.readU32(TABLES.addr);
+    expect(dom.map(DATA, PAGE, 'to-device')).toBe(a);
+    expect(dom.stats.reused).toBe(1);
+    expect(ram.readU32(TABLES.addr)).toBe(writesBefore);
+    expect(dom.map(DATA, PAGE, 'from-device')).not.toBe(a);
+    expect(calls).toEqual([]);
+  });
+
+  it('property: live buffers always reach their GPA; strict leaves nothing stale, deferred and optimistic stay in their bounds', () => {
+    const step = fc.oneof(
+      fc.record({ kind: fc.constant('map' as const), page: fc.integer({ min: 0, max: 63 }), pages: fc.integer({ min: 1, max: 3 }), off: fc.integer({ min: 0, max: PAGE - 1 }) }),
+      fc.record({ kind: fc.constant('many' as const), pick: fc.array(fc.nat(), { maxLength: 8 }) }),
+      fc.record({ kind: fc.constant('one' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 0, max: 6 }) }),
+      fc.record({ kind: fc.constant('flush' as const) }),
+    );
+    const mode = fc.constantFrom<InvalidationMode>('strict', 'deferred', 'optimistic');
+    fc.assert(
+      fc.property(mode, fc.array(step, { maxLength: 40 }), (m, steps) => {
+        const { dma, driver, tick } = rig();
+        const batchSize = 5;
+        const dom = driver.attach(SID, { mode: m, batchSize, flushDelayMs: 10, quota: batchSize, timeoutMs: 10 });
+        const live: { iova: number; gpa: number }[] = [];
+        const unmapped: number[] = [];
+        for (const s of steps) {
+          if (s.kind === 'map') {
+            const gpa = DATA + s.page * PAGE + (s.off & ~3);
+            live.push({ iova: dom.map(gpa, s.pages * PAGE - (s.off & ~3), 'bidirectional'), gpa });
+          } else if (s.kind === 'tick') tick(s.ms);
+          else if (s.kind === 'flush') dom.flush();
+          else {
+            const picks = s.kind === 'one' ? [s.pick] : s.pick;
+            const chosen: number[] = [];
+            for (const p of picks) {
+              if (live.length === 0) break;
+              chosen.push(live.splice(p % live.length, 1)[0]!.iova);
+            }
+            if (s.kind === 'one' && chosen.length === 1) dom.unmap(chosen[0]!);
+            else dom.unmapMany(chosen);
+            unmapped.push(...chosen);
+          }
+          // Never-unmapped buffers reach exactly their guest pages, whatever else was cached.
+          for (const { iova, gpa } of live) expect(dma.readU32(iova)).toBe(gpa);
+          const liveIovas = new Set(live.map((l) => l.iova - (l.iova % PAGE)));
+          const stale = unmapped.filter((a) => !liveIovas.has(a - (a % PAGE)) && reachable(dma, a)).length;
+          if (m === 'strict') expect(stale).toBe(0);
+          else expect(stale).toBeLessThanOrEqual(m === 'deferred' ? batchSize - 1 : batchSize);
+          if (s.kind === 'flush') expect(stale).toBe(0);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
