@@ -23,6 +23,13 @@ export class Iotlb {
   hits = 0;
   misses = 0;
   invalidations = 0;
+  /**
+   * Live entries whose run spans more than one page. Such an entry sits at
+   * the index of whichever of its pages filled it, so only a full scan is
+   * sure to find it; while there are none, an entry covering a page sits at
+   * that page's index.
+   */
+  private wide = 0;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1 || size > 1 << 20 || (size & (size - 1)) !== 0) {
@@ -50,6 +57,8 @@ export class Iotlb {
   /** Caches the run [start, end) → start + delta with `perm`, at the index of `addr` (which must lie in the run). */
   insert(addr: number, start: number, end: number, delta: number, perm: number): void {
     const i = ((addr / Iotlb.PAGE_SIZE) >>> 0) & this.mask;
+    if (this.end[i]! - this.start[i]! > Iotlb.PAGE_SIZE) this.wide--;
+    if (end - start > Iotlb.PAGE_SIZE) this.wide++;
     this.start[i] = start;
     this.end[i] = end;
     this.delta[i] = delta;
@@ -63,10 +72,25 @@ export class Iotlb {
     const e = this.end;
     for (let i = 0; i < this.size; i++) {
       if (s[i]! < endExclusive && e[i]! > start) {
+        if (e[i]! - s[i]! > Iotlb.PAGE_SIZE) this.wide--;
         s[i] = 1;
         e[i] = 0;
       }
     }
+  }
+
+  /**
+   * `invalidate` for page-table leaves (VT-d): drops every entry overlapping
+   * [start, endExclusive), visiting only the range's pages while every live
+   * entry is a single page (each then sits at its own page's index), else
+   * scanning everything.
+   */
+  invalidatePages(start: number, endExclusive: number): void {
+    if (this.wide > 0) {
+      this.invalidate(start, endExclusive);
+      return;
+    }
+    this.invalidateRun(start, endExclusive);
   }
 
   /**
@@ -88,6 +112,7 @@ export class Iotlb {
     for (let p = first; p <= last; p++) {
       const i = (p >>> 0) & this.mask;
       if (s[i]! < endExclusive && e[i]! > start) {
+        if (e[i]! - s[i]! > Iotlb.PAGE_SIZE) this.wide--;
         s[i] = 1;
         e[i] = 0;
       }
@@ -96,6 +121,7 @@ export class Iotlb {
 
   flush(): void {
     this.invalidations++;
+    this.wide = 0;
     this.start.fill(1);
     this.end.fill(0);
   }
