@@ -63,6 +63,11 @@ export interface LiveMapping {
   at: number;
   /** Made by `mapAt`: never reused by optimistic teardown. */
   fixed: boolean;
+  /** Neighbours in the pending list (unmapped, not yet torn down), oldest first. */
+  prev: LiveMapping | undefined;
+  next: LiveMapping | undefined;
+  /** optimistic: the next older cached mapping of the same guest page. */
+  older: LiveMapping | undefined;
 }
 
 /** What a mapper needs from its driver: the IOMMU's granule and the guest's clock. */
@@ -84,10 +89,18 @@ export abstract class DmaMapper {
    * cost per set/get/delete. Page numbers stay small integers up to 8 TiB of IOVA.
    */
   private readonly live = new Map<number, LiveMapping>();
-  /** deferred: unmapped, not yet torn down. optimistic: unmapped, still live in the IOMMU (oldest first). */
-  private pending: LiveMapping[] = [];
+  /**
+   * deferred: unmapped, not yet torn down. optimistic: unmapped, still live
+   * in the IOMMU. Oldest first, as an intrusive list: an optimistic reuse
+   * takes a mapping out of the middle in O(1).
+   */
+  private pHead: LiveMapping | undefined;
+  private pTail: LiveMapping | undefined;
+  private pLen = 0;
+  /** Scratch for `teardownOldest`: the batch taken off the pending list. */
+  private readonly batchScratch: LiveMapping[] = [];
   /** optimistic: unmapped mappings still live in the IOMMU, by guest page (then matched on size and flags). */
-  private readonly cache = new Map<number, LiveMapping[]>();
+  private readonly cache = new Map<number, LiveMapping>();
   /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
   private readonly spare: LiveMapping[] = [];
   /** Maps staged by `queueMap`, not yet committed (their records, in staging order). */
@@ -148,7 +161,7 @@ export abstract class DmaMapper {
 
   /** Mappings whose IOVA a device may currently use (live, plus unmapped-but-not-yet-invalidated). */
   get reachable(): number {
-    return this.live.size + this.pending.length;
+    return this.live.size + this.pLen;
   }
 
   /**
@@ -183,14 +196,14 @@ export abstract class DmaMapper {
     if (this.mode === 'optimistic') {
       const hit = this.takeCached(gpaPage, size, flags);
       if (hit !== undefined) {
-        this.pending.splice(this.pending.indexOf(hit), 1);
+        this.unlinkPending(hit);
         this.live.set(hit.iova / g, hit);
         this.stats.reused++;
         return hit.iova + (gpa - gpaPage);
       }
     }
     let iova = this.iovas.alloc(size);
-    if (iova === undefined && this.pending.length > 0) {
+    if (iova === undefined && this.pLen > 0) {
       this.flush();
       iova = this.iovas.alloc(size);
     }
@@ -273,7 +286,7 @@ export abstract class DmaMapper {
     const iovaPage = roundDown(iova, g);
     const size = roundUp(gpa + len, g) - gpaPage;
     if (!this.iovas.take(iovaPage, size)) {
-      if (this.pending.length > 0) this.flush();
+      if (this.pLen > 0) this.flush();
       if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside the input range`, iovaPage);
     }
     this.stats.maps++;
@@ -283,24 +296,39 @@ export abstract class DmaMapper {
     return iova;
   }
 
-  /** optimistic: the most recently unmapped cached mapping of exactly these pages and flags, removed from the cache. */
+  /**
+   * optimistic: the most recently unmapped cached mapping of exactly these
+   * pages and flags, removed from the cache. The cache maps a guest page to
+   * its newest cached mapping, older ones chained behind it (`older`): no
+   * array per page, so a reuse allocates nothing.
+   */
   private takeCached(gpaPage: number, size: number, flags: number): LiveMapping | undefined {
-    const list = this.cache.get(gpaPage);
-    if (list === undefined) return undefined;
-    for (let i = list.length - 1; i >= 0; i--) {
-      const m = list[i]!;
+    for (let m = this.cache.get(gpaPage); m !== undefined; m = m.older) {
       if (m.size === size && m.flags === flags) {
-        list.splice(i, 1);
-        if (list.length === 0) this.cache.delete(gpaPage);
+        this.uncache(m);
         return m;
       }
     }
     return undefined;
   }
 
+  /** Takes `m` out of its page's chain. */
+  private uncache(m: LiveMapping): void {
+    const head = this.cache.get(m.gpaPage)!;
+    if (head === m) {
+      if (m.older === undefined) this.cache.delete(m.gpaPage);
+      else this.cache.set(m.gpaPage, m.older);
+    } else {
+      let p = head;
+      while (p.older !== m) p = p.older!;
+      p.older = m.older;
+    }
+    m.older = undefined;
+  }
+
   /** A live-mapping record (recycled), entered in `live`. */
   private record(iova: number, gpaPage: number, size: number, flags: number, fixed: boolean): LiveMapping {
-    const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false };
+    const m = this.spare.pop() ?? { iova: 0, size: 0, gpaPage: 0, flags: 0, at: 0, fixed: false, prev: undefined, next: undefined, older: undefined };
     m.iova = iova;
     m.size = size;
     m.gpaPage = gpaPage;
@@ -385,15 +413,14 @@ export abstract class DmaMapper {
   /** deferred / optimistic: `m` was unmapped at `now`; queue it (and tear down what is due by count; the clock is applied by the caller). */
   private retire(m: LiveMapping, now: number): void {
     m.at = now;
-    this.pending.push(m);
+    this.appendPending(m);
     if (this.mode === 'optimistic') {
       if (!m.fixed) {
-        let list = this.cache.get(m.gpaPage);
-        if (list === undefined) this.cache.set(m.gpaPage, (list = []));
-        list.push(m);
+        m.older = this.cache.get(m.gpaPage);
+        this.cache.set(m.gpaPage, m);
       }
-      if (this.pending.length > this.quota) this.teardownOldest(this.pending.length - this.quota);
-    } else if (this.pending.length >= this.batchSize) {
+      if (this.pLen > this.quota) this.teardownOldest(this.pLen - this.quota);
+    } else if (this.pLen >= this.batchSize) {
       this.flush();
     }
   }
@@ -403,18 +430,18 @@ export abstract class DmaMapper {
 
   /** Applies the clock: tears down the deferred batch, or expired cached mappings, when due. */
   expire(): void {
-    if (this.pending.length === 0) return;
+    if (this.pLen === 0) return;
     this.expireAt(this.host.now());
   }
 
   private expireAt(now: number): void {
-    const p = this.pending;
-    if (p.length === 0) return;
+    const head = this.pHead;
+    if (head === undefined) return;
     if (this.mode === 'deferred') {
-      if (now - p[0]!.at >= this.flushDelay) this.flush();
+      if (now - head.at >= this.flushDelay) this.flush();
     } else if (this.mode === 'optimistic') {
       let n = 0;
-      while (n < p.length && now - p[n]!.at >= this.timeout) n++;
+      for (let m: LiveMapping | undefined = head; m !== undefined && now - m.at >= this.timeout; m = m.next) n++;
       if (n > 0) this.teardownOldest(n);
     }
   }
@@ -422,36 +449,49 @@ export abstract class DmaMapper {
   /** Commits staged maps and tears down every pending unmap now (one batch); afterwards no unmapped buffer is reachable. */
   flush(): void {
     this.commitQueued();
-    if (this.pending.length === 0) return;
-    this.teardownOldest(this.pending.length);
+    if (this.pLen === 0) return;
+    this.teardownOldest(this.pLen);
+  }
+
+  private appendPending(m: LiveMapping): void {
+    m.next = undefined;
+    m.prev = this.pTail;
+    if (this.pTail === undefined) this.pHead = m;
+    else this.pTail.next = m;
+    this.pTail = m;
+    this.pLen++;
+  }
+
+  private unlinkPending(m: LiveMapping): void {
+    if (m.prev === undefined) this.pHead = m.next;
+    else m.prev.next = m.next;
+    if (m.next === undefined) this.pTail = m.prev;
+    else m.next.prev = m.prev;
+    m.prev = undefined;
+    m.next = undefined;
+    this.pLen--;
   }
 
   /** Tears down the `n` oldest pending mappings in one batch. */
   private teardownOldest(n: number): void {
-    let batch: LiveMapping[];
-    if (n === this.pending.length) {
-      // The whole queue (every deferred flush): swap in the empty spare array, no copy.
-      batch = this.pending;
-      this.pending = this.drained;
-      this.drained = batch;
-    } else batch = this.pending.splice(0, n);
+    const batch = this.batchScratch;
+    for (let i = 0; i < n; i++) {
+      const m = this.pHead!;
+      this.unlinkPending(m);
+      batch.push(m);
+    }
     if (this.mode === 'optimistic') {
       for (const m of batch) {
         if (m.fixed) continue;
-        const list = this.cache.get(m.gpaPage)!;
-        list.splice(list.indexOf(m), 1);
-        if (list.length === 0) this.cache.delete(m.gpaPage);
+        this.uncache(m);
       }
     }
     try {
-      this.tearDown(batch, batch.length, true);
+      this.tearDown(batch, n, true);
     } finally {
-      if (batch === this.drained) clear(batch);
+      clear(batch);
     }
   }
-
-  /** The array `pending` last swapped out (empty between teardowns). */
-  private drained: LiveMapping[] = [];
 
   /**
    * Unmaps `batch` in one commit. Mappings whose IOVA ranges are adjacent go
