@@ -1,5 +1,6 @@
 import { ViommuError } from './errors.js';
 import { IovaAllocator } from './iova-allocator.js';
+import { PageMap } from './page-map.js';
 
 /**
  * The guest's DMA-mapping API (map before a device touches a buffer, unmap
@@ -82,13 +83,8 @@ export abstract class DmaMapper {
   readonly stats: DriverStats = { maps: 0, unmaps: 0, requests: 0, batches: 0, reused: 0 };
   protected readonly granule: number;
   private readonly iovas: IovaAllocator;
-  /**
-   * Live mappings by IOVA page number (iova / granule), not by IOVA: next-fit
-   * IOVAs climb past 2^31 after half a million 4 KiB maps, and a Map keyed by
-   * numbers that are not small integers hashes heap numbers — about twice the
-   * cost per set/get/delete. Page numbers stay small integers up to 8 TiB of IOVA.
-   */
-  private readonly live = new Map<number, LiveMapping>();
+  /** Live mappings by IOVA page number (iova / granule). */
+  private readonly live = new PageMap<LiveMapping>();
   /**
    * deferred: unmapped, not yet torn down. optimistic: unmapped, still live
    * in the IOMMU. Oldest first, as an intrusive list: an optimistic reuse
@@ -99,8 +95,8 @@ export abstract class DmaMapper {
   private pLen = 0;
   /** Scratch for `teardownOldest`: the batch taken off the pending list. */
   private readonly batchScratch: LiveMapping[] = [];
-  /** optimistic: unmapped mappings still live in the IOMMU, by guest page (then matched on size and flags). */
-  private readonly cache = new Map<number, LiveMapping>();
+  /** optimistic: unmapped mappings still live in the IOMMU, by guest page number (then matched on size and flags). */
+  private readonly cache = new PageMap<LiveMapping>();
   /** Records of mappings fully torn down, reused by the next map (no object per request in steady state). */
   private readonly spare: LiveMapping[] = [];
   /** Maps staged by `queueMap`, not yet committed (their records, in staging order). */
@@ -303,7 +299,7 @@ export abstract class DmaMapper {
    * array per page, so a reuse allocates nothing.
    */
   private takeCached(gpaPage: number, size: number, flags: number): LiveMapping | undefined {
-    for (let m = this.cache.get(gpaPage); m !== undefined; m = m.older) {
+    for (let m = this.cache.get(gpaPage / this.granule); m !== undefined; m = m.older) {
       if (m.size === size && m.flags === flags) {
         this.uncache(m);
         return m;
@@ -314,10 +310,11 @@ export abstract class DmaMapper {
 
   /** Takes `m` out of its page's chain. */
   private uncache(m: LiveMapping): void {
-    const head = this.cache.get(m.gpaPage)!;
+    const key = m.gpaPage / this.granule;
+    const head = this.cache.get(key)!;
     if (head === m) {
-      if (m.older === undefined) this.cache.delete(m.gpaPage);
-      else this.cache.set(m.gpaPage, m.older);
+      if (m.older === undefined) this.cache.delete(key);
+      else this.cache.set(key, m.older);
     } else {
       let p = head;
       while (p.older !== m) p = p.older!;
@@ -416,8 +413,9 @@ export abstract class DmaMapper {
     this.appendPending(m);
     if (this.mode === 'optimistic') {
       if (!m.fixed) {
-        m.older = this.cache.get(m.gpaPage);
-        this.cache.set(m.gpaPage, m);
+        const key = m.gpaPage / this.granule;
+        m.older = this.cache.get(key);
+        this.cache.set(key, m);
       }
       if (this.pLen > this.quota) this.teardownOldest(this.pLen - this.quota);
     } else if (this.pLen >= this.batchSize) {

@@ -1,6 +1,7 @@
 import type { DmaMemory } from '@ioplane/guest-memory';
 import { DmaMapper, type DmaDomainOptions, type MapperHost } from './dma-mapper.js';
 import { ViommuError } from './errors.js';
+import { PageMap } from './page-map.js';
 
 /*
  * The guest side of the VT-d unit (legacy mode, second-level tables), for
@@ -170,7 +171,7 @@ export class VtdDmaDomain extends DmaMapper {
    * present entries (an emptied table is freed) and the address of the
    * level-2 entry pointing at it.
    */
-  private readonly slotOf = new Map<number, number>();
+  private readonly slotOf = new PageMap<number>();
   private readonly slotTable: number[] = [];
   private readonly slotView: (DataView | undefined)[] = [];
   private readonly slotCount: number[] = [];

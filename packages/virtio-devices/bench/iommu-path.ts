@@ -24,7 +24,7 @@ async function rig(mode: string): Promise<{ domain: DmaMapper; dma: ReturnType<V
   const mem = GuestMemory.create(32 << 20);
   if (mode.startsWith('vtd-')) {
     const vtd = new VtdRemapper({ memory: mem });
-    const drv = new VtdGuestDriver({ unit: vtd, mem, area: { addr: 0x600000, len: 1 << 20 }, now: () => performance.now() });
+    const drv = new VtdGuestDriver({ unit: vtd, mem, area: { addr: 0x600000, len: 1 << 20 }, now: process.env.CLOCK === '0' ? () => 0 : () => performance.now() });
     const m = mode.slice(4);
     return { domain: drv.attach(EP, { mode: m === 'strict-batch' ? 'strict' : (m as 'strict' | 'deferred') }), dma: vtd.dmaMemory(EP, mem) };
   }
