@@ -3,14 +3,18 @@
  * the DMA API's per-request bookkeeping. A JS `Map` costs 100–200 ns per
  * set + get + delete on the machines this runs on, a large share of a
  * map/unmap pair; this open-addressing table on a typed array of keys costs
- * a few loads. Keys are mostly consecutive (next-fit IOVAs, guest buffers),
- * so the low bits are the hash: runs land in runs of slots. Linear probing,
- * deletion by backward shift (no tombstones), grows at half full.
+ * a few loads. Linear probing, deletion by backward shift (no tombstones),
+ * grows at half full. Keys are mostly consecutive (next-fit IOVAs, guest
+ * buffers): with the low bits as the hash they would fill one long cluster,
+ * and every delete would shift along all of it, so the home slot comes from
+ * a Fibonacci hash of the low 32 bits instead.
  */
 export class PageMap<T> {
   private keys: Float64Array;
   private vals: (T | undefined)[];
   private mask: number;
+  /** 32 − log2(capacity): the home slot is the top bits of the product. */
+  private shift: number;
   private count = 0;
 
   constructor(capacity = 64) {
@@ -19,6 +23,12 @@ export class PageMap<T> {
     this.keys = new Float64Array(cap).fill(-1);
     this.vals = new Array<T | undefined>(cap).fill(undefined);
     this.mask = cap - 1;
+    this.shift = 32 - Math.log2(cap);
+  }
+
+  /** ToInt32 keeps the low 32 bits of any key below 2^53. */
+  private home(key: number): number {
+    return Math.imul(key | 0, 0x9e37_79b1) >>> this.shift;
   }
 
   get size(): number {
@@ -29,8 +39,7 @@ export class PageMap<T> {
   private find(key: number): number {
     const keys = this.keys;
     const mask = this.mask;
-    // ToInt32 keeps the low 32 bits of any key below 2^53: consecutive keys, consecutive slots.
-    let i = (key | 0) & mask;
+    let i = this.home(key);
     for (;;) {
       const k = keys[i]!;
       if (k === key) return i;
@@ -51,7 +60,7 @@ export class PageMap<T> {
   set(key: number, value: T): void {
     const keys = this.keys;
     const mask = this.mask;
-    let i = (key | 0) & mask;
+    let i = this.home(key);
     for (;;) {
       const k = keys[i]!;
       if (k === key) {
@@ -78,7 +87,7 @@ export class PageMap<T> {
       j = (j + 1) & mask;
       const k = keys[j]!;
       if (k === -1) break;
-      const home = (k | 0) & mask;
+      const home = this.home(k);
       // The entry at j may move to i if its home is not cyclically in (i, j].
       if (i <= j ? home <= i || home > j : home <= i && home > j) {
         keys[i] = k;
@@ -110,6 +119,7 @@ export class PageMap<T> {
     this.keys = new Float64Array(cap).fill(-1);
     this.vals = new Array<T | undefined>(cap).fill(undefined);
     this.mask = cap - 1;
+    this.shift = 32 - Math.log2(cap);
     this.count = 0;
     for (let i = 0; i < oldKeys.length; i++) if (oldKeys[i] !== -1) this.set(oldKeys[i]!, oldVals[i]!);
   }
