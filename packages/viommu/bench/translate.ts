@@ -8,7 +8,9 @@
  *  - iotlb-hit       readU32 through a virtio-iommu domain, working set (64 pages) inside the IOTLB
  *  - iotlb-miss      4096 single-page mappings visited in a scattered order with a 512-entry IOTLB
  *  - no-iotlb        the same 4096 mappings with the IOTLB off (every access walks the table)
- *  - vtd-hit/-miss   the VT-d walker (4-level tables) with its IOTLB hit / missing every time
+ *  - vtd-hit/-miss   the VT-d walker (4-level tables) with its IOTLB hit / missing every time, the
+ *                    miss either under a cached page-directory entry (4096 leaves in 8 page tables:
+ *                    one 8-byte read) or not (2048 leaves, one per 2 MiB: the whole walk)
  *  - 4k-direct/-iommu readInto of 4 KiB, direct vs translated (one chunk)
  *  - per-request map + 4 KiB DMA + unmap, vIOMMU off / static mapping / strict / deferred / optimistic
  *    (a proxy for the virtio-blk IOPS comparison of the issue: no virtqueue and no block device yet)
@@ -35,21 +37,42 @@ function virtio(iotlbEntries: number, pages: number): { dma: ReturnType<VirtioIo
   return { dma: dev.dmaMemory(1, ram), addrs };
 }
 
-function vtd(iotlbEntries: number, pages: number): { dma: ReturnType<VtdRemapper['dmaMemory']>; addrs: Float64Array } {
-  // Tables at 48 MiB: root, context, PML4, PDPT, PD, then page tables for `pages` 4 KiB leaves.
-  const T = 48 << 20;
-  ram.writeU64(T, BigInt(T + PAGE) | 1n);
-  ram.writeU64(T + PAGE + 8 * 16, BigInt(T + 2 * PAGE) | 1n);
-  ram.writeU64(T + PAGE + 8 * 16 + 8, 2n | (1n << 8n));
-  ram.writeU64(T + 2 * PAGE, BigInt(T + 3 * PAGE) | 3n);
-  ram.writeU64(T + 3 * PAGE, BigInt(T + 4 * PAGE) | 3n);
-  const pts = Math.ceil(pages / 512);
-  for (let t = 0; t < pts; t++) ram.writeU64(T + 4 * PAGE + t * 8, BigInt(T + (5 + t) * PAGE) | 3n);
-  for (let i = 0; i < pages; i++) ram.writeU64(T + 5 * PAGE + i * 8, BigInt(i * PAGE) | 3n);
+/**
+ * A VT-d unit over 4-level tables built at guest-physical `base` (bump-allocated, in the top
+ * 16 MiB of `ram`), with `pages` 4 KiB leaves at IOVA i × `stride` → GPA i × 4 KiB. A stride of
+ * 4 KiB packs 512 leaves per page table (a miss in the IOTLB finds its page-directory entry
+ * cached); a stride of 2 MiB gives every leaf its own page table and PDE.
+ */
+function vtd(iotlbEntries: number, pages: number, base: number, stride = PAGE): { dma: ReturnType<VtdRemapper['dmaMemory']>; addrs: Float64Array } {
+  let next = base;
+  const alloc = () => {
+    const a = next;
+    next += PAGE;
+    ram.fill(a, PAGE, 0);
+    return a;
+  };
+  const root = alloc();
+  const ctx = alloc();
+  const pml4 = alloc();
+  ram.writeU64(root, BigInt(ctx) | 1n);
+  ram.writeU64(ctx + 8 * 16, BigInt(pml4) | 1n);
+  ram.writeU64(ctx + 8 * 16 + 8, 2n | (1n << 8n));
+  for (let i = 0; i < pages; i++) {
+    const iova = i * stride;
+    let t = pml4;
+    for (let l = 4; l > 1; l--) {
+      const at = t + (Math.floor(iova / 2 ** (12 + 9 * (l - 1))) % 512) * 8;
+      let e = ram.readU53(at);
+      if ((e & 3) === 0) ram.writeU53(at, (e = alloc() + 3));
+      t = e - (e % PAGE);
+    }
+    ram.writeU53(t + (Math.floor(iova / PAGE) % 512) * 8, i * PAGE + 3);
+  }
+  if (next > ram.size) throw new Error('VT-d bench tables do not fit');
   const unit = new VtdRemapper({ memory: ram, iotlbEntries });
-  unit.setRootTable(T);
+  unit.setRootTable(root);
   const addrs = new Float64Array(OPS);
-  for (let i = 0; i < OPS; i++) addrs[i] = ((i * 2654435761) % pages) * PAGE + ((i * 4) % PAGE);
+  for (let i = 0; i < OPS; i++) addrs[i] = ((i * 2654435761) % pages) * stride + ((i * 4) % PAGE);
   return { dma: unit.dmaMemory(8, ram), addrs };
 }
 
@@ -71,8 +94,10 @@ const directSamePage = new Float64Array(OPS);
 for (let i = 0; i < OPS; i++) directSamePage[i] = (i * 4) % PAGE;
 const miss = virtio(512, 4096);
 const none = virtio(0, 4096);
-const vHit = vtd(512, 64);
-const vMiss = vtd(512, 4096);
+const vHit = vtd(512, 64, 48 << 20);
+const vMiss = vtd(512, 4096, 49 << 20);
+// One leaf per 2 MiB (4 GiB of IOVA): 2048 page tables, 8 MiB of tables below the 64 MiB of RAM.
+const vMissFar = vtd(512, 2048, 50 << 20, 0x20_0000);
 
 const buf = new Uint8Array(PAGE);
 const BULK = 1 << 16;
@@ -118,7 +143,8 @@ const scenarios: { name: string; ops: number; run: () => number; base: string }[
   { name: 'virtio-iommu IOTLB miss', ops: OPS, run: () => scalarLoop(miss.dma, miss.addrs), base: 'direct readU32' },
   { name: 'virtio-iommu no IOTLB', ops: OPS, run: () => scalarLoop(none.dma, none.addrs), base: 'direct readU32' },
   { name: 'VT-d IOTLB hit', ops: OPS, run: () => scalarLoop(vHit.dma, vHit.addrs), base: 'direct readU32' },
-  { name: 'VT-d IOTLB miss (4-level walk)', ops: OPS, run: () => scalarLoop(vMiss.dma, vMiss.addrs), base: 'direct readU32' },
+  { name: 'VT-d IOTLB miss, PDE cached', ops: OPS, run: () => scalarLoop(vMiss.dma, vMiss.addrs), base: 'direct readU32' },
+  { name: 'VT-d IOTLB miss, PDE miss (4-level walk)', ops: OPS, run: () => scalarLoop(vMissFar.dma, vMissFar.addrs), base: 'direct readU32' },
   { name: 'direct readInto 4 KiB', ops: BULK, run: bulkDirect, base: 'direct readInto 4 KiB' },
   { name: 'virtio-iommu readInto 4 KiB (hit)', ops: BULK, run: () => bulk(hit.dma, 0x1000_0000), base: 'direct readInto 4 KiB' },
   { name: 'path: vIOMMU off', ops: REQS, run: pathRig('off'), base: 'path: vIOMMU off' },

@@ -1,4 +1,5 @@
-import type { Access, DmaMemory } from '@ioplane/guest-memory';
+import { type Access, type DmaMemory, GuestMemory } from '@ioplane/guest-memory';
+import { InvalidationLog } from './domain.js';
 import { FaultCode, type FaultRecord, type FaultSink, ViommuError } from './errors.js';
 import { Iotlb } from './iotlb.js';
 import { TranslatingMemory, type TranslationOut, type TranslationSource } from './translating-memory.js';
@@ -26,14 +27,73 @@ import { TranslatingMemory, type TranslationOut, type TranslationSource } from '
  * present entry. Faults carry the VT-d fault reason codes (§7.1.3).
  *
  * Caching follows the architecture: valid context entries are cached per
- * source-id and leaf translations per domain ID, and a guest that edits its
- * tables must invalidate (context-cache: global, domain, device; IOTLB:
- * global, domain-selective, page-selective) before the change is guaranteed
- * to be seen, as on hardware. Not-present entries are never cached (CM = 0).
+ * source-id, leaf translations per domain ID (the IOTLB), and the non-leaf
+ * part of the walk per domain ID and 2 MiB frame (the paging-structure cache,
+ * `PdeCache`); a guest that edits its tables must invalidate (context-cache:
+ * global, domain, device; IOTLB: global, domain-selective, page-selective
+ * with the invalidation hint) before the change is guaranteed to be seen, as
+ * on hardware. Not-present entries are never cached (CM = 0).
+ *
+ * Every invalidation bumps `translationGeneration` and records in an
+ * `InvalidationLog` what it revoked (a PSI: its domain and aligned range; a
+ * DSI: its domain; anything else: everything), so that translations carried
+ * above the IOTLB (a `TranslatingMemory`'s runs and checked ranges, a popped
+ * chain's buffers) survive the invalidation of other pages and domains.
  */
 
 const U32 = 0x1_0000_0000;
 const PAGE = 4096;
+/** The span one page-directory entry maps (and the key of the paging-structure cache). */
+const TWO_M = 0x20_0000;
+/** Domain of a query that no PSI or DSI can match: only "everything" entries revoke it. */
+const NO_DOMAIN = -2;
+/** The IOVA span an entry at each level maps (index = level): 2^(12 + 9(level − 1)). Constants, not `2 ** shift`, on the walk. */
+const SPAN = [1, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39] as const;
+/**
+ * Reserved bits in the low half of a present entry, by level (VT-d §9.3):
+ * SNP (bit 11) always, PS (bit 7) at level 4; under a 2 MiB / 1 GiB leaf also
+ * bits 20:12 / 29:12. The high half's reserved bits depend on HAW
+ * (`hiAboveHaw` / `hiAboveHawLeaf`).
+ */
+const RESERVED_LO = [0, 0x800, 0x800, 0x800, 0x880] as const;
+const RESERVED_LO_LEAF = [0, 0x800, 0x1f_f800, 0x3fff_f800, 0x880] as const;
+
+/**
+ * The second-level paging-structure cache of one domain ID: for a 2 MiB IOVA
+ * frame, the page table its page-directory entry points to and the rights
+ * ANDed over every level above the leaf — so an IOTLB miss under a cached
+ * PDE reads one 8-byte leaf entry instead of 3–4. Direct-mapped by frame
+ * (IOVA / 2^21, below 2^27 for a 48-bit AGAW), typed arrays sized once: a
+ * fill or a hit allocates nothing. Only present non-leaf PDEs reached
+ * through present, reserved-bit-clean upper entries are cached; leaves never
+ * (they go to the IOTLB), and the upper levels (PML4E, PDPTE) only as their
+ * contribution to the frame's entry.
+ *
+ * Tagged by domain ID only, as hardware tags it: software that gives two
+ * contexts one DID promises they share tables (VT-d §9.3, DID).
+ */
+class PdeCache {
+  readonly mask: number;
+  /** The frame each slot holds, −1 for none. */
+  readonly frame: Float64Array;
+  /** The page table's guest-physical address, low and high 32 bits. */
+  readonly tableLo: Uint32Array;
+  readonly tableHi: Uint32Array;
+  /** Rights (1 R, 2 W) ANDed over the levels above the leaf. */
+  readonly rights: Uint8Array;
+
+  constructor(size: number) {
+    this.mask = size - 1;
+    this.frame = new Float64Array(size).fill(-1);
+    this.tableLo = new Uint32Array(size);
+    this.tableHi = new Uint32Array(size);
+    this.rights = new Uint8Array(size);
+  }
+
+  flush(): void {
+    this.frame.fill(-1);
+  }
+}
 
 export interface VtdOptions {
   /** Guest-physical memory holding the tables (and, usually, the DMA targets). */
@@ -49,6 +109,8 @@ export interface VtdOptions {
   passThrough?: boolean;
   /** IOTLB entries per domain ID (a power of two), 0 to disable. Default 512. */
   iotlbEntries?: number;
+  /** Paging-structure (PDE) cache entries per domain ID, each covering 2 MiB (a power of two), 0 to disable. Default 256. */
+  pdeCacheEntries?: number;
   /** Fault records kept (the fault recording registers of a real unit hold a few). Default 256. */
   maxFaults?: number;
   onFault?: (fault: FaultRecord) => void;
@@ -65,6 +127,7 @@ interface Context {
   tableLo: number;
   tableHi: number;
   tlb: Iotlb | undefined;
+  pde: PdeCache | undefined;
 }
 
 export class VtdRemapper implements FaultSink {
@@ -74,15 +137,24 @@ export class VtdRemapper implements FaultSink {
   private enabled = false;
   /** Bumped on every context-cache invalidation; endpoints re-read their context when it moves. */
   generation = 0;
-  /** Bumped on every invalidation of any kind (and SRTP, TE): cached translations older than it are void. */
+  /**
+   * Bumped on every invalidation of any kind (and SRTP, TE); what each bump
+   * revoked is in `log` (`unchangedSince`), so a translation made under an
+   * older generation is void only if a later bump touched its domain and range.
+   */
   translationGeneration = 0;
+  private readonly log = new InvalidationLog();
   private readonly contexts = new Map<number, Context>();
   private readonly tlbs = new Map<number, Iotlb>();
+  private readonly pdes = new Map<number, PdeCache>();
+  /** `memory` when it is a `GuestMemory`: entries are then read from its region views directly (`readEntry`). */
+  private readonly ram: GuestMemory | undefined;
   private readonly levels: ReadonlySet<number>;
   private readonly lp2m: boolean;
   private readonly lp1g: boolean;
   private readonly pt: boolean;
   private readonly iotlbEntries: number;
+  private readonly pdeEntries: number;
   private readonly maxFaults: number;
   private readonly onFault: ((f: FaultRecord) => void) | undefined;
   /** Bits above HAW in the high half of an entry (address bits 32..63), minus the ignored bits 52..61 and 63. */
@@ -90,10 +162,11 @@ export class VtdRemapper implements FaultSink {
   private readonly hiAboveHawLeaf: number;
   private readonly hawHiMask: number;
   readonly faults: FaultRecord[] = [];
-  readonly stats = { walks: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
+  readonly stats = { walks: 0, pdeHits: 0, pdeMisses: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
 
   constructor(options: VtdOptions) {
     this.memory = options.memory;
+    this.ram = options.memory instanceof GuestMemory ? options.memory : undefined;
     this.haw = options.haw ?? 48;
     if (!Number.isInteger(this.haw) || this.haw < 32 || this.haw > 52) throw new ViommuError('invalid-option', `haw ${String(this.haw)} is not between 32 and 52 bits`, this.haw);
     this.levels = new Set(options.levels ?? [3, 4]);
@@ -103,6 +176,11 @@ export class VtdRemapper implements FaultSink {
     this.pt = options.passThrough ?? true;
     this.iotlbEntries = options.iotlbEntries ?? 512;
     if (this.iotlbEntries !== 0) new Iotlb(this.iotlbEntries);
+    this.pdeEntries = options.pdeCacheEntries ?? 256;
+    const pe = this.pdeEntries;
+    if (!Number.isInteger(pe) || pe < 0 || pe > 1 << 20 || (pe & (pe - 1)) !== 0) {
+      throw new ViommuError('invalid-option', `PDE cache size ${String(pe)} is not 0 or a power of two up to 2^20`, pe);
+    }
     this.maxFaults = options.maxFaults ?? 256;
     this.onFault = options.onFault;
     // High-half bits: address bits HAW-1..32 valid; bits 52..61 and 63 ignored; bit 62 TM (handled per level).
@@ -125,7 +203,7 @@ export class VtdRemapper implements FaultSink {
 
   /** Turns translation off (GCMD.TE = 0): every request passes untranslated. */
   disable(): void {
-    this.translationGeneration++;
+    this.bump(-1, 0, Infinity);
     this.enabled = false;
   }
 
@@ -135,37 +213,62 @@ export class VtdRemapper implements FaultSink {
 
   // --- invalidation (VT-d §6.5: register-based and queued invalidation) ---
 
+  /** Moves `translationGeneration` and logs what the new generation revoked: [start, end) of `domain`, or everything (−1). */
+  private bump(domain: number, start: number, end: number): void {
+    const g = ++this.translationGeneration;
+    this.log.record(g, domain, start, end);
+  }
+
+  /**
+   * Whether nothing invalidated since generation `since` touched [start,
+   * end) of domain `domain` (`NO_DOMAIN`: whether no global invalidation
+   * happened). False when unsure (older than the log).
+   */
+  unchangedSince(since: number, domain: number, start: number, end: number): boolean {
+    return this.log.unchangedSince(this.translationGeneration, since, domain, start, end);
+  }
+
+  /*
+   * Every context-cache invalidation counts as "everything" in the log: the
+   * endpoints' decoded contexts (domain, tables, pass-through) may all have
+   * changed. The IOTLB and PDE caches are left alone, as on hardware:
+   * software follows a context change with a domain-selective or global
+   * IOTLB invalidation (VT-d §6.5, guidance to software for invalidations).
+   */
   invalidateContextGlobal(): void {
-    this.translationGeneration++;
+    this.bump(-1, 0, Infinity);
     this.contexts.clear();
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateContextDomain(domainId: number): void {
-    this.translationGeneration++;
+    this.bump(-1, 0, Infinity);
     for (const [sid, c] of this.contexts) if (c.domainId === domainId) this.contexts.delete(sid);
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateContextDevice(sourceId: number): void {
-    this.translationGeneration++;
+    this.bump(-1, 0, Infinity);
     this.contexts.delete(sourceId);
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
+  /** Global IOTLB invalidation: every domain's leaves and paging-structure entries. */
   invalidateIotlbGlobal(): void {
-    this.translationGeneration++;
+    this.bump(-1, 0, Infinity);
     for (const t of this.tlbs.values()) t.flush();
+    for (const p of this.pdes.values()) p.flush();
     this.stats.iotlbInvalidations++;
   }
 
-  /** Domain-selective IOTLB invalidation (DSI). */
+  /** Domain-selective IOTLB invalidation (DSI): the domain's leaves and paging-structure entries. */
   invalidateIotlbDomain(domainId: number): void {
-    this.translationGeneration++;
+    this.bump(domainId, 0, Infinity);
     this.tlbs.get(domainId)?.flush();
+    this.pdes.get(domainId)?.flush();
     this.stats.iotlbInvalidations++;
   }
 
@@ -173,13 +276,27 @@ export class VtdRemapper implements FaultSink {
    * Page-selective IOTLB invalidation (PSI): the 2^am pages of 4 KiB aligned
    * on their size around `addr` (IVA/ADDR with address mask AM). Any cached
    * leaf overlapping them (a 2 MiB or 1 GiB one too) is dropped.
+   *
+   * `ih` is the invalidation hint (IVA_REG bit 6; bit 70 of the queued IOTLB
+   * invalidate descriptor, VT-d §6.5.2.3, and the IVA_REG register
+   * description, §10.4.8.2 in rev. 2.x): IH = 0 says software may have modified leaf and non-leaf entries
+   * of the range, so the cached non-leaf entries for it must go too; IH = 1
+   * says only leaves changed, and hardware may keep its paging-structure
+   * caches (VT-d §6.2, caching of second-level paging structures). Linux's
+   * intel-iommu sets IH for ordinary unmaps that free no page table. With
+   * IH = 0 this drops all of the domain's PDE cache — invalidating more
+   * than asked is always allowed, and it is what Intel's own units do
+   * ("a domain-level invalidation on non-leaf entries", Xeon E7 v2
+   * datasheet, IOTLBINV.ih) — a 256-entry fill, cheaper than a range scan.
    */
-  invalidateIotlbPages(domainId: number, addr: number, am: number): void {
+  invalidateIotlbPages(domainId: number, addr: number, am: number, ih = false): void {
     if (!Number.isInteger(am) || am < 0 || am > 52) throw new ViommuError('invalid-option', `address mask ${String(am)} is not between 0 and 52`, am);
-    this.translationGeneration++;
+    if (!Number.isSafeInteger(addr) || addr < 0) throw new ViommuError('invalid-option', `invalidation address ${String(addr)} is not a non-negative safe integer`, addr);
     const size = PAGE * 2 ** am;
     const start = addr - (addr % size);
+    this.bump(domainId, start, start + size);
     this.tlbs.get(domainId)?.invalidate(start, start + size);
+    if (!ih) this.pdes.get(domainId)?.flush();
     this.stats.iotlbInvalidations++;
   }
 
@@ -187,7 +304,7 @@ export class VtdRemapper implements FaultSink {
    * Executes one queued-invalidation descriptor (VT-d §6.5.2): type 1
    * context-cache (granularity bits 5:4 global/domain/device, DID 31:16,
    * SID 47:32) or type 2 IOTLB (granularity 5:4 global/domain/page, DID
-   * 31:16; hi: ADDR 63:12, AM 5:0). Returns false for other types (left to the caller).
+   * 31:16; hi: ADDR 63:12, IH 6, AM 5:0). Returns false for other types (left to the caller).
    */
   invalidateDescriptor(lo: bigint, hi: bigint): boolean {
     const type = Number(lo & 0xfn);
@@ -203,7 +320,7 @@ export class VtdRemapper implements FaultSink {
     if (type === 2) {
       if (g === 1) this.invalidateIotlbGlobal();
       else if (g === 2) this.invalidateIotlbDomain(did);
-      else if (g === 3) this.invalidateIotlbPages(did, Number(hi & ~0xfffn & ((1n << 53n) - 1n)), Number(hi & 0x3fn));
+      else if (g === 3) this.invalidateIotlbPages(did, Number(hi & ~0xfffn & ((1n << 53n) - 1n)), Number(hi & 0x3fn), (hi & 0x40n) !== 0n);
       else return false;
       return true;
     }
@@ -216,8 +333,25 @@ export class VtdRemapper implements FaultSink {
   private eLo = 0;
   private eHi = 0;
 
-  /** Reads the 64-bit entry at `addr` into eLo/eHi; false if it is not guest memory. */
+  /**
+   * Reads the 64-bit entry at `addr` (8-byte aligned, below 2^52) into
+   * eLo/eHi; false if it is not guest memory. Over a `GuestMemory`, from the
+   * region's view (one region lookup, no exception on a miss); an entry
+   * straddling two regions, or another `DmaMemory`, through `readU32`.
+   */
   private readEntry(addr: number): boolean {
+    const ram = this.ram;
+    if (ram !== undefined) {
+      const r = ram.findRegion(addr);
+      if (r === undefined) return false;
+      const off = addr - r.gpa;
+      if (off + 8 <= r.size) {
+        const v = r.view;
+        this.eLo = v.getUint32(off, true);
+        this.eHi = v.getUint32(off + 4, true);
+        return true;
+      }
+    }
     try {
       this.eLo = this.memory.readU32(addr);
       this.eHi = this.memory.readU32(addr + 4);
@@ -257,7 +391,7 @@ export class VtdRemapper implements FaultSink {
     let ctx: Context;
     if (tt === 2) {
       if (!this.pt) return FaultCode.contextInvalid;
-      ctx = { domainId, passThrough: true, fpd, levels: 0, limit: 2 ** this.haw, tableLo: 0, tableHi: 0, tlb: undefined };
+      ctx = { domainId, passThrough: true, fpd, levels: 0, limit: 2 ** this.haw, tableLo: 0, tableHi: 0, tlb: undefined, pde: undefined };
     } else if (tt === 3) {
       return FaultCode.contextInvalid;
     } else {
@@ -268,37 +402,52 @@ export class VtdRemapper implements FaultSink {
         tlb = this.tlbs.get(domainId);
         if (tlb === undefined) this.tlbs.set(domainId, (tlb = new Iotlb(this.iotlbEntries)));
       }
-      ctx = { domainId, passThrough: false, fpd, levels, limit: 2 ** (12 + 9 * levels), tableLo: (lo.lo & 0xffff_f000) >>> 0, tableHi: lo.hi, tlb };
+      let pde: PdeCache | undefined;
+      if (this.pdeEntries > 0) {
+        pde = this.pdes.get(domainId);
+        if (pde === undefined) this.pdes.set(domainId, (pde = new PdeCache(this.pdeEntries)));
+      }
+      ctx = { domainId, passThrough: false, fpd, levels, limit: 2 ** (12 + 9 * levels), tableLo: (lo.lo & 0xffff_f000) >>> 0, tableHi: lo.hi, tlb, pde };
     }
     this.contexts.set(sid, ctx);
     return ctx;
   }
 
   /**
-   * Reserved bits in the low half of a present entry at `level` (leaf = PS set
-   * at level 2/3, or level 1): SNP (bit 11) always; PS (bit 7) at level 4;
-   * bits 20:12 / 29:12 under a 2 MiB / 1 GiB leaf. In the high half: the bits
-   * above HAW except the ignored ones, and TM (bit 62) outside leaves
-   * (`hiAboveHaw` / `hiAboveHawLeaf`).
+   * Walks the second-level tables for `addr` (below `ctx.limit`); fills `out`
+   * and returns 0, or returns a fault code. Starts at the page table when the
+   * domain's PDE cache holds the 2 MiB frame, and fills that cache when the
+   * walk passes a present non-leaf PDE.
    */
-  private reservedLo(level: number, leaf: boolean): number {
-    let lo = 0x800;
-    if (level === 4) lo |= 0x80;
-    if (leaf && level === 2) lo |= 0x1f_f000;
-    if (leaf && level === 3) lo |= 0x3fff_f000;
-    return lo;
-  }
-
-  /** Walks the second-level tables for `addr`; fills `out` and returns 0, or returns a fault code. */
   walk(ctx: Context, addr: number, access: Access, out: TranslationOut, cache: Iotlb | undefined): number {
     this.stats.walks++;
     const need = access === 'read' ? 1 : 2;
     let tableLo = ctx.tableLo;
     let tableHi = ctx.tableHi;
     let rights = 3;
-    for (let level = ctx.levels; level >= 1; level--) {
-      const shift = 12 + 9 * (level - 1);
-      const index = Math.floor(addr / 2 ** shift) % 512;
+    let level = ctx.levels;
+    const pde = ctx.pde;
+    // addr < 2^48: the frame is below 2^27, so masking it is exact.
+    const frame = Math.floor(addr / TWO_M);
+    const slot = pde === undefined ? 0 : frame & pde.mask;
+    if (pde !== undefined) {
+      if (pde.frame[slot] === frame) {
+        this.stats.pdeHits++;
+        rights = pde.rights[slot]!;
+        // The full walk faults at the upper level that took the right away: the same code, and no leaf to read.
+        if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+        tableLo = pde.tableLo[slot]!;
+        tableHi = pde.tableHi[slot]!;
+        level = 1;
+      } else {
+        this.stats.pdeMisses++;
+      }
+    }
+    for (; level >= 1; level--) {
+      const span = SPAN[level]!;
+      // ToInt32 keeps the low 32 bits of an integer below 2^53 exactly: `& 511` is the index even for a
+      // 48-bit IOVA (unlike `addr >> shift`, which would truncate the address first). No float `%` (fmod).
+      const index = Math.floor(addr / span) & 511;
       if (!this.readEntry(tableHi * U32 + tableLo + index * 8)) return FaultCode.pagingEntryInvalid;
       const lo = this.eLo;
       const hi = this.eHi;
@@ -307,12 +456,12 @@ export class VtdRemapper implements FaultSink {
       const ps = (lo & 0x80) !== 0 && level > 1;
       if (ps && ((level === 2 && !this.lp2m) || (level === 3 && !this.lp1g) || level === 4)) return FaultCode.pagingReserved;
       const leaf = level === 1 || ps;
-      if ((lo & this.reservedLo(level, leaf)) !== 0 || (hi & (leaf ? this.hiAboveHawLeaf : this.hiAboveHaw)) !== 0) return FaultCode.pagingReserved;
+      if ((lo & (leaf ? RESERVED_LO_LEAF[level]! : RESERVED_LO[level]!)) !== 0 || (hi & (leaf ? this.hiAboveHawLeaf : this.hiAboveHaw)) !== 0) return FaultCode.pagingReserved;
       tableLo = (lo & 0xffff_f000) >>> 0;
       tableHi = hi & this.hawHiMask;
       if (leaf) {
-        const size = 2 ** shift;
-        const pageStart = addr - (addr % size);
+        const size = span;
+        const pageStart = Math.floor(addr / size) * size;
         const base = tableHi * U32 + tableLo;
         const delta = base - pageStart;
         cache?.insert(addr, pageStart, pageStart + size, delta, rights);
@@ -320,6 +469,12 @@ export class VtdRemapper implements FaultSink {
         out.start = pageStart;
         out.end = pageStart + size;
         return 0;
+      }
+      if (level === 2 && pde !== undefined) {
+        pde.frame[slot] = frame;
+        pde.tableLo[slot] = tableLo;
+        pde.tableHi[slot] = tableHi;
+        pde.rights[slot] = rights;
       }
     }
     return FaultCode.pagingEntryInvalid;
@@ -392,6 +547,23 @@ export class VtdSource implements TranslationSource {
 
   get generation(): number {
     return this.unit.translationGeneration;
+  }
+
+  /**
+   * Whether a translation of [start, end) this source made under generation
+   * `since` still holds: no invalidation since touched its domain and range.
+   * The domain is the one of the context cached now: a context-cache
+   * invalidation (which could change it) is logged as "everything", so
+   * while none happened the context is the one the translation used. With
+   * translation off, only global changes (SRTP, TE) count. No context (a
+   * fault code): false.
+   */
+  unchangedSince(since: number, start: number, end: number): boolean {
+    const unit = this.unit;
+    if (!unit.translationEnabled) return unit.unchangedSince(since, NO_DOMAIN, start, end);
+    const ctx = this.ctx;
+    if (typeof ctx === 'number' || this.contextGeneration !== unit.generation) return false;
+    return unit.unchangedSince(since, ctx.domainId, start, end);
   }
 
   translate(addr: number, access: Access, out: TranslationOut): number {

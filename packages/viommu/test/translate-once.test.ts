@@ -134,14 +134,16 @@ describe('generation and invalidation log', () => {
     expect(dma.stillValid(0x10000, 0x1000, dma.translationGeneration)).toBe(true);
   });
 
-  it('VT-d keeps no log: only the current generation is trusted', () => {
+  it('VT-d logs its invalidations too: a PSI moves the generation but revokes nothing else (test/vtd.test.ts has the rest)', () => {
     const ram = GuestMemory.create(RAM);
-    const vtd = new VtdRemapper({ memory: ram });
+    const vtd = new VtdRemapper({ memory: ram }); // translation off: identity
     const dma = vtd.dmaMemory(8, ram);
     const g = dma.translationGeneration;
     expect(dma.stillValid(0, 16, g)).toBe(true);
     vtd.invalidateIotlbPages(1, 0x100000, 0); // a page nowhere near [0, 16)
     expect(dma.translationGeneration).not.toBe(g);
+    expect(dma.stillValid(0, 16, g)).toBe(true);
+    vtd.invalidateContextGlobal(); // logged as "everything"
     expect(dma.stillValid(0, 16, g)).toBe(false);
   });
 });

@@ -296,3 +296,193 @@ describe('VT-d behind the DmaMemory interface', () => {
     expect(() => v.dmaMemory(0x10000, ram)).toThrow(/source-id/);
   });
 });
+
+describe('VT-d invalidation log: carried translations survive invalidations of other pages and domains', () => {
+  /** Carries four translations (three pages of domain 5, one of domain 6) under generation `gen`. */
+  function carried() {
+    const t = tables();
+    const a = t.vtd.dmaMemory(SID4, t.ram);
+    const b = t.vtd.dmaMemory(SID3, t.ram);
+    const gen = a.translationGeneration;
+    expect(a.translateRange(0x1000, 16, 'read')).toBe(0x7000);
+    expect(a.translateRange(0x2000, 16, 'write')).toBe(0x8000);
+    expect(a.translateRange(0x3000, 16, 'write')).toBe(0xe000);
+    expect(b.translateRange(0x3000, 16, 'read')).toBe(0xc000);
+    return { ...t, a, b, gen };
+  }
+
+  it('a PSI of one page keeps the other pages of its domain and other domains, drops its own', () => {
+    const { vtd, q, a, b, gen } = carried();
+    q(0x6000 + 2 * 8, 0x9000n | RW);
+    vtd.invalidateIotlbPages(5, 0x2000, 0, true);
+    expect(a.translationGeneration).not.toBe(gen);
+    expect(a.stillValid(0x1000, 16, gen)).toBe(true);
+    expect(a.stillValid(0x2000, 16, gen)).toBe(false);
+    expect(a.stillValid(0x3000, 16, gen)).toBe(true);
+    expect(b.stillValid(0x3000, 16, gen)).toBe(true);
+    // The checked-range table agrees: the untouched page is revalidated, the invalidated one re-translated.
+    const revalidated = a.rangeStats.revalidated;
+    expect(a.translateRange(0x1000, 16, 'read')).toBe(0x7000);
+    expect(a.rangeStats.revalidated).toBe(revalidated + 1);
+    expect(a.translateRange(0x2000, 16, 'write')).toBe(0x9000);
+    // The same page number in the other domain is another address space.
+    vtd.invalidateIotlbPages(6, 0x1000, 0);
+    expect(a.stillValid(0x1000, 16, gen)).toBe(true);
+  });
+
+  it('a PSI with an address mask drops every page of its aligned range', () => {
+    const { vtd, a, gen } = carried();
+    vtd.invalidateIotlbPages(5, 0x3000, 1); // 8 KiB aligned: 0x2000..0x3fff
+    expect(a.stillValid(0x1000, 16, gen)).toBe(true);
+    expect(a.stillValid(0x2000, 16, gen)).toBe(false);
+    expect(a.stillValid(0x3000, 16, gen)).toBe(false);
+    vtd.invalidateDescriptor(2n | (3n << 4n) | (5n << 16n), 0x3000n | 2n); // queued, AM = 2: 0..0x3fff
+    expect(a.stillValid(0x1000, 16, gen)).toBe(false);
+  });
+
+  it('a DSI drops its domain’s translations only; a global IOTLB invalidation drops every one', () => {
+    const { vtd, a, b, gen } = carried();
+    vtd.invalidateIotlbDomain(5);
+    expect(a.stillValid(0x1000, 16, gen)).toBe(false);
+    expect(a.stillValid(0x3000, 16, gen)).toBe(false);
+    expect(b.stillValid(0x3000, 16, gen)).toBe(true);
+    vtd.invalidateIotlbGlobal();
+    expect(b.stillValid(0x3000, 16, gen)).toBe(false);
+  });
+
+  it('every context-cache invalidation, SRTP and TE drop everything (the context itself may have changed)', () => {
+    for (const inv of [
+      (v: VtdRemapper) => v.invalidateContextDevice(0x0700), // another device, even
+      (v: VtdRemapper) => v.invalidateContextDomain(9),
+      (v: VtdRemapper) => v.invalidateContextGlobal(),
+      (v: VtdRemapper) => v.invalidateDescriptor(1n | (3n << 4n) | (0x0700n << 32n), 0n),
+      (v: VtdRemapper) => v.setRootTable(0x1000),
+      (v: VtdRemapper) => v.disable(),
+    ]) {
+      const { vtd, a, b, gen } = carried();
+      inv(vtd);
+      expect(a.stillValid(0x1000, 16, gen)).toBe(false);
+      expect(b.stillValid(0x3000, 16, gen)).toBe(false);
+    }
+  });
+
+  it('with translation off, identity translations survive page and domain invalidations but not TE', () => {
+    const { vtd, ram } = tables();
+    vtd.disable();
+    const a = vtd.dmaMemory(SID4, ram);
+    const gen = a.translationGeneration;
+    expect(a.translateRange(0x1000, 16, 'read')).toBe(0x1000);
+    vtd.invalidateIotlbPages(5, 0x1000, 0);
+    vtd.invalidateIotlbDomain(5);
+    expect(a.stillValid(0x1000, 16, gen)).toBe(true);
+    vtd.setRootTable(0x1000);
+    expect(a.stillValid(0x1000, 16, gen)).toBe(false);
+  });
+
+  it('a source whose context faults vouches for nothing', () => {
+    const { vtd, ram } = tables();
+    const c = vtd.dmaMemory(0x0700, ram); // bus 7: root entry not present
+    expect(() => c.readU8(0)).toThrow(DmaFault);
+    const gen = c.translationGeneration;
+    vtd.invalidateIotlbPages(5, 0x1000, 0);
+    expect(c.stillValid(0x1000, 16, gen)).toBe(false);
+    expect(c.stillValid(0x1000, 16, c.translationGeneration)).toBe(true); // the current generation always holds
+  });
+});
+
+describe('VT-d paging-structure (PDE) cache', () => {
+  /** A `DmaMemory` that counts the 32-bit reads the walker makes (it reads nothing else). */
+  function counting(ram: GuestMemory) {
+    const c = { reads: 0 };
+    const memory = { readU32: (a: number) => (c.reads++, ram.readU32(a)) } as unknown as GuestMemory;
+    return { c, memory };
+  }
+
+  it('an IOTLB miss under a cached PDE reads one 8-byte leaf entry, not four', () => {
+    const { ram } = tables();
+    const { c, memory } = counting(ram);
+    const vtd = new VtdRemapper({ memory });
+    vtd.setRootTable(0x1000);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
+    const first = c.reads; // root + context (2 × 16 bytes) + 4 paging entries: 16 reads of 4 bytes
+    expect(first).toBe(16);
+    expect(vtd.stats.pdeMisses).toBe(1);
+    expect(tr(vtd, SID4, 0x2000, 'write')).toEqual([0x8000, 0x3000]);
+    expect(c.reads - first).toBe(2);
+    expect(vtd.stats.pdeHits).toBe(1);
+    // Leaves are not PDE-cached: the 2 MiB leaf and the 1 GiB leaf are walked in full.
+    expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
+    expect(vtd.stats.pdeHits).toBe(1);
+    const off = new VtdRemapper({ memory, pdeCacheEntries: 0 });
+    off.setRootTable(0x1000);
+    tr(off, SID4, 0x1000);
+    const before = c.reads;
+    tr(off, SID4, 0x2000);
+    expect(c.reads - before).toBe(8);
+  });
+
+  it('a PSI with IH = 1 keeps a stale PDE (software said only leaves changed); IH = 0, DSI and global drop it', () => {
+    for (const drop of [
+      (v: VtdRemapper) => v.invalidateIotlbPages(5, 0x2000, 0),
+      (v: VtdRemapper) => v.invalidateDescriptor(2n | (3n << 4n) | (5n << 16n), 0x2000n), // IH = 0 in the descriptor
+      (v: VtdRemapper) => v.invalidateIotlbDomain(5),
+      (v: VtdRemapper) => v.invalidateIotlbGlobal(),
+    ]) {
+      const { vtd, q } = tables();
+      expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]); // PD[0] → PT 0x6000 cached
+      q(0xf000 + 2 * 8, 0xd000n | RW); // a new page table at 0xf000...
+      q(0x5000, 0xf000n | RW); // ...replaces PT 0x6000 in PD[0]
+      vtd.invalidateIotlbPages(5, 0x2000, 0, true);
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]); // through the cached PDE: the old table
+      vtd.invalidateDescriptor(2n | (3n << 4n) | (5n << 16n), 0x2000n | 0x40n); // IH = 1, queued
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+      vtd.invalidateIotlbPages(6, 0x2000, 0); // IH = 0, but another domain
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+      drop(vtd);
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0xd000, 0x3000]);
+      expect(tr(vtd, SID4, 0x3000, 'write')).toBe('vtd-write'); // never cached: walked through the new table, which has no entry 3
+    }
+  });
+
+  it('caches the rights of the upper levels with the PDE and faults as the full walk does', () => {
+    const { vtd, q } = tables();
+    q(0x3000, 0x4000n | R); // PML4[0] read-only
+    q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n); // PT[5]: reserved SNP bit
+    const full = tables({ pdeCacheEntries: 0 });
+    full.q(0x3000, 0x4000n | R);
+    full.q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
+    expect(vtd.stats.pdeMisses).toBe(1);
+    for (const [addr, access] of [
+      [0x2000, 'write'], // leaf RW, PML4 R: the upper level refuses before the leaf is read
+      [0x5000, 'write'], // leaf with a reserved bit: still a write fault (the rights are checked first)
+      [0x5000, 'read'], // the reserved bit shows on a read
+      [0x2000, 'read'],
+      [0x4000, 'read'], // not present
+    ] as const) {
+      expect(tr(vtd, SID4, addr, access)).toEqual(tr(full.vtd, SID4, addr, access));
+    }
+    expect(tr(vtd, SID4, 0x5000, 'write')).toBe('vtd-write');
+    expect(tr(vtd, SID4, 0x5000, 'read')).toBe('paging-reserved');
+    expect(vtd.stats.pdeHits).toBe(7);
+  });
+
+  it('does not cache a PDE whose walk faulted above it, nor across domains', () => {
+    const { vtd, q } = tables();
+    q(0x4000, 0x5000n | RW | 0x800n); // PDPT[0] with a reserved bit
+    expect(tr(vtd, SID4, 0x1000)).toBe('paging-reserved');
+    expect(tr(vtd, SID4, 0x1000)).toBe('paging-reserved');
+    expect(vtd.stats.pdeHits).toBe(0);
+    expect(tr(vtd, SID3, 0x3000)).toEqual([0xc000, 0x4000]); // domain 6 has its own cache
+    expect(vtd.stats.pdeHits).toBe(0);
+  });
+
+  it('validates its size and the PSI address', () => {
+    const ram = GuestMemory.create(0x1000);
+    expect(() => new VtdRemapper({ memory: ram, pdeCacheEntries: 3 })).toThrow(/PDE cache/);
+    expect(() => new VtdRemapper({ memory: ram, pdeCacheEntries: -1 })).toThrow(/PDE cache/);
+    const v = new VtdRemapper({ memory: ram });
+    expect(() => v.invalidateIotlbPages(0, -4096, 0)).toThrow(/address/);
+    expect(() => v.invalidateIotlbPages(0, Number.NaN, 0)).toThrow(/address/);
+  });
+});
