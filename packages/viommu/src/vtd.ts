@@ -295,7 +295,7 @@ export class VtdRemapper implements FaultSink {
     const size = PAGE * 2 ** am;
     const start = addr - (addr % size);
     this.bump(domainId, start, start + size);
-    this.tlbs.get(domainId)?.invalidate(start, start + size);
+    this.tlbs.get(domainId)?.invalidatePages(start, start + size);
     if (!ih) this.pdes.get(domainId)?.flush();
     this.stats.iotlbInvalidations++;
   }
