@@ -348,7 +348,7 @@ export abstract class DmaMapper {
       this.tearDown(one, 1, false);
       return;
     }
-    const now = this.host.now();
+    const now = this.clock;
     this.retire(m, now);
     this.expireAt(now);
   }
@@ -359,8 +359,7 @@ export abstract class DmaMapper {
    * carried out in one commit (for virtio-iommu one submission, mappings with
    * adjacent IOVA ranges in one range UNMAP) and on return the device can
    * reach none of the buffers, exactly as after `count` calls of `unmap`.
-   * deferred / optimistic: the same as calling `unmap` for each, with one
-   * clock read. Throws, changing nothing, if an IOVA is not mapped (or is
+   * deferred / optimistic: the same as calling `unmap` for each. Throws, changing nothing, if an IOVA is not mapped (or is
    * named twice).
    */
   unmapMany(iovas: ArrayLike<number>, count: number = iovas.length): void {
@@ -386,7 +385,7 @@ export abstract class DmaMapper {
       }
       return;
     }
-    const now = this.host.now();
+    const now = this.clock;
     for (let i = 0; i < count; i++) this.retire(batch[i]!, now);
     clear(batch);
     this.expireAt(now);
@@ -426,10 +425,21 @@ export abstract class DmaMapper {
   /** Scratch batch of one (strict unmap). */
   private readonly one: LiveMapping[] = [];
 
-  /** Applies the clock: tears down the deferred batch, or expired cached mappings, when due. */
+  /**
+   * The guest's time as last read (by `map`, `syncMaps`, `expire`). An unmap
+   * stamps its mapping with it rather than reading the clock — a clock read
+   * costs as much as the rest of a deferred unmap — as Linux's flush queue
+   * stamps with jiffies. A stamp is never later than the true time, so a
+   * batch is due no later than `flushDelayMs` after its oldest unmap; it is
+   * noticed at the next `syncMaps` or `expire`.
+   */
+  private clock = 0;
+
+  /** Reads the clock and applies it: tears down the deferred batch, or expired cached mappings, when due. */
   expire(): void {
-    if (this.pLen === 0) return;
-    this.expireAt(this.host.now());
+    if (this.mode === 'strict') return;
+    this.clock = this.host.now();
+    if (this.pLen > 0) this.expireAt(this.clock);
   }
 
   private expireAt(now: number): void {
@@ -561,11 +571,22 @@ export function dirFlags(dir: DmaDirection): number {
   return dir === 'to-device' ? PERM_READ : dir === 'from-device' ? PERM_WRITE : PERM_READ | PERM_WRITE;
 }
 
-export function roundDown(v: number, g: number): number {
-  return v - (v % g);
+/**
+ * `v % g` for a non-negative integer `v` below 2^53 and a power of two `g`
+ * up to 2^31: ToUint32 keeps the low 32 bits, and the mask the rest. A float
+ * modulo is a runtime call in V8 once `v` passes 2^31.
+ */
+function lowBits(v: number, g: number): number {
+  return g <= 0x8000_0000 ? ((v >>> 0) & (g - 1)) >>> 0 : v % g;
 }
 
+/** `v` rounded down to a multiple of the power of two `g`. */
+export function roundDown(v: number, g: number): number {
+  return v - lowBits(v, g);
+}
+
+/** `v` rounded up to a multiple of the power of two `g`. */
 export function roundUp(v: number, g: number): number {
-  const r = v % g;
+  const r = lowBits(v, g);
   return r === 0 ? v : v + (g - r);
 }

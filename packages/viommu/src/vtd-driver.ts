@@ -116,7 +116,7 @@ export class VtdGuestDriver implements MapperHost {
   /** Writes a 64-bit entry, high half first: the present bits in the low half appear last. */
   writeEntry(at: number, value: number): void {
     this.mem.writeU32(at + 4, Math.floor(value / TWO_32));
-    this.mem.writeU32(at, value % TWO_32);
+    this.mem.writeU32(at, value >>> 0);
   }
 
   private contextEntry(sid: number, create: boolean): number {
@@ -251,13 +251,14 @@ export class VtdDmaDomain extends DmaMapper {
 
   /** Writes the leaf entry of `iova` in slot `s`'s table: 0 clears it. */
   private setLeaf(s: number, iova: number, value: number): void {
-    const off = (Math.floor(iova / PAGE) % 512) * 8;
+    // ToUint32 keeps bits 31:0 of any address below 2^53; bits 20:12 index the table (no float modulo).
+    const off = ((iova >>> 12) & 511) * 8;
     const v = this.slotView[s];
     // High half first: the present bits in the low half appear last (and go first when clearing).
     if (v !== undefined) {
       if (value === 0) v.setUint32(off, 0, true);
       v.setUint32(off + 4, Math.floor(value / TWO_32), true);
-      v.setUint32(off, value % TWO_32, true);
+      v.setUint32(off, value >>> 0, true);
     } else this.driver.writeEntry(this.slotTable[s]! + off, value);
   }
 

@@ -1,7 +1,8 @@
 /**
  * virtio-blk behind the vIOMMU: 4 KiB random reads through the whole path —
  * VirtioBlkDriver → virtqueue → VirtioBlkDevice → a raw file on a warm page
- * cache (BACKEND=memory: a MemoryBackend, the cheapest back-end, so the
+ * cache (the threadpool engine; BACKEND=raw-sync: the sync engine, reads
+ * done inline; BACKEND=memory: a MemoryBackend, the cheapest back-end, so the
  * harshest ratio), every device
  * access to guest memory through the endpoint's translating DmaMemory — with
  * the vIOMMU off (the device on plain RAM: the baseline), on with static
@@ -18,7 +19,7 @@
  * OPS / the sum of its slice times; its ratio is that / off's IOPS in the same
  * round; the figure is the median over ROUNDS rounds, with the interquartile
  * range and the full min–max spread beside it.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|memory ONLY=off,static,strict,strict-many,…)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|raw-sync|memory ONLY=off,static,strict,strict-many,…)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -93,7 +94,7 @@ async function host(disk: Uint8Array, rawPath: string): Promise<Host> {
   if (BACKEND === 'memory') {
     backend = new MemoryBackend({ size: DISK });
     await backend.write(0, [disk]);
-  } else backend = await RawFileBackend.open(rawPath, { readOnly: true });
+  } else backend = await RawFileBackend.open(rawPath, { readOnly: true, engine: BACKEND === 'raw-sync' ? 'sync' : 'threadpool' });
   return { mem, backend };
 }
 
@@ -236,7 +237,7 @@ async function main(): Promise<void> {
 }
 
 async function bench(disk: Uint8Array, rawPath: string): Promise<void> {
-  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : 'raw file (warm page cache)'} ${DISK >> 20} MiB, ${OPS} reads per scenario per round in ${SLICES} interleaved slices, ${ROUNDS} rounds, Node ${process.version}`);
+  console.log(`virtio-blk 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file (warm page cache, ${BACKEND === 'raw-sync' ? 'sync' : 'threadpool'} engine)`} ${DISK >> 20} MiB, ${OPS} reads per scenario per round in ${SLICES} interleaved slices, ${ROUNDS} rounds, Node ${process.version}`);
   const slice = Math.max(1, Math.floor(OPS / SLICES));
   // One host (guest RAM + back-end) per scenario, handed to a different scenario every round:
   // where a buffer landed (page placement, huge pages, caches) is not one scenario's luck for the whole run.
