@@ -24,6 +24,8 @@ const TWO_21 = 2 ** 21;
 const TWO_32 = 0x1_0000_0000;
 /** The interrupt address range (0xFEEx_xxxx): DMA there is an interrupt, so no IOVA is handed out in it (Linux reserves it too). */
 const INTERRUPT_RANGE = { start: 0xfee0_0000, end: 0xfef0_0000 };
+/** Emptied level-1 tables kept linked for reuse (see `VtdDmaDomain.emptied`). */
+const EMPTY_KEEP = 4;
 /** Strict unmaps of more runs than this in one call go as one domain-selective invalidation. */
 const PSI_LIMIT = 16;
 /** A page-selective invalidation covering more than 2^PSI_MAX_AM pages goes as domain-selective. */
@@ -176,7 +178,18 @@ export class VtdDmaDomain extends DmaMapper {
   private readonly slotView: (DataView | undefined)[] = [];
   private readonly slotCount: number[] = [];
   private readonly slotPde: number[] = [];
+  /** The key each slot was filled for (a slot is reused for other keys). */
+  private readonly slotKey: number[] = [];
   private readonly freeSlots: number[] = [];
+  /**
+   * Slots whose table emptied, oldest first (a slot may have been refilled
+   * since, or reused: checked when it comes out). An emptied table is kept
+   * linked until more than `EMPTY_KEEP` are: a guest with one buffer in
+   * flight empties its table at every unmap, and freeing it each time would
+   * cost a table, a PDE write and a paging-structure flush per request —
+   * Linux likewise frees page tables only when an unmap covers them whole.
+   */
+  private readonly emptied: number[] = [];
   /** The last slot looked up and its key: consecutive IOVAs mostly share a table. */
   private lastKey = -1;
   private lastSlot = -1;
@@ -243,6 +256,7 @@ export class VtdDmaDomain extends DmaMapper {
     this.slotView[s] = bytes === undefined ? undefined : new DataView(bytes.buffer, bytes.byteOffset, PAGE);
     this.slotCount[s] = 0;
     this.slotPde[s] = at;
+    this.slotKey[s] = key;
     this.slotOf.set(key, s);
     this.lastKey = key;
     this.lastSlot = s;
@@ -291,10 +305,11 @@ export class VtdDmaDomain extends DmaMapper {
   }
 
   /**
-   * Clears the leaf entries of [start, end). With `unlink`, a level-1 table
-   * left empty is unlinked from its level-2 entry and queued in `unlinked`:
-   * the page is reused only after an invalidation that drops the
-   * paging-structure caches (IH = 0), so no cached entry can lead to it.
+   * Clears the leaf entries of [start, end). With `unlink`, level-1 tables
+   * left empty beyond the `EMPTY_KEEP` most recent are unlinked from their
+   * level-2 entries and queued in `unlinked`: a page is reused only after an
+   * invalidation that drops the paging-structure caches (IH = 0), so no
+   * cached entry can lead to it.
    */
   private clearEntries(start: number, end: number, unlink: boolean): void {
     for (let a = start; a < end; a += PAGE) {
@@ -302,15 +317,21 @@ export class VtdDmaDomain extends DmaMapper {
       const s = this.slot(key);
       if (s < 0) continue;
       this.setLeaf(s, a, 0);
-      const left = --this.slotCount[s]!;
-      if (left === 0 && unlink) {
-        this.driver.writeEntry(this.slotPde[s]!, 0);
-        this.unlinked.push(this.slotTable[s]!);
-        this.slotOf.delete(key);
-        this.slotView[s] = undefined;
-        this.freeSlots.push(s);
-        this.lastKey = -1;
-      }
+      if (--this.slotCount[s]! === 0 && unlink) this.emptied.push(s);
+    }
+    if (!unlink) return;
+    const e = this.emptied;
+    while (e.length > EMPTY_KEEP) {
+      const s = e.shift()!;
+      // Still empty, and still the table it was when it emptied (not freed and reused since)?
+      const key = this.slotKey[s]!;
+      if (this.slotCount[s] !== 0 || this.slotOf.get(key) !== s || e.includes(s)) continue;
+      this.driver.writeEntry(this.slotPde[s]!, 0);
+      this.unlinked.push(this.slotTable[s]!);
+      this.slotOf.delete(key);
+      this.slotView[s] = undefined;
+      this.freeSlots.push(s);
+      if (this.lastKey === key) this.lastKey = -1;
     }
   }
 
@@ -375,6 +396,7 @@ export class VtdDmaDomain extends DmaMapper {
     for (const s of this.slotOf.values()) this.driver.freePage(this.slotTable[s]!);
     this.upperPages.length = 0;
     this.slotOf.clear();
+    this.emptied.length = 0;
     this.lastKey = -1;
   }
 }
