@@ -1,0 +1,29 @@
+// Guest-physical layout and worker set-up shared by bench/iommu-threads.ts and its guest worker.
+import type { InvalidationMode } from '@ioplane/viommu';
+
+export const GUEST_LAYOUT = {
+  /** Guest RAM. */
+  SIZE: 32 << 20,
+  /** The virtio-blk driver's rings and buffers (identity-mapped when the vIOMMU is on). */
+  BLK_AREA: { addr: 0x10000, len: 4 << 20 },
+  /** VT-d translation tables. */
+  TABLES: { addr: 0x600000, len: 1 << 20 },
+  /** The VT-d invalidation queue (256 descriptors of 16 bytes) and the invalidation-wait status dword. */
+  QUEUE: { addr: 0x700000, len: 4096 },
+  STATUS: 0x701000,
+  /** Request buffers: slot s at DATA + s × SLOT. */
+  DATA: 8 << 20,
+  SLOT: 64 << 10,
+} as const;
+
+export type IommuScenario = 'off' | 'static' | InvalidationMode;
+
+export interface IommuGuestSetup {
+  sab: SharedArrayBuffer;
+  bells: Int32Array;
+  scenario: IommuScenario;
+  /** The device's VT-d source-id. */
+  sid: number;
+  /** The invalidation queue's shared registers (`VtdQiRegisters.array`; absent when the vIOMMU is off). */
+  qi: Int32Array | undefined;
+}
