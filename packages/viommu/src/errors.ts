@@ -9,7 +9,11 @@ export type ViommuErrorKind =
   /** A guest-side driver request the device refused (the status is in the message and `status`). */
   | 'request-failed'
   /** The guest-side driver was used in a way its mode forbids (unmapping twice, unknown handle). */
-  | 'driver-state';
+  | 'driver-state'
+  /** The VT-d invalidation queue stopped on a descriptor (IQE) or refused a register write (names the descriptor and why). */
+  | 'invalidation-queue'
+  /** A bounded wait for the other side (a VT-d invalidation wait, a register command) ran out. */
+  | 'timeout';
 
 /** The one error class of `@ioplane/viommu` for host-side misuse and guest-driver failures. */
 export class ViommuError extends Error {

@@ -25,3 +25,23 @@ export {
 export { DmaMapper, PERM_READ, PERM_WRITE, type DmaDirection, type InvalidationMode, type DmaDomainOptions, type DriverStats, type LiveMapping, type MapperHost } from './dma-mapper.js';
 export { VtdGuestDriver, VtdDmaDomain, type VtdGuestDriverOptions, type VtdInvalidator } from './vtd-driver.js';
 export { VtdRemapper, VtdSource, type VtdOptions } from './vtd.js';
+export {
+  VtdInvalidationQueue,
+  VtdQueuedInvalidator,
+  VtdQiRegisters,
+  QI_REG,
+  QI_ERRORS,
+  QI_TYPE,
+  QI_WAIT_IF,
+  QI_WAIT_SW,
+  QI_WAIT_FN,
+  GCMD_TE,
+  GCMD_SRTP,
+  GCMD_QIE,
+  FSTS_IQE,
+  ICS_IWC,
+  type VtdQiErrorReason,
+  type VtdQiFault,
+  type VtdInvalidationQueueOptions,
+  type VtdQueuedInvalidatorOptions,
+} from './vtd-qi.js';
