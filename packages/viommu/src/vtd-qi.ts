@@ -626,12 +626,17 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
     this.timeoutMs = options.timeoutMs ?? 5000;
     this.sliceMs = options.sliceMs ?? 5;
     this.now = options.now ?? (() => performance.now());
-    // Linux's dmar_enable_qi: IQT = 0, IQA, then GCMD.QIE and wait for GSTS.QIES.
+    // Linux's dmar_enable_qi: a queue left enabled (by firmware, a previous kernel, another
+    // instance) is disabled first, which resets IQH; then IQT = 0, IQA, GCMD.QIE, wait for GSTS.QIES.
     const a = this.a;
+    this.gcmd = Atomics.load(a, QI_REG.GSTS) & (GCMD_TE | GCMD_QIE);
+    if ((this.gcmd & GCMD_QIE) !== 0) {
+      this.gcmd &= ~GCMD_QIE;
+      this.command(this.gcmd, 'disable the invalidation queue (GCMD.QIE = 0)');
+    }
     Atomics.store(a, QI_REG.IQT, 0);
     Atomics.store(a, QI_REG.IQA_LO, (queue.addr % U32) + qs);
     Atomics.store(a, QI_REG.IQA_HI, Math.floor(queue.addr / U32));
-    this.gcmd = Atomics.load(a, QI_REG.GSTS) & (GCMD_TE | GCMD_QIE);
     this.gcmd |= GCMD_QIE;
     this.command(this.gcmd, 'enable the invalidation queue (GCMD.QIE)');
     if ((Atomics.load(a, QI_REG.GSTS) & GCMD_QIE) === 0) {

@@ -149,6 +149,22 @@ describe('VT-d queued invalidation: one thread', () => {
     expect(regs.head).toBe(Atomics.load(regs.array, QI_REG.IQT) / 16);
   });
 
+  it('a second guest-side instance disables the running queue first (IQH back to 0), then works from a fresh ring', () => {
+    const { ram, regs, q, vtd, driver, dma } = rig();
+    const dom = driver.attach(SID, { mode: 'strict' });
+    expect(regs.head).toBeGreaterThan(0);
+    const again = new VtdQueuedInvalidator({ mem: ram, regs, queue: { addr: QUEUE + 0x4000, qs: 1 }, status: STATUS + 8, notify: () => q.process() });
+    expect(q.queueEnabled).toBe(true);
+    expect(q.queueSize).toBe(512);
+    expect(regs.head).toBe(0);
+    const iova = dom.map(DATA, PAGE, 'bidirectional');
+    expect(dma.readU32(iova)).toBe(DATA);
+    const i0 = vtd.stats.iotlbInvalidations;
+    again.invalidateIotlbPages(dom.id, iova, 0, true);
+    expect(vtd.stats.iotlbInvalidations - i0).toBe(1);
+    expect(regs.head).toBe(2);
+  });
+
   it('a wait that nobody processes ends in a typed timeout, not a hang', () => {
     let t = 0;
     const { inv, ctl } = rig({ timeoutMs: 50, now: () => (t += 10) });
