@@ -79,6 +79,22 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
     expect(h.mem.view(DATA + 8192, 4096, 'read')).toEqual(pattern(4096, 1));
   });
 
+  it('onPoll runs once per 64 ring checks while the device spins, and never without a poll budget', async () => {
+    let clock = 0;
+    let calls = 0;
+    // Each look at the clock moves it 10 µs: a 1 ms budget is about 100 looks, one per 64 checks, each with an onPoll.
+    const h = await harness({ device: { pollNs: 1_000_000, now: () => (clock += 0.01), onPoll: () => calls++ } });
+    await h.driver.read(0, DATA, 4096);
+    const misses = h.device.blkStats.pollMisses;
+    expect(misses).toBeGreaterThanOrEqual(1);
+    expect(calls / misses).toBeGreaterThan(90);
+    expect(calls / misses).toBeLessThan(120);
+    let idle = 0;
+    const quiet = await harness({ device: { onPoll: () => idle++ } });
+    await quiet.driver.read(0, DATA, 4096);
+    expect(idle).toBe(0);
+  });
+
   for (const eventIdx of [true, false]) {
     it(`a polled queue (${eventIdx ? 'EVENT_IDX' : 'NO_INTERRUPT flag'}): no interrupts; completions are collected by poll(), and setPolled(q, false) re-arms`, async () => {
       const h = await harness({ device: { ring: { eventIdx } } });
