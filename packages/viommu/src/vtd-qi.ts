@@ -312,6 +312,10 @@ export class VtdInvalidationQueue {
       const lo1 = v.getUint32(off + 4, true);
       const hi0 = v.getUint32(off + 8, true);
       const hi1 = v.getUint32(off + 12, true);
+      const next = h + 1 === this.size ? 0 : h + 1;
+      // IQH passes a wait descriptor before its status write is seen: software that wakes on
+      // the status then reads a head past it (on an error IQH is set back to the descriptor).
+      if ((lo0 & 0xf) === QI_TYPE.wait) Atomics.store(a, QI_REG.IQH, next * DESC);
       const e = this.execute(lo0, lo1, hi0, hi1);
       if (e !== 0) {
         this.head = h;
@@ -320,7 +324,7 @@ export class VtdInvalidationQueue {
         return n;
       }
       n++;
-      h = h + 1 === this.size ? 0 : h + 1;
+      h = next;
     }
     this.head = h;
     Atomics.store(a, QI_REG.IQH, h * DESC);

@@ -1,7 +1,7 @@
 import { GuestMemory } from '@ioplane/guest-memory';
-import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, type InvalidationMode, ViommuError, VtdGuestDriver, VtdRemapper } from '../src/index.js';
+import { ViommuError, VtdGuestDriver, VtdRemapper } from '../src/index.js';
+import { checkModeBounds, fault, reachable } from './vtd-helpers.js';
 
 const PAGE = 4096;
 const SID = 0x0108; // 01:01.0
@@ -42,19 +42,7 @@ function rig(options: { levels?: 3 | 4; area?: { addr: number; len: number } } =
   return { ram, vtd, driver, dma, calls, attach, tick: (ms: number) => (now += ms) };
 }
 
-function fault(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof DmaFault) return e.fault.reason;
-    throw e;
-  }
-  return 'none';
-}
 
-function reachable(dma: ReturnType<typeof rig>['dma'], iova: number): boolean {
-  return fault(() => dma.checkRange(iova, 16, 'read')) === 'none';
-}
 
 describe('VT-d guest driver: tables the walker accepts', () => {
   it('maps by writing page-table entries: no invalidation; the device reads the GPA, within the direction', () => {
@@ -218,48 +206,9 @@ describe('VT-d guest driver: invalidation modes', () => {
   });
 
   it('property: live buffers always reach their GPA; strict leaves nothing stale, deferred and optimistic stay in their bounds', () => {
-    const step = fc.oneof(
-      fc.record({ kind: fc.constant('map' as const), page: fc.integer({ min: 0, max: 63 }), pages: fc.integer({ min: 1, max: 3 }), off: fc.integer({ min: 0, max: PAGE - 1 }) }),
-      fc.record({ kind: fc.constant('many' as const), pick: fc.array(fc.nat(), { maxLength: 8 }) }),
-      fc.record({ kind: fc.constant('one' as const), pick: fc.nat() }),
-      fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 0, max: 6 }) }),
-      fc.record({ kind: fc.constant('flush' as const) }),
-    );
-    const mode = fc.constantFrom<InvalidationMode>('strict', 'deferred', 'optimistic');
-    fc.assert(
-      fc.property(mode, fc.array(step, { maxLength: 40 }), (m, steps) => {
-        const { dma, driver, tick } = rig();
-        const batchSize = 5;
-        const dom = driver.attach(SID, { mode: m, batchSize, flushDelayMs: 10, quota: batchSize, timeoutMs: 10 });
-        const live: { iova: number; gpa: number }[] = [];
-        const unmapped: number[] = [];
-        for (const s of steps) {
-          if (s.kind === 'map') {
-            const gpa = DATA + s.page * PAGE + (s.off & ~3);
-            live.push({ iova: dom.map(gpa, s.pages * PAGE - (s.off & ~3), 'bidirectional'), gpa });
-          } else if (s.kind === 'tick') tick(s.ms);
-          else if (s.kind === 'flush') dom.flush();
-          else {
-            const picks = s.kind === 'one' ? [s.pick] : s.pick;
-            const chosen: number[] = [];
-            for (const p of picks) {
-              if (live.length === 0) break;
-              chosen.push(live.splice(p % live.length, 1)[0]!.iova);
-            }
-            if (s.kind === 'one' && chosen.length === 1) dom.unmap(chosen[0]!);
-            else dom.unmapMany(chosen);
-            unmapped.push(...chosen);
-          }
-          // Never-unmapped buffers reach exactly their guest pages, whatever else was cached.
-          for (const { iova, gpa } of live) expect(dma.readU32(iova)).toBe(gpa);
-          const liveIovas = new Set(live.map((l) => l.iova - (l.iova % PAGE)));
-          const stale = unmapped.filter((a) => !liveIovas.has(a - (a % PAGE)) && reachable(dma, a)).length;
-          if (m === 'strict') expect(stale).toBe(0);
-          else expect(stale).toBeLessThanOrEqual(m === 'deferred' ? batchSize - 1 : batchSize);
-          if (s.kind === 'flush') expect(stale).toBe(0);
-        }
-      }),
-      { numRuns: 200 },
-    );
+    checkModeBounds((options) => {
+      const { dma, driver, tick } = rig();
+      return { dom: driver.attach(SID, options), dma, tick };
+    }, DATA, 200);
   });
 });

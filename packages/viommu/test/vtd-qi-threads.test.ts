@@ -1,7 +1,8 @@
 import { Worker } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, QI_REG, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper } from '../src/index.js';
+import { QI_REG, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper } from '../src/index.js';
+import { fault } from './vtd-helpers.js';
 
 const BOOT = new URL('./fixtures/ts-worker.mjs', import.meta.url);
 const ENTRY = new URL('./fixtures/qi-guest.ts', import.meta.url).href;
@@ -56,15 +57,6 @@ function inbox(worker: Worker) {
   };
 }
 
-function fault(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof DmaFault) return e.fault.reason;
-    throw e;
-  }
-  return 'none';
-}
 
 describe('VT-d queued invalidation across two threads', () => {
   it('a strict unmap in the guest worker returns only after the device thread processed it; then the device faults; a deferred batch’s DSI takes effect', async () => {

@@ -2,11 +2,9 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
-  DmaFault,
   FSTS_IQE,
   GCMD_QIE,
   ICS_IWC,
-  type InvalidationMode,
   QI_REG,
   ViommuError,
   VtdGuestDriver,
@@ -15,6 +13,7 @@ import {
   VtdQueuedInvalidator,
   VtdRemapper,
 } from '../src/index.js';
+import { checkModeBounds, fault, reachable } from './vtd-helpers.js';
 
 const PAGE = 4096;
 const SID = 0x0108;
@@ -49,19 +48,7 @@ function rig(options: { process?: boolean; timeoutMs?: number; now?: () => numbe
   return { ram, vtd, regs, q, inv, driver, dma, ctl, tick: (ms: number) => (now += ms) };
 }
 
-function fault(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof DmaFault) return e.fault.reason;
-    throw e;
-  }
-  return 'none';
-}
 
-function reachable(dma: ReturnType<typeof rig>['dma'], iova: number): boolean {
-  return fault(() => dma.checkRange(iova, 16, 'read')) === 'none';
-}
 
 function errorOf(f: () => unknown): ViommuError | undefined {
   try {
@@ -173,43 +160,10 @@ describe('VT-d queued invalidation: one thread', () => {
   });
 
   it('property: live buffers reach their GPA; strict leaves nothing stale, deferred and optimistic stay in their bounds', () => {
-    const step = fc.oneof(
-      fc.record({ kind: fc.constant('map' as const), page: fc.integer({ min: 0, max: 63 }), pages: fc.integer({ min: 1, max: 3 }) }),
-      fc.record({ kind: fc.constant('unmap' as const), pick: fc.array(fc.nat(), { minLength: 1, maxLength: 4 }) }),
-      fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 0, max: 6 }) }),
-      fc.record({ kind: fc.constant('flush' as const) }),
-    );
-    const mode = fc.constantFrom<InvalidationMode>('strict', 'deferred', 'optimistic');
-    fc.assert(
-      fc.property(mode, fc.array(step, { maxLength: 30 }), (m, steps) => {
-        const { dma, driver, tick } = rig();
-        const batchSize = 5;
-        const dom = driver.attach(SID, { mode: m, batchSize, flushDelayMs: 10, quota: batchSize, timeoutMs: 10 });
-        const live: { iova: number; gpa: number }[] = [];
-        const unmapped: number[] = [];
-        for (const s of steps) {
-          if (s.kind === 'map') {
-            const gpa = DATA + s.page * PAGE;
-            live.push({ iova: dom.map(gpa, s.pages * PAGE, 'bidirectional'), gpa });
-          } else if (s.kind === 'tick') {
-            tick(s.ms);
-            dom.syncMaps();
-          } else if (s.kind === 'flush') dom.flush();
-          else {
-            const chosen: number[] = [];
-            for (const p of s.pick) if (live.length > 0) chosen.push(live.splice(p % live.length, 1)[0]!.iova);
-            dom.unmapMany(chosen);
-            unmapped.push(...chosen);
-          }
-          for (const { iova, gpa } of live) expect(dma.readU32(iova)).toBe(gpa);
-          const liveIovas = new Set(live.map((l) => l.iova - (l.iova % PAGE)));
-          const stale = unmapped.filter((a) => !liveIovas.has(a - (a % PAGE)) && reachable(dma, a)).length;
-          if (m === 'strict' || s.kind === 'flush') expect(stale).toBe(0);
-          else expect(stale).toBeLessThanOrEqual(batchSize);
-        }
-      }),
-      { numRuns: 100 },
-    );
+    checkModeBounds((options) => {
+      const { dma, driver, tick } = rig();
+      return { dom: driver.attach(SID, options), dma, tick };
+    }, DATA, 100);
   });
 });
 

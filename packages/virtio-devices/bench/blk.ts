@@ -22,7 +22,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice, type VirtioBlkOptions } from '../src/index.js';
-import { type Job, type JobResult, rng, summarize } from './common.js';
+import { type Job, type JobResult, messagesOf, rng, summarize } from './common.js';
 import { RecordingBackend } from './trace-recorder.js';
 
 const RUNS = Number(process.env.RUNS ?? 10);
@@ -90,22 +90,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
     workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
-  let failure: Error | undefined;
-  worker.on('error', (e) => (failure = e));
-  const waitFor = <T>(type: string): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      if (failure) reject(failure);
-      const on = (m: { type: string; message?: string }): void => {
-        if (m.type === 'error') {
-          worker.off('message', on);
-          reject(new Error(m.message));
-        } else if (m.type === type) {
-          worker.off('message', on);
-          resolve(m as T);
-        }
-      };
-      worker.on('message', on);
-    });
+  const waitFor = messagesOf(worker, 'guest');
   await waitFor('ready');
   return {
     worker,

@@ -1,3 +1,5 @@
+import { parentPort, type Worker } from 'node:worker_threads';
+
 /** What the benchmark measures: one pattern of reads. */
 export interface Job {
   type: 'job';
@@ -43,4 +45,50 @@ export function summarize(lat: Float64Array, job: Job, ms: number): JobResult {
     p50: lat[Math.floor(n * 0.5)]! * 1000,
     p99: lat[Math.min(n - 1, Math.floor(n * 0.99))]! * 1000,
   };
+}
+
+/**
+ * A guest worker's message loop: each Job is run and its result posted; a
+ * stop closes the driver, waits for its interrupt listener, closes the
+ * transport and posts 'stopped'. Failures are posted as 'error' messages.
+ */
+export function serveJobs(driver: { close(): Promise<void> }, listening: Promise<unknown>, transport: { close(): void }, run: (job: Job) => Promise<JobResult>): void {
+  const port = parentPort!;
+  port.on('message', (m: Job | { type: 'stop' }) => {
+    if (m.type === 'stop') {
+      void driver.close().then(() => listening).then(() => {
+        transport.close();
+        port.postMessage({ type: 'stopped' });
+      });
+      return;
+    }
+    void run(m).then(
+      (r) => port.postMessage(r),
+      (e: unknown) => port.postMessage({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }),
+    );
+  });
+  port.postMessage({ type: 'ready' });
+}
+
+/**
+ * Waits for the next message of `type` from a guest worker (an 'error'
+ * message or a worker error rejects), at most `timeoutMs` when given.
+ */
+export function messagesOf(worker: Worker, label: string, timeoutMs?: number): <T>(type: string) => Promise<T> {
+  let failure: Error | undefined;
+  worker.on('error', (e) => (failure = e));
+  return <T>(type: string): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (failure) reject(failure);
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => reject(new Error(`${label}: no '${type}' from the guest in ${timeoutMs} ms`)), timeoutMs);
+      timer?.unref();
+      const on = (m: { type: string; message?: string }): void => {
+        if (m.type !== 'error' && m.type !== type) return;
+        worker.off('message', on);
+        clearTimeout(timer);
+        if (m.type === 'error') reject(new Error(m.message));
+        else resolve(m as T);
+      };
+      worker.on('message', on);
+    });
 }

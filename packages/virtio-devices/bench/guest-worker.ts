@@ -4,7 +4,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { type Job, type JobResult, rng, summarize } from './common.js';
+import { type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
 
 interface Setup {
   sab: SharedArrayBuffer;
@@ -77,17 +77,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 async function main(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
   const listening = driver.listen([irq]);
-  parentPort!.on('message', (m: Job | { type: 'stop' }) => {
-    if (m.type === 'stop') {
-      void driver.close().then(() => listening).then(() => {
-        transport.close();
-        parentPort!.postMessage({ type: 'stopped' });
-      });
-      return;
-    }
-    void run(driver, m).then((r) => parentPort!.postMessage(r), (e: unknown) => parentPort!.postMessage({ type: 'error', message: String(e) }));
-  });
-  parentPort!.postMessage({ type: 'ready' });
+  serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 
 main().catch((e: unknown) => parentPort!.postMessage({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));

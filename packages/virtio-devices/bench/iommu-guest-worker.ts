@@ -9,7 +9,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { type Job, type JobResult, rng, summarize } from './common.js';
+import { type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
 const setup = workerData as IommuGuestSetup & { port: MessagePort };
@@ -63,17 +63,7 @@ async function main(): Promise<void> {
   }
   const driver = await VirtioBlkDriver.create({ transport, mem, area: BLK_AREA });
   const listening = driver.listen([irq]);
-  parentPort!.on('message', (m: Job | { type: 'stop' }) => {
-    if (m.type === 'stop') {
-      void driver.close().then(() => listening).then(() => {
-        transport.close();
-        parentPort!.postMessage({ type: 'stopped' });
-      });
-      return;
-    }
-    void run(driver, m).then((r) => parentPort!.postMessage(r), (e: unknown) => parentPort!.postMessage({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));
-  });
-  parentPort!.postMessage({ type: 'ready' });
+  serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 
 main().catch((e: unknown) => parentPort!.postMessage({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));

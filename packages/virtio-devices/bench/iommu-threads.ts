@@ -28,7 +28,7 @@ import { type Access } from '@ioplane/guest-memory';
 import { TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
-import { type Job, type JobResult, rng } from './common.js';
+import { type Job, type JobResult, messagesOf, rng } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
@@ -135,26 +135,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href,
   };
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source'], workerData: setup, transferList: [port2] });
-  let failure: Error | undefined;
-  worker.on('error', (e) => (failure = e));
-  const waitFor = <T>(type: string): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      if (failure) reject(failure);
-      const timer = setTimeout(() => reject(new Error(`${scenario}: no '${type}' from the guest in 120 s; device ${JSON.stringify(device.blkStats)}`)), 120_000);
-      timer.unref();
-      const on = (m: { type: string; message?: string }): void => {
-        if (m.type === 'error') {
-          worker.off('message', on);
-          clearTimeout(timer);
-          reject(new Error(m.message));
-        } else if (m.type === type) {
-          worker.off('message', on);
-          clearTimeout(timer);
-          resolve(m as T);
-        }
-      };
-      worker.on('message', on);
-    });
+  const waitFor = messagesOf(worker, scenario, 120_000);
   await waitFor('ready');
   return {
     scenario,
