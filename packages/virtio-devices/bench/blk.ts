@@ -22,7 +22,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice, type VirtioBlkOptions } from '../src/index.js';
-import { type Job, type JobResult, messagesOf, rng, summarize } from './common.js';
+import { type Job, type JobResult, guestControl, rng, summarize } from './common.js';
 import { RecordingBackend } from './trace-recorder.js';
 
 const RUNS = Number(process.env.RUNS ?? 10);
@@ -90,25 +90,8 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
     workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
-  const waitFor = messagesOf(worker, 'guest');
-  await waitFor('ready');
-  return {
-    worker,
-    served,
-    device,
-    run: (job) => {
-      const p = waitFor<JobResult>('result');
-      worker.postMessage(job);
-      return p;
-    },
-    stop: async () => {
-      const p = waitFor('stopped');
-      worker.postMessage({ type: 'stop' });
-      await p;
-      await worker.terminate();
-      await served.stop();
-    },
-  };
+  const ctl = await guestControl(worker, 'guest', served);
+  return { worker, served, device, ...ctl };
 }
 
 function median(v: number[]): number {

@@ -92,3 +92,30 @@ export function messagesOf(worker: Worker, label: string, timeoutMs?: number): <
       worker.on('message', on);
     });
 }
+
+/** A started guest worker, driven by Jobs. */
+export interface GuestControl {
+  run(job: Job): Promise<JobResult>;
+  /** Stops the guest (its driver closed), ends the worker, then stops `served`. */
+  stop(): Promise<void>;
+}
+
+/** Waits for the guest worker's 'ready' and returns its controls. */
+export async function guestControl(worker: Worker, label: string, served: { stop(): Promise<void> }, timeoutMs?: number): Promise<GuestControl> {
+  const waitFor = messagesOf(worker, label, timeoutMs);
+  await waitFor('ready');
+  return {
+    run: (job) => {
+      const p = waitFor<JobResult>('result');
+      worker.postMessage(job);
+      return p;
+    },
+    stop: async () => {
+      const p = waitFor('stopped');
+      worker.postMessage({ type: 'stop' });
+      await p;
+      await worker.terminate();
+      await served.stop();
+    },
+  };
+}

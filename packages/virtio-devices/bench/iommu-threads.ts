@@ -28,7 +28,7 @@ import { type Access } from '@ioplane/guest-memory';
 import { TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
-import { type Job, type JobResult, messagesOf, rng } from './common.js';
+import { type Job, type JobResult, guestControl, rng } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
@@ -135,23 +135,14 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href,
   };
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source'], workerData: setup, transferList: [port2] });
-  const waitFor = messagesOf(worker, scenario, 120_000);
-  await waitFor('ready');
+  const ctl = await guestControl(worker, scenario, served, 120_000);
   return {
     scenario,
     device,
     qi,
-    run: (job) => {
-      const p = waitFor<JobResult>('result');
-      worker.postMessage(job);
-      return p;
-    },
+    run: (job) => ctl.run(job),
     stop: async () => {
-      const p = waitFor('stopped');
-      worker.postMessage({ type: 'stop' });
-      await p;
-      await worker.terminate();
-      await served.stop();
+      await ctl.stop();
       await qi?.stop();
     },
     kill: () => worker.terminate(),
