@@ -262,6 +262,10 @@ describe('VT-d queued invalidation: malformed queues stop with IQE, and resume o
       { gpa: 0x800, size: 0x10000 },
     ]);
     expect(errorOf(() => new VtdQueuedInvalidator({ mem: two, regs: VtdQiRegisters.create(), queue: { addr: 0 }, status: 0x5000 }))?.kind).toBe('invalid-option');
+    // A spin budget that is negative or absurd is refused.
+    for (const spinMs of [-1, 1e6, Number.NaN]) {
+      expect(errorOf(() => new VtdQueuedInvalidator({ mem: ram, regs: VtdQiRegisters.create(), queue: { addr: QUEUE }, status: STATUS, spinMs }))?.message).toMatch(/spinMs/);
+    }
     // A unit that sees less memory than the guest (its RAM ends where the ring starts) refuses the
     // queue; the guest's enable fails with the unit's reason.
     const regs = VtdQiRegisters.create();
