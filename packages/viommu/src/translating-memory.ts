@@ -43,7 +43,8 @@ const TWO_53 = 2 ** 53;
 /** Runs longer than this are not verified against the inner memory when cached (a bypass identity run reaches 2^53). */
 const MAX_VERIFY = 2 ** 40;
 /** Entries per direction of the checked-range table (`translateRange`), indexed by 4 KiB page of the address. */
-const RANGE_SLOTS = 64;
+const RANGE_BITS = 6;
+const RANGE_SLOTS = 1 << RANGE_BITS;
 const RANGE_PAGE = 4096;
 
 /**
@@ -103,7 +104,7 @@ export class TranslatingMemory implements DmaMemory {
   private readonly stableInner: boolean;
   /**
    * The checked-range table behind `translateRange`: per direction
-   * (reads at [0, RANGE_SLOTS), writes after), direct-mapped by the 4 KiB page
+   * (reads at [0, RANGE_SLOTS), writes after), direct-mapped by a hash of the 4 KiB page
    * of the address it was filled for, one translated run each — [start, end)
    * → +delta, verified against guest RAM for that direction, made under
    * generation `rangeGen`. A queue translates the same few ranges over and
@@ -459,8 +460,10 @@ export class TranslatingMemory implements DmaMemory {
       return -1;
     }
     const gen = this.source.generation;
-    // ToInt32 keeps the low bits of the (integral) page number: any address below 2^53 indexes safely.
-    const i = ((addr / RANGE_PAGE) & (RANGE_SLOTS - 1)) + (access === 'read' ? 0 : RANGE_SLOTS);
+    // The slot is a Fibonacci hash of the page number's low 32 bits (ToInt32 keeps them for any
+    // address below 2^53): buffers a power-of-two stride apart — 64 KiB slots — spread over the
+    // table instead of landing on a few slots and evicting one another at every request.
+    const i = (Math.imul(addr / RANGE_PAGE, 0x9e37_79b1) >>> (32 - RANGE_BITS)) + (access === 'read' ? 0 : RANGE_SLOTS);
     const start = this.rangeStart[i]!;
     const end = this.rangeEnd[i]!;
     if (addr >= start && addr + len <= end) {

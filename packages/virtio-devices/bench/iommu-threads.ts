@@ -48,6 +48,7 @@ interface Guest {
   scenario: Scenario;
   device: VirtioBlkDevice;
   qi: VtdInvalidationQueue | undefined;
+  source: PollingSource | undefined;
   run(job: Job): Promise<JobResult>;
   stop(): Promise<void>;
   kill(): Promise<number>;
@@ -61,6 +62,9 @@ interface Guest {
  * generation check instead cost a fifth of the device thread's time.)
  */
 class PollingSource implements TranslationSource {
+  /** Translations the device asked of the unit (its own run caches missed). */
+  translations = 0;
+
   constructor(
     private readonly inner: VtdSource,
     private readonly queue: VtdInvalidationQueue,
@@ -75,6 +79,7 @@ class PollingSource implements TranslationSource {
   }
 
   translate(addr: number, access: Access, out: TranslationOut): number {
+    this.translations++;
     this.queue.poll();
     return this.inner.translate(addr, access, out);
   }
@@ -94,6 +99,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   let qi: VtdInvalidationQueue | undefined;
   let registers: Int32Array | undefined;
   let dma: GuestMemory | TranslatingMemory = mem;
+  let source: PollingSource | undefined;
   if (guestScenario !== 'off') {
     const vtd = new VtdRemapper({ memory: mem });
     const regs = VtdQiRegisters.create();
@@ -103,7 +109,8 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     // may not return to the event loop for a while) the unit looks at its tail register each
     // time the device consults it — one atomic load — so an invalidation waits microseconds.
     queue.serve();
-    dma = process.env.QI_POLL === '0' ? vtd.dmaMemory(SID, mem) : new TranslatingMemory(mem, new PollingSource(new VtdSource(vtd, SID), queue), vtd);
+    source = new PollingSource(new VtdSource(vtd, SID), queue);
+    dma = process.env.QI_POLL === '0' ? vtd.dmaMemory(SID, mem) : new TranslatingMemory(mem, source, vtd);
     qi = queue;
   }
   const q = qi;
@@ -140,6 +147,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     scenario,
     device,
     qi,
+    source,
     run: (job) => ctl.run(job),
     stop: async () => {
       await ctl.stop();
@@ -212,7 +220,8 @@ async function main(): Promise<void> {
     }
     for (const g of guests) {
       const bs = g.device.blkStats;
-      console.log(`${g.scenario}: ${bs.requests} requests${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
+      const per = g.source !== undefined ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit per request` : '';
+      console.log(`${g.scenario}: ${bs.requests} requests${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
     for (const g of guests.splice(0)) await g.stop();
   } finally {
