@@ -45,7 +45,23 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
       lat[i] = performance.now() - s;
     }
   };
-  await Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s)));
+  let done = false;
+  const all = Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s))).then(() => {
+    done = true;
+  });
+  if (setup.wait === 'sync') {
+    // The guest thread sleeps on the interrupt doorbell (a futex, like a halted vCPU) instead of Atomics.waitAsync.
+    const yieldTurn = (r: () => void): void => void setImmediate(r);
+    while (!done) {
+      const seen = irq.count;
+      if (driver.handleInterrupt(0) === 0) {
+        irq.wait(seen, 1);
+        driver.handleInterrupt(0);
+      }
+      await new Promise<void>(yieldTurn);
+    }
+  }
+  await all;
   // Nothing left reachable between jobs: every scenario starts the next one alike.
   domain?.flush();
   return summarize(lat, job, performance.now() - t0);
