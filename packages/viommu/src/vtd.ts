@@ -111,6 +111,13 @@ export interface VtdOptions {
   iotlbEntries?: number;
   /** Paging-structure (PDE) cache entries per domain ID, each covering 2 MiB (a power of two), 0 to disable. Default 256. */
   pdeCacheEntries?: number;
+  /**
+   * Most 4 KiB leaves a walk joins into one run for the caller's own cache
+   * (`TranslatingMemory`), when they follow one another in a table, map the
+   * next guest pages and give the same rights; 1 returns the leaf alone.
+   * The IOTLB holds leaves either way. Default 64.
+   */
+  runPages?: number;
   /** Fault records kept (the fault recording registers of a real unit hold a few). Default 256. */
   maxFaults?: number;
   onFault?: (fault: FaultRecord) => void;
@@ -154,6 +161,7 @@ export class VtdRemapper implements FaultSink {
   private readonly lp1g: boolean;
   private readonly pt: boolean;
   private readonly iotlbEntries: number;
+  private readonly runPages: number;
   private readonly pdeEntries: number;
   private readonly maxFaults: number;
   private readonly onFault: ((f: FaultRecord) => void) | undefined;
@@ -176,6 +184,10 @@ export class VtdRemapper implements FaultSink {
     this.pt = options.passThrough ?? true;
     this.iotlbEntries = options.iotlbEntries ?? 512;
     if (this.iotlbEntries !== 0) new Iotlb(this.iotlbEntries);
+    this.runPages = options.runPages ?? 64;
+    if (!Number.isInteger(this.runPages) || this.runPages < 1 || this.runPages > 512) {
+      throw new ViommuError('invalid-option', `runPages ${String(this.runPages)} is not between 1 and 512`, this.runPages);
+    }
     this.pdeEntries = options.pdeCacheEntries ?? 256;
     const pe = this.pdeEntries;
     if (!Number.isInteger(pe) || pe < 0 || pe > 1 << 20 || (pe & (pe - 1)) !== 0) {
@@ -448,9 +460,11 @@ export class VtdRemapper implements FaultSink {
       // ToInt32 keeps the low 32 bits of an integer below 2^53 exactly: `& 511` is the index even for a
       // 48-bit IOVA (unlike `addr >> shift`, which would truncate the address first). No float `%` (fmod).
       const index = Math.floor(addr / span) & 511;
-      if (!this.readEntry(tableHi * U32 + tableLo + index * 8)) return FaultCode.pagingEntryInvalid;
+      const table = tableHi * U32 + tableLo;
+      if (!this.readEntry(table + index * 8)) return FaultCode.pagingEntryInvalid;
       const lo = this.eLo;
       const hi = this.eHi;
+      const above = rights;
       rights &= lo & 3;
       if ((lo & 3) === 0 || (rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
       const ps = (lo & 0x80) !== 0 && level > 1;
@@ -467,7 +481,7 @@ export class VtdRemapper implements FaultSink {
         cache?.insert(addr, pageStart, pageStart + size, delta, rights);
         out.gpa = addr + delta;
         out.start = pageStart;
-        out.end = pageStart + size;
+        out.end = level === 1 ? this.extendRun(table, index, base, above, rights, pageStart + size) : pageStart + size;
         return 0;
       }
       if (level === 2 && pde !== undefined) {
@@ -478,6 +492,32 @@ export class VtdRemapper implements FaultSink {
       }
     }
     return FaultCode.pagingEntryInvalid;
+  }
+
+  /**
+   * How far the 4 KiB leaf at `index` of the level-1 table at `table`
+   * extends as one run: the following entries of the same table, up to
+   * `runPages`, that are present, well-formed, give the same effective
+   * rights and map the next guest pages. The run goes to the caller's own
+   * cache (`TranslatingMemory`'s run caches: a ring area identity-mapped in
+   * 4 KiB leaves is one run, not one per page); the IOTLB still holds the
+   * leaf alone. Entries read now are translations the unit may cache
+   * (VT-d lets a unit cache any present entry); an invalidation of any page
+   * of the run is in the log and drops the run (`unchangedSince`).
+   */
+  private extendRun(table: number, index: number, base: number, above: number, rights: number, end: number): number {
+    let gpa = base + PAGE;
+    const last = Math.min(511, index + this.runPages - 1);
+    for (let i = index + 1; i <= last; i++) {
+      if (!this.readEntry(table + i * 8)) break;
+      const lo = this.eLo;
+      const hi = this.eHi;
+      if ((above & lo & 3) !== rights || (lo & RESERVED_LO_LEAF[1]) !== 0 || (hi & this.hiAboveHawLeaf) !== 0) break;
+      if ((hi & this.hawHiMask) * U32 + ((lo & 0xffff_f000) >>> 0) !== gpa) break;
+      gpa += PAGE;
+      end += PAGE;
+    }
+    return end;
   }
 
   /** Translates one request of source-id `sid` (bus << 8 | devfn). */

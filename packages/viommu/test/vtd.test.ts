@@ -401,7 +401,8 @@ describe('VT-d paging-structure (PDE) cache', () => {
   it('an IOTLB miss under a cached PDE reads one 8-byte leaf entry, not four', () => {
     const { ram } = tables();
     const { c, memory } = counting(ram);
-    const vtd = new VtdRemapper({ memory });
+    // runPages 1: the leaf alone, so no neighbour is read to extend the run.
+    const vtd = new VtdRemapper({ memory, runPages: 1 });
     vtd.setRootTable(0x1000);
     expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
     const first = c.reads; // root + context (2 × 16 bytes) + 4 paging entries: 16 reads of 4 bytes
@@ -413,7 +414,7 @@ describe('VT-d paging-structure (PDE) cache', () => {
     // Leaves are not PDE-cached: the 2 MiB leaf and the 1 GiB leaf are walked in full.
     expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
     expect(vtd.stats.pdeHits).toBe(1);
-    const off = new VtdRemapper({ memory, pdeCacheEntries: 0 });
+    const off = new VtdRemapper({ memory, pdeCacheEntries: 0, runPages: 1 });
     off.setRootTable(0x1000);
     tr(off, SID4, 0x1000);
     const before = c.reads;
@@ -445,10 +446,11 @@ describe('VT-d paging-structure (PDE) cache', () => {
   });
 
   it('caches the rights of the upper levels with the PDE and faults as the full walk does', () => {
-    const { vtd, q } = tables();
+    // runPages 1: with PML4[0] read-only, PT[1] and PT[2] would join into one read-only run.
+    const { vtd, q } = tables({ runPages: 1 });
     q(0x3000, 0x4000n | R); // PML4[0] read-only
     q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n); // PT[5]: reserved SNP bit
-    const full = tables({ pdeCacheEntries: 0 });
+    const full = tables({ pdeCacheEntries: 0, runPages: 1 });
     full.q(0x3000, 0x4000n | R);
     full.q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n);
     expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
@@ -465,6 +467,48 @@ describe('VT-d paging-structure (PDE) cache', () => {
     expect(tr(vtd, SID4, 0x5000, 'write')).toBe('vtd-write');
     expect(tr(vtd, SID4, 0x5000, 'read')).toBe('paging-reserved');
     expect(vtd.stats.pdeHits).toBe(7);
+  });
+
+  it('joins following 4 KiB leaves that map the next guest pages with the same rights into one run, and no further', () => {
+    const { vtd, q } = tables();
+    // PT[16..23]: IOVA 0x10000.. → GPA 0x20000.. contiguous RW, then breaks of every kind.
+    for (let i = 0; i < 8; i++) q(0x6000 + (16 + i) * 8, BigInt(0x20000 + i * 0x1000) | RW);
+    q(0x6000 + 24 * 8, 0x29000n | RW); // not the next guest page (0x28000)
+    q(0x6000 + 32 * 8, 0x40000n | RW);
+    q(0x6000 + 33 * 8, 0x41000n | R); // other rights
+    q(0x6000 + 40 * 8, 0x50000n | RW);
+    q(0x6000 + 41 * 8, 0x51000n | RW | 0x800n); // reserved SNP bit
+    q(0x6000 + 48 * 8, 0x60000n | RW); // PT[49] not present
+    expect(tr(vtd, SID4, 0x10000)).toEqual([0x20000, 0x18000]);
+    expect(tr(vtd, SID4, 0x13004, 'write')).toEqual([0x23004, 0x18000]); // a walk from the middle: the rest of the run
+    expect(tr(vtd, SID4, 0x10000)).toEqual([0x20000, 0x11000]); // an IOTLB hit: the IOTLB holds the leaf alone
+    expect(tr(vtd, SID4, 0x20000)).toEqual([0x40000, 0x21000]);
+    expect(tr(vtd, SID4, 0x28000)).toEqual([0x50000, 0x29000]);
+    expect(tr(vtd, SID4, 0x30000)).toEqual([0x60000, 0x31000]);
+    // Never past runPages, nor past the table.
+    const { vtd: short, q: sq } = tables({ runPages: 3 });
+    for (let i = 0; i < 8; i++) sq(0x6000 + (16 + i) * 8, BigInt(0x20000 + i * 0x1000) | RW);
+    expect(tr(short, SID4, 0x10000)).toEqual([0x20000, 0x13000]);
+    const { vtd: edge, q: eq } = tables();
+    eq(0x6000 + 511 * 8, 0x30000n | RW);
+    eq(0x5000 + 8, 0xa000n | RW); // PD[1] → another table, whose first leaf would continue the GPAs
+    eq(0xa000, 0x31000n | RW);
+    expect(tr(edge, SID4, 0x1ff000)).toEqual([0x30000, 0x200000]);
+    expect(() => new VtdRemapper({ memory: GuestMemory.create(4096), runPages: 0 })).toThrow(/runPages 0/);
+  });
+
+  it('a run joined from several leaves is dropped from the device’s cache by an invalidation of any one of them', () => {
+    const { vtd, q, ram } = tables();
+    for (let i = 0; i < 4; i++) q(0x6000 + (16 + i) * 8, BigInt(0x20000 + i * 0x1000) | RW);
+    ram.writeU32(0x23000, 0xaaaa);
+    ram.writeU32(0x33000, 0xbbbb);
+    const dma = vtd.dmaMemory(SID4, ram);
+    expect(dma.readU32(0x10000)).toBe(0); // walks: the run [0x10000, 0x14000) sits in the device's run cache
+    expect(dma.readU32(0x13000)).toBe(0xaaaa);
+    q(0x6000 + 19 * 8, 0x33000n | RW); // the guest moves the last page of the run …
+    vtd.invalidateIotlbPages(5, 0x13000, 0, true); // … and invalidates that page only
+    expect(dma.readU32(0x13000)).toBe(0xbbbb);
+    expect(dma.readU32(0x10000)).toBe(0);
   });
 
   it('does not cache a PDE whose walk faulted above it, nor across domains', () => {
