@@ -119,3 +119,22 @@ export async function guestControl(worker: Worker, label: string, served: { stop
     },
   };
 }
+
+/**
+ * Runs a job's interrupt handling on the guest thread itself until `done()`:
+ * the thread sleeps on the interrupt doorbell (a futex, like a halted vCPU)
+ * whenever nothing is used, instead of Atomics.waitAsync on its event loop.
+ */
+export async function futexInterrupts(driver: { handleInterrupt(queue: number): number }, irq: { readonly count: number; wait(seen: number, timeoutMs: number): unknown }, done: () => boolean): Promise<void> {
+  const yieldTurn = (r: () => void): void => void setImmediate(r);
+  while (!done()) {
+    const seen = irq.count;
+    if (driver.handleInterrupt(0) === 0) {
+      // Nothing used: interrupts are armed (reap re-enables them); sleep until the device rings.
+      irq.wait(seen, 1);
+      driver.handleInterrupt(0);
+    }
+    // Let the completed requests' continuations run and submit (a macrotask turn drains every microtask).
+    await new Promise<void>(yieldTurn);
+  }
+}

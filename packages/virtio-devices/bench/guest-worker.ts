@@ -4,7 +4,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
+import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
 
 interface Setup {
   sab: SharedArrayBuffer;
@@ -58,17 +58,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
     }
     driver.setPolled(0, false);
   } else if (setup.wait === 'sync') {
-    const yieldTurn = (r: () => void): void => void setImmediate(r);
-    while (!done) {
-      const seen = irq.count;
-      if (driver.handleInterrupt(0) === 0) {
-        // Nothing used: interrupts are armed (reap re-enables them); sleep until the device rings.
-        irq.wait(seen, 1);
-        driver.handleInterrupt(0);
-      }
-      // Let the completed requests' continuations run and submit (a macrotask turn drains every microtask).
-      await new Promise<void>(yieldTurn);
-    }
+    await futexInterrupts(driver, irq, () => done);
   }
   await all;
   return summarize(lat, job, performance.now() - t0);

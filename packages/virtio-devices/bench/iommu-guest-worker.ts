@@ -9,7 +9,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
+import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
 const setup = workerData as IommuGuestSetup & { port: MessagePort };
@@ -49,18 +49,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   const all = Promise.all(Array.from({ length: job.qd }, (_, s) => worker(s))).then(() => {
     done = true;
   });
-  if (setup.wait === 'sync') {
-    // The guest thread sleeps on the interrupt doorbell (a futex, like a halted vCPU) instead of Atomics.waitAsync.
-    const yieldTurn = (r: () => void): void => void setImmediate(r);
-    while (!done) {
-      const seen = irq.count;
-      if (driver.handleInterrupt(0) === 0) {
-        irq.wait(seen, 1);
-        driver.handleInterrupt(0);
-      }
-      await new Promise<void>(yieldTurn);
-    }
-  }
+  if (setup.wait === 'sync') await futexInterrupts(driver, irq, () => done);
   await all;
   // Nothing left reachable between jobs: every scenario starts the next one alike.
   domain?.flush();
