@@ -50,6 +50,16 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
     done = true;
   });
   if (setup.wait === 'sync') await futexInterrupts(driver, irq, () => done);
+  else if (setup.wait === 'poll') {
+    // A polled queue (no interrupts): the guest thread spins on the used ring while the job runs.
+    driver.setPolled(0, true);
+    const yieldTurn = (r: () => void): void => void setImmediate(r);
+    while (!done) {
+      driver.poll(0);
+      await new Promise<void>(yieldTurn);
+    }
+    driver.setPolled(0, false);
+  }
   await all;
   // Nothing left reachable between jobs: every scenario starts the next one alike.
   domain?.flush();

@@ -24,8 +24,8 @@ export interface IommuGuestSetup {
   scenario: IommuScenario;
   /** The device's VT-d source-id. */
   sid: number;
-  /** How the guest thread waits for interrupts while a job runs: Atomics.waitAsync on its event loop, or a futex sleep ('sync'). */
-  wait: 'async' | 'sync';
+  /** How the guest thread waits for completions while a job runs: Atomics.waitAsync on its event loop, a futex sleep ('sync'), or polling a queue that sends no interrupts ('poll'). */
+  wait: 'async' | 'sync' | 'poll';
   /** The invalidation queue's shared registers (`VtdQiRegisters.array`; absent when the vIOMMU is off). */
   qi: Int32Array | undefined;
 }

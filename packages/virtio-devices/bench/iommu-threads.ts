@@ -16,7 +16,7 @@
  * started once; rounds run the scenarios back to back in a rotating order,
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync ONLY=off,static,…)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,8 +35,8 @@ const ROUNDS = Number(process.env.ROUNDS ?? 9);
 const OPS = Number(process.env.OPS ?? 40000);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const BACKEND = process.env.BACKEND ?? 'sync';
-/** How the guest waits for interrupts: WAIT=async (Atomics.waitAsync on its event loop, the default) or sync (a futex sleep, like a halted vCPU). */
-const WAIT = process.env.WAIT === 'sync' ? 'sync' : 'async';
+/** How the guest waits: WAIT=async (Atomics.waitAsync on its event loop, the default), sync (a futex sleep, like a halted vCPU) or poll (a polled queue, no interrupts). */
+const WAIT = process.env.WAIT === 'sync' || process.env.WAIT === 'poll' ? process.env.WAIT : 'async';
 const DISK = 64 << 20;
 const SID = 0x0008;
 type Scenario = IommuScenario | 'off-again';
@@ -192,7 +192,7 @@ async function main(): Promise<void> {
       backends.push(b);
       guests.push(await startGuest(s, b));
     }
-    console.log(`virtio-blk behind VT-d on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest waiting ${WAIT === 'sync' ? 'on a futex' : 'with Atomics.waitAsync'}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
+    console.log(`virtio-blk behind VT-d on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : 'waiting with Atomics.waitAsync'}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
     for (const qd of QDS) {
       const ops = qd === 1 ? Math.max(1000, OPS >> 3) : OPS;
       const iops = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
