@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { parentPort, type Worker } from 'node:worker_threads';
 
 /** What the benchmark measures: one pattern of reads. */
@@ -19,7 +20,23 @@ export interface JobResult {
   p99: number;
   /** CPU time of the whole process (every thread: device, guest, libuv's threadpool) per request, µs; filled in by the harness. */
   cpuUs?: number;
+  /** CPU time of the guest's own thread over the job, µs per request (`threadCpuMs`). */
+  guestCpuUs?: number;
 }
+
+/**
+ * CPU time (user + system) of the calling thread so far, in milliseconds, from
+ * /proc/thread-self/stat: clock ticks, so 10 ms steps — read over whole runs.
+ */
+export function threadCpuMs(): number {
+  const stat = readFileSync('/proc/thread-self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14 and 15 of stat(5) (utime, stime) are the 12th and 13th after the command name.
+  return ((Number(f[11]) + Number(f[12])) * 1000) / TICKS_PER_SECOND;
+}
+
+/** USER_HZ: 100 on every Linux architecture Node runs on. */
+const TICKS_PER_SECOND = 100;
 
 /** xorshift32: deterministic offsets, seeded per run, the same on both paths. */
 export function rng(seed: number): () => number {
@@ -59,6 +76,8 @@ export function serveJobs(driver: { close(): Promise<void> }, listening: Promise
       void driver.close().then(() => listening).then(() => {
         transport.close();
         port.postMessage({ type: 'stopped' });
+        // Nothing else holds the thread: it ends by itself, and `node --cpu-prof` writes its profile.
+        port.unref();
       });
       return;
     }
@@ -113,7 +132,12 @@ export async function guestControl(worker: Worker, label: string, served: { stop
     stop: async () => {
       const p = waitFor('stopped');
       worker.postMessage({ type: 'stop' });
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
       await p;
+      // Let the worker end by itself (a profile is written only then); terminate it if it lingers.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise<void>((resolve) => (timer = setTimeout(resolve, 2000)))]);
+      clearTimeout(timer);
       await worker.terminate();
       await served.stop();
     },

@@ -9,7 +9,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
+import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
 const setup = workerData as IommuGuestSetup & { port: MessagePort };
@@ -30,6 +30,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   let issued = 0;
   const sectorsPerBlock = job.bs / 512;
   const perRequest = domain !== undefined && setup.scenario !== 'static';
+  const cpu0 = threadCpuMs();
   const t0 = performance.now();
   const worker = async (slot: number): Promise<void> => {
     const gpa = DATA + slot * SLOT;
@@ -63,7 +64,9 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   await all;
   // Nothing left reachable between jobs: every scenario starts the next one alike.
   domain?.flush();
-  return summarize(lat, job, performance.now() - t0);
+  const r = summarize(lat, job, performance.now() - t0);
+  r.guestCpuUs = ((threadCpuMs() - cpu0) * 1000) / job.ops;
+  return r;
 }
 
 async function main(): Promise<void> {

@@ -16,7 +16,8 @@
  * started once; rounds run the scenarios back to back in a rotating order,
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…
+ *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,7 +29,7 @@ import { type Access } from '@ioplane/guest-memory';
 import { TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
-import { type Job, type JobResult, guestControl, rng } from './common.js';
+import { type Job, type JobResult, guestControl, rng, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
@@ -51,6 +52,7 @@ interface Guest {
   device: VirtioBlkDevice;
   qi: VtdInvalidationQueue | undefined;
   source: PollingSource | undefined;
+  dma: GuestMemory | TranslatingMemory;
   run(job: Job): Promise<JobResult>;
   stop(): Promise<void>;
   kill(): Promise<number>;
@@ -144,13 +146,14 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     port: port2,
     __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href,
   };
-  const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source'], workerData: setup, transferList: [port2] });
+  const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])], workerData: setup, transferList: [port2] });
   const ctl = await guestControl(worker, scenario, served, 120_000);
   return {
     scenario,
     device,
     qi,
     source,
+    dma,
     run: (job) => ctl.run(job),
     stop: async () => {
       await ctl.stop();
@@ -196,13 +199,22 @@ async function main(): Promise<void> {
     for (const qd of QDS) {
       const ops = qd === 1 ? Math.max(1000, OPS >> 3) : OPS;
       const iops = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
+      // CPU µs per request of the device's thread (this one) and of the guest's.
+      const devCpu = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
+      const guestCpu = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
       const ratios = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
       for (let round = -1; round < ROUNDS; round++) {
         const got = new Map<Scenario, number>();
         for (let k = 0; k < guests.length; k++) {
           const g = guests[(k + round + 1) % guests.length]!;
           const job: Job = { type: 'job', bs: 4096, qd, random: true, ops, seed: 100 + round };
-          got.set(g.scenario, (await g.run(job)).iops);
+          const c0 = threadCpuMs();
+          const r = await g.run(job);
+          got.set(g.scenario, r.iops);
+          if (round >= 0) {
+            devCpu.get(g.scenario)!.push(((threadCpuMs() - c0) * 1000) / ops);
+            guestCpu.get(g.scenario)!.push(r.guestCpuUs ?? NaN);
+          }
         }
         if (round < 0) continue; // warm-up
         for (const s of SCENARIOS) {
@@ -211,20 +223,24 @@ async function main(): Promise<void> {
         }
       }
       console.log(`\nQD ${qd}`);
-      console.log('| scenario | IOPS (median) | ratio vs off (median) | IQR | min–max | target | paper |');
-      console.log('|---|---:|---:|---:|---:|---:|---:|');
+      console.log('| scenario | IOPS (median) | ratio vs off (median) | IQR | min–max | target | paper | CPU µs/request: device, guest |');
+      console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
       for (const s of SCENARIOS) {
         const rs = ratios.get(s)!;
         const t = TARGET[s];
         const m = rs.length > 0 ? quantile(rs, 0.5) : NaN;
-        const verdict = t === undefined ? '' : `≥ ${t} ${m >= t ? 'met' : 'NOT met'}`;
-        console.log(`| ${s} | ${fmt(quantile(iops.get(s)!, 0.5))} | ${m.toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)} | ${verdict} | ${PAPER[s] ?? ''} |`);
+        const verdict = t === undefined || rs.length === 0 ? '' : `≥ ${t} ${m >= t ? 'met' : 'NOT met'}`;
+        console.log(`| ${s} | ${fmt(quantile(iops.get(s)!, 0.5))} | ${rs.length === 0 ? '— (no off)' : `${m.toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)}`} | ${verdict} | ${PAPER[s] ?? ''} | ${quantile(devCpu.get(s)!, 0.5).toFixed(2)}, ${quantile(guestCpu.get(s)!, 0.5).toFixed(2)} |`);
       }
     }
     for (const g of guests) {
       const bs = g.device.blkStats;
-      const per = g.source !== undefined ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit per request` : '';
-      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts and ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
+      const rs = g.dma instanceof TranslatingMemory ? g.dma.rangeStats : undefined;
+      const per =
+        g.source !== undefined && rs !== undefined
+          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request`
+          : '';
+      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts, ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
     for (const g of guests.splice(0)) await g.stop();
   } finally {
