@@ -19,7 +19,9 @@ export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
  * Invalidation strategies (vIOMMU paper §3–4):
  * - `strict`: every unmap is complete on return: the device cannot reach the buffer.
  * - `deferred`: unmaps are queued and carried out in batches (one notification or invalidation) when
- *   `batchSize` are pending or the oldest is `flushDelayMs` old; IOVAs are reused only after that.
+ *   `batchSize` are pending or the oldest is `flushDelayMs` old; IOVAs are reused only after that. A unit
+ *   that can take an invalidation without being waited for (VT-d's queue) gets the batch that way: its
+ *   IOVAs come back when the unit reports it done, and `flush()` still waits.
  * - `optimistic`: unmapped mappings stay live in the IOMMU for reuse by a later map of the same pages
  *   and direction; they are torn down (in a batch) beyond `quota` or after `timeoutMs`.
  */
@@ -105,6 +107,17 @@ export abstract class DmaMapper {
   private readonly sortScratch: LiveMapping[] = [];
   /** Scratch for `tearDown`: where each run of adjacent mappings starts. */
   private readonly runStarts: number[] = [];
+  /**
+   * IOVA runs of batches whose invalidation the IOMMU took but has not yet
+   * reported done (`unmapsInFlight`), oldest first from `heldHead`: released
+   * to the allocator only when it has. The device may still reach them.
+   */
+  private readonly heldTicket: number[] = [];
+  private readonly heldStart: number[] = [];
+  private readonly heldSize: number[] = [];
+  private readonly heldCount: number[] = [];
+  private heldHead = 0;
+  private heldMappings = 0;
   private readonly batchSize: number;
   private readonly flushDelay: number;
   private readonly quota: number;
@@ -153,11 +166,26 @@ export abstract class DmaMapper {
   protected abstract commitUnmaps(n: number, batch: boolean): boolean;
   protected abstract unmapError(r: number): Error | undefined;
 
+  /**
+   * Right after a batch's `commitUnmaps` returned true: a ticket (≥ 0) when
+   * the IOMMU has taken the invalidation but not yet reported it done — the
+   * batch's IOVAs are then held until `unmapsRetired(ticket)` — or -1 when
+   * it is complete. Tickets retire in the order they were handed out.
+   */
+  protected unmapsInFlight(): number {
+    return -1;
+  }
+
+  /** Whether the invalidation of `ticket` is complete; with `wait`, blocks (bounded) until it is, or throws. */
+  protected unmapsRetired(_ticket: number, _wait: boolean): boolean {
+    return true;
+  }
+
   // --- the DMA API ---
 
   /** Mappings whose IOVA a device may currently use (live, plus unmapped-but-not-yet-invalidated). */
   get reachable(): number {
-    return this.live.size + this.pLen;
+    return this.live.size + this.pLen + this.heldMappings;
   }
 
   /**
@@ -199,7 +227,7 @@ export abstract class DmaMapper {
       }
     }
     let iova = this.iovas.alloc(size);
-    if (iova === undefined && this.pLen > 0) {
+    if (iova === undefined && (this.pLen > 0 || this.heldMappings > 0)) {
       this.flush();
       iova = this.iovas.alloc(size);
     }
@@ -282,7 +310,7 @@ export abstract class DmaMapper {
     const iovaPage = roundDown(iova, g);
     const size = roundUp(gpa + len, g) - gpaPage;
     if (!this.iovas.take(iovaPage, size)) {
-      if (this.pLen > 0) this.flush();
+      if (this.pLen > 0 || this.heldMappings > 0) this.flush();
       if (!this.iovas.take(iovaPage, size)) throw new ViommuError('driver-state', `IOVA range 0x${iovaPage.toString(16)}+0x${size.toString(16)} of domain ${this.id} is in use, reserved or outside the input range`, iovaPage);
     }
     this.stats.maps++;
@@ -418,7 +446,7 @@ export abstract class DmaMapper {
       }
       if (this.pLen > this.quota) this.teardownOldest(this.pLen - this.quota);
     } else if (this.pLen >= this.batchSize) {
-      this.flush();
+      this.tearDownAll();
     }
   }
 
@@ -439,6 +467,7 @@ export abstract class DmaMapper {
   expire(): void {
     if (this.mode === 'strict') return;
     this.clock = this.host.now();
+    if (this.heldHead < this.heldTicket.length) this.releaseHeld(false);
     if (this.pLen > 0) this.expireAt(this.clock);
   }
 
@@ -446,7 +475,7 @@ export abstract class DmaMapper {
     const head = this.pHead;
     if (head === undefined) return;
     if (this.mode === 'deferred') {
-      if (now - head.at >= this.flushDelay) this.flush();
+      if (now - head.at >= this.flushDelay) this.tearDownAll();
     } else if (this.mode === 'optimistic') {
       let n = 0;
       for (let m: LiveMapping | undefined = head; m !== undefined && now - m.at >= this.timeout; m = m.next) n++;
@@ -454,11 +483,43 @@ export abstract class DmaMapper {
     }
   }
 
-  /** Commits staged maps and tears down every pending unmap now (one batch); afterwards no unmapped buffer is reachable. */
+  /**
+   * Commits staged maps and tears down every pending unmap now (one batch),
+   * and waits for every invalidation still in flight: afterwards no unmapped
+   * buffer is reachable.
+   */
   flush(): void {
+    this.tearDownAll();
+    if (this.heldHead < this.heldTicket.length) this.releaseHeld(true);
+  }
+
+  /** `flush` that need not wait: a unit that takes the batch's invalidation in flight holds its IOVAs back instead. */
+  private tearDownAll(): void {
     this.commitQueued();
-    if (this.pLen === 0) return;
-    this.teardownOldest(this.pLen);
+    if (this.pLen > 0) this.teardownOldest(this.pLen);
+  }
+
+  /** Gives the allocator the held runs whose invalidation is done (with `wait`, all of them). */
+  private releaseHeld(wait: boolean): void {
+    const t = this.heldTicket;
+    let i = this.heldHead;
+    while (i < t.length) {
+      const ticket = t[i]!;
+      if (!this.unmapsRetired(ticket, wait)) break;
+      for (; i < t.length && t[i] === ticket; i++) {
+        this.iovas.release(this.heldStart[i]!, this.heldSize[i]!);
+        this.heldMappings -= this.heldCount[i]!;
+      }
+    }
+    if (i < t.length) {
+      this.heldHead = i;
+      return;
+    }
+    this.heldHead = 0;
+    clear(t);
+    clear(this.heldStart);
+    clear(this.heldSize);
+    clear(this.heldCount);
   }
 
   private appendPending(m: LiveMapping): void {
@@ -532,6 +593,7 @@ export abstract class DmaMapper {
     }
     this.stats.batches++;
     const ok = this.commitUnmaps(n, isBatch);
+    const ticket = ok && isBatch ? this.unmapsInFlight() : -1;
     let failed: Error | undefined;
     for (let r = 0; r < n; r++) {
       // A failed unmap leaves its IOVAs reachable: they are never reused.
@@ -539,7 +601,14 @@ export abstract class DmaMapper {
       if (err === undefined) {
         const first = sorted[runs[r]!]!;
         const last = sorted[runs[r + 1]! - 1]!;
-        this.iovas.release(first.iova, last.iova + last.size - first.iova);
+        if (ticket >= 0) {
+          // Not reusable until the unit reports the invalidation done.
+          this.heldTicket.push(ticket);
+          this.heldStart.push(first.iova);
+          this.heldSize.push(last.iova + last.size - first.iova);
+          this.heldCount.push(runs[r + 1]! - runs[r]!);
+          this.heldMappings += runs[r + 1]! - runs[r]!;
+        } else this.iovas.release(first.iova, last.iova + last.size - first.iova);
         const spare = this.spare;
         for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
       } else failed ??= err;

@@ -38,6 +38,14 @@ export interface VtdInvalidator {
   invalidateIotlbDomain(domainId: number): void;
   /** Page-selective: the 2^am pages aligned on their size around `addr`; `ih`: only leaf entries changed. */
   invalidateIotlbPages(domainId: number, addr: number, am: number, ih?: boolean): void;
+  /**
+   * Optional (a queued unit): a domain-selective invalidation sent without
+   * waiting for it; returns a ticket for `retired`. A deferred or optimistic
+   * batch goes this way, so the guest does not stall on the unit.
+   */
+  postIotlbDomain?(domainId: number): number;
+  /** With `postIotlbDomain`: whether what was posted up to `ticket` is done; with `wait`, waits (bounded) until it is. */
+  retired?(ticket: number, wait: boolean): boolean;
 }
 
 export interface VtdGuestDriverOptions {
@@ -353,6 +361,11 @@ export class VtdDmaDomain extends DmaMapper {
     const ih = this.unlinked.length === 0;
     if (batch || n > PSI_LIMIT) {
       this.stats.requests++;
+      // A batch that freed no table need not be waited for: its IOVAs are held until the unit is done.
+      if (batch && this.unlinked.length === 0 && unit.postIotlbDomain !== undefined) {
+        this.ticket = unit.postIotlbDomain(this.id);
+        return true;
+      }
       unit.invalidateIotlbDomain(this.id);
       this.freeUnlinked();
       return true;
@@ -369,6 +382,20 @@ export class VtdDmaDomain extends DmaMapper {
     }
     this.freeUnlinked();
     return true;
+  }
+
+  /** The ticket of the batch invalidation just posted (-1: none). */
+  private ticket = -1;
+
+  protected override unmapsInFlight(): number {
+    const t = this.ticket;
+    this.ticket = -1;
+    return t;
+  }
+
+  protected override unmapsRetired(ticket: number, wait: boolean): boolean {
+    const unit = this.driver.unit;
+    return unit.retired === undefined || unit.retired(ticket, wait);
   }
 
   private freeUnlinked(): void {

@@ -544,6 +544,20 @@ export class VtdInvalidationQueue {
   }
 }
 
+/** Wait sequence numbers run 1 … 2^30 − 1 and wrap (0 is "no status yet"). */
+const SEQ_SPAN = 0x3fff_ffff;
+
+function nextSeq(seq: number): number {
+  return seq >= SEQ_SPAN ? 1 : seq + 1;
+}
+
+/** Whether sequence number `s` is `t` or follows it (within half the span: older ones are long done). */
+function seqReached(s: number, t: number): boolean {
+  let d = s - t;
+  if (d < 0) d += SEQ_SPAN;
+  return d < SEQ_SPAN / 2;
+}
+
 export interface VtdQueuedInvalidatorOptions {
   /** Guest memory holding the ring and the status dword (shared, for a unit on another thread). */
   mem: GuestMemory;
@@ -603,6 +617,12 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
   private batching = 0;
   private seq = 0;
   private gcmd = 0;
+  /** The last wait sequence number known to be done (0: none). */
+  private done = 0;
+  /** The sequence number of the last wait posted without waiting for it. */
+  private posted = 0;
+  /** Descriptors posted (wait included) that the unit may not have consumed yet. */
+  private inFlight = 0;
 
   constructor(options: VtdQueuedInvalidatorOptions) {
     const { mem, regs, queue, status } = options;
@@ -720,6 +740,42 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
     this.submit();
   }
 
+  /**
+   * A domain-selective IOTLB invalidation and a wait descriptor, published
+   * without waiting: the status write comes when the unit gets to it, and
+   * `retired(ticket)` reads it then (VT-d §6.5.2.8 lets software poll the
+   * status later). Inside `batch` it joins the batch, waited for at its end.
+   */
+  postIotlbDomain(domainId: number): number {
+    this.put(QI_TYPE.iotlb | (2 << 4) | ((domainId & 0xffff) << 16), 0, 0, 0);
+    if (this.batching > 0) return nextSeq(this.seq);
+    const seq = this.appendWait();
+    this.inFlight += this.pending;
+    this.pending = 0;
+    this.posted = seq;
+    Atomics.store(this.a, QI_REG.IQT, this.tail * DESC);
+    this.notify();
+    return seq;
+  }
+
+  /**
+   * Whether every submission up to wait `ticket` is done: the status dword
+   * has reached it (wait descriptors complete in queue order). With `wait`,
+   * submits an empty wait and waits for it (bounded, as any submission).
+   */
+  retired(ticket: number, wait: boolean): boolean {
+    if (this.done !== 0 && seqReached(this.done, ticket)) return true;
+    const s = this.status();
+    if (s !== 0 && seqReached(s, ticket)) {
+      this.done = s;
+      if (seqReached(s, this.posted)) this.inFlight = 0;
+      return true;
+    }
+    if (!wait) return false;
+    this.flushSync(true);
+    return true;
+  }
+
   invalidateIotlbPages(domainId: number, addr: number, am: number, ih = false): void {
     if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(am) || am < 0 || am > 63) throw new ViommuError('invalid-option', `page-selective invalidation 0x${String(addr)} / ${String(am)} is not an address and a 6-bit mask`, addr);
     this.put(QI_TYPE.iotlb | (3 << 4) | ((domainId & 0xffff) << 16), 0, ((addr % U32) & 0xffff_f000) + (ih ? 0x40 : 0) + am, Math.floor(addr / U32));
@@ -762,8 +818,9 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
 
   /** Writes one descriptor at the tail (IQT moves only with the wait, in `flushSync`). */
   private put(lo0: number, lo1: number, hi0: number, hi1: number): void {
-    // One slot stays for the wait descriptor and one stays empty (tail + 1 = head means full).
-    if (this.pending + 2 >= this.size) this.flushSync(true);
+    // One slot stays for the wait descriptor and one stays empty (tail + 1 = head means full);
+    // posted descriptors the unit may not have consumed count too.
+    if (this.pending + this.inFlight + 2 >= this.size) this.flushSync(true);
     const off = this.ringOff + this.tail * DESC;
     const v = this.ring;
     v.setUint32(off, lo0 >>> 0, true);
@@ -784,21 +841,12 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
   private flushSync(check: boolean): void {
     const first = (this.tail - this.pending + this.size) % this.size;
     const a = this.a;
-    this.seq = this.seq >= 0x3fff_ffff ? 1 : this.seq + 1;
-    const seq = this.seq;
-    this.setStatus(0);
+    // With posted waits outstanding the status keeps their numbers, all before this one.
+    if (this.inFlight === 0) this.setStatus(0);
     const waitAt = this.tail;
-    const off = this.ringOff + waitAt * DESC;
-    const v = this.ring;
-    v.setUint32(off, QI_TYPE.wait | QI_WAIT_SW | QI_WAIT_FN, true);
-    v.setUint32(off + 4, seq, true);
-    v.setUint32(off + 8, this.statusAddr % U32, true);
-    v.setUint32(off + 12, Math.floor(this.statusAddr / U32), true);
-    this.tail = this.tail + 1 === this.size ? 0 : this.tail + 1;
-    const count = this.pending + 1;
+    const seq = this.appendWait();
+    const count = this.pending;
     this.pending = 0;
-    this.stats.submissions++;
-    this.stats.waits++;
     // Release: the descriptors (plain stores into the shared ring) are visible to whoever reads this IQT.
     Atomics.store(a, QI_REG.IQT, this.tail * DESC);
     this.notify();
@@ -808,13 +856,13 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
       // Spin first (bounded by the clock, read every 64 turns), as qi_submit_sync does.
       const spinEnd = start + this.spinMs;
       for (let i = 1; ; i++) {
-        if (Atomics.load(this.statusArray, this.statusIndex) === seq) return;
+        if (Atomics.load(this.statusArray, this.statusIndex) === seq) return this.completed(seq);
         if ((i & 63) === 0 && ((Atomics.load(a, QI_REG.FSTS) & FSTS_IQE) !== 0 || this.now() >= spinEnd)) break;
       }
     }
     for (;;) {
       const s = this.status();
-      if (s === seq) return;
+      if (s === seq) return this.completed(seq);
       if ((Atomics.load(a, QI_REG.FSTS) & FSTS_IQE) !== 0) this.queueError(first, count, waitAt, check, deadline);
       const left = deadline - this.now();
       if (left <= 0 || this.statusArray === undefined) {
@@ -822,6 +870,29 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
       }
       Atomics.wait(this.statusArray, this.statusIndex, s, Math.min(this.sliceMs, left));
     }
+  }
+
+  /** Writes a wait descriptor (status write of a fresh sequence number) at the tail; returns the number. */
+  private appendWait(): number {
+    const seq = nextSeq(this.seq);
+    this.seq = seq;
+    const off = this.ringOff + this.tail * DESC;
+    const v = this.ring;
+    v.setUint32(off, QI_TYPE.wait | QI_WAIT_SW | QI_WAIT_FN, true);
+    v.setUint32(off + 4, seq, true);
+    v.setUint32(off + 8, this.statusAddr % U32, true);
+    v.setUint32(off + 12, Math.floor(this.statusAddr / U32), true);
+    this.tail = this.tail + 1 === this.size ? 0 : this.tail + 1;
+    this.pending++;
+    this.stats.submissions++;
+    this.stats.waits++;
+    return seq;
+  }
+
+  /** Wait `seq` is done, and with it everything queued before it. */
+  private completed(seq: number): void {
+    this.done = seq;
+    this.inFlight = 0;
   }
 
   /**
