@@ -74,6 +74,10 @@ interface GuestMode {
   merge?: VirtioBlkOptions['merge'];
   pollNs?: number;
   maxBatch?: number;
+  /** The guest driver's VirtioBlkDriverOptions.interruptDelay (default 0: next used buffer). */
+  interruptDelay?: number;
+  /** The guest driver's VirtioBlkDriverOptions.indirectFrom (default: the driver's, 4). */
+  indirectFrom?: number;
 }
 
 async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'async', pollWhileBusy: true }): Promise<Guest> {
@@ -87,7 +91,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, interruptDelay: mode.interruptDelay ?? 0, indirectFrom: mode.indirectFrom, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   const ctl = await guestControl(worker, 'guest', served);
@@ -173,6 +177,11 @@ async function main(): Promise<void> {
       ['raw virtio no-merge', { wait: 'async', pollWhileBusy: true, merge: false }],
       ['raw virtio sync futex-guest', { wait: 'sync', pollWhileBusy: true, ...SYNC_DEVICE }],
       ['raw virtio sync polled-guest', { wait: 'poll', pollWhileBusy: true, ...SYNC_DEVICE }],
+      // The guest re-arms its interrupt for 3/4 (Linux's virtqueue_enable_cb_delayed) or 1/2 of the requests in flight.
+      ['raw virtio sync delayed-irq', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, interruptDelay: 0.75 }],
+      ['raw virtio sync half-irq', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, interruptDelay: 0.5 }],
+      // Header, data and status in one indirect table instead of three ring descriptors (the driver's default before).
+      ['raw virtio sync indirect', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, indirectFrom: 2 }],
       ['raw virtio sync no-poll', { wait: 'async', pollWhileBusy: true, maxBatch: SYNC_DEVICE.maxBatch }],
       ['raw virtio sync whole-pass', { wait: 'async', pollWhileBusy: true, pollNs: SYNC_DEVICE.pollNs }],
     ];

@@ -16,6 +16,10 @@ interface Setup {
    * 'poll': the queue is a polled queue (no interrupts) and the guest thread spins on the used ring while a job runs (Linux's poll queues with io_uring IOPOLL).
    */
   wait: 'async' | 'sync' | 'poll';
+  /** VirtioBlkDriverOptions.interruptDelay. */
+  interruptDelay: number;
+  /** VirtioBlkDriverOptions.indirectFrom (undefined: the driver's default). */
+  indirectFrom: number | undefined;
 }
 
 const setup = workerData as Setup;
@@ -65,7 +69,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 }
 
 async function main(): Promise<void> {
-  const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
+  const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed }, interruptDelay: setup.interruptDelay, indirectFrom: setup.indirectFrom });
   const listening = driver.listen([irq]);
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
