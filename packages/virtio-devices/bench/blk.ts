@@ -76,6 +76,8 @@ interface GuestMode {
   maxBatch?: number;
   /** The guest driver's VirtioBlkDriverOptions.interruptDelay (default 0: next used buffer). */
   interruptDelay?: number;
+  /** The guest driver's ListenOptions.spinUs (default 0). */
+  spinUs?: number;
   /** The guest driver's VirtioBlkDriverOptions.indirectFrom (default: the driver's, 4). */
   indirectFrom?: number;
 }
@@ -91,7 +93,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, interruptDelay: mode.interruptDelay ?? 0, indirectFrom: mode.indirectFrom, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, interruptDelay: mode.interruptDelay ?? 0, indirectFrom: mode.indirectFrom, spinUs: mode.spinUs ?? 0, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   const ctl = await guestControl(worker, 'guest', served);
@@ -181,6 +183,9 @@ async function main(): Promise<void> {
       ['raw virtio sync delayed-irq', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, interruptDelay: 0.75 }],
       ['raw virtio sync half-irq', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, interruptDelay: 0.5 }],
       // Header, data and status in one indirect table instead of three ring descriptors (the driver's default before).
+      // The guest keeps looking at the used ring for 50 / 200 µs after a completion before sleeping.
+      ['raw virtio sync spin50', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, spinUs: 50 }],
+      ['raw virtio sync spin200', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, spinUs: 200 }],
       ['raw virtio sync indirect', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, indirectFrom: 2 }],
       ['raw virtio sync no-poll', { wait: 'async', pollWhileBusy: true, maxBatch: SYNC_DEVICE.maxBatch }],
       ['raw virtio sync whole-pass', { wait: 'async', pollWhileBusy: true, pollNs: SYNC_DEVICE.pollNs }],

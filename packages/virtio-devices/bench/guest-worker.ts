@@ -18,6 +18,8 @@ interface Setup {
   wait: 'async' | 'sync' | 'poll';
   /** VirtioBlkDriverOptions.interruptDelay. */
   interruptDelay: number;
+  /** ListenOptions.spinUs. */
+  spinUs: number;
   /** VirtioBlkDriverOptions.indirectFrom (undefined: the driver's default). */
   indirectFrom: number | undefined;
 }
@@ -70,7 +72,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 
 async function main(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed }, interruptDelay: setup.interruptDelay, indirectFrom: setup.indirectFrom });
-  const listening = driver.listen([irq]);
+  const listening = driver.listen([irq], { spinUs: setup.spinUs });
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 

@@ -382,8 +382,12 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   enableInterrupts(): boolean {
     this.interruptsOn = true;
     if (this.features.eventIdx) {
-      this.usedEventAt = this.lastUsed;
-      Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
+      // used_event already there (a driver polling between interrupts re-arms often): the store
+      // would only take the line back from the device's cache. The earlier store is as ordered.
+      if (this.usedEventAt !== this.lastUsed) {
+        this.usedEventAt = this.lastUsed;
+        Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
+      }
     } else Atomics.store(this.avail, AVAIL_FLAGS / 2, 0);
     return this.batchLeft > 0 || Atomics.load(this.used, USED_IDX / 2) !== this.lastUsed;
   }
