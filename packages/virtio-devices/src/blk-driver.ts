@@ -80,21 +80,13 @@ export interface VirtioBlkDriverOptions {
    * ring has room, instead of an indirect table (`DriverOptions.indirectFrom`;
    * default 4). A read or write of one buffer is three (header, data,
    * status): in the ring, the device finds them in the descriptor table
-   * without fetching a table of their own from the guest's core, which took
-   * 4 KiB random reads at QD32 on the sync engine from 0.62 to 0.68 of the
-   * direct back-end and 64 KiB sequential from 0.81 to 0.99 (README). 2 puts
-   * every request of more than one descriptor in a table, as Linux does.
+   * without fetching a table of their own from the guest's core: +0.04 to
+   * +0.13 on the ratio of 4 KiB random reads at QD32 to the direct back-end
+   * (sync engine, same-run A/Bs), +0.05 to +0.18 on 64 KiB sequential
+   * (README). 2 puts every request of more than one descriptor in a table,
+   * as Linux does.
    */
   indirectFrom?: number;
-  /**
-   * When the driver re-arms a queue's interrupt after taking what was used:
-   * 0 (default) asks for one at the next used buffer; a share in (0, 1) asks,
-   * with EVENT_IDX, for one only once that share of the requests then in
-   * flight has completed (`DriverQueue.enableInterruptsDelayed`; Linux's
-   * `virtqueue_enable_cb_delayed` uses 3/4): fewer interrupts per request, at
-   * the cost of completions waiting for the rest of their share.
-   */
-  interruptDelay?: number;
 }
 
 export interface ListenOptions {
@@ -190,7 +182,6 @@ export class VirtioBlkDriver {
   readonly #one: GuestBuffer[] = [{ addr: 0, len: 0 }];
   readonly #used: UsedBuffer<number> = { token: undefined, len: 0 };
   readonly #maxSegments: number;
-  readonly #interruptDelay: number;
   #rr = 0;
   #publishScheduled = false;
   #closed = false;
@@ -200,9 +191,8 @@ export class VirtioBlkDriver {
   /** One turn of the event loop (a macrotask: the turn's microtasks, the requests' continuations, run first). */
   readonly #turn = (resolve: () => void): void => void setImmediate(resolve);
 
-  private constructor(transport: DriverTransport, mem: GuestMemory, info: BlkDeviceInfo, queues: DQ[], maxSegments: number, interruptDelay: number) {
+  private constructor(transport: DriverTransport, mem: GuestMemory, info: BlkDeviceInfo, queues: DQ[], maxSegments: number) {
     this.#transport = transport;
-    this.#interruptDelay = interruptDelay;
     this.#mem = mem;
     this.info = info;
     this.#queues = queues;
@@ -219,10 +209,6 @@ export class VirtioBlkDriver {
   /** Device initialisation as a driver does it (VirtIO 1.2 §3.1.1), then queue set-up (§4.1.5.1.3). */
   static async create(opts: VirtioBlkDriverOptions): Promise<VirtioBlkDriver> {
     const t = opts.transport;
-    const interruptDelay = opts.interruptDelay ?? 0;
-    if (!(interruptDelay >= 0 && interruptDelay < 1)) {
-      throw new VirtioError('invalid-argument', `interruptDelay ${interruptDelay} is outside [0, 1)`, { interruptDelay });
-    }
     // 1–6. Reset, ACKNOWLEDGE, DRIVER, features (the subset we understand of what is offered), FEATURES_OK.
     const ring = { indirect: true, eventIdx: true, packed: true, ...opts.ring };
     let want = wantedBits | featureBits({ indirect: ring.indirect, eventIdx: ring.eventIdx, packed: ring.packed });
@@ -265,7 +251,7 @@ export class VirtioBlkDriver {
     }
     // 8. DRIVER_OK.
     await driverOk(t);
-    return new VirtioBlkDriver(t, opts.mem, info, queues, maxSegments, interruptDelay);
+    return new VirtioBlkDriver(t, opts.mem, info, queues, maxSegments);
   }
 
   get numQueues(): number {
@@ -489,15 +475,13 @@ export class VirtioBlkDriver {
   private reap(d: DQ): number {
     let n = 0;
     const used = this.#used;
-    const delay = this.#interruptDelay;
     for (;;) {
       let got: boolean;
       try {
         got = d.dq.pollUsed(used);
-        // Out of used buffers: re-arm the interrupt (with EVENT_IDX, used_event moves on, §2.7.10:
-        // to the next used buffer, or a share of those in flight ahead) and look again in case the
-        // device returned more meanwhile.
-        if (!got && !d.polled && !d.spinning && (delay > 0 ? d.dq.enableInterruptsDelayed(delay) : d.dq.enableInterrupts())) got = d.dq.pollUsed(used);
+        // Out of used buffers: re-arm the interrupt (with EVENT_IDX, used_event moves on, §2.7.10)
+        // and look again in case the device returned more meanwhile.
+        if (!got && !d.polled && !d.spinning && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
       } catch (e) {
         this.fail(new VirtioError('bad-completion', `queue ${d.q}: ${e instanceof Error ? e.message : String(e)}`, { queue: d.q }, { cause: e }));
         return n;

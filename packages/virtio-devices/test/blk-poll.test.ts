@@ -121,34 +121,6 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
     });
   }
 
-  for (const interruptDelay of [0, 0.75, 0.5]) {
-    it(`interruptDelay ${interruptDelay}: 24 reads in passes of 8, ${interruptDelay === 0 ? 'an interrupt per pass' : `no interrupt before ${interruptDelay * 24} have completed`}`, async () => {
-      const backend = new CountingBackend(1 << 20);
-      const data = pattern(24 * 8192, 5);
-      await backend.inner.write(0, [data]);
-      const h = await harness({ backend, device: { merge: false, maxBatch: 8 }, driver: { interruptDelay } });
-      // One read first: a device's first publish always interrupts (it has no earlier used_event to compare with).
-      await h.driver.read(0, DATA, 4096);
-      const before = h.interrupts.length;
-      backend.interruptsAtRead.length = 0;
-      backend.interrupts = () => h.interrupts.length - before;
-      await Promise.all(Array.from({ length: 24 }, (_, i) => h.driver.read(i * 16, DATA + i * 4096, 4096)));
-      for (let i = 0; i < 24; i++) expect(h.mem.view(DATA + i * 4096, 4096, 'read')).toEqual(data.subarray(i * 8192, i * 8192 + 4096));
-      const passes = (k: number): number[] => Array<number>(8).fill(k);
-      // 0: after each pass. 3/4: used_event 18 ahead, crossed in the third pass. 1/2: 12 ahead, crossed
-      // in the second; the driver then re-arms for half of the 8 still out, crossed in the third.
-      const expected = { 0: [passes(0), passes(1), passes(2), 3], 0.75: [passes(0), passes(0), passes(0), 1], 0.5: [passes(0), passes(0), passes(1), 2] }[interruptDelay]!;
-      expect(backend.interruptsAtRead).toEqual(expected.slice(0, 3).flat());
-      expect(h.interrupts.length - before).toBe(expected[3]);
-      expect(h.driver.inFlight).toBe(0);
-    });
-  }
-
-  it('rejects an interruptDelay outside [0, 1)', async () => {
-    await expect(harness({ driver: { interruptDelay: 1 } })).rejects.toThrow(/interruptDelay 1/);
-    await expect(harness({ driver: { interruptDelay: -0.5 } })).rejects.toThrow(/interruptDelay -0.5/);
-  });
-
   for (const eventIdx of [true, false]) {
     it(`listen with spinUs (${eventIdx ? 'EVENT_IDX' : 'NO_INTERRUPT flag'}): no interrupts while requests keep completing; idle past the window, it re-arms and sleeps`, async () => {
       const run = async (spinUs: number): Promise<number> => {
