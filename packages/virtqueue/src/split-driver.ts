@@ -82,7 +82,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private batchLastLen = 0;
 
   private interruptsOn = true;
-  /** What used_event holds (with EVENT_IDX, while interrupts are on). */
+  /** What used_event holds (the driver is its only writer; with EVENT_IDX). */
   private usedEventAt = 0;
   private availIdx = 0;
   /** avail.idx as last published: the buffers the device can see. */
@@ -383,7 +383,8 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.interruptsOn = true;
     if (this.features.eventIdx) {
       // used_event already there (a driver polling between interrupts re-arms often): the store
-      // would only take the line back from the device's cache. The earlier store is as ordered.
+      // would only take the line back from the device's cache. The earlier store of the same
+      // value is ordered before the load below just as well.
       if (this.usedEventAt !== this.lastUsed) {
         this.usedEventAt = this.lastUsed;
         Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
