@@ -1,6 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { parentPort, type Worker } from 'node:worker_threads';
 
+/** Int32 indices of the kick and interrupt doorbells in their shared array: 64 bytes apart, one cache line each. */
+export const KICK_BELL = 0;
+export const IRQ_BELL = 16;
+
 /** What the benchmark measures: one pattern of reads. */
 export interface Job {
   type: 'job';

@@ -4,7 +4,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
+import { IRQ_BELL, KICK_BELL, futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
 
 interface Setup {
   sab: SharedArrayBuffer;
@@ -16,12 +16,16 @@ interface Setup {
    * 'poll': the queue is a polled queue (no interrupts) and the guest thread spins on the used ring while a job runs (Linux's poll queues with io_uring IOPOLL).
    */
   wait: 'async' | 'sync' | 'poll';
+  /** ListenOptions.spinUs. */
+  spinUs: number;
+  /** VirtioBlkDriverOptions.indirectFrom (undefined: the driver's default). */
+  indirectFrom: number | undefined;
 }
 
 const setup = workerData as Setup;
 const mem = new GuestMemory([{ gpa: 0, backing: setup.sab }]);
-const kick = new Doorbell(setup.bells, 0);
-const irq = new Doorbell(setup.bells, 1);
+const kick = new Doorbell(setup.bells, KICK_BELL);
+const irq = new Doorbell(setup.bells, IRQ_BELL);
 const transport = new MessagePortTransport(setup.port, [kick]);
 const DATA = 8 << 20;
 const SLOT = 64 << 10;
@@ -65,8 +69,8 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 }
 
 async function main(): Promise<void> {
-  const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed } });
-  const listening = driver.listen([irq]);
+  const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed }, indirectFrom: setup.indirectFrom });
+  const listening = driver.listen([irq], { spinUs: setup.spinUs });
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 

@@ -75,6 +75,18 @@ export interface VirtioBlkDriverOptions {
   resetTimeoutMs?: number;
   /** Most data segments per request the driver builds indirect tables for (default 32). */
   maxSegments?: number;
+  /**
+   * Requests of fewer descriptors than this take ring descriptors, while the
+   * ring has room, instead of an indirect table (`DriverOptions.indirectFrom`;
+   * default 4). A read or write of one buffer is three (header, data,
+   * status): in the ring, the device finds them in the descriptor table
+   * without fetching a table of their own from the guest's core: +0.04 to
+   * +0.13 on the ratio of 4 KiB random reads at QD32 to the direct back-end
+   * (sync engine, same-run A/Bs), +0.05 to +0.18 on 64 KiB sequential
+   * (README). 2 puts every request of more than one descriptor in a table,
+   * as Linux does.
+   */
+  indirectFrom?: number;
 }
 
 export interface ListenOptions {
@@ -82,6 +94,18 @@ export interface ListenOptions {
   pollMs?: number;
   /** Configuration change notifications (DEVICE_NEEDS_RESET). */
   configBell?: Doorbell;
+  /**
+   * After a completion, keep looking at the queue's used ring once per turn
+   * of the event loop for this many microseconds, with its interrupt off,
+   * before re-arming it and sleeping on its doorbell (default 0: sleep at
+   * once), as NAPI does. While requests keep completing the device then
+   * raises no interrupt, whose cross-thread wake-up (an eventfd write and,
+   * for a thread asleep on another core, an inter-processor interrupt) its
+   * own thread pays for; the guest's thread spins meanwhile.
+   */
+  spinUs?: number;
+  /** Clock for `spinUs`, in milliseconds (default `performance.now`). */
+  now?: () => number;
 }
 
 /** What the driver read from config space after negotiation (§5.2.4). */
@@ -107,6 +131,8 @@ const SLOT_TABLE = 64;
 const SLOT_MAX_RANGES = 28;
 const SLOT_BYTES = SLOT_TABLE + SLOT_MAX_RANGES * BLK_DWZ_SEGMENT_SIZE;
 const DEFAULT_MAX_SEGMENTS = 32;
+/** Header, one data buffer and status (three descriptors) go direct; more go indirect. */
+const DEFAULT_INDIRECT_FROM = 4;
 
 /** What `tryAdd` did. */
 const ADDED = 0;
@@ -132,6 +158,8 @@ interface DQ {
   dirty: boolean;
   /** Interrupts off: completions are collected by `poll()` only (Linux's virtio-blk poll queues). */
   polled: boolean;
+  /** Interrupts off while `listen` spins on the used ring (`ListenOptions.spinUs`). */
+  spinning: boolean;
 }
 
 const wantedBits =
@@ -160,6 +188,8 @@ export class VirtioBlkDriver {
   #failed: VirtioError | undefined;
   readonly #bells: Doorbell[] = [];
   readonly #publish = (): void => this.publishAll();
+  /** One turn of the event loop (a macrotask: the turn's microtasks, the requests' continuations, run first). */
+  readonly #turn = (resolve: () => void): void => void setImmediate(resolve);
 
   private constructor(transport: DriverTransport, mem: GuestMemory, info: BlkDeviceInfo, queues: DQ[], maxSegments: number) {
     this.#transport = transport;
@@ -214,9 +244,9 @@ export class VirtioBlkDriver {
       await t.setQueueSize(q, size);
       await t.setQueueAddresses(q, config.descAddr, config.driverAddr, config.deviceAddr);
       await t.enableQueue(q);
-      const dq = createDriverQueue<number>(opts.mem, config, rf, { indirectArea: { addr: indirect, maxIndirect: maxSegments + 2 } });
+      const dq = createDriverQueue<number>(opts.mem, config, rf, { indirectArea: { addr: indirect, maxIndirect: maxSegments + 2 }, indirectFrom: opts.indirectFrom ?? DEFAULT_INDIRECT_FROM });
       const slots: Slot[] = Array.from({ length: size }, () => ({ resolve: undefined, reject: undefined, type: 0, id: undefined }));
-      queues.push({ q, dq, slotBase, slots, free: Array.from({ length: size }, (_, i) => size - 1 - i), waiters: [], dirty: false, polled: false });
+      queues.push({ q, dq, slotBase, slots, free: Array.from({ length: size }, (_, i) => size - 1 - i), waiters: [], dirty: false, polled: false, spinning: false });
       at = next;
     }
     // 8. DRIVER_OK.
@@ -451,7 +481,7 @@ export class VirtioBlkDriver {
         got = d.dq.pollUsed(used);
         // Out of used buffers: re-arm the interrupt (with EVENT_IDX, used_event moves on, §2.7.10)
         // and look again in case the device returned more meanwhile.
-        if (!got && !d.polled && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
+        if (!got && !d.polled && !d.spinning && d.dq.enableInterrupts()) got = d.dq.pollUsed(used);
       } catch (e) {
         this.fail(new VirtioError('bad-completion', `queue ${d.q}: ${e instanceof Error ? e.message : String(e)}`, { queue: d.q }, { cause: e }));
         return n;
@@ -503,15 +533,33 @@ export class VirtioBlkDriver {
    * `configBell`, configuration change notifications too (DEVICE_NEEDS_RESET).
    */
   listen(bells: readonly Doorbell[], options: ListenOptions = {}): Promise<void> {
-    const { pollMs = 50, configBell } = options;
+    const { pollMs = 50, configBell, spinUs = 0, now = () => performance.now() } = options;
+    if (!(spinUs >= 0 && spinUs <= 1e6)) throw new VirtioError('invalid-argument', `spinUs ${spinUs} is outside 0..1e6`, { spinUs });
+    const spinMs = spinUs / 1000;
     this.#bells.push(...bells);
     if (configBell !== undefined) this.#bells.push(configBell);
     const loops = this.#queues.map(async (d) => {
       const bell = bells[d.q];
       if (bell === undefined) throw new VirtioError('invalid-argument', `no interrupt doorbell for queue ${d.q}`, { queue: d.q });
+      let busyAt = 0;
       while (!this.#closed) {
+        if (spinMs > 0 && !d.polled && d.dq.inFlight > 0 && now() - busyAt < spinMs) {
+          // Spinning: interrupts off (NAPI's way), completions taken once per turn.
+          if (!d.spinning) {
+            d.spinning = true;
+            d.dq.disableInterrupts();
+          }
+          if (this.reap(d) > 0) busyAt = now();
+          await new Promise<void>(this.#turn);
+          continue;
+        }
+        // Going to sleep: the reap below re-arms the interrupt and looks once more.
+        d.spinning = false;
         const seen = bell.count;
-        this.reap(d);
+        if (this.reap(d) > 0 && spinMs > 0) {
+          busyAt = now();
+          continue;
+        }
         await bell.waitAsync(seen, pollMs);
       }
     });

@@ -1,4 +1,5 @@
 import { MemoryBackend, type Segments } from '@ioplane/blk-backends';
+import { Doorbell } from '@ioplane/virtqueue';
 import { describe, expect, it } from 'vitest';
 import { VirtioBlkDevice } from '../src/index.js';
 import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
@@ -119,6 +120,55 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
       expect(() => h.driver.setPolled(3, true)).toThrow(/queue 3 is not set up/);
     });
   }
+
+  for (const eventIdx of [true, false]) {
+    it(`listen with spinUs (${eventIdx ? 'EVENT_IDX' : 'NO_INTERRUPT flag'}): no interrupts while requests keep completing; idle past the window, it re-arms and sleeps`, async () => {
+      const run = async (spinUs: number): Promise<number> => {
+        const backend = new CountingBackend(1 << 20);
+        // Each read completes a turn of the event loop later, so passes publish in turns of their own.
+        backend.gate = true;
+        let releasing = true;
+        const release = (): void => {
+          for (const go of backend.held.splice(0)) go();
+          if (releasing) setImmediate(release);
+        };
+        setImmediate(release);
+        const data = pattern(32 * 4096, 6);
+        await backend.inner.write(0, [data]);
+        const irq = new Doorbell();
+        const h = await harness({ backend, device: { merge: false, maxBatch: 4, ring: { eventIdx }, interrupts: { queue: () => irq.ring(), config: () => {} } } });
+        let clock = 0;
+        const listening = h.driver.listen([irq], { spinUs, now: () => clock });
+        await h.driver.read(0, DATA, 4096);
+        const before = h.device.stats.queueInterrupts;
+        // 32 reads in passes of 4 while the clock stands still: the spinning driver takes each pass's completions.
+        await Promise.all(Array.from({ length: 32 }, (_, i) => h.driver.read(i * 8, DATA + i * 4096, 4096)));
+        const during = h.device.stats.queueInterrupts - before;
+        for (let i = 0; i < 32; i++) expect(h.mem.view(DATA + i * 4096, 4096, 'read')).toEqual(data.subarray(i * 4096, (i + 1) * 4096));
+        // Past the window with nothing in flight: the driver re-arms and sleeps; a read then completes by interrupt.
+        clock += 1;
+        for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+        const asleep = h.device.stats.queueInterrupts;
+        await h.driver.read(0, DATA, 4096);
+        expect(h.device.stats.queueInterrupts).toBe(asleep + 1);
+        releasing = false;
+        await h.driver.close();
+        await listening;
+        return during;
+      };
+      const sleeping = await run(0);
+      const spinning = await run(100);
+      // Sleeping: an interrupt per pass (8 passes of 4). Spinning: at most the one it re-armed for before its first spin.
+      expect(sleeping).toBeGreaterThanOrEqual(6);
+      expect(spinning).toBeLessThanOrEqual(1);
+    });
+  }
+
+  it('listen rejects a spin window outside 0..1e6 µs', async () => {
+    const h = await harness();
+    expect(() => h.driver.listen([new Doorbell()], { spinUs: -1 })).toThrow(/spinUs -1/);
+    expect(() => h.driver.listen([new Doorbell()], { spinUs: 2e6 })).toThrow(/spinUs/);
+  });
 
   it('completions of a back-end that finishes during the pass are published in the same turn of the event loop', async () => {
     const h = await harness();

@@ -18,8 +18,18 @@ export interface DriverOptions {
    * driver never uses indirect descriptors.
    */
   indirectArea?: { addr: number; maxIndirect: number };
-  /** `auto` (default): indirect for lists of two or more segments when negotiated. */
+  /** `auto` (default): indirect for lists of `indirectFrom` or more segments when negotiated. */
   indirect?: IndirectMode;
+  /**
+   * With `auto`, the fewest segments a list needs to go in an indirect table
+   * (default 2). Shorter lists take ring descriptors: the device reads them
+   * in the descriptor table itself, not in a table of their own, one cache
+   * line fewer to fetch from the driver's core per request (a block
+   * request's header, data and status take three). A shorter list still
+   * goes indirect when the ring has fewer descriptors free than it needs,
+   * so it never waits for room that one descriptor would do with.
+   */
+  indirectFrom?: number;
 }
 
 /**
@@ -44,7 +54,19 @@ export interface DriverQueue<T> {
   pollUsed(out: UsedBuffer<T>): boolean;
   /** Asks the device to interrupt on used buffers; true if some arrived meanwhile. */
   enableInterrupts(): boolean;
+  /**
+   * As `enableInterrupts`, but with EVENT_IDX the device is asked to
+   * interrupt only once `share` (0 ≤ share < 1, default 3/4, as Linux's
+   * `virtqueue_enable_cb_delayed`) of the buffers outstanding have come back;
+   * never later than the last of them. True if used buffers are already there.
+   */
+  enableInterruptsDelayed(share?: number): boolean;
   disableInterrupts(): void;
   /** Lists added and not yet reclaimed. */
   readonly inFlight: number;
+}
+
+/** `enableInterruptsDelayed`'s share: 1 or more would put the event past the last outstanding buffer. */
+export function checkShare(share: number): void {
+  if (!(share >= 0 && share < 1)) throw new RangeError(`interrupt delay share ${share} is outside [0, 1)`);
 }

@@ -13,7 +13,7 @@ import {
   VIRTQ_DESC_F_WRITE,
   vringNeedEvent,
 } from './defs.js';
-import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
+import { type DriverOptions, type DriverQueue, type IndirectMode, type UsedBuffer, checkShare } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
 import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over, u32Over } from './layout.js';
 
@@ -46,8 +46,11 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
   private readonly indirectView: DataView | undefined;
   private readonly maxIndirect: number;
   private readonly indirectMode: IndirectMode;
+  private readonly indirectFrom: number;
 
   private interruptsOn = true;
+  /** Used ring positions between nextUsed and a used event set ahead by `enableInterruptsDelayed`. */
+  private eventAhead = 0;
   private nextAvail = 0;
   private availWrap = 1;
   private nextUsed = 0;
@@ -88,6 +91,8 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
     this.maxIndirect = options.indirectArea?.maxIndirect ?? 0;
     this.indirectMode = options.indirectArea && features.indirect ? (options.indirect ?? 'auto') : 'never';
     this.indirectAlways = this.indirectMode === 'always';
+    this.indirectFrom = options.indirectFrom ?? 2;
+    if (!Number.isInteger(this.indirectFrom) || this.indirectFrom < 2) throw new RangeError(`indirectFrom ${options.indirectFrom} must be an integer of at least 2`);
     if (this.indirectMode !== 'never') {
       this.indirectView = dataViewOver(mem.view(this.indirectAddr, size * this.maxIndirect * DESC_SIZE, 'write'));
     }
@@ -132,7 +137,10 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
     const n = list.count;
     if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.8)');
     const indirect =
-      this.indirectMode !== 'never' && n <= this.maxIndirect && (this.indirectMode === 'always' || n > 1);
+      this.indirectMode !== 'never' &&
+      n <= this.maxIndirect &&
+      // Short lists go direct while the ring has room for them, else indirect (one descriptor).
+      (this.indirectMode === 'always' || n >= this.indirectFrom || n > this.numFree);
     const need = indirect ? 1 : n;
     if (need > this.numFree || this.freeCount === 0) return false;
     const id = this.freeIds[--this.freeCount]!;
@@ -264,8 +272,13 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
       this.nextUsed -= this.size;
       this.usedWrap ^= 1;
     }
-    // As Linux's virtqueue_get_buf_ctx_packed: keep asking for the next used descriptor.
-    if (this.features.eventIdx && this.interruptsOn) Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
+    // As Linux's virtqueue_get_buf_ctx_packed: keep asking for the next used descriptor,
+    // unless a delayed event (`enableInterruptsDelayed`) is still ahead: the device will reach it.
+    if (this.eventAhead >= n) this.eventAhead -= n;
+    else if (this.features.eventIdx && this.interruptsOn) {
+      this.eventAhead = 0;
+      Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
+    }
   }
 
   private retire(id: number, len: number, out: UsedBuffer<T>): void {
@@ -280,12 +293,46 @@ export class PackedDriverQueue<T = unknown> implements DriverQueue<T> {
 
   enableInterrupts(): boolean {
     this.interruptsOn = true;
+    this.eventAhead = 0;
     if (this.features.eventIdx) {
       Atomics.store(this.driverEvent, 0, this.nextUsed | (this.usedWrap << 15));
       Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DESC);
     } else {
       Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_ENABLE);
     }
+    return this.usedWaiting();
+  }
+
+  /**
+   * Linux's `virtqueue_enable_cb_delayed_packed`: with EVENT_IDX the driver
+   * event (off_wrap, §2.8.10) goes `share` of the ring descriptors
+   * outstanding past the next used position, so the device interrupts once
+   * it has used that many more instead of at the next one. Positions advance
+   * by every descriptor of a used chain (and of an IN_ORDER batch, §2.8.8),
+   * so an event before the end of what is outstanding is always crossed:
+   * the last buffer to complete never goes without an interrupt. Without
+   * EVENT_IDX it is `enableInterrupts`. Returns true if a used descriptor is
+   * already there (take it, then call again).
+   */
+  enableInterruptsDelayed(share = 0.75): boolean {
+    checkShare(share);
+    if (!this.features.eventIdx) return this.enableInterrupts();
+    this.interruptsOn = true;
+    const bufs = Math.floor((this.size - this.numFree) * share);
+    let pos = this.nextUsed + bufs;
+    let wrap = this.usedWrap;
+    if (pos >= this.size) {
+      pos -= this.size;
+      wrap ^= 1;
+    }
+    this.eventAhead = bufs;
+    Atomics.store(this.driverEvent, 0, pos | (wrap << 15));
+    Atomics.store(this.driverEvent, 1, RING_EVENT_FLAGS_DESC);
+    return this.usedWaiting();
+  }
+
+  /** After storing an event (sequentially consistent): is a used descriptor already at nextUsed? */
+  private usedWaiting(): boolean {
     if (this.batchLeft > 0) return true;
     const flags = Atomics.load(this.descU16, this.nextUsed * 8 + FLAGS_U16);
     const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;

@@ -18,7 +18,7 @@ import {
   usedRingBytes,
   vringNeedEvent,
 } from './defs.js';
-import type { DriverOptions, DriverQueue, IndirectMode, UsedBuffer } from './driver-queue.js';
+import { type DriverOptions, type DriverQueue, type IndirectMode, type UsedBuffer, checkShare } from './driver-queue.js';
 import { VirtqueueError } from './errors.js';
 import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, setAddr, u16Over, u32Over } from './layout.js';
 
@@ -54,6 +54,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private readonly indirectView: DataView | undefined;
   private readonly maxIndirect: number;
   private readonly indirectMode: IndirectMode;
+  private readonly indirectFrom: number;
   private readonly inOrder: boolean;
   private readonly indirectAlways: boolean;
   private readonly eventIdx: boolean;
@@ -81,7 +82,11 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   private batchLastLen = 0;
 
   private interruptsOn = true;
+  /** What used_event holds (the driver is its only writer; with EVENT_IDX). */
+  private usedEventAt = 0;
   private availIdx = 0;
+  /** avail.idx as last published: the buffers the device can see. */
+  private publishedIdx = 0;
   private lastKick = 0;
   private lastUsed = 0;
   private shadowUsed = 0;
@@ -114,6 +119,8 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     this.maxIndirect = options.indirectArea?.maxIndirect ?? 0;
     this.indirectMode = options.indirectArea && features.indirect ? (options.indirect ?? 'auto') : 'never';
     this.indirectAlways = this.indirectMode === 'always';
+    this.indirectFrom = options.indirectFrom ?? 2;
+    if (!Number.isInteger(this.indirectFrom) || this.indirectFrom < 2) throw new RangeError(`indirectFrom ${options.indirectFrom} must be an integer of at least 2`);
     if (this.indirectMode !== 'never') {
       this.indirectView = dataViewOver(mem.view(this.indirectAddr, size * this.maxIndirect * DESC_SIZE, 'write'));
     }
@@ -157,7 +164,10 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
     const n = list.count;
     if (n === 0) throw new RangeError('a buffer list needs at least one segment (VirtIO 1.2 §2.7.13.1)');
     const indirect =
-      this.indirectMode !== 'never' && n <= this.maxIndirect && (this.indirectMode === 'always' || n > 1);
+      this.indirectMode !== 'never' &&
+      n <= this.maxIndirect &&
+      // Short lists go direct while the ring has room for them, else indirect (one descriptor).
+      (this.indirectMode === 'always' || n >= this.indirectFrom || n > this.numFree);
     const need = indirect ? 1 : n;
     if (need > this.numFree) return false;
     const head = this.inOrder ? this.nextDesc : this.freeHead;
@@ -238,6 +248,7 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
   publish(): void {
     // Release: descriptors and ring entries are visible before the new idx (§2.7.13.3.1).
     Atomics.store(this.avail, AVAIL_IDX / 2, this.availIdx);
+    this.publishedIdx = this.availIdx;
   }
 
   needsNotify(): boolean {
@@ -334,10 +345,19 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
    * old used_event once, would never interrupt again. Only the last entry of
    * the batch the driver has seen needs it: the device has already published
    * past any earlier one, so `vring_need_event` could not fire on it, and each
-   * store is a full barrier on a line the device reads.
+   * store is a full barrier on a line the device reads. A used_event still
+   * ahead (set by `enableInterruptsDelayed`, not yet reached) stays where it
+   * is: the device will cross it, so the delay is kept.
    */
   private moveUsedEvent(): void {
-    if (this.eventIdx && this.interruptsOn && this.lastUsed === this.shadowUsed && this.batchLeft === 0) {
+    if (
+      this.eventIdx &&
+      this.interruptsOn &&
+      this.lastUsed === this.shadowUsed &&
+      this.batchLeft === 0 &&
+      ((this.usedEventAt - this.lastUsed) & 0xffff) >= 0x8000
+    ) {
+      this.usedEventAt = this.lastUsed;
       Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
     }
   }
@@ -361,8 +381,42 @@ export class SplitDriverQueue<T = unknown> implements DriverQueue<T> {
 
   enableInterrupts(): boolean {
     this.interruptsOn = true;
-    if (this.features.eventIdx) Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
-    else Atomics.store(this.avail, AVAIL_FLAGS / 2, 0);
+    if (this.features.eventIdx) {
+      // used_event already there (a driver polling between interrupts re-arms often): the store
+      // would only take the line back from the device's cache. The earlier store of the same
+      // value is ordered before the load below just as well.
+      if (this.usedEventAt !== this.lastUsed) {
+        this.usedEventAt = this.lastUsed;
+        Atomics.store(this.avail, this.usedEventU16, this.lastUsed);
+      }
+    } else Atomics.store(this.avail, AVAIL_FLAGS / 2, 0);
+    return this.batchLeft > 0 || Atomics.load(this.used, USED_IDX / 2) !== this.lastUsed;
+  }
+
+  /**
+   * Linux's `virtqueue_enable_cb_delayed`: with EVENT_IDX, used_event goes
+   * `share` of the published buffers still outstanding past the last used
+   * entry seen, so the device interrupts once that many more have come back
+   * (Linux: 3/4) instead of at the next one. The event lies before the end of
+   * what is outstanding, so the last buffer to complete never goes without an
+   * interrupt. Without EVENT_IDX there is nothing to delay with (§2.7.10's
+   * flag is all or nothing), nor under IN_ORDER, where the device may return
+   * a batch as one used entry and so never reach an index counted in buffers:
+   * then it is `enableInterrupts`. Returns true if used buffers are already
+   * there (take them, then call again), as `enableInterrupts` does.
+   */
+  enableInterruptsDelayed(share = 0.75): boolean {
+    checkShare(share);
+    if (!this.features.eventIdx || this.inOrder) return this.enableInterrupts();
+    this.interruptsOn = true;
+    const bufs = Math.floor(((this.publishedIdx - this.lastUsed) & 0xffff) * share);
+    const at = (this.lastUsed + bufs) & 0xffff;
+    // The store and the load below are sequentially consistent: either the device's next
+    // publish reads this event, or this load sees what it published (§2.7.14's barrier).
+    if (this.usedEventAt !== at) {
+      this.usedEventAt = at;
+      Atomics.store(this.avail, this.usedEventU16, at);
+    }
     return this.batchLeft > 0 || Atomics.load(this.used, USED_IDX / 2) !== this.lastUsed;
   }
 

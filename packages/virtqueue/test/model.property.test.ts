@@ -66,7 +66,9 @@ function run(features: RingFeatures, sizeSeed: number, ops: Op[]): void {
   const size = features.packed ? 1 + (sizeSeed % 9) : 1 << (sizeSeed % 5);
   const mem = testMemory(1 << 20);
   const { config } = layoutQueue(features.packed, size, RING);
-  const drv = createDriverQueue<number>(mem, config, features, { indirectArea: { addr: INDIRECT, maxIndirect: MAX_INDIRECT } });
+  // Lists of 2 to 5 segments and up go indirect (`indirectFrom`), shorter ones direct while they fit.
+  const indirectFrom = 2 + (Math.floor(sizeSeed / 10) % 4);
+  const drv = createDriverQueue<number>(mem, config, features, { indirectArea: { addr: INDIRECT, maxIndirect: MAX_INDIRECT }, indirectFrom });
   const dev = createDeviceQueue(mem, config, features);
 
   const tokenOfAddr = new Map<number, number>();
