@@ -545,14 +545,14 @@ export class VtdInvalidationQueue {
 }
 
 /** Wait sequence numbers run 1 … 2^30 − 1 and wrap (0 is "no status yet"). */
-const SEQ_SPAN = 0x3fff_ffff;
+export const SEQ_SPAN = 0x3fff_ffff;
 
-function nextSeq(seq: number): number {
+export function nextSeq(seq: number): number {
   return seq >= SEQ_SPAN ? 1 : seq + 1;
 }
 
 /** Whether sequence number `s` is `t` or follows it (within half the span: older ones are long done). */
-function seqReached(s: number, t: number): boolean {
+export function seqReached(s: number, t: number): boolean {
   let d = s - t;
   if (d < 0) d += SEQ_SPAN;
   return d < SEQ_SPAN / 2;

@@ -13,6 +13,7 @@ import {
   VtdQueuedInvalidator,
   VtdRemapper,
 } from '../src/index.js';
+import { SEQ_SPAN, nextSeq, seqReached } from '../src/vtd-qi.js';
 import { checkModeBounds, fault, reachable } from './vtd-helpers.js';
 
 const PAGE = 4096;
@@ -168,6 +169,23 @@ describe('VT-d queued invalidation: one thread', () => {
 });
 
 describe('VT-d queued invalidation: batches posted without waiting', () => {
+  it('property: wait sequence numbers order correctly across the wrap (1 … 2^30 − 1, never 0)', () => {
+    const advance = (t: number, k: number): number => ((t - 1 + k) % SEQ_SPAN) + 1;
+    expect(nextSeq(SEQ_SPAN)).toBe(1);
+    expect(nextSeq(0)).toBe(1);
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: SEQ_SPAN }), fc.integer({ min: 0, max: Math.floor(SEQ_SPAN / 2) - 1 }), (t, k) => {
+        let n = t;
+        for (let i = 0; i < Math.min(k, 3); i++) n = nextSeq(n);
+        expect(n).toBe(advance(t, Math.min(k, 3)));
+        const later = advance(t, k);
+        expect(seqReached(later, t)).toBe(true);
+        if (k > 0) expect(seqReached(t, later)).toBe(false);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   it('postIotlbDomain publishes a DSI and a wait and returns; retired() reads the status once the unit has run', () => {
     const { inv, q, regs, ctl, driver } = rig();
     driver.attach(SID, { mode: 'deferred' });
