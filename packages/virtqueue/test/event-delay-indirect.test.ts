@@ -178,12 +178,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 
 function runModel(features: RingFeatures, sizeSeed: number, ops: Op[]): void {
   const size = features.packed ? 2 + (sizeSeed % 15) : 2 << (sizeSeed % 4);
-  const mem = testMemory(1 << 20);
-  const { config } = layoutQueue(features.packed, size, RING);
-  const drv = createDriverQueue<number>(mem, config, features, { indirectArea: { addr: INDIRECT, maxIndirect: 4 } });
-  const dev = createDeviceQueue(mem, config, features);
-  dev.publishUsed();
-  dev.needsInterrupt();
+  const { drv, dev } = pair(features, size);
   const out: UsedBuffer<number> = { token: undefined, len: 0 };
   const popped: DescriptorChain[] = [];
   const returned = new Set<number>();
