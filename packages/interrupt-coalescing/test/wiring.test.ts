@@ -89,8 +89,12 @@ describe('wiring on real time', () => {
     const held = monotonicClock.now();
     coalescer.onCompletion(0, 64);
     coalescer.onCompletion(0, 64);
-    expect(times).toHaveLength(1); // R = 1/17 at CIF 64: held
-    expect(coalescer.pendingOf(0)).toBe(2);
+    // R = 1/17 at CIF 64: held — unless this thread lost the CPU for the whole backstop between
+    // the two calls (a loaded CI machine), when the second call rightly delivers at once.
+    if (monotonicClock.now() - held < 500_000) {
+      expect(times).toHaveLength(1);
+      expect(coalescer.pendingOf(0)).toBe(2);
+    }
     const until = Date.now() + 2000;
     while (times.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 1));
     expect(times).toHaveLength(2);
