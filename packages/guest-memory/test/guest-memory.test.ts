@@ -160,6 +160,19 @@ describe('byte ranges, views and scatter/gather', () => {
     expect(m.slices(0x1000, 0, 'read')).toEqual([]);
   });
 
+  it('keeps 256 buffers at any power-of-two stride resident: a second pass gets the same views', () => {
+    for (let stride = 512; stride <= 1 << 16; stride *= 2) {
+      const m = GuestMemory.create(256 * stride + (1 << 20));
+      const base = stride * 256 >= 1 << 20 ? 0 : 1 << 20; // an aligned start
+      const first = Array.from({ length: 256 }, (_, k) => m.slices(base + k * stride, 512, 'read')[0]!);
+      for (let k = 0; k < 256; k++) expect(m.slices(base + k * stride, 512, 'read')[0], `stride ${stride}, buffer ${k}`).toBe(first[k]);
+    }
+    // 32 buffers 4 KiB apart (a guest's page-sized I/O buffers): once a hash put three pairs together.
+    const m = GuestMemory.create(1 << 20);
+    const views = Array.from({ length: 32 }, (_, k) => m.slices(0x10000 + k * 4096, 4096, 'write')[0]!);
+    for (let k = 0; k < 32; k++) expect(m.slices(0x10000 + k * 4096, 4096, 'write')[0]).toBe(views[k]);
+  });
+
   it('fills', () => {
     const m = holey();
     m.fill(0x3ffe, 4, 0xee);
