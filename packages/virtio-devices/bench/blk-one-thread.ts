@@ -6,7 +6,7 @@
  * round by round. What the two-thread benchmark cannot show: the
  * microseconds per request the driver and the device add to a read, with no
  * wake-up and no cache line crossing cores.
- *   pnpm --filter @ioplane/virtio-devices bench:one-thread   (ROUNDS=11 OPS=200000)
+ *   pnpm --filter @ioplane/virtio-devices bench:one-thread   (ROUNDS=11 OPS=200000; split rings, PACKED=1 for packed)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,6 +21,8 @@ const OPS = Number(process.env.OPS ?? 200_000);
 const SIZE = 64 << 20;
 const QD = 32;
 const ONLY = process.env.ONLY;
+/** Split rings unless PACKED=1, as in the two-thread benchmark (the driver would otherwise take packed when offered). */
+const PACKED = process.env.PACKED === '1';
 
 const median = (v: number[]): number => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 
@@ -34,7 +36,7 @@ try {
   const mem = new GuestMemory([{ gpa: 0, backing: new SharedArrayBuffer(16 << 20) }]);
   const ref: { drv?: VirtioBlkDriver } = {};
   const dev = new VirtioBlkDevice({ mem, backend: b, queueSize: 256, interrupts: { queue: () => ref.drv?.handleInterrupt(0), config: () => {} } });
-  const drv = await VirtioBlkDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: 0x10000, len: 4 << 20 } });
+  const drv = await VirtioBlkDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: PACKED } });
   ref.drv = drv;
   const blocks = SIZE / 4096;
   const bufs = Array.from({ length: QD }, () => [new Uint8Array(new SharedArrayBuffer(4096))]);
@@ -75,7 +77,7 @@ try {
     d.push(y);
   }
   const ratios = v.map((x, i) => d[i]! / x);
-  console.log(`one thread, 4 KiB random reads at QD ${QD}, raw file on the sync engine, ${ROUNDS} rounds, medians (node ${process.version})`);
+  console.log(`one thread, 4 KiB random reads at QD ${QD}, raw file on the sync engine, ${PACKED ? 'packed' : 'split'} rings, ${ROUNDS} rounds, medians (node ${process.version})`);
   console.log(`  direct on the back-end  ${median(d).toFixed(2)} µs/read`);
   console.log(`  through virtio-blk      ${median(v).toFixed(2)} µs/read  (driver + virtqueue + device: ${(median(v) - median(d)).toFixed(2)} µs)`);
   console.log(`  virtio / direct (IOPS)  ${median(ratios).toFixed(2)} (min–max ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`);
