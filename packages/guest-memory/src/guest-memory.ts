@@ -112,6 +112,11 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
 
   /** The region wholly containing [addr, addr+len), for a small scalar access. */
   private scalarRegion(addr: number, len: number, access: Access): Region | undefined {
+    // Fast path, as in `checkRange`: wholly inside the region last found (an
+    // integer address there is safe), no validation or search. NaN fails the
+    // comparisons and takes the full path.
+    const last = this.last;
+    if (addr >= last.gpa && addr + len <= last.end && Number.isInteger(addr) && (access === 'read' || !last.readonly)) return last;
     validate(addr, len, access);
     const r = this.findRegion(addr);
     if (r !== undefined && addr + len <= r.end) {

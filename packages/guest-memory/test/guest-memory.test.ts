@@ -189,6 +189,16 @@ describe('byte ranges, views and scatter/gather', () => {
     expect(m.tryView(0, 4, 'read')?.byteLength).toBe(4);
     expect(() => m.checkRange(0, 32, 'read')).not.toThrow();
     expectGmError(() => m.checkRange(0, 32, 'write'), 'read-only');
+    // Scalar accesses take a fast path through the region last found: it keeps the same rules.
+    m.writeU32(16, 0x11223344);
+    expect(m.readU32(16)).toBe(0x11223344);
+    expectGmError(() => m.writeU16(2, 1), 'read-only');
+    expect(m.readU16(2)).toBe(0);
+    expectGmError(() => m.writeU8(15, 1), 'read-only');
+    expectGmError(() => m.readU32(16.5), 'invalid-address');
+    // Straddling the two regions (last found: the ROM): the write is refused whole, the read is gathered.
+    expectGmError(() => m.writeU32(14, 0), 'read-only');
+    expect(m.readU32(14)).toBe(0x33440000);
   });
 });
 
