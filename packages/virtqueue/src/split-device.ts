@@ -168,17 +168,34 @@ export class SplitDeviceQueue implements DeviceQueue {
     // longer than the queue size), so a TTL bounds loops.
     let ttl = this.size;
     let indirect = false;
+    const t32 = this.desc32;
     for (;;) {
       if (ttl === 0) {
         throw new VirtqueueError('chain-too-long', `chain ${head} is longer than its ${indirect ? 'indirect table' : 'queue'} (${tableSize} descriptors): it loops (VirtIO 1.2 §2.7.5.1)`, { head, desc: idx });
       }
       ttl--;
-      const off = base + idx * DESC_SIZE;
-      const lo = table.getUint32(off, true);
-      const hi = table.getUint32(off + 4, true);
-      const len = table.getUint32(off + 8, true);
-      const flags = table.getUint16(off + 12, true);
-      const next = table.getUint16(off + 14, true);
+      let lo: number;
+      let hi: number;
+      let len: number;
+      let flags: number;
+      let next: number;
+      if (!indirect && t32 !== undefined) {
+        // The ring's own table as u32 words (little-endian host): four loads, flags and next from one.
+        const o = idx << 2;
+        lo = t32[o]!;
+        hi = t32[o + 1]!;
+        len = t32[o + 2]!;
+        const w = t32[o + 3]!;
+        flags = w & 0xffff;
+        next = w >>> 16;
+      } else {
+        const off = base + idx * DESC_SIZE;
+        lo = table.getUint32(off, true);
+        hi = table.getUint32(off + 4, true);
+        len = table.getUint32(off + 8, true);
+        flags = table.getUint16(off + 12, true);
+        next = table.getUint16(off + 14, true);
+      }
       if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
         if (!this.features.indirect) {
           throw new VirtqueueError('indirect-not-negotiated', `descriptor ${idx} of chain ${head} is INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated (VirtIO 1.2 §2.7.5.3.1)`, { head, desc: idx });
