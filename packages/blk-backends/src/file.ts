@@ -1,12 +1,11 @@
 import { constants, fdatasyncSync, fstatSync, ftruncateSync, promises as fsp, readSync, readv as fsReadv, readvSync, writevSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { COMPLETED } from './backend.js';
 import { BlockError, ioError } from './errors.js';
 import { ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, native, SEEK_DATA, SEEK_HOLE } from './native.js';
 
 const ZEROS = new Uint8Array(1 << 20);
 const NO_BUFFERS: readonly Uint8Array[] = [];
-/** What a synchronous-engine call returns on success: one settled promise shared by all (no allocation per I/O). */
-const DONE: Promise<void> = Promise.resolve();
 
 /**
  * How a `HostFile` performs its I/O.
@@ -15,7 +14,7 @@ const DONE: Promise<void> = Promise.resolve();
  *   with other work, and for slow storage where concurrency matters.
  * - `'sync'`: each call is a system call on the calling thread
  *   (preadv/pwritev/fdatasync), finished before the call returns; the returned
- *   promise is already settled. No threadpool hand-off and no wake-up per I/O,
+ *   promise is already settled (`COMPLETED` for a read that succeeded). No threadpool hand-off and no wake-up per I/O,
  *   as Firecracker's `Sync` block engine does on its device thread. Right for a
  *   dedicated I/O thread over fast storage or a warm page cache; wrong for a
  *   thread that must stay responsive, since a slow disk blocks it.
@@ -194,7 +193,7 @@ export class HostFile {
     } catch (e) {
       return Promise.reject(ioError(`read of ${this.path} at ${at}`, e));
     }
-    return DONE;
+    return COMPLETED;
   }
 
   private readIssue(r: ReadReq): void {

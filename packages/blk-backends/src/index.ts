@@ -1,5 +1,6 @@
 export { BlockError, type BlockErrorKind } from './errors.js';
 export {
+  COMPLETED,
   checkRequest,
   segmentsLength,
   type BlockBackend,

@@ -1,4 +1,5 @@
 import {
+  COMPLETED,
   checkRequest,
   forEachSegmentPiece,
   pushExtent,
@@ -21,7 +22,8 @@ export interface MemoryBackendOptions {
 
 /**
  * A sparse in-memory disk: chunks are allocated on first write, so a 1 TiB
- * device costs nothing until written. Discarded chunks are freed.
+ * device costs nothing until written. Discarded chunks are freed. Reads and
+ * writes complete before they return (they return `COMPLETED`).
  */
 export class MemoryBackend implements BlockBackend {
   readonly size: number;
@@ -61,7 +63,7 @@ export class MemoryBackend implements BlockBackend {
       const len = segmentsLength(segments);
       checkRequest(this, 'read', offset, len, this.#closed);
       this.#copy(offset, segments, len, false);
-      return Promise.resolve();
+      return COMPLETED;
     } catch (e) {
       return rejectWith(e);
     }
@@ -72,7 +74,7 @@ export class MemoryBackend implements BlockBackend {
       const len = segmentsLength(segments);
       checkRequest(this, 'write', offset, len, this.#closed);
       this.#copy(offset, segments, len, true);
-      return Promise.resolve();
+      return COMPLETED;
     } catch (e) {
       return rejectWith(e);
     }

@@ -1,4 +1,4 @@
-import { checkRequest, gatherInto, pushExtent, scatterFrom, segmentsLength,
+import { COMPLETED, checkRequest, gatherInto, pushExtent, scatterFrom, segmentsLength,
   rejectWith, type BlockBackend, type Extent, type Segments } from './backend.js';
 import { BlockError } from './errors.js';
 import { HostFile, type IoEngine } from './file.js';
@@ -87,7 +87,7 @@ export class RawFileBackend implements BlockBackend {
     try {
       const len = segmentsLength(segments);
       checkRequest(this, 'read', offset, len, this.#closed);
-      if (len === 0) return Promise.resolve();
+      if (len === 0) return COMPLETED;
       // Buffered reads are tracked by the HostFile itself (its close waits for them), without a promise per read here.
       return this.direct ? this.#track(this.#directIo(offset, segments, len, false)) : this.file.readv(segments, offset);
     } catch (e) {

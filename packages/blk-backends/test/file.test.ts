@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockError } from '../src/index.js';
+import { BlockError, COMPLETED, MemoryBackend, RawFileBackend } from '../src/index.js';
 import { HostFile } from '../src/file.js';
 import { tempDir } from './helpers.js';
 
@@ -104,6 +104,43 @@ describe('HostFile engines', () => {
     await expect(HostFile.open('/nonexistent/x', { engine: 'uring' as never })).rejects.toMatchObject({ kind: 'invalid-argument', message: expect.stringMatching(/engine 'uring'/) as unknown });
   });
 
+  it('COMPLETED only for a request done before the call returned: never for the threadpool engine or a failed read', async () => {
+    const tmp = tempDir();
+    try {
+      writeFileSync(tmp.path('f'), bytes(8192, 6));
+      for (const engine of ['threadpool', 'sync'] as const) {
+        const b = await RawFileBackend.open(tmp.path('f'), { engine });
+        try {
+          const p = b.read(0, [new Uint8Array(4096)]);
+          expect(p === COMPLETED).toBe(engine === 'sync');
+          await p;
+          // Refused before any I/O (past the end): a rejection, not COMPLETED.
+          const bad = b.read(8192, [new Uint8Array(512)]);
+          expect(bad).not.toBe(COMPLETED);
+          await expect(bad).rejects.toMatchObject({ kind: 'out-of-range' });
+        } finally {
+          await b.close();
+        }
+      }
+      const f = await HostFile.open('/proc/self/mem', { readOnly: true, engine: 'sync' });
+      try {
+        const p = f.readv([new Uint8Array(512)], 4096);
+        expect(p).not.toBe(COMPLETED);
+        await expect(p).rejects.toBeInstanceOf(BlockError);
+      } finally {
+        await f.close();
+      }
+      const m = new MemoryBackend({ size: 1 << 16 });
+      expect(m.read(0, [new Uint8Array(512)])).toBe(COMPLETED);
+      expect(m.write(512, [new Uint8Array(512)])).toBe(COMPLETED);
+      const bad = m.read(1 << 16, [new Uint8Array(512)]);
+      expect(bad).not.toBe(COMPLETED);
+      await expect(bad).rejects.toMatchObject({ kind: 'out-of-range' });
+    } finally {
+      tmp.remove();
+    }
+  });
+
   it('the sync engine has finished the read when readv returns', async () => {
     const tmp = tempDir();
     try {
@@ -115,6 +152,8 @@ describe('HostFile engines', () => {
           const p = f.readv([b], 4096);
           // (The threadpool engine's read may land at any moment, so only the sync engine can be asserted.)
           expect(b).toEqual(bytes(8192, 5).subarray(4096));
+          // It says so: the shared settled promise a caller may complete on at once.
+          expect(p).toBe(COMPLETED);
           await p;
           expect(b).toEqual(bytes(8192, 5).subarray(4096));
         } finally {

@@ -1,5 +1,5 @@
 import { MemoryBackend, type Segments } from '@ioplane/blk-backends';
-import { Doorbell } from '@ioplane/virtqueue';
+import { type DeviceQueue, Doorbell } from '@ioplane/virtqueue';
 import { describe, expect, it } from 'vitest';
 import { VirtioBlkDevice } from '../src/index.js';
 import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
@@ -182,6 +182,35 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
     await h.driver.read(8, DATA, 4096);
     expect(immediate).toBe(false);
   });
+
+  for (const settles of ['at once (COMPLETED)', 'later']) {
+    it(`a back-end that completes ${settles}: the device asks for kicks only once the pass's completions are published`, async () => {
+      // 'later': each read's promise settles in a microtask, as every back-end's did before COMPLETED.
+      const backend = new (class extends DelegatingBackend {
+        override read(o: number, s: Segments): Promise<void> {
+          const p = this.inner.read(o, s);
+          return settles === 'later' ? p.then(() => undefined) : p;
+        }
+      })(1 << 20);
+      const data = pattern(4 * 4096, 3);
+      await backend.inner.write(0, [data]);
+      const h = await harness({ backend, device: { merge: false } });
+      const dq = (h.device as unknown as { queues: DeviceQueue[] }).queues[0]!;
+      const enable = dq.enableNotifications.bind(dq);
+      let enables = 0;
+      dq.enableNotifications = () => {
+        enables++;
+        return enable();
+      };
+      // Four reads in one pass: each completes, but kicks stay off until the publish, which looks at
+      // the ring once more and only then, finding it empty, asks for a kick (one store, not one per pass end).
+      await Promise.all([0, 1, 2, 3].map((i) => h.driver.read(i * 8, DATA + i * 4096, 4096)));
+      expect(h.device.blkStats.requests).toBe(4);
+      expect(enables).toBe(1);
+      expect(h.mem.view(DATA, 4 * 4096, 'read')).toEqual(data);
+      expect(h.device.inFlight).toBe(0);
+    });
+  }
 
   it('pollNs 0 (the default) never spins', async () => {
     let reads = 0;
