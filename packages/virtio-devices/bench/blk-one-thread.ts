@@ -6,12 +6,14 @@
  * round by round. What the two-thread benchmark cannot show: the
  * microseconds per request the driver and the device add to a read, with no
  * wake-up and no cache line crossing cores.
- *   pnpm --filter @ioplane/virtio-devices bench:one-thread   (ROUNDS=11 OPS=200000; split rings, PACKED=1 for packed)
+ *   pnpm --filter @ioplane/virtio-devices bench:one-thread   (ROUNDS=11 OPS=200000; split rings, PACKED=1 for packed;
+ *   NULL_BACKEND=1: both paths read from a back-end that returns COMPLETED at once and moves no
+ *   data, so the figures are the JavaScript alone: the virtio path's against one back-end call's)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RawFileBackend, openImage } from '@ioplane/blk-backends';
+import { COMPLETED, RawFileBackend, checkRequest, openImage, segmentsLength, type BlockBackend } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver } from '../src/index.js';
 import { rng } from './common.js';
@@ -23,6 +25,7 @@ const QD = 32;
 const ONLY = process.env.ONLY;
 /** Split rings unless PACKED=1, as in the two-thread benchmark (the driver would otherwise take packed when offered). */
 const PACKED = process.env.PACKED === '1';
+const NULL_BACKEND = process.env.NULL_BACKEND === '1';
 
 const median = (v: number[]): number => [...v].sort((a, b) => a - b)[v.length >> 1]!;
 
@@ -35,7 +38,25 @@ try {
   for (let off = 0; off < SIZE; off += fill.length) await b.write(off, [fill]);
   const mem = new GuestMemory([{ gpa: 0, backing: new SharedArrayBuffer(16 << 20) }]);
   const ref: { drv?: VirtioBlkDriver } = {};
-  const dev = new VirtioBlkDevice({ mem, backend: b, queueSize: 256, interrupts: { queue: () => ref.drv?.handleInterrupt(0), config: () => {} } });
+  // NULL_BACKEND: every read done at once, no system call, no bytes moved (the checks of a real back-end kept).
+  const nul: BlockBackend = {
+    size: b.size,
+    logicalBlockSize: b.logicalBlockSize,
+    physicalBlockSize: b.physicalBlockSize,
+    readOnly: b.readOnly,
+    read: (offset, segments) => {
+      checkRequest(b, 'read', offset, segmentsLength(segments), false);
+      return COMPLETED;
+    },
+    write: () => Promise.reject(new Error('read-only benchmark')),
+    flush: () => COMPLETED,
+    discard: () => Promise.reject(new Error('read-only benchmark')),
+    writeZeroes: () => Promise.reject(new Error('read-only benchmark')),
+    blockStatus: () => Promise.resolve([]),
+    close: () => COMPLETED,
+  };
+  const be = NULL_BACKEND ? nul : b;
+  const dev = new VirtioBlkDevice({ mem, backend: be, queueSize: 256, interrupts: { queue: () => ref.drv?.handleInterrupt(0), config: () => {} } });
   const drv = await VirtioBlkDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: PACKED } });
   ref.drv = drv;
   const blocks = SIZE / 4096;
@@ -56,7 +77,7 @@ try {
     let issued = 0;
     const t = performance.now();
     await Promise.all(Array.from({ length: QD }, async (_, s) => {
-      while (issued++ < OPS) await b.read((next() % blocks) * 4096, bufs[s]!);
+      while (issued++ < OPS) await be.read((next() % blocks) * 4096, bufs[s]!);
     }));
     return ((performance.now() - t) * 1000) / OPS;
   };
@@ -77,7 +98,7 @@ try {
     d.push(y);
   }
   const ratios = v.map((x, i) => d[i]! / x);
-  console.log(`one thread, 4 KiB random reads at QD ${QD}, raw file on the sync engine, ${PACKED ? 'packed' : 'split'} rings, ${ROUNDS} rounds, medians (node ${process.version})`);
+  console.log(`one thread, 4 KiB random reads at QD ${QD}, ${NULL_BACKEND ? 'null back-end (no I/O)' : 'raw file on the sync engine'}, ${PACKED ? 'packed' : 'split'} rings, ${ROUNDS} rounds, medians (node ${process.version})`);
   console.log(`  direct on the back-end  ${median(d).toFixed(2)} µs/read`);
   console.log(`  through virtio-blk      ${median(v).toFixed(2)} µs/read  (driver + virtqueue + device: ${(median(v) - median(d)).toFixed(2)} µs)`);
   console.log(`  virtio / direct (IOPS)  ${median(ratios).toFixed(2)} (min–max ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`);
