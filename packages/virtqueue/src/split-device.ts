@@ -26,6 +26,9 @@ import { VirtqueueError } from './errors.js';
 import { type QueueConfig, type RingFeatures, checkSize, dataViewOver, ringArea, u16Over, u32Over } from './layout.js';
 import { SegmentChecker } from './segments.js';
 
+/** A chain's total length must stay below 2^32 bytes (§2.7.5.1; `SegmentChecker.push`). */
+const MAX_CHAIN_BYTES = 0xffff_ffff;
+
 // u16 indices into the rings (offset / 2)
 const AVAIL_FLAGS_U16 = AVAIL_FLAGS / 2;
 const AVAIL_IDX_U16 = AVAIL_IDX / 2;
@@ -109,18 +112,60 @@ export class SplitDeviceQueue implements DeviceQueue {
       // reads it again and reports what is wrong.
       const head = this.avail[AVAIL_RING_U16 + (this.nextAvail & this.mask)]!;
       const o = head << 2;
-      if (head < this.size && (t[o + 3]! & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
-        const len = t[o + 2]!;
-        const writable = (t[o + 3]! & VIRTQ_DESC_F_WRITE) !== 0;
-        const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
-        if (addr >= 0) {
-          chain.setSingle(head, addr, len, writable, this.checker.via, this.checker.gpa, this.checker.gen);
+      if (head < this.size) {
+        const flags = t[o + 3]!;
+        if ((flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+          const len = t[o + 2]!;
+          const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+          const addr = this.checker.single(t[o]!, t[o + 1]!, len, writable);
+          if (addr >= 0) {
+            chain.setSingle(head, addr, len, writable, this.checker.via, this.checker.gpa, this.checker.gen);
+            this.popped();
+            return true;
+          }
+        } else if ((flags & VIRTQ_DESC_F_INDIRECT) === 0 && this.popDirect(head, chain, t)) {
           this.popped();
           return true;
         }
       }
     }
     return this.popGeneral(chain);
+  }
+
+  /**
+   * A chain of direct descriptors in the ring's table (a block request's
+   * header, data and status) whose every descriptor checks out: `chain`
+   * filled, true. Anything else — an INDIRECT, a next past the table, a loop,
+   * a readable descriptor after a writable one, 2^32 bytes or more, a buffer
+   * outside memory — false, and the general path reads the chain again and
+   * reports what is wrong. Never throws.
+   */
+  private popDirect(head: number, chain: DescriptorChain, t: Uint32Array): boolean {
+    const checker = this.checker;
+    chain.clear();
+    chain.head = head;
+    chain.descCount = 1;
+    let idx = head;
+    let total = 0;
+    // At most one visit per descriptor of the table (§2.7.5.3.1), as `readChain`'s TTL.
+    for (let ttl = this.size; ttl > 0; ttl--) {
+      const o = idx << 2;
+      const w = t[o + 3]!;
+      if ((w & VIRTQ_DESC_F_INDIRECT) !== 0) return false;
+      const len = t[o + 2]!;
+      const writable = (w & VIRTQ_DESC_F_WRITE) !== 0;
+      if (!writable && chain.writableBytes > 0) return false;
+      total += len;
+      if (total > MAX_CHAIN_BYTES) return false;
+      const addr = checker.single(t[o]!, t[o + 1]!, len, writable);
+      if (addr < 0) return false;
+      chain.via = checker.via;
+      chain.push(addr, len, writable, checker.gpa, checker.gen);
+      if ((w & VIRTQ_DESC_F_NEXT) === 0) return true;
+      idx = w >>> 16;
+      if (idx >= this.size) return false;
+    }
+    return false;
   }
 
   private popGeneral(chain: DescriptorChain): boolean {

@@ -1,7 +1,8 @@
 import { GuestMemory } from '@ioplane/guest-memory';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { BufferList, SplitDeviceQueue, SplitDriverQueue, type UsedBuffer, VirtqueueError, layoutQueue } from '../src/index.js';
-import { testMemory } from '../src/testing.js';
+import { RawSplitRing as Raw, testMemory } from '../src/testing.js';
 
 const eventIdx = { indirect: false, eventIdx: true, inOrder: false, packed: false };
 // Queue size 8 at 0x1000: descriptors at 0x1000, avail at 0x1080 (used_event at +20),
@@ -148,6 +149,42 @@ describe('split ring: the short paths and the general paths agree', () => {
     dev.complete(chain, 0);
     mem.writeU32(USED + 4, 5); // id 5 was never added
     expect(() => drv.pollUsed(out)).toThrow(expect.objectContaining({ kind: 'used-id-invalid' }));
+  });
+
+  it('a chain of ring descriptors (the u32 short path) pops as the DataView-only general path pops it, or fails with its error', () => {
+    // The same guest bytes twice: host-aligned (u32 views, short paths) and 2 bytes off (DataView, general path only).
+    const unaligned = (): GuestMemory => new GuestMemory([{ gpa: 0, backing: new Uint8Array(new SharedArrayBuffer((1 << 16) + 2), 2, 1 << 16) }]);
+    const desc = fc.record({
+      // Mostly well-formed, so that chains after the first (the short path's) are reached before an error breaks the queue.
+      addr: fc.constantFrom(0x4000, 0x4000, 0x8000, 0x8000, 0xc000, 0xfff0, 2 ** 60),
+      len: fc.constantFrom(16, 16, 0x100, 0x100, 0x1000, 0, 0x8000, 0xffff_ffff),
+      flags: fc.constantFrom(0, 1, 1, 2, 3, 3, 3, 1, 4, 5),
+      next: fc.constantFrom(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    });
+    fc.assert(
+      fc.property(fc.array(desc, { minLength: 8, maxLength: 8 }), fc.array(fc.constantFrom(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 8), { minLength: 1, maxLength: 8 }), (table, heads) => {
+        const pop = (mem: GuestMemory): unknown[] => {
+          const { config } = layoutQueue(false, 8, 0x1000);
+          const raw = new Raw(mem, config);
+          table.forEach((d, i) => raw.desc(i, BigInt(d.addr), d.len, d.flags, d.next));
+          for (const h of heads) raw.pushAvail(h);
+          raw.availIdx = heads.length;
+          const dev = new SplitDeviceQueue(mem, config, { indirect: false, eventIdx: false, inOrder: false, packed: false });
+          const chain = dev.createChain();
+          const got: unknown[] = [];
+          try {
+            while (dev.pop(chain)) {
+              got.push([chain.head, chain.count, chain.readableCount, chain.readableBytes, chain.writableBytes, [...chain.addrs.subarray(0, chain.count)], [...chain.lens.subarray(0, chain.count)]]);
+            }
+          } catch (e) {
+            got.push((e as VirtqueueError).kind);
+          }
+          return got;
+        };
+        expect(pop(testMemory(1 << 16))).toEqual(pop(unaligned()));
+      }),
+      { numRuns: 1000 },
+    );
   });
 
   it('runs on DataView when the rings are not 4-byte aligned in host memory', () => {
