@@ -441,7 +441,12 @@ export class VirtioBlkDevice extends VirtioDevice {
           if (!this.running) return;
         }
         // The ring is empty (or every slot busy): what was popped goes to the back-end now.
-        if (st.run.count > 0) this.flushRun(st);
+        if (st.run.count > 0) {
+          this.flushRun(st);
+          // A back-end that completed at once had the status written already: if that failed the device
+          // needs a reset and leaves the ring alone (no notification re-enabled, no poll).
+          if (!this.running) return;
+        }
         // Completions pushed and not yet published (a back-end that completed during the pass) count as
         // busy: their publish, scheduled already, looks at the ring again.
         if (st.free.length === 0 || (this.#pollWhileBusy && (st.busyRw > 0 || st.dirty) && st.busySlow === 0)) {

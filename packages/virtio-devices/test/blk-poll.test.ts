@@ -1,8 +1,10 @@
 import { MemoryBackend, type Segments } from '@ioplane/blk-backends';
 import { type DeviceQueue, Doorbell } from '@ioplane/virtqueue';
 import { describe, expect, it } from 'vitest';
-import { VirtioBlkDevice } from '../src/index.js';
-import { DATA, DelegatingBackend, harness, pattern } from './harness.js';
+import { GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
+import { STATUS_DEVICE_NEEDS_RESET } from '../src/defs.js';
+import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver, VirtioError } from '../src/index.js';
+import { AREA, DATA, DelegatingBackend, MEM_SIZE, harness, pattern } from './harness.js';
 
 /** A memory back-end that completes at once (as the sync engine does) and records, at each read, how many interrupts the driver had been sent. */
 class CountingBackend extends DelegatingBackend {
@@ -211,6 +213,40 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
       expect(h.device.inFlight).toBe(0);
     });
   }
+
+  it('a status byte that cannot be written when a back-end completes at once: the device needs a reset and leaves the ring alone', async () => {
+    const gm = GuestMemory.create(MEM_SIZE);
+    // The device's view of guest memory: one write (the first status byte) refused, as a vIOMMU
+    // would refuse a buffer unmapped while its request was in flight.
+    let refuse = false;
+    const mem = Object.create(gm) as GuestMemory;
+    mem.writeU8 = (addr: number, v: number): void => {
+      if (refuse) throw new GuestMemoryError('out-of-bounds', addr, 1, 'status refused', 'write');
+      gm.writeU8(addr, v);
+    };
+    const backend = new (class extends DelegatingBackend {
+      override read(o: number, seg: Segments): Promise<void> {
+        refuse = true;
+        return this.inner.read(o, seg);
+      }
+    })(1 << 20);
+    const errors: unknown[] = [];
+    const device = new VirtioBlkDevice({ mem, backend, interrupts: { queue: () => {}, config: () => {} }, onGuestError: (e) => errors.push(e) });
+    const driver = await VirtioBlkDriver.create({ transport: new DirectTransport(device), mem: gm, area: AREA });
+    const dq = (device as unknown as { queues: DeviceQueue[] }).queues[0]!;
+    const enable = dq.enableNotifications.bind(dq);
+    let enables = 0;
+    dq.enableNotifications = () => {
+      enables++;
+      return enable();
+    };
+    void driver.read(0, DATA, 4096).catch(() => undefined);
+    await new Promise((r) => setImmediate(r));
+    expect(device.blkStats.requests).toBe(1);
+    expect(device.status & STATUS_DEVICE_NEEDS_RESET).toBe(STATUS_DEVICE_NEEDS_RESET);
+    expect(errors.some((e) => e instanceof VirtioError && e.kind === 'queue-broken')).toBe(true);
+    expect(enables).toBe(0);
+  });
 
   it('pollNs 0 (the default) never spins', async () => {
     let reads = 0;
