@@ -1,7 +1,7 @@
 import { type Access, GuestMemory } from '@ioplane/guest-memory';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, InvalidationLog, type TranslatingMemory, VtdRemapper } from '../src/index.js';
+import { DmaFault, InvalidationLog, TranslatingMemory, VtdRemapper } from '../src/index.js';
 import { rangeSlot } from '../src/translating-memory.js';
 import { R, RW, W, attach, device, map, unmap } from './helpers.js';
 
@@ -82,6 +82,39 @@ describe('TranslatingMemory as TranslatingDma', () => {
     expect(dma.rangeStats.revalidated).toBe(s0.revalidated + 1);
     expect(unmap(dev, 1, 0x10000n, 0x10fffn)).toBe(0);
     expect(fault(() => dma.translateRange(0x10000, 512, 'read')).fault.reason).toBe('unmapped');
+  });
+
+  it('a miss asks the source once and leaves the run to the scalar path: the DMA that follows asks nothing', () => {
+    const ram = GuestMemory.create(RAM);
+    const dev = device();
+    const inner = dev.dmaMemory(1, ram).source;
+    let asked = 0;
+    const counting = {
+      endpoint: inner.endpoint,
+      get generation() {
+        return inner.generation;
+      },
+      translate(addr: number, access: Access, out: { gpa: number; start: number; end: number }) {
+        asked++;
+        return inner.translate(addr, access, out);
+      },
+      unchangedSince: (since: number, start: number, end: number) => inner.unchangedSince!(since, start, end),
+    };
+    const dma = new TranslatingMemory(ram, counting, dev);
+    attach(dev, 1, 1);
+    expect(map(dev, 1, 0x10000n, 0x13fffn, 0x40000n, RW)).toBe(0);
+    expect(dma.translateRange(0x11000, PAGE, 'write')).toBe(0x41000);
+    expect(asked).toBe(1);
+    dma.writeFrom(0x11000, new Uint8Array(PAGE).fill(0x5a));
+    dma.writeU8(0x13fff, 7);
+    expect(dma.readU8(0x10000)).toBe(0);
+    expect(asked).toBe(2); // the read direction's own first translation
+    expect(ram.readU8(0x41fff)).toBe(0x5a);
+    expect(ram.readU8(0x43fff)).toBe(7);
+    // A run partly outside RAM is not recorded whole: the range alone is checked and kept.
+    expect(map(dev, 1, 0x20000n, 0x21fffn, BigInt(RAM - PAGE), RW)).toBe(0);
+    expect(dma.translateRange(0x20000, PAGE, 'read')).toBe(RAM - PAGE);
+    expect(() => dma.translateRange(0x20000, 2 * PAGE, 'read')).toThrow();
   });
 });
 
