@@ -176,61 +176,6 @@ export class TranslatingMemory implements DmaMemory {
     }
   }
 
-  /** Whether a run cache of `access`'s direction holds `addr` under generation `gen` (nothing recorded). */
-  private inRunCache(addr: number, access: Access, gen: number): boolean {
-    if (access === 'read') return gen === this.rGen && ((addr >= this.r0Start && addr < this.r0End) || (addr >= this.r1Start && addr < this.r1End));
-    return gen === this.wGen && ((addr >= this.w0Start && addr < this.w0End) || (addr >= this.w1Start && addr < this.w1End));
-  }
-
-  /** Puts a run already verified wholly RAM for `access` into the next run cache of that direction. */
-  private keepRun(access: Access, gen: number, start: number, end: number, delta: number): void {
-    if (access === 'read') {
-      if (gen !== this.rGen) this.refreshReads(gen);
-      if (this.rNext === 0) {
-        this.r0Start = start;
-        this.r0End = end;
-        this.r0Delta = delta;
-        this.r0Ok = 1;
-        this.hit = 0;
-        this.rNext = 1;
-      } else {
-        this.r1Start = start;
-        this.r1End = end;
-        this.r1Delta = delta;
-        this.r1Ok = 1;
-        this.hit = 1;
-        this.rNext = 0;
-      }
-    } else {
-      if (gen !== this.wGen) this.refreshWrites(gen);
-      if (this.wNext === 0) {
-        this.w0Start = start;
-        this.w0End = end;
-        this.w0Delta = delta;
-        this.w0Ok = 1;
-        this.hit = 2;
-        this.wNext = 1;
-      } else {
-        this.w1Start = start;
-        this.w1End = end;
-        this.w1Delta = delta;
-        this.w1Ok = 1;
-        this.hit = 3;
-        this.wNext = 0;
-      }
-    }
-  }
-
-  /**
-   * `verify` for a run inside one region of the inner `GuestMemory` (the
-   * usual case: no call that can throw); any other run goes to `verify`.
-   */
-  private ramRun(start: number, end: number, delta: number, access: Access): boolean {
-    const r = (this.inner as GuestMemory).findRegion(start + delta);
-    if (r !== undefined && end - start <= MAX_VERIFY && end + delta <= r.end) return access === 'read' || !r.readonly;
-    return this.verify(start, end, delta, access);
-  }
-
   private verify(start: number, end: number, delta: number, access: Access): boolean {
     if (!this.stableInner || end - start > MAX_VERIFY) return false;
     try {
@@ -545,37 +490,9 @@ export class TranslatingMemory implements DmaMemory {
         return addr + this.rangeDelta[i]!;
       }
     }
-    return this.rangeMiss(addr, len, access, i, gen);
-  }
-
-  /**
-   * `translateRange` past a miss of the checked-range table at slot `i`
-   * (out of line: the hit path stays small enough to be inlined into the
-   * queue's descriptor reads).
-   */
-  private rangeMiss(addr: number, len: number, access: Access, i: number, gen: number): number {
     this.rangeStats.misses++;
     this.rangeStart[i] = 1;
     this.rangeEnd[i] = 0;
-    // A fresh IOVA (deferred and strict unmapping make one per request) misses the run caches
-    // too: ask the source straight away, check the run against RAM here and hand it to the run
-    // cache already checked (the device's data access that follows finds it there).
-    if (this.micro && !this.inRunCache(addr, access, gen)) {
-      const out = this.out;
-      if (this.source.translate(addr, access, out) === 0 && out.end >= addr + len) {
-        const gpa = out.gpa;
-        const delta = gpa - addr;
-        if (this.ramRun(out.start, out.end, delta, access)) {
-          this.keepRun(access, gen, out.start, out.end, delta);
-          this.rangeStart[i] = out.start;
-          this.rangeEnd[i] = out.end;
-          this.rangeDelta[i] = delta;
-          this.rangeGen[i] = gen;
-          return gpa;
-        }
-      }
-      // A fault, a range over several runs, or a run not wholly RAM: the general path below.
-    }
     // One translation, through the run cache and the source; records nothing.
     if (this.translateOne(addr, access) === 0 && this.out.end >= addr + len) {
       const gpa = this.out.gpa;
