@@ -203,6 +203,13 @@ export class VtdDmaDomain extends DmaMapper {
   private lastSlot = -1;
   /** Level-1 tables unlinked by the staged unmaps: given back only after the invalidation. */
   private readonly unlinked: number[] = [];
+  /**
+   * Unlinked tables of posted batches, oldest first, and each one's ticket:
+   * a page goes back to the driver when the unit reports its batch done
+   * (`unmapsRetired`), as the batch's IOVAs do.
+   */
+  private readonly heldPages: number[] = [];
+  private readonly heldPageTickets: number[] = [];
   /** Table pages above level 1 (freed by `destroy`). */
   private readonly upperPages: number[] = [];
   /** Staged unmap runs, [start, end). */
@@ -361,9 +368,16 @@ export class VtdDmaDomain extends DmaMapper {
     const ih = this.unlinked.length === 0;
     if (batch || n > PSI_LIMIT) {
       this.stats.requests++;
-      // A batch that freed no table need not be waited for: its IOVAs are held until the unit is done.
-      if (batch && this.unlinked.length === 0 && unit.postIotlbDomain !== undefined) {
-        this.ticket = unit.postIotlbDomain(this.id);
+      // A batch need not be waited for: its IOVAs, and the tables it unlinked, are held until the
+      // unit is done (a table page reused earlier could be walked through a stale PDE-cache entry).
+      if (batch && unit.postIotlbDomain !== undefined) {
+        const ticket = unit.postIotlbDomain(this.id);
+        this.ticket = ticket;
+        const u = this.unlinked;
+        while (u.length > 0) {
+          this.heldPages.push(u.pop()!);
+          this.heldPageTickets.push(ticket);
+        }
         return true;
       }
       unit.invalidateIotlbDomain(this.id);
@@ -395,7 +409,23 @@ export class VtdDmaDomain extends DmaMapper {
 
   protected override unmapsRetired(ticket: number, wait: boolean): boolean {
     const unit = this.driver.unit;
-    return unit.retired === undefined || unit.retired(ticket, wait);
+    if (unit.retired !== undefined && !unit.retired(ticket, wait)) return false;
+    // Batches retire in queue order: every table held by this batch or an earlier one is free.
+    const pages = this.heldPages;
+    const tickets = this.heldPageTickets;
+    let n = 0;
+    while (n < pages.length && (tickets[n] === ticket || unit.retired === undefined || unit.retired(tickets[n]!, false))) n++;
+    for (let i = 0; i < n; i++) this.driver.freePage(pages[i]!);
+    if (n > 0) {
+      pages.splice(0, n);
+      tickets.splice(0, n);
+    }
+    return true;
+  }
+
+  /** Table pages held until their batch's invalidation is done (tests). */
+  get heldTablePages(): number {
+    return this.heldPages.length;
   }
 
   private freeUnlinked(): void {

@@ -228,6 +228,38 @@ describe('VT-d queued invalidation: batches posted without waiting', () => {
     for (const iova of second) expect(reachable(dma, iova)).toBe(false);
   });
 
+  it('a batch that unlinks emptied tables is posted too: the pages are held until the unit is done, then freed', () => {
+    // A unit that never runs by itself, and a short timeout: a synchronous wait would throw.
+    const { driver, dma, q, ctl } = rig({ timeoutMs: 20 });
+    const dom = driver.attach(SID, { mode: 'deferred', batchSize: 64 });
+    ctl.live = false;
+    const base = driver.pagesInUse;
+    // Next-fit walks the IOVA space: 512 maps fill a level-1 table, and tables beyond the few kept
+    // empty are unlinked by the batch that empties them. Seven tables' worth of map/unmap pairs.
+    const seen: number[] = [];
+    for (let i = 0; i < 7 * 512; i++) {
+      const iova = dom.map(DATA, PAGE, 'to-device');
+      if (i % 512 === 0) seen.push(iova);
+      dom.unmap(iova);
+    }
+    expect(dom.heldTablePages).toBeGreaterThan(0);
+    const held = dom.heldTablePages;
+    const inUse = driver.pagesInUse;
+    expect(inUse).toBeGreaterThanOrEqual(base + held);
+    q.process();
+    // The device reaches none of the unmapped IOVAs once the unit ran (the PDE cache went with the DSI).
+    for (const iova of seen) expect(reachable(dma, iova)).toBe(false);
+    dom.syncMaps(); // sees the status: IOVAs and table pages go back
+    expect(dom.heldTablePages).toBe(0);
+    expect(driver.pagesInUse).toBe(inUse - held);
+    const iova = dom.map(DATA + PAGE, PAGE, 'to-device');
+    expect(dma.readU32(iova)).toBe(DATA + PAGE);
+    dom.unmap(iova);
+    ctl.live = true;
+    dom.flush();
+    expect(dom.reachable).toBe(0);
+  });
+
   it('posts never overrun descriptors the unit has not consumed: the guest waits when the ring would fill', () => {
     // The unit runs only when the guest waits: here, only when its ring is full.
     const hook = { run: (): void => {} };
