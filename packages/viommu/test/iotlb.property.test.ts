@@ -23,6 +23,8 @@ describe('Iotlb.invalidatePages', () => {
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
         const a = new Iotlb(64);
         const b = new Iotlb(64);
+        // The reference: a plain array of 64 slots, each empty or one run (start, end).
+        const model = new Array<{ start: number; end: number } | undefined>(64).fill(undefined);
         for (const o of ops) {
           if (o.kind === 'insert') {
             const pages = o.large ? 512 : 1;
@@ -30,16 +32,31 @@ describe('Iotlb.invalidatePages', () => {
             const addr = (first + (o.through % pages)) * PAGE;
             a.insert(addr, first * PAGE, (first + pages) * PAGE, 0x1000, 3);
             b.insert(addr, first * PAGE, (first + pages) * PAGE, 0x1000, 3);
+            model[(addr / PAGE) % 64] = { start: first * PAGE, end: (first + pages) * PAGE };
           } else if (o.kind === 'inval') {
             const n = 2 ** o.am;
             const start = (o.page - (o.page % n)) * PAGE;
             a.invalidatePages(start, start + n * PAGE);
             b.invalidate(start, start + n * PAGE);
+            for (let i = 0; i < 64; i++) if (model[i] !== undefined && model[i]!.start < start + n * PAGE && model[i]!.end > start) model[i] = undefined;
           } else {
             a.flush();
             b.flush();
+            model.fill(undefined);
           }
           expect(live(a)).toEqual(live(b));
+          expect(live(a)).toEqual(model.flatMap((m, i) => (m === undefined ? [] : [`${i}:${m.start}-${m.end}`])));
+          // What a lookup finds agrees with the model too.
+          for (let i = 0; i < 64; i++) {
+            const m = model[i];
+            if (m === undefined) continue;
+            const at = a.find(m.start <= i * PAGE && i * PAGE < m.end ? i * PAGE : m.start);
+            if (m.start <= i * PAGE && i * PAGE < m.end) {
+              expect(at).toBe(i);
+              expect(a.perm[at]).toBe(3);
+              expect(a.delta[at]).toBe(0x1000);
+            }
+          }
         }
       }),
       { numRuns: 300 },

@@ -17,6 +17,7 @@
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
  *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…
+ *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256;
  *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -105,7 +106,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   let dma: GuestMemory | TranslatingMemory = mem;
   let source: PollingSource | undefined;
   if (guestScenario !== 'off') {
-    const vtd = new VtdRemapper({ memory: mem });
+    const vtd = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}) });
     const regs = VtdQiRegisters.create();
     registers = regs.array;
     const queue = new VtdInvalidationQueue(vtd, mem, regs);
