@@ -401,8 +401,8 @@ describe('VT-d paging-structure (PDE) cache', () => {
   it('an IOTLB miss under a cached PDE reads one 8-byte leaf entry, not four', () => {
     const { ram } = tables();
     const { c, memory } = counting(ram);
-    // runPages 1: the leaf alone, so no neighbour is read to extend the run.
-    const vtd = new VtdRemapper({ memory, runPages: 1 });
+    // runPages 1: the leaf alone, so no neighbour is read to extend the run; no prefetch, which reads the rest of the line.
+    const vtd = new VtdRemapper({ memory, runPages: 1, iotlbPrefetch: false });
     vtd.setRootTable(0x1000);
     expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
     const first = c.reads; // root + context (2 × 16 bytes) + 4 paging entries: 16 reads of 4 bytes
@@ -414,7 +414,7 @@ describe('VT-d paging-structure (PDE) cache', () => {
     // Leaves are not PDE-cached: the 2 MiB leaf and the 1 GiB leaf are walked in full.
     expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
     expect(vtd.stats.pdeHits).toBe(1);
-    const off = new VtdRemapper({ memory, pdeCacheEntries: 0, runPages: 1 });
+    const off = new VtdRemapper({ memory, pdeCacheEntries: 0, runPages: 1, iotlbPrefetch: false });
     off.setRootTable(0x1000);
     tr(off, SID4, 0x1000);
     const before = c.reads;
@@ -429,7 +429,8 @@ describe('VT-d paging-structure (PDE) cache', () => {
       (v: VtdRemapper) => v.invalidateIotlbDomain(5),
       (v: VtdRemapper) => v.invalidateIotlbGlobal(),
     ]) {
-      const { vtd, q } = tables();
+      // No IOTLB prefetch: this is about the PDE cache, and a prefetched leaf of the old table would (rightly) outlive a PSI of another page.
+      const { vtd, q } = tables({ iotlbPrefetch: false });
       expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]); // PD[0] → PT 0x6000 cached
       q(0xf000 + 2 * 8, 0xd000n | RW); // a new page table at 0xf000...
       q(0x5000, 0xf000n | RW); // ...replaces PT 0x6000 in PD[0]
@@ -447,7 +448,7 @@ describe('VT-d paging-structure (PDE) cache', () => {
 
   it('caches the rights of the upper levels with the PDE and faults as the full walk does', () => {
     // runPages 1: with PML4[0] read-only, PT[1] and PT[2] would join into one read-only run.
-    const { vtd, q } = tables({ runPages: 1 });
+    const { vtd, q } = tables({ runPages: 1, iotlbPrefetch: false });
     q(0x3000, 0x4000n | R); // PML4[0] read-only
     q(0x6000 + 5 * 8, 0x9000n | RW | 0x800n); // PT[5]: reserved SNP bit
     const full = tables({ pdeCacheEntries: 0, runPages: 1 });
@@ -528,5 +529,59 @@ describe('VT-d paging-structure (PDE) cache', () => {
     const v = new VtdRemapper({ memory: ram });
     expect(() => v.invalidateIotlbPages(0, -4096, 0)).toThrow(/address/);
     expect(() => v.invalidateIotlbPages(0, Number.NaN, 0)).toThrow(/address/);
+  });
+});
+
+describe('VT-d IOTLB prefetch of a leaf line', () => {
+  /** PT at 0x6000 (IOVA 0..2 MiB of sid 0x08) rewritten: scattered leaves, 16 pages apart in guest memory. */
+  function scattered(options: Partial<VtdOptions> = {}) {
+    const t = tables(options);
+    for (let i = 0; i < 24; i++) t.q(0x6000 + i * 8, 0n);
+    for (const i of [1, 2, 3, 5, 7, 8, 9]) t.q(0x6000 + i * 8, BigInt(0x20000 + i * 0x10000) | RW);
+    t.q(0x6000 + 4 * 8, 0x60000n | RW | 0x800n); // PT[4]: present, reserved SNP bit
+    t.q(0x6000 + 6 * 8, 0x80000n | R); // PT[6]: read-only
+    return t;
+  }
+
+  it('caches the present leaves after a scattered leaf up to the end of its 64-byte line, and walks nothing for them', () => {
+    const { vtd } = scattered();
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
+    expect(vtd.stats.walks).toBe(1);
+    expect(vtd.stats.prefetched).toBe(5); // PT[2], [3], [5], [6], [7]: not [4] (reserved), not [8] (next line)
+    expect(tr(vtd, SID4, 0x2000, 'write')).toEqual([0x40000, 0x3000]);
+    expect(tr(vtd, SID4, 0x3000)).toEqual([0x50000, 0x4000]);
+    expect(tr(vtd, SID4, 0x5000)).toEqual([0x70000, 0x6000]);
+    expect(tr(vtd, SID4, 0x6000, 'write')).toBe('vtd-write'); // the prefetched rights hold
+    expect(tr(vtd, SID4, 0x6000)).toEqual([0x80000, 0x7000]);
+    expect(tr(vtd, SID4, 0x7000)).toEqual([0x90000, 0x8000]);
+    expect(vtd.stats.walks).toBe(1);
+    expect(tr(vtd, SID4, 0x4000)).toBe('paging-reserved'); // never cached: walked, and refused as before
+    expect(tr(vtd, SID4, 0x8000)).toEqual([0xa0000, 0x9000]); // the next line: walked
+    expect(vtd.stats.walks).toBe(3);
+  });
+
+  it('never caches a leaf that was not present when the line was read, and a PSI drops a prefetched one', () => {
+    const { vtd, q } = scattered();
+    tr(vtd, SID4, 0x9000); // PT[9]: prefetches nothing of PT[10..15], all empty
+    expect(vtd.stats.prefetched).toBe(0);
+    q(0x6000 + 10 * 8, 0xb0000n | RW); // mapped later: no invalidation needed for a non-present → present change
+    expect(tr(vtd, SID4, 0xa000)).toEqual([0xb0000, 0xb000]);
+    tr(vtd, SID4, 0x1000); // prefetches PT[2]
+    q(0x6000 + 2 * 8, 0xc0000n | RW); // remapped: software must invalidate
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0x40000, 0x3000]); // the cached translation until it does
+    vtd.invalidateIotlbPages(5, 0x2000, 0, true);
+    expect(tr(vtd, SID4, 0x2000)).toEqual([0xc0000, 0x3000]);
+  });
+
+  it('does not prefetch after a leaf that starts a run (a walk returns the run), nor when turned off', () => {
+    const run = scattered();
+    run.q(0x6000 + 2 * 8, 0x31000n | RW); // PT[2] follows PT[1] in guest memory: one run
+    expect(tr(run.vtd, SID4, 0x1000)).toEqual([0x30000, 0x3000]);
+    expect(run.vtd.stats.prefetched).toBe(0);
+    const { vtd } = scattered({ iotlbPrefetch: false });
+    tr(vtd, SID4, 0x1000);
+    tr(vtd, SID4, 0x2000);
+    expect(vtd.stats.prefetched).toBe(0);
+    expect(vtd.stats.walks).toBe(2);
   });
 });

@@ -17,7 +17,7 @@
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
  *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…
- *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; QI_HINT=0: the unit polls its queue at translation misses only;
+ *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; QI_HINT=0: the unit polls its queue at translation misses only;
  *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -55,6 +55,7 @@ interface Guest {
   device: VirtioBlkDevice;
   qi: VtdInvalidationQueue | undefined;
   source: PollingSource | undefined;
+  unit: VtdRemapper | undefined;
   dma: GuestMemory | TranslatingMemory;
   run(job: Job): Promise<JobResult>;
   stop(): Promise<void>;
@@ -126,8 +127,9 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   let registers: Int32Array | undefined;
   let dma: GuestMemory | TranslatingMemory = mem;
   let source: PollingSource | undefined;
+  let unit: VtdRemapper | undefined;
   if (guestScenario !== 'off') {
-    const vtd = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}) });
+    const vtd = (unit = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}), iotlbPrefetch: process.env.PREFETCH !== '0' }));
     const regs = VtdQiRegisters.create();
     registers = regs.array;
     const queue = new VtdInvalidationQueue(vtd, mem, regs);
@@ -172,6 +174,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   const ctl = await guestControl(worker, scenario, served, 120_000);
   return {
     scenario,
+    unit,
     device,
     qi,
     source,
@@ -267,7 +270,7 @@ async function main(): Promise<void> {
       const rs = g.dma instanceof TranslatingMemory ? g.dma.rangeStats : undefined;
       const per =
         g.source !== undefined && rs !== undefined
-          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request`
+          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
           : '';
       console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts, ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
