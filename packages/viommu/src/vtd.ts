@@ -556,7 +556,7 @@ export class VtdRemapper implements FaultSink {
       const lo = this.eLo;
       const hi = this.eHi;
       const rights = above & lo & 3;
-      if (rights === 0 || (lo & RESERVED_LO_LEAF[1]!) !== 0 || (hi & this.hiAboveHawLeaf) !== 0) continue;
+      if (rights === 0 || (lo & RESERVED_LO_LEAF[1]) !== 0 || (hi & this.hiAboveHawLeaf) !== 0) continue;
       const page = pageStart + (i - index) * PAGE;
       cache.insert(page, page, page + PAGE, (hi & this.hawHiMask) * U32 + ((lo & 0xffff_f000) >>> 0) - page, rights);
       this.stats.prefetched++;
