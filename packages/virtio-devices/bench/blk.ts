@@ -22,7 +22,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { formatTrace } from '@ioplane/interrupt-coalescing';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, serveTransport, type ServedDevice, type VirtioBlkOptions } from '../src/index.js';
-import { IRQ_BELL, KICK_BELL, type Job, type JobResult, guestControl, rng, summarize } from './common.js';
+import { IRQ_BELL, KICK_BELL, type Job, type JobResult, guestControl, rng, summarize, threadCpuMs } from './common.js';
 import { RecordingBackend } from './trace-recorder.js';
 
 const RUNS = Number(process.env.RUNS ?? 10);
@@ -211,23 +211,25 @@ async function main(): Promise<void> {
         for (const c of configs) {
           const job: Job = { type: 'job', bs: p.bs, qd: p.qd, random: p.random, ops: p.ops, seed: 1000 + run };
           const cpu0 = process.cpuUsage();
+          const main0 = threadCpuMs();
           const out = await Promise.race([c.run(job), new Promise<JobResult>((_, rej) => setTimeout(() => rej(new Error(`${c.name} ${p.name} timed out; device stats ${JSON.stringify(guests.map((g) => [g.device.stats, g.device.blkStats, g.device.status]))}`)), 60_000).unref())]);
           const cpu = process.cpuUsage(cpu0);
           out.cpuUs = (cpu.user + cpu.system) / job.ops;
+          out.mainCpuUs = ((threadCpuMs() - main0) * 1000) / job.ops;
           if (run === 0) continue; // warm-up round
           const list = res.get(c.name) ?? [];
           list.push(out);
           res.set(c.name, list);
         }
       }
-      console.log(`${p.name}:        config      IOPS      MB/s   p50 µs   p99 µs  CPU µs/op  IOPS min–max`);
+      console.log(`${p.name}:        config      IOPS      MB/s   p50 µs   p99 µs  CPU µs/op  main µs/op guest µs/op  IOPS min–max`);
       const med = new Map<string, number>();
       for (const c of configs) {
         const l = res.get(c.name)!;
         const iops = l.map((x) => x.iops);
         med.set(c.name, median(iops));
         console.log(
-          `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}${fmt(median(l.map((x) => x.cpuUs ?? 0)), 1)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
+          `  ${c.name.padEnd(24)}${fmt(median(iops))}${fmt(median(l.map((x) => x.mbps)), 1)}${fmt(median(l.map((x) => x.p50)), 1)}${fmt(median(l.map((x) => x.p99)), 1)}${fmt(median(l.map((x) => x.cpuUs ?? 0)), 1)}${fmt(median(l.map((x) => x.mainCpuUs ?? 0)), 2).padStart(11)}${(l[0]!.guestCpuUs === undefined ? '—' : median(l.map((x) => x.guestCpuUs ?? 0)).toFixed(2)).padStart(12)}   ${Math.min(...iops).toFixed(0)}–${Math.max(...iops).toFixed(0)}`,
         );
       }
       // Ratio of medians, then the median (min–max) of the ratios paired round by round: the two

@@ -4,7 +4,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
-import { IRQ_BELL, KICK_BELL, futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize } from './common.js';
+import { IRQ_BELL, KICK_BELL, futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
 
 interface Setup {
   sab: SharedArrayBuffer;
@@ -37,6 +37,7 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   let issued = 0;
   let seq = 0;
   const sectorsPerBlock = job.bs / 512;
+  const cpu0 = threadCpuMs();
   const t0 = performance.now();
   const worker = async (slot: number): Promise<void> => {
     const at = DATA + slot * SLOT;
@@ -65,7 +66,9 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
     await futexInterrupts(driver, irq, () => done);
   }
   await all;
-  return summarize(lat, job, performance.now() - t0);
+  const r = summarize(lat, job, performance.now() - t0);
+  r.guestCpuUs = ((threadCpuMs() - cpu0) * 1000) / job.ops;
+  return r;
 }
 
 async function main(): Promise<void> {
