@@ -56,6 +56,7 @@ interface Guest {
   qi: VtdInvalidationQueue | undefined;
   source: PollingSource | undefined;
   unit: VtdRemapper | undefined;
+  irqTime: { ns: number; n: number };
   dma: GuestMemory | TranslatingMemory;
   run(job: Job): Promise<JobResult>;
   stop(): Promise<void>;
@@ -142,6 +143,8 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     qi = queue;
   }
   const q = qi;
+  // The wall time of raising each interrupt (the doorbell's notify wakes the guest's thread).
+  const irqTime = { ns: 0, n: 0 };
   // And at every pass of the device that publishes completions.
   const device = new VirtioBlkDevice({
     mem: dma,
@@ -153,7 +156,10 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     interrupts: {
       queue: () => {
         q?.poll();
+        const t = process.hrtime.bigint();
         irq.ring();
+        irqTime.ns += Number(process.hrtime.bigint() - t);
+        irqTime.n++;
       },
       config: () => {},
     },
@@ -174,6 +180,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   const ctl = await guestControl(worker, scenario, served, 120_000);
   return {
     scenario,
+    irqTime,
     unit,
     device,
     qi,
@@ -272,7 +279,7 @@ async function main(): Promise<void> {
         g.source !== undefined && rs !== undefined
           ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
           : '';
-      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts, ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
+      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts (${(g.irqTime.ns / Math.max(1, g.irqTime.n) / 1000).toFixed(1)} µs of wall time each to raise), ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
     for (const g of guests.splice(0)) await g.stop();
   } finally {
