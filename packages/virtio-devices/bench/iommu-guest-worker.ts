@@ -79,7 +79,7 @@ async function main(): Promise<void> {
     domain.mapAt(BLK_AREA.addr, BLK_AREA.addr, BLK_AREA.len, 'bidirectional');
     if (setup.scenario === 'static') for (let s = 0; s < 64; s++) fixed.push(domain.map(DATA + s * SLOT, SLOT, 'from-device'));
   }
-  const driver = await VirtioBlkDriver.create({ transport, mem, area: BLK_AREA });
+  const driver = await VirtioBlkDriver.create({ transport, mem, area: BLK_AREA, ring: { packed: setup.packed } });
   const listening = driver.listen([irq]);
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }

@@ -28,4 +28,6 @@ export interface IommuGuestSetup {
   wait: 'async' | 'sync' | 'poll';
   /** The invalidation queue's shared registers (`VtdQiRegisters.array`; absent when the vIOMMU is off). */
   qi: Int32Array | undefined;
+  /** Packed rings (else split). */
+  packed: boolean;
 }
