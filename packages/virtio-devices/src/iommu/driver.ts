@@ -13,7 +13,7 @@ import {
   parseConfig,
   parseFaultEvent,
 } from '@ioplane/viommu';
-import { BufferList, type DriverQueue, type UsedBuffer, createDriverQueue, layoutQueue, ringFeatures } from '@ioplane/virtqueue';
+import { BufferList, type Doorbell, type DriverQueue, type UsedBuffer, createDriverQueue, layoutQueue, ringFeatures } from '@ioplane/virtqueue';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FAILED, VIRTIO_F_VERSION_1, bit } from '../defs.js';
 import { driverOk, negotiateFeatures } from '../driver-init.js';
 import { VirtioError } from '../errors.js';
@@ -35,6 +35,23 @@ export interface VirtioIommuDriverOptions {
   /** Called with every fault report read from the event queue. */
   onFault?: (event: FaultEvent) => void;
   resetTimeoutMs?: number;
+  /**
+   * For a device on another thread: the doorbell its request queue's
+   * used-buffer notifications ring. `submit` then waits for the answers of a
+   * batch it sent, spinning on the used ring for `answerSpinUs` and then
+   * sleeping on this doorbell with `Atomics.wait` (the calling thread blocks,
+   * as a guest CPU waits for a synchronous IOMMU command: a worker thread,
+   * or Node's main thread, never a browser's), instead of requiring the
+   * answers within the notification. Without it the device must answer
+   * within the notification (same thread, `DirectTransport`).
+   */
+  requestIrq?: Doorbell;
+  /** With `requestIrq`: how long `submit` spins on the used ring before sleeping (default 50 µs; 0 sleeps at once). */
+  answerSpinUs?: number;
+  /** With `requestIrq`: how long `submit` waits for a batch's answers before it throws (default 1000 ms). */
+  answerTimeoutMs?: number;
+  /** With `requestIrq`: the clock for the spin and the timeout, in ms (default `performance.now`). */
+  clock?: () => number;
 }
 
 /** Bytes of one request buffer: the readable part (≤ 128: PROBE's 72 is the longest) then properties and tail. */
@@ -93,6 +110,11 @@ export class VirtioIommuDriver implements IommuTransport {
   readonly #onFault: ((e: FaultEvent) => void) | undefined;
   #inEvents = false;
   #again = false;
+  readonly #irq: Doorbell | undefined;
+  #broken: VirtioError | undefined;
+  readonly #spinMs: number;
+  readonly #timeoutMs: number;
+  readonly #clock: () => number;
 
   private constructor(
     t: DriverTransport,
@@ -114,6 +136,10 @@ export class VirtioIommuDriver implements IommuTransport {
     this.#slotView = mem.tryView(queues.slotBase, queues.slots * this.#slotBytes, 'write');
     this.#eventBase = queues.eventBase;
     this.#onFault = opts.onFault;
+    this.#irq = opts.requestIrq;
+    this.#spinMs = (opts.answerSpinUs ?? 50) / 1000;
+    this.#timeoutMs = opts.answerTimeoutMs ?? 1000;
+    this.#clock = opts.clock ?? (() => performance.now());
     this.iommu = new GuestIommuDriver(this, config, opts.now);
   }
 
@@ -126,6 +152,12 @@ export class VirtioIommuDriver implements IommuTransport {
   /** Device initialisation (§3.1.1) and queue set-up; the event queue is filled before DRIVER_OK (§5.13.5). */
   static async create(opts: VirtioIommuDriverOptions): Promise<VirtioIommuDriver> {
     const t = opts.transport;
+    if (opts.answerSpinUs !== undefined && !(opts.answerSpinUs >= 0 && opts.answerSpinUs <= 1e6)) {
+      throw new VirtioError('invalid-argument', `answerSpinUs ${opts.answerSpinUs} is outside 0..1e6`, { answerSpinUs: opts.answerSpinUs });
+    }
+    if (opts.answerTimeoutMs !== undefined && !(opts.answerTimeoutMs > 0 && opts.answerTimeoutMs <= 3_600_000)) {
+      throw new VirtioError('invalid-argument', `answerTimeoutMs ${opts.answerTimeoutMs} is outside (0, 3600000]`, { answerTimeoutMs: opts.answerTimeoutMs });
+    }
     // Every device feature this driver implements (never the superseded BYPASS, §5.13.3.2); plain split rings.
     const accepted = await negotiateFeatures(t, () => DEFAULT_FEATURES | bit(VIRTIO_F_VERSION_1), opts.resetTimeoutMs);
     const config = await readConfig(t);
@@ -186,10 +218,11 @@ export class VirtioIommuDriver implements IommuTransport {
    * notification per ring-full, and sets each request's `used`.
    */
   submit(batch: readonly IommuRequest[], count: number = batch.length): void {
+    // Answers of a batch given up on may still come: none of them may be read as a later request's.
+    if (this.#broken !== undefined) throw this.#broken;
     const dq = this.#req;
     const mem = this.#mem;
     const list = this.#list;
-    const used = this.#used;
     const sb = this.#slotBytes;
     let i = 0;
     const total = Math.min(count, batch.length);
@@ -210,46 +243,96 @@ export class VirtioIommuDriver implements IommuTransport {
         r.used = 0;
         n++;
       }
-      if (n === 0) throw new VirtioError('device-needs-reset', 'the request queue has no room: answers of an earlier batch were never used', { inFlight: dq.inFlight });
+      if (n === 0) throw this.fail(new VirtioError('device-needs-reset', 'the request queue has no room: answers of an earlier batch were never used', { inFlight: dq.inFlight }));
       dq.publish();
       this.stats.batches++;
       this.stats.requests += n;
       if (dq.needsNotify()) this.#t.notify(IOMMU_REQUEST_QUEUE);
-      let got = 0;
-      while (got < n && dq.pollUsed(used)) {
-        const k = used.token;
-        if (k === undefined || k >= n) continue;
-        const r = batch[i + k]!;
-        // A used length past the writable part is the device's error: `status` reads it as IOERR.
-        r.used = used.len;
-        const len = Math.min(used.len, r.writable.length);
-        const at = this.#slotBase + k * sb + REQ_READABLE;
-        const slots = this.#slotView;
-        if (len === 4 && slots !== undefined) {
-          // The usual answer, a bare tail: four bytes from the slot view.
-          const o = k * sb + REQ_READABLE;
-          const out = r.writable;
-          out[0] = slots[o]!;
-          out[1] = slots[o + 1]!;
-          out[2] = slots[o + 2]!;
-          out[3] = slots[o + 3]!;
-        } else if (len === 4) {
-          // One scalar read (no view).
-          const w = mem.readU32(at);
-          const out = r.writable;
-          out[0] = w & 0xff;
-          out[1] = (w >>> 8) & 0xff;
-          out[2] = (w >>> 16) & 0xff;
-          out[3] = w >>> 24;
-        } else if (len > 0) mem.readInto(at, len === r.writable.length ? r.writable : r.writable.subarray(0, len));
-        got++;
-      }
-      if (dq.broken !== undefined) throw new VirtioError('device-needs-reset', `request queue: ${dq.broken.message}`, {}, { cause: dq.broken });
+      let got = this.reap(batch, i, n);
+      if (got < n && this.#irq !== undefined) got += this.awaitAnswers(batch, i, n, got);
+      if (dq.broken !== undefined) throw this.fail(new VirtioError('device-needs-reset', `request queue: ${dq.broken.message}`, {}, { cause: dq.broken }));
       if (got < n) {
-        throw new VirtioError('device-needs-reset', `${n - got} of ${n} virtio-iommu request(s) not answered within the notification (this driver needs a device in the same thread)`, { pending: n - got });
+        throw this.fail(new VirtioError('device-needs-reset', `${n - got} of ${n} virtio-iommu request(s) not answered within the notification (this driver needs a device in the same thread, or \`requestIrq\`)`, { pending: n - got }));
       }
       i += n;
     }
+  }
+
+  /** Every later `submit` throws `e`: the request queue can no longer be trusted to answer in order. */
+  private fail(e: VirtioError): VirtioError {
+    this.#broken ??= e;
+    return e;
+  }
+
+  /** Takes the answers of requests `i`..`i+n` of `batch` that are on the used ring; returns how many. */
+  private reap(batch: readonly IommuRequest[], i: number, n: number): number {
+    const dq = this.#req;
+    const mem = this.#mem;
+    const used = this.#used;
+    const sb = this.#slotBytes;
+    let got = 0;
+    while (got < n && dq.pollUsed(used)) {
+      const k = used.token;
+      if (k === undefined || k >= n) continue;
+      const r = batch[i + k]!;
+      // A used length past the writable part is the device's error: `status` reads it as IOERR.
+      r.used = used.len;
+      const len = Math.min(used.len, r.writable.length);
+      const at = this.#slotBase + k * sb + REQ_READABLE;
+      const slots = this.#slotView;
+      if (len === 4 && slots !== undefined) {
+        // The usual answer, a bare tail: four bytes from the slot view.
+        const o = k * sb + REQ_READABLE;
+        const out = r.writable;
+        out[0] = slots[o]!;
+        out[1] = slots[o + 1]!;
+        out[2] = slots[o + 2]!;
+        out[3] = slots[o + 3]!;
+      } else if (len === 4) {
+        // One scalar read (no view).
+        const w = mem.readU32(at);
+        const out = r.writable;
+        out[0] = w & 0xff;
+        out[1] = (w >>> 8) & 0xff;
+        out[2] = (w >>> 16) & 0xff;
+        out[3] = w >>> 24;
+      } else if (len > 0) mem.readInto(at, len === r.writable.length ? r.writable : r.writable.subarray(0, len));
+      got++;
+    }
+    return got;
+  }
+
+  /**
+   * With `requestIrq`: waits until the `n - got` answers still missing of the
+   * batch's requests `i`..`i+n` are reaped, spinning first and then sleeping
+   * on the doorbell with the request queue's interrupt enabled; returns how
+   * many it reaped. Throws after `answerTimeoutMs`, or when the queue breaks.
+   */
+  private awaitAnswers(batch: readonly IommuRequest[], i: number, n: number, got: number): number {
+    const dq = this.#req;
+    const bell = this.#irq!;
+    const start = this.#clock();
+    const spinUntil = start + this.#spinMs;
+    const deadline = start + this.#timeoutMs;
+    let more = 0;
+    // Bounded by the deadline (every turn reads the clock) and by the doorbell's own timed wait.
+    while (got + more < n && dq.broken === undefined) {
+      const now = this.#clock();
+      let timedOut = now >= deadline;
+      if (!timedOut && now >= spinUntil) {
+        // Sleep: read the count, let the device interrupt, look once more, then wait for the count to move.
+        const seen = bell.count;
+        const arrived = dq.enableInterrupts();
+        if (!arrived) timedOut = bell.wait(seen, Math.max(1, deadline - now)) === 'timed-out';
+        dq.disableInterrupts();
+      }
+      const reaped = this.reap(batch, i, n);
+      more += reaped;
+      if (timedOut && reaped === 0 && got + more < n) {
+        throw this.fail(new VirtioError('device-needs-reset', `${n - got - more} of ${n} virtio-iommu request(s) not answered within ${this.#timeoutMs} ms`, { pending: n - got - more }));
+      }
+    }
+    return more;
   }
 
   /** A used buffer notification: event-queue buffers hold fault reports (the request queue is reaped by `submit`). */
