@@ -3,7 +3,7 @@ import * as d from './defs.js';
 import { type BypassState, Domain, Endpoint, InvalidationLog, type ReservedRegion } from './domain.js';
 import { type FaultRecord, type FaultSink, ViommuError } from './errors.js';
 import { Mapping, type UnmapResult } from './mapping-table.js';
-import { TranslatingMemory } from './translating-memory.js';
+import { TranslatingMemory, type TranslationSource } from './translating-memory.js';
 
 /** Host-side configuration of a virtio-iommu device. */
 export interface VirtioIommuOptions {
@@ -275,9 +275,19 @@ export class VirtioIommu implements FaultSink {
 
   /** The `DmaMemory` through which the device at `endpoint` must reach `ram`. */
   dmaMemory(endpoint: number, ram: DmaMemory): TranslatingMemory {
+    return new TranslatingMemory(ram, this.source(endpoint), this, this.iotlbEntries > 0);
+  }
+
+  /**
+   * The translation source of `endpoint` (what `dmaMemory` translates
+   * through), for a caller that builds its own `TranslatingMemory` around it
+   * — e.g. one that takes up the request queue whenever the device checks
+   * the translation generation, as VT-d's `VtdSource` allows.
+   */
+  source(endpoint: number): TranslationSource {
     const ep = this.endpoints.get(endpoint);
     if (ep === undefined) throw new ViommuError('endpoint', `endpoint ${endpoint} is not registered (addEndpoint first)`, endpoint);
-    return new TranslatingMemory(ram, ep, this, this.iotlbEntries > 0);
+    return ep;
   }
 
   /** FaultSink: queues the fault for the event queue (§5.13.6.7), dropping the oldest beyond `maxPendingEvents`. */

@@ -8,7 +8,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
-import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
+import { MessagePortTransport, VirtioBlkDriver, VirtioIommuDriver } from '../src/index.js';
 import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
@@ -70,7 +70,21 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
 }
 
 async function main(): Promise<void> {
-  if (setup.scenario !== 'off') {
+  if (setup.scenario !== 'off' && setup.unit === 'virtio') {
+    // The virtio-iommu driver: MAP and UNMAP over its request queue; each call waits for the device thread's answer.
+    const iommu = await VirtioIommuDriver.create({
+      transport: new MessagePortTransport(setup.iommuPort!, [new Doorbell(setup.bells, 2), new Doorbell(setup.bells, 3)]),
+      mem,
+      area: { addr: TABLES.addr, len: VirtioIommuDriver.areaSize() },
+      requestIrq: new Doorbell(setup.bells, 4),
+      answerTimeoutMs: 10_000,
+      now: () => performance.now(),
+    });
+    const mode: InvalidationMode = setup.scenario === 'static' ? 'strict' : setup.scenario;
+    domain = iommu.iommu.attach(setup.sid, { mode });
+    domain.mapAt(BLK_AREA.addr, BLK_AREA.addr, BLK_AREA.len, 'bidirectional');
+    if (setup.scenario === 'static') for (let s = 0; s < 64; s++) fixed.push(domain.map(DATA + s * SLOT, SLOT, 'from-device'));
+  } else if (setup.scenario !== 'off') {
     const unit = new VtdQueuedInvalidator({ mem, regs: new VtdQiRegisters(setup.qi!), queue: { addr: GUEST_LAYOUT.QUEUE.addr }, status: GUEST_LAYOUT.STATUS });
     const vtd = new VtdGuestDriver({ unit, mem, area: TABLES, now: () => performance.now() });
     const mode: InvalidationMode = setup.scenario === 'static' ? 'strict' : setup.scenario;

@@ -1,4 +1,5 @@
 // Guest-physical layout and worker set-up shared by bench/iommu-threads.ts and its guest worker.
+import type { MessagePort } from 'node:worker_threads';
 import type { InvalidationMode } from '@ioplane/viommu';
 
 export const GUEST_LAYOUT = {
@@ -30,4 +31,8 @@ export interface IommuGuestSetup {
   qi: Int32Array | undefined;
   /** Packed rings (else split). */
   packed: boolean;
+  /** Which vIOMMU: VT-d (tables in guest memory, the invalidation queue) or the virtio-iommu device (its driver over `iommuPort`). */
+  unit: 'vtd' | 'virtio';
+  /** The virtio-iommu device's control port (unit 'virtio'). */
+  iommuPort: MessagePort | undefined;
 }

@@ -18,19 +18,20 @@
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
  *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…
  *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; QI_HINT=0: the unit polls its queue at translation misses only;
+ *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
  *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { type BlockBackend, MemoryBackend, RawFileBackend } from '@ioplane/blk-backends';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { type Access } from '@ioplane/guest-memory';
 import { QI_REG, TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
-import { VirtioBlkDevice, serveTransport, type ServedDevice } from '../src/index.js';
+import { VirtioBlkDevice, VirtioIommuDevice, serveTransport, type ServedDevice } from '../src/index.js';
 import { type Job, type JobResult, guestControl, rng, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
@@ -44,6 +45,8 @@ const DISK = 64 << 20;
 /** QI_HINT=0: poll at translation misses only (the control: the plain read stays, nothing acts on it). */
 const HINT = process.env.QI_HINT !== '0';
 const SID = 0x0008;
+/** UNIT=virtio: the virtio-iommu device (its driver in the guest's worker, answers awaited with `requestIrq`) instead of VT-d. */
+const UNIT: 'vtd' | 'virtio' = process.env.UNIT === 'virtio' ? 'virtio' : 'vtd';
 type Scenario = IommuScenario | 'off-again';
 const SCENARIOS = (process.env.ONLY?.split(',') as Scenario[] | undefined) ?? ['off', 'off-again', 'static', 'strict', 'deferred', 'optimistic'];
 /** The device's settings, as bench:blk's sync-engine device: publish every 16 requests, poll 50 µs before sleeping. */
@@ -55,7 +58,7 @@ interface Guest {
   scenario: Scenario;
   device: VirtioBlkDevice;
   qi: VtdInvalidationQueue | undefined;
-  source: PollingSource | undefined;
+  source: PollingSource | KickPollingSource | undefined;
   unit: VtdRemapper | undefined;
   irqTime: { ns: number; n: number };
   dma: GuestMemory | TranslatingMemory;
@@ -118,19 +121,87 @@ class PollingSource implements TranslationSource {
   }
 }
 
+/**
+ * The virtio-iommu counterpart of `PollingSource`: the device thread takes up
+ * the virtio-iommu request queue (MAP, UNMAP) whenever the guest has kicked it
+ * since the last look — at each translation-generation check (a plain read of
+ * the kick doorbell), each translation the device asks for, each publish and
+ * each idle poll — so a guest blocked on a MAP waits microseconds, not for the
+ * device thread's next event-loop turn.
+ */
+class KickPollingSource implements TranslationSource {
+  translations = 0;
+  private readonly counts: Int32Array;
+  private seen: number;
+
+  constructor(
+    private readonly inner: TranslationSource,
+    private readonly dev: VirtioIommuDevice,
+    kick: Doorbell,
+  ) {
+    this.counts = kick.array;
+    this.seen = kick.count;
+    this.index = kick.index;
+  }
+
+  private readonly index: number;
+
+  get endpoint(): number {
+    return this.inner.endpoint;
+  }
+
+  get generation(): number {
+    if (this.counts[this.index] !== this.seen) this.poll();
+    return this.inner.generation;
+  }
+
+  poll(): void {
+    const c = Atomics.load(this.counts, this.index);
+    if (c === this.seen) return;
+    this.seen = c;
+    this.dev.notify(0);
+  }
+
+  translate(addr: number, access: Access, out: TranslationOut): number {
+    this.translations++;
+    this.poll();
+    return this.inner.translate(addr, access, out);
+  }
+
+  unchangedSince(since: number, start: number, end: number): boolean {
+    return this.inner.unchangedSince?.(since, start, end) ?? false;
+  }
+}
+
 async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Guest> {
   const sab = new SharedArrayBuffer(GUEST_LAYOUT.SIZE);
   const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
-  const bells = new Int32Array(new SharedArrayBuffer(8));
+  // Doorbells: virtio-blk kick, virtio-blk interrupt; virtio-iommu kicks (requests, events) and interrupts (requests, events).
+  const bells = new Int32Array(new SharedArrayBuffer(4 * 6));
   const kick = new Doorbell(bells, 0);
   const irq = new Doorbell(bells, 1);
   const guestScenario: IommuScenario = scenario === 'off-again' ? 'off' : scenario;
   let qi: VtdInvalidationQueue | undefined;
   let registers: Int32Array | undefined;
   let dma: GuestMemory | TranslatingMemory = mem;
-  let source: PollingSource | undefined;
+  let source: PollingSource | KickPollingSource | undefined;
   let unit: VtdRemapper | undefined;
-  if (guestScenario !== 'off') {
+  let pollIommu: (() => void) | undefined;
+  let iommuServed: ServedDevice | undefined;
+  let iommuPort: MessagePort | undefined;
+  if (guestScenario !== 'off' && UNIT === 'virtio') {
+    const kicks = [new Doorbell(bells, 2), new Doorbell(bells, 3)];
+    const irqs = [new Doorbell(bells, 4), new Doorbell(bells, 5)];
+    const iommuDev = new VirtioIommuDevice({ mem, interrupts: { queue: (q) => irqs[q]?.ring(), config: () => undefined } });
+    iommuDev.iommu.addEndpoint(SID);
+    const { port1: ip1, port2: ip2 } = new MessageChannel();
+    iommuServed = serveTransport(iommuDev, ip1, kicks);
+    iommuPort = ip2;
+    const ks = new KickPollingSource(iommuDev.iommu.source(SID), iommuDev, kicks[0]!);
+    source = ks;
+    dma = new TranslatingMemory(mem, ks, iommuDev.iommu);
+    pollIommu = () => ks.poll();
+  } else if (guestScenario !== 'off') {
     const vtd = (unit = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}), iotlbPrefetch: process.env.PREFETCH !== '0' }));
     const regs = VtdQiRegisters.create();
     registers = regs.array;
@@ -153,10 +224,11 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     queueSize: 256,
     ...DEVICE,
     // While the device spins for work, the unit keeps taking up invalidations (a strict guest waits on one).
-    onPoll: q === undefined ? undefined : () => void q.poll(),
+    onPoll: q !== undefined ? () => void q.poll() : pollIommu,
     interrupts: {
       queue: () => {
         q?.poll();
+        pollIommu?.();
         const t = process.hrtime.bigint();
         irq.ring();
         irqTime.ns += Number(process.hrtime.bigint() - t);
@@ -175,10 +247,12 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     sid: SID,
     qi: registers,
     packed: process.env.PACKED !== '0',
+    unit: UNIT,
+    iommuPort,
     port: port2,
     __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href,
   };
-  const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])], workerData: setup, transferList: [port2] });
+  const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])], workerData: setup, transferList: iommuPort === undefined ? [port2] : [port2, iommuPort] });
   const ctl = await guestControl(worker, scenario, served, 120_000);
   return {
     scenario,
@@ -192,6 +266,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     stop: async () => {
       await ctl.stop();
       await qi?.stop();
+      await iommuServed?.stop();
     },
     kill: () => worker.terminate(),
   };
@@ -229,7 +304,7 @@ async function main(): Promise<void> {
       backends.push(b);
       guests.push(await startGuest(s, b));
     }
-    console.log(`virtio-blk behind VT-d on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : 'waiting with Atomics.waitAsync'}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
+    console.log(`virtio-blk behind ${UNIT === 'virtio' ? 'the virtio-iommu device' : 'VT-d'} on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : 'waiting with Atomics.waitAsync'}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
     for (const qd of QDS) {
       // QD 1 is ruled by its wake-up tail (p99 ~8× p50): half the reads of QD 32, not an eighth, keep its median steady.
       const ops = qd === 1 ? Math.max(1000, OPS >> 1) : OPS;
