@@ -17,7 +17,8 @@ export const GUEST_LAYOUT = {
   SLOT: 64 << 10,
 } as const;
 
-export type IommuScenario = 'off' | 'static' | InvalidationMode;
+/** `strict-many`: strict, with a wave's completed buffers unmapped by one `unmapMany` call. */
+export type IommuScenario = 'off' | 'static' | 'strict-many' | InvalidationMode;
 
 export interface IommuGuestSetup {
   sab: SharedArrayBuffer;
