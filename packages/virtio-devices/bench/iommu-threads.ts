@@ -12,11 +12,12 @@
  * 4 KiB random reads at QD 1 and 32 from a raw file on a warm page cache
  * (sync engine; BACKEND=threadpool or memory), scenarios: vIOMMU off, on with
  * static mappings, and map before / unmap after every request in strict,
- * deferred and optimistic mode. Every scenario has its own guest and device,
+ * deferred and optimistic mode (`strict-many`: strict, a completion wave's
+ * unmaps in one `unmapMany`). Every scenario has its own guest and device,
  * started once; rounds run the scenarios back to back in a rotating order,
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,static,…
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,off-again,static,strict,strict-many,deferred,optimistic)
  *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; QI_HINT=0: the unit polls its queue at translation misses only;
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
