@@ -22,7 +22,7 @@ export interface IommuGuestSetup {
 export type IommuGuestMessage =
   | { type: 'mapped'; mode: InvalidationMode; endpoint: number; iova: number; gpa: number }
   | { type: 'unmapped'; mode: InvalidationMode; endpoint: number; iova: number; flushed: boolean }
-  | { type: 'done'; requests: number; batches: number; lateError: string }
+  | { type: 'done'; requests: number; batches: number; lateError: string; faults: { endpoint: number; address: string; reason: number }[] }
   | { type: 'error'; message: string };
 
 const setup = workerData as IommuGuestSetup;
@@ -46,6 +46,8 @@ async function main(): Promise<void> {
     requestIrq: new Doorbell(setup.bells, 2),
     answerTimeoutMs: 200,
   });
+  // Fault reports (the device's accesses after each unmap) come in on the event queue's doorbell.
+  const listening = iommu.listen(new Doorbell(setup.bells, 3), { pollMs: 20 });
   for (const s of setup.steps) {
     const domain = iommu.iommu.attach(s.endpoint, { mode: s.mode });
     const iova = domain.map(s.gpa, 4096, 'bidirectional');
@@ -55,7 +57,11 @@ async function main(): Promise<void> {
     const flushed = s.mode !== 'strict';
     if (flushed) domain.flush();
     step({ type: 'unmapped', mode: s.mode, endpoint: s.endpoint, iova, flushed });
+    // Let the listener run: the report of the test's faulting access is on its way.
+    for (let i = 0; i < 500 && !iommu.events.some((e) => e.endpoint === s.endpoint); i++) await new Promise((r) => setTimeout(r, 2));
   }
+  iommu.close();
+  await listening;
   // The test stopped serving the device's kicks: the next request is never answered.
   let lateError = '';
   try {
@@ -63,7 +69,8 @@ async function main(): Promise<void> {
   } catch (e) {
     lateError = e instanceof Error ? e.message : String(e);
   }
-  post({ type: 'done', requests: iommu.stats.requests, batches: iommu.stats.batches, lateError });
+  const faults = iommu.events.map((e) => ({ endpoint: e.endpoint, address: `0x${(e.address ?? -1n).toString(16)}`, reason: e.reason }));
+  post({ type: 'done', requests: iommu.stats.requests, batches: iommu.stats.batches, lateError, faults });
 }
 
 main().catch((e: unknown) => post({ type: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));

@@ -1,6 +1,6 @@
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
-import { DmaFault } from '@ioplane/viommu';
+import { DmaFault, VIRTIO_IOMMU_FAULT_R_MAPPING } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { describe, expect, it } from 'vitest';
 import { DirectTransport, VirtioIommuDevice, VirtioIommuDriver, serveTransport, type VirtioError } from '../src/index.js';
@@ -28,6 +28,7 @@ describe('virtio-iommu with the guest driver in another thread (requestIrq)', ()
     const setup: Omit<IommuGuestSetup, 'port'> & { __entry: string } = { sab, bells, area: 0x10000, steps, __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href };
     const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), { execArgv: ['--conditions=@ioplane/source'], workerData: { ...setup, port: port2 }, transferList: [port2] });
     const seen: string[] = [];
+    const faulted: string[] = [];
     let stopped = false;
     try {
       const done = await new Promise<Extract<IommuGuestMessage, { type: 'done' }>>((resolve, reject) => {
@@ -56,6 +57,7 @@ describe('virtio-iommu with the guest driver in another thread (requestIrq)', ()
             } else {
               // Strict: revoked when unmap() returned; deferred and optimistic: when flush() returned.
               expect(() => dma.readU8(m.iova + 7)).toThrow(DmaFault);
+              faulted.push(`0x${(m.iova + 7).toString(16)}`);
               if (m.endpoint === steps[steps.length - 1]!.endpoint) {
                 // Stop serving kicks: the guest's next request is never answered.
                 await served.stop();
@@ -73,6 +75,10 @@ describe('virtio-iommu with the guest driver in another thread (requestIrq)', ()
       expect(done.lateError).toMatch(/not answered within 200 ms/);
       // ATTACH, MAP and UNMAP for each mode, all answered through the used ring across threads.
       expect(done.requests).toBeGreaterThanOrEqual(9);
+      // Each access after an unmap was reported on the event queue and reached the guest's listener.
+      expect(done.faults.map((f) => f.endpoint)).toEqual(steps.map((s) => s.endpoint));
+      expect(done.faults.map((f) => f.address)).toEqual(faulted);
+      for (const f of done.faults) expect(f.reason).toBe(VIRTIO_IOMMU_FAULT_R_MAPPING);
       expect(errors).toEqual([]);
     } finally {
       await worker.terminate();

@@ -112,6 +112,8 @@ export class VirtioIommuDriver implements IommuTransport {
   #again = false;
   readonly #irq: Doorbell | undefined;
   #broken: VirtioError | undefined;
+  #closed = false;
+  readonly #listenBells: Doorbell[] = [];
   readonly #spinMs: number;
   readonly #timeoutMs: number;
   readonly #clock: () => number;
@@ -333,6 +335,31 @@ export class VirtioIommuDriver implements IommuTransport {
       }
     }
     return more;
+  }
+
+  /**
+   * With the device on another thread: takes the fault reports off the event
+   * queue whenever `eventIrq` rings (the doorbell the device's event-queue
+   * interrupt rings), and at least every `pollMs`, until `close()`. Runs on
+   * the caller's event loop (`Atomics.waitAsync`), so reports are taken
+   * between the thread's other work, never while `submit` waits.
+   */
+  async listen(eventIrq: Doorbell, options: { pollMs?: number } = {}): Promise<void> {
+    const pollMs = options.pollMs ?? 50;
+    if (!(pollMs > 0 && pollMs <= 60_000)) throw new VirtioError('invalid-argument', `pollMs ${pollMs} is outside (0, 60000]`, { pollMs });
+    this.#listenBells.push(eventIrq);
+    // Bounded per turn: each reap takes at most the queue's buffers; the loop ends with close().
+    while (!this.#closed) {
+      const seen = eventIrq.count;
+      this.handleInterrupt(IOMMU_EVENT_QUEUE);
+      await eventIrq.waitAsync(seen, pollMs);
+    }
+  }
+
+  /** Ends every `listen` loop (at once: their doorbells are rung). Requests still work. */
+  close(): void {
+    this.#closed = true;
+    for (const b of this.#listenBells) b.ring();
   }
 
   /** A used buffer notification: event-queue buffers hold fault reports (the request queue is reaped by `submit`). */
