@@ -93,6 +93,22 @@ class PdeCache {
   flush(): void {
     this.frame.fill(-1);
   }
+
+  /**
+   * Drops the PDEs of the 2 MiB frames [first, last]: each frame has one
+   * slot (`frame & mask`), so looking there is exact. A range of more frames
+   * than slots empties the cache.
+   */
+  flushFrames(first: number, last: number): void {
+    if (last - first >= this.mask) {
+      this.flush();
+      return;
+    }
+    for (let f = first; f <= last; f++) {
+      const slot = f & this.mask;
+      if (this.frame[slot] === f) this.frame[slot] = -1;
+    }
+  }
 }
 
 export interface VtdOptions {
@@ -119,13 +135,13 @@ export interface VtdOptions {
    */
   runPages?: number;
   /**
-   * On a walk that ends at a 4 KiB leaf, also cache in the IOTLB the other
-   * present leaves of the 64-byte line that leaf sits in (eight entries, one
-   * cache line of the table). VT-d lets a unit cache any present entry at any
-   * time, and software must invalidate after changing a present entry
-   * anyway, so this changes no guarantee; it saves a walk for each of the
-   * next IOVAs a next-fit allocator hands out, whose leaves share the line.
-   * Default true.
+   * On a walk that ends at a 4 KiB leaf mapping a single page (no run),
+   * also cache in the IOTLB the present leaves that follow it in its 64-byte
+   * line of the table (one cache line, eight entries). VT-d lets a unit
+   * cache any present entry at any time, and software must invalidate after
+   * changing a present entry anyway, so this changes no guarantee; it saves a
+   * walk for each of the next IOVAs a next-fit allocator hands out, whose
+   * leaves share the line. Default true.
    */
   iotlbPrefetch?: boolean;
   /** Fault records kept (the fault recording registers of a real unit hold a few). Default 256. */
@@ -320,7 +336,9 @@ export class VtdRemapper implements FaultSink {
     const start = addr - (addr % size);
     this.bump(domainId, start, start + size);
     this.tlbs.get(domainId)?.invalidatePages(start, start + size);
-    if (!ih) this.pdes.get(domainId)?.flush();
+    // IH = 0: the paging-structure entries used for the range may have changed too (§6.5.2.3):
+    // the PDEs of the 2 MiB frames the range touches, and no others.
+    if (!ih) this.pdes.get(domainId)?.flushFrames(Math.floor(start / TWO_M), Math.floor((start + size - 1) / TWO_M));
     this.stats.iotlbInvalidations++;
   }
 

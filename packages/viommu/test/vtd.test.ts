@@ -446,6 +446,26 @@ describe('VT-d paging-structure (PDE) cache', () => {
     }
   });
 
+  it('an IH = 0 PSI drops the PDEs of the 2 MiB frames its range touches, and keeps the others', () => {
+    // No IOTLB: every translation walks, so the PDE cache's hits and misses show.
+    const { vtd, q } = tables({ iotlbEntries: 0 });
+    q(0x5000 + 2 * 8, 0xf000n | RW); // PD[2] → PT 0xf000 (IOVA 4 MiB .. 6 MiB)
+    q(0xf000 + 1 * 8, 0x9000n | RW); // IOVA 0x401000 → 0x9000
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
+    expect(tr(vtd, SID4, 0x40_1000)).toEqual([0x9000, 0x40_2000]);
+    expect(vtd.stats.pdeMisses).toBe(2);
+    vtd.invalidateIotlbPages(5, 0x2000, 0); // IH = 0, one page of frame 0
+    expect(tr(vtd, SID4, 0x40_1000)).toEqual([0x9000, 0x40_2000]);
+    expect(vtd.stats.pdeHits).toBe(1); // frame 2 kept
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
+    expect(vtd.stats.pdeMisses).toBe(3); // frame 0 walked again
+    // A range over both frames (AM = 11: 8 MiB) drops both.
+    vtd.invalidateIotlbPages(5, 0, 11);
+    tr(vtd, SID4, 0x1000);
+    tr(vtd, SID4, 0x40_1000);
+    expect(vtd.stats.pdeMisses).toBe(5);
+  });
+
   it('caches the rights of the upper levels with the PDE and faults as the full walk does', () => {
     // runPages 1: with PML4[0] read-only, PT[1] and PT[2] would join into one read-only run.
     const { vtd, q } = tables({ runPages: 1, iotlbPrefetch: false });
