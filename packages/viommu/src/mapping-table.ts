@@ -122,16 +122,7 @@ export class MappingTable {
     // The newest mapping usually sits at the top (next-fit IOVAs): one compare for it.
     const top = l[l.length - 1];
     if (top !== undefined && addr >= top.startNum) return addr <= top.endNum ? top : undefined;
-    let lo = 0;
-    let hi = l.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (l[mid]!.startNum <= addr) {
-        found = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
+    const found = this.floorIndexNum(addr);
     if (found < 0) return undefined;
     const m = l[found]!;
     return addr <= m.endNum ? m : undefined;

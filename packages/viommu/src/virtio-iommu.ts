@@ -586,6 +586,8 @@ export class VirtioIommu implements FaultSink {
    * without a bigint; the others are decided on exact bigints here.
    */
   private map(req: DataView): d.VirtioIommuStatus {
+    const dom = this.mapDomain(req);
+    if (typeof dom === 'number') return dom;
     const vsHi = req.getUint32(d.MAP_VIRT_START + 4, true);
     const veHi = req.getUint32(d.MAP_VIRT_END + 4, true);
     const psHi = req.getUint32(d.MAP_PHYS_START + 4, true);
@@ -601,22 +603,31 @@ export class VirtioIommu implements FaultSink {
           m >= 0
             ? (req.getUint32(d.MAP_VIRT_START, true) & m) === 0 && (req.getUint32(d.MAP_PHYS_START, true) & m) === 0 && (req.getUint32(d.MAP_VIRT_END, true) & m) === m
             : vs % this.granuleNum === 0 && ps % this.granuleNum === 0 && (ve + 1) % this.granuleNum === 0;
-        return this.mapNum(req, vs, ve, ps, aligned);
+        return this.mapNum(dom, req.getUint32(d.MAP_FLAGS, true), vs, ve, ps, aligned);
       }
     }
-    return this.mapBig(req);
+    return this.mapBig(dom, req);
   }
 
-  /** MAP with virt_start, virt_end, phys_start and phys_end below 2^53: the rules of `mapBig`, in the same order, on numbers. */
-  private mapNum(req: DataView, virtStart: number, virtEnd: number, physStart: number, aligned: boolean): d.VirtioIommuStatus {
-    const domainId = req.getUint32(d.MAP_DOMAIN, true);
+  /**
+   * MAP's first checks, which need no address (§5.13.6.3, in the order both
+   * paths apply them): the flags, then the domain. The domain, or the status
+   * that refuses the request.
+   */
+  private mapDomain(req: DataView): Domain | d.VirtioIommuStatus {
     const flags = req.getUint32(d.MAP_FLAGS, true);
+    // "If the device doesn't recognize a flags bit, it MUST reject ... INVAL." MMIO only with VIRTIO_IOMMU_F_MMIO.
     let known = d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
     if (this.has(d.VIRTIO_IOMMU_F_MMIO)) known |= d.VIRTIO_IOMMU_MAP_F_MMIO;
     if ((flags & ~known) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
-    const dom = this.domains.get(domainId);
+    const dom = this.domains.get(req.getUint32(d.MAP_DOMAIN, true));
     if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
     if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
+    return dom;
+  }
+
+  /** MAP (after `mapDomain`) with virt_start, virt_end, phys_start and phys_end below 2^53: the rules of `mapBig`, in the same order, on numbers. */
+  private mapNum(dom: Domain, flags: number, virtStart: number, virtEnd: number, physStart: number, aligned: boolean): d.VirtioIommuStatus {
     if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
     if (!aligned) return d.VIRTIO_IOMMU_S_RANGE;
     // Number(bound) is exact below 2^53 and at least 2^53 above, so these compare as the bigints do.
@@ -630,20 +641,12 @@ export class VirtioIommu implements FaultSink {
     return d.VIRTIO_IOMMU_S_OK;
   }
 
-  /** §5.13.6.3 MAP on exact u64s. */
-  private mapBig(req: DataView): d.VirtioIommuStatus {
-    const domainId = req.getUint32(d.MAP_DOMAIN, true);
+  /** §5.13.6.3 MAP (after `mapDomain`) on exact u64s. */
+  private mapBig(dom: Domain, req: DataView): d.VirtioIommuStatus {
     const virtStart = req.getBigUint64(d.MAP_VIRT_START, true);
     const virtEnd = req.getBigUint64(d.MAP_VIRT_END, true);
     const physStart = req.getBigUint64(d.MAP_PHYS_START, true);
     const flags = req.getUint32(d.MAP_FLAGS, true);
-    // "If the device doesn't recognize a flags bit, it MUST reject ... INVAL." MMIO only with VIRTIO_IOMMU_F_MMIO.
-    let known = d.VIRTIO_IOMMU_MAP_F_READ | d.VIRTIO_IOMMU_MAP_F_WRITE;
-    if (this.has(d.VIRTIO_IOMMU_F_MMIO)) known |= d.VIRTIO_IOMMU_MAP_F_MMIO;
-    if ((flags & ~known) !== 0) return d.VIRTIO_IOMMU_S_INVAL;
-    const dom = this.domains.get(domainId);
-    if (dom === undefined) return d.VIRTIO_IOMMU_S_NOENT;
-    if (dom.bypass) return d.VIRTIO_IOMMU_S_INVAL;
     // "virt_end MUST be strictly greater than virt_start" — read as ≥, as the one-byte granule (page_size_mask bit 0) needs.
     if (virtEnd < virtStart) return d.VIRTIO_IOMMU_S_INVAL;
     // "If virt_start, phys_start or (virt_end + 1) is not aligned on the page granularity ... RANGE."
