@@ -263,53 +263,47 @@ export class TranslatingMemory implements DmaMemory {
     }
     this.hit = -1;
     const code = this.source.translate(addr, access, out);
-    // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
-    if (code === 0 && this.micro) this.remember(access, gen, out.gpa - addr, 0);
-    return code;
-  }
-
-  /**
-   * Keeps the run just translated into `out` — made under generation `gen`
-   * (read before translating), offset `delta`, RAM check `ok` (0: not made
-   * yet) — as its direction's newer run, and marks it as the one that served.
-   */
-  private remember(access: Access, gen: number, delta: number, ok: number): void {
-    const out = this.out;
-    if (access === 'read') {
-      if (gen !== this.rGen) this.refreshReads(gen);
-      if (this.rNext === 0) {
-        this.r0Start = out.start;
-        this.r0End = out.end;
-        this.r0Delta = delta;
-        this.r0Ok = ok;
-        this.hit = 0;
-        this.rNext = 1;
+    if (code === 0 && this.micro) {
+      // Filled under the generation read before the translation: if translating changed it, the entry is dropped at the next access.
+      const delta = out.gpa - addr;
+      const ok = 0; // checked against RAM lazily (runChecked)
+      if (access === 'read') {
+        this.rGen = gen;
+        if (this.rNext === 0) {
+          this.r0Start = out.start;
+          this.r0End = out.end;
+          this.r0Delta = delta;
+          this.r0Ok = ok;
+          this.hit = 0;
+          this.rNext = 1;
+        } else {
+          this.r1Start = out.start;
+          this.r1End = out.end;
+          this.r1Delta = delta;
+          this.r1Ok = ok;
+          this.hit = 1;
+          this.rNext = 0;
+        }
       } else {
-        this.r1Start = out.start;
-        this.r1End = out.end;
-        this.r1Delta = delta;
-        this.r1Ok = ok;
-        this.hit = 1;
-        this.rNext = 0;
-      }
-    } else {
-      if (gen !== this.wGen) this.refreshWrites(gen);
-      if (this.wNext === 0) {
-        this.w0Start = out.start;
-        this.w0End = out.end;
-        this.w0Delta = delta;
-        this.w0Ok = ok;
-        this.hit = 2;
-        this.wNext = 1;
-      } else {
-        this.w1Start = out.start;
-        this.w1End = out.end;
-        this.w1Delta = delta;
-        this.w1Ok = ok;
-        this.hit = 3;
-        this.wNext = 0;
+        this.wGen = gen;
+        if (this.wNext === 0) {
+          this.w0Start = out.start;
+          this.w0End = out.end;
+          this.w0Delta = delta;
+          this.w0Ok = ok;
+          this.hit = 2;
+          this.wNext = 1;
+        } else {
+          this.w1Start = out.start;
+          this.w1End = out.end;
+          this.w1Delta = delta;
+          this.w1Ok = ok;
+          this.hit = 3;
+          this.wNext = 0;
+        }
       }
     }
+    return code;
   }
 
   /** Translates a scalar access of `len` bytes; returns its guest-physical address, or -1 if it crosses a translation boundary. */
@@ -499,18 +493,13 @@ export class TranslatingMemory implements DmaMemory {
     this.rangeStats.misses++;
     this.rangeStart[i] = 1;
     this.rangeEnd[i] = 0;
-    // One translation, straight from the source: a range the table missed is
-    // mostly a fresh IOVA, which the run cache would miss too. Records nothing.
-    const out = this.out;
-    if (this.source.translate(addr, access, out) === 0 && out.end >= addr + len) {
-      const gpa = out.gpa;
-      const whole = this.verify(out.start, out.end, gpa - addr, access);
-      // The run also serves the scalar accesses that follow (a request's header after its descriptor).
-      if (this.micro) this.remember(access, gen, gpa - addr, whole ? 1 : 2);
-      if (whole) {
+    // One translation, through the run cache and the source; records nothing.
+    if (this.translateOne(addr, access) === 0 && this.out.end >= addr + len) {
+      const gpa = this.out.gpa;
+      if (this.runChecked()) {
         // The whole run is RAM for this direction: record all of it.
-        this.rangeStart[i] = out.start;
-        this.rangeEnd[i] = out.end;
+        this.rangeStart[i] = this.out.start;
+        this.rangeEnd[i] = this.out.end;
         this.rangeDelta[i] = gpa - addr;
         this.rangeGen[i] = gen;
         return gpa;
