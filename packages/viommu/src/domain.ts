@@ -55,7 +55,9 @@ export class Domain {
 /**
  * What each generation bump revoked, for the last `InvalidationLog.SIZE`
  * bumps: one domain's IOVA range (an UNMAP) or everything (ATTACH, DETACH,
- * `bypass`, reset). Lets a translation made under an older generation be
+ * `bypass`, reset); a domain below −1 matches no query (VT-d logs its
+ * selective context-cache invalidations so, and tracks the devices they
+ * covered itself). Lets a translation made under an older generation be
  * kept when nothing since touched its range — so a strict-mode UNMAP of one
  * request's buffer does not cost the other in-flight requests (and the ring
  * area) their translations. Fixed typed arrays: recording allocates nothing.

@@ -36,9 +36,11 @@ import { TranslatingMemory, type TranslationOut, type TranslationSource } from '
  *
  * Every invalidation bumps `translationGeneration` and records in an
  * `InvalidationLog` what it revoked (a PSI: its domain and aligned range; a
- * DSI: its domain; anything else: everything), so that translations carried
- * above the IOTLB (a `TranslatingMemory`'s runs and checked ranges, a popped
- * chain's buffers) survive the invalidation of other pages and domains.
+ * DSI: its domain; a domain- or device-selective context-cache
+ * invalidation: the devices it covered, kept per source-id; anything else:
+ * everything), so that translations carried above the IOTLB (a
+ * `TranslatingMemory`'s runs and checked ranges, a popped chain's buffers)
+ * survive the invalidation of other pages, domains and devices.
  */
 
 const U32 = 0x1_0000_0000;
@@ -47,6 +49,8 @@ const PAGE = 4096;
 const TWO_M = 0x20_0000;
 /** Domain of a query that no PSI or DSI can match: only "everything" entries revoke it. */
 const NO_DOMAIN = -2;
+/** Log domain of a context-cache invalidation of some devices: it revokes no range of any domain (each source checks its own device, `contextInvalidatedSince`). */
+const CONTEXTS_ONLY = -3;
 /** The IOVA span an entry at each level maps (index = level): 2^(12 + 9(level − 1)). Constants, not `2 ** shift`, on the walk. */
 const SPAN = [1, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39] as const;
 /**
@@ -269,11 +273,17 @@ export class VtdRemapper implements FaultSink {
   }
 
   /*
-   * Every context-cache invalidation counts as "everything" in the log: the
-   * endpoints' decoded contexts (domain, tables, pass-through) may all have
-   * changed. The IOTLB and PDE caches are left alone, as on hardware:
-   * software follows a context change with a domain-selective or global
-   * IOTLB invalidation (VT-d §6.5, guidance to software for invalidations).
+   * A context-cache invalidation revokes what the devices it covers
+   * translated (their decoded contexts — domain, tables, pass-through — may
+   * have changed), and nothing of the others: a global one counts as
+   * "everything" in the log; a domain- or device-selective one is logged as
+   * touching no range, and the devices it covered are stamped in
+   * `contextInvalidatedAt`, which their sources check. (A device whose
+   * context is not cached has carried nothing since it last left the cache,
+   * which only an invalidation does.) The IOTLB and PDE caches are left
+   * alone, as on hardware: software follows a context change with a
+   * domain-selective or global IOTLB invalidation (VT-d §6.5, guidance to
+   * software for invalidations).
    */
   invalidateContextGlobal(): void {
     this.bump(-1, 0, Infinity);
@@ -283,17 +293,27 @@ export class VtdRemapper implements FaultSink {
   }
 
   invalidateContextDomain(domainId: number): void {
-    this.bump(-1, 0, Infinity);
-    for (const [sid, c] of this.contexts) if (c.domainId === domainId) this.contexts.delete(sid);
+    this.bump(CONTEXTS_ONLY, 0, 0);
+    for (const [sid, c] of this.contexts) {
+      if (c.domainId !== domainId) continue;
+      this.contexts.delete(sid);
+      this.contextInvalidatedAt.set(sid, this.translationGeneration);
+    }
     this.generation++;
     this.stats.contextInvalidations++;
   }
 
   invalidateContextDevice(sourceId: number): void {
-    this.bump(-1, 0, Infinity);
+    this.bump(CONTEXTS_ONLY, 0, 0);
     this.contexts.delete(sourceId);
+    this.contextInvalidatedAt.set(sourceId, this.translationGeneration);
     this.generation++;
     this.stats.contextInvalidations++;
+  }
+
+  /** Whether a domain- or device-selective context-cache invalidation after generation `since` covered source-id `sid`. */
+  contextInvalidatedSince(sid: number, since: number): boolean {
+    return (this.contextInvalidatedAt.get(sid) ?? -1) > since;
   }
 
   /** Global IOTLB invalidation: every domain's leaves and paging-structure entries. */
@@ -370,6 +390,9 @@ export class VtdRemapper implements FaultSink {
   }
 
   // --- translation ---
+
+  /** Per source-id, the translation generation of the last domain- or device-selective context-cache invalidation that covered it. */
+  private readonly contextInvalidatedAt = new Map<number, number>();
 
   /** The halves of the last entry `readEntry` read (no object per read: the walk is a hot path). */
   private eLo = 0;
@@ -652,30 +675,37 @@ export class VtdSource implements TranslationSource {
 
   /**
    * Whether a translation of [start, end) this source made under generation
-   * `since` still holds: no invalidation since touched its domain and range.
-   * The domain is the one of the context cached now: a context-cache
-   * invalidation (which could change it) is logged as "everything", so
-   * while none happened the context is the one the translation used. With
+   * `since` still holds: no context-cache invalidation since covered this
+   * device, and no IOTLB invalidation since touched its domain and range.
+   * While no context invalidation covered it, the device's context is the
+   * one the translation used (its domain is the one cached now). With
    * translation off, only global changes (SRTP, TE) count. No context (a
    * fault code): false.
    */
   unchangedSince(since: number, start: number, end: number): boolean {
     const unit = this.unit;
     if (!unit.translationEnabled) return unit.unchangedSince(since, NO_DOMAIN, start, end);
-    const ctx = this.ctx;
-    if (typeof ctx === 'number' || this.contextGeneration !== unit.generation) return false;
+    if (unit.contextInvalidatedSince(this.endpoint, since)) return false;
+    const ctx = this.context();
+    if (typeof ctx === 'number') return false;
     return unit.unchangedSince(since, ctx.domainId, start, end);
   }
 
   translate(addr: number, access: Access, out: TranslationOut): number {
     const unit = this.unit;
     if (!unit.translationEnabled) return unit.translate(this.endpoint, addr, access, out);
+    const ctx = this.context();
+    if (typeof ctx === 'number') return ctx;
+    return unit.translateIn(ctx, addr, access, out);
+  }
+
+  /** The device's context, decoded again after any context-cache invalidation (the unit's cache makes that a lookup unless it covered this device). */
+  private context(): Context | number {
+    const unit = this.unit;
     if (this.contextGeneration !== unit.generation || typeof this.ctx === 'number') {
       this.ctx = unit.context(this.endpoint);
       this.contextGeneration = unit.generation;
     }
-    const ctx = this.ctx;
-    if (typeof ctx === 'number') return ctx;
-    return unit.translateIn(ctx, addr, access, out);
+    return this.ctx;
   }
 }
