@@ -147,6 +147,8 @@ type Op =
   | { t: 'pde'; d: number; r: number; kind: 'np' | 'large' | 'table'; frame: number; perm: number; k: number; gpa: number; inval: Inval; strict: Inval }
   | { t: 'inval'; d: number; r: number; inval: Inval }
   | { t: 'probe'; s: number; r: number; k: number; off: number; len: number; write: boolean; via: 'range' | 'view' | 'unit' }
+  /** Source-id index s now uses domain index d (its context entry rewritten), with or without the device-selective context invalidation that must follow. */
+  | { t: 'move'; s: number; d: number; inval: boolean }
   /** Probe a page edited earlier (the j-th from the end): where a missed invalidation shows. */
   | { t: 'reprobe'; j: number; off: number; len: number; write: boolean; via: 'range' | 'view' | 'unit'; other: boolean }
   | { t: 'carried' };
@@ -211,6 +213,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     }),
   },
   { weight: 3, arbitrary: fc.constant({ t: 'carried' as const }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('move' as const), s: fc.nat(SIDS.length - 1), d, inval: fc.boolean() }) },
 );
 
 interface Carried {
@@ -229,6 +232,12 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
   const dmas: TranslatingMemory[] = SIDS.map((sid) => vtd.dmaMemory(sid, g.ram));
   const out: TranslationOut = { gpa: 0, start: 0, end: 0 };
   let carried: Carried[] = [];
+  // Per source-id index: the domain index its context entry names now, and the ones it named
+  // before that no context-cache invalidation covering it has retired (the unit may still use them).
+  const domainOf = SIDS.map((_, i) => DIDS.indexOf(DOMAIN_OF_SID[i]!));
+  const ctxStale = SIDS.map(() => new Set<number>());
+  const allowed = (si: number, iova: number, write: boolean, result: number | 'fault'): boolean =>
+    [domainOf[si]!, ...ctxStale[si]!].some((dd) => g.allows(dd, iova, write, result));
 
   const invalidate = (di: number, region: number, inv: Inval): void => {
     const did = DIDS[di]!;
@@ -255,9 +264,18 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
         return;
       case 'ctx':
         // Context-cache invalidation retires nothing of the IOTLB (software follows with an IOTLB one).
-        if (inv.g === 0) vtd.invalidateContextGlobal();
-        else if (inv.g === 1) vtd.invalidateContextDomain(did);
-        else vtd.invalidateContextDevice(SIDS[di === 0 ? 0 : 2]);
+        // A domain-selective one drops the contexts cached with that domain: a device's older context naming it.
+        if (inv.g === 0) {
+          vtd.invalidateContextGlobal();
+          for (const st of ctxStale) st.clear();
+        } else if (inv.g === 1) {
+          vtd.invalidateContextDomain(did);
+          for (const st of ctxStale) st.delete(di);
+        } else {
+          const si = di === 0 ? 0 : 2;
+          vtd.invalidateContextDevice(SIDS[si]);
+          ctxStale[si]!.clear();
+        }
         return;
     }
   };
@@ -273,7 +291,18 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
       const s = ed === 0 ? (o.other ? 1 : 0) : 2;
       o = { t: 'probe', s, r: er, k: ek, off: o.off, len: o.len, write: o.write, via: o.via };
     }
-    if (o.t === 'leaf') {
+    if (o.t === 'move') {
+      if (domainOf[o.s] !== o.d) {
+        ctxStale[o.s]!.add(domainOf[o.s]!);
+        g.ram.writeU53(CTX + SIDS[o.s]! * 16 + 8, 2 + DIDS[o.d]! * 256);
+        g.ram.writeU53(CTX + SIDS[o.s]! * 16, g.pml4[o.d]! + 1);
+        domainOf[o.s] = o.d;
+      }
+      if (o.inval) {
+        vtd.invalidateContextDevice(SIDS[o.s]!);
+        ctxStale[o.s]!.clear();
+      }
+    } else if (o.t === 'leaf') {
       edited.push([o.d, o.r, o.k]);
       const pde = g.pdeAt(o.d, o.r);
       let e = g.ram.readU53(pde);
@@ -309,7 +338,6 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
       invalidate(o.d, o.r, o.inval);
     } else if (o.t === 'probe') {
       const dma = dmas[o.s]!;
-      const di = DIDS.indexOf(DOMAIN_OF_SID[o.s]!);
       const iova = o.r * TWO_M + o.k * PAGE + o.off;
       const access = o.write ? 'write' : 'read';
       let result: number | 'fault';
@@ -330,7 +358,7 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
           result = 'fault';
         }
       }
-      expect(g.allows(di, iova, o.write, result), `${o.via} ${access} of sid ${SIDS[o.s]} at 0x${iova.toString(16)} gave ${String(result)}`).toBe(true);
+      expect(allowed(o.s, iova, o.write, result), `${o.via} ${access} of sid ${SIDS[o.s]} at 0x${iova.toString(16)} gave ${String(result)}`).toBe(true);
       if (o.via === 'range' && result !== 'fault') {
         carried.push({ s: o.s, iova, len: o.len, write: o.write, gpa: result, gen });
         if (carried.length > 24) carried.shift();
@@ -339,8 +367,7 @@ function run(ops: readonly Op[], entries: { iotlb: number; pde: number }): void 
       // A popped chain re-checks the translations it carries (virtqueue chain.ts: stillValid).
       carried = carried.filter((c) => {
         if (!dmas[c.s]!.stillValid(c.iova, c.len, c.gen)) return false;
-        const di = DIDS.indexOf(DOMAIN_OF_SID[c.s]!);
-        expect(g.allows(di, c.iova, c.write, c.gpa), `carried ${c.write ? 'write' : 'read'} of sid ${SIDS[c.s]} at 0x${c.iova.toString(16)} → 0x${c.gpa.toString(16)}`).toBe(true);
+        expect(allowed(c.s, c.iova, c.write, c.gpa), `carried ${c.write ? 'write' : 'read'} of sid ${SIDS[c.s]} at 0x${c.iova.toString(16)} → 0x${c.gpa.toString(16)}`).toBe(true);
         return true;
       });
     }
@@ -354,7 +381,7 @@ describe('VT-d through dmaMemory never serves a translation the architecture for
     { iotlb: 0, pde: 0 },
     { iotlb: 512, pde: 0 },
   ]) {
-    it(`random leaf and PDE edits, deferred or immediate invalidations (IH 0/1), probes and carried translations; IOTLB ${entries.iotlb}, PDE cache ${entries.pde}`, () => {
+    it(`random leaf and PDE edits, devices moved between domains, deferred or immediate invalidations (IH 0/1, context), probes and carried translations; IOTLB ${entries.iotlb}, PDE cache ${entries.pde}`, () => {
       fc.assert(
         fc.property(fc.array(op, { minLength: 1, maxLength: 120, size: 'max' }), (ops) => run(ops, entries)),
         { numRuns: 150 },
