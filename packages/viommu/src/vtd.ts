@@ -47,6 +47,8 @@ const U32 = 0x1_0000_0000;
 const PAGE = 4096;
 /** The span one page-directory entry maps (and the key of the paging-structure cache). */
 const TWO_M = 0x20_0000;
+/** The span one level-3 (PDPT) entry maps (and the key of its paging-structure cache). */
+const TWO_G = 0x4000_0000;
 /** Domain of a query that no PSI or DSI can match: only "everything" entries revoke it. */
 const NO_DOMAIN = -2;
 /** Log domain of a context-cache invalidation of some devices: it revokes no range of any domain (each source checks its own device, `contextInvalidatedSince`). */
@@ -132,6 +134,12 @@ export interface VtdOptions {
   /** Paging-structure (PDE) cache entries per domain ID, each covering 2 MiB (a power of two), 0 to disable. Default 256. */
   pdeCacheEntries?: number;
   /**
+   * Paging-structure cache entries for level-3 (PDPT) entries per domain ID,
+   * each covering 1 GiB (a power of two), 0 to disable: a walk that misses
+   * the PDE cache starts at the page directory. Default 16.
+   */
+  pdpteCacheEntries?: number;
+  /**
    * Most 4 KiB leaves a walk joins into one run for the caller's own cache
    * (`TranslatingMemory`), when they follow one another in a table, map the
    * next guest pages and give the same rights; 1 returns the leaf alone.
@@ -165,6 +173,7 @@ interface Context {
   tableHi: number;
   tlb: Iotlb | undefined;
   pde: PdeCache | undefined;
+  pdpte: PdeCache | undefined;
 }
 
 export class VtdRemapper implements FaultSink {
@@ -184,6 +193,7 @@ export class VtdRemapper implements FaultSink {
   private readonly contexts = new Map<number, Context>();
   private readonly tlbs = new Map<number, Iotlb>();
   private readonly pdes = new Map<number, PdeCache>();
+  private readonly pdptes = new Map<number, PdeCache>();
   /** `memory` when it is a `GuestMemory`: entries are then read from its region views directly (`readEntry`). */
   private readonly ram: GuestMemory | undefined;
   private readonly levels: ReadonlySet<number>;
@@ -194,6 +204,7 @@ export class VtdRemapper implements FaultSink {
   private readonly runPages: number;
   private readonly prefetch: boolean;
   private readonly pdeEntries: number;
+  private readonly pdpteEntries: number;
   private readonly maxFaults: number;
   private readonly onFault: ((f: FaultRecord) => void) | undefined;
   /** Bits above HAW in the high half of an entry (address bits 32..63), minus the ignored bits 52..61 and 63. */
@@ -201,7 +212,7 @@ export class VtdRemapper implements FaultSink {
   private readonly hiAboveHawLeaf: number;
   private readonly hawHiMask: number;
   readonly faults: FaultRecord[] = [];
-  readonly stats = { walks: 0, prefetched: 0, pdeHits: 0, pdeMisses: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
+  readonly stats = { walks: 0, prefetched: 0, pdeHits: 0, pdeMisses: 0, pdpteHits: 0, pdpteMisses: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
 
   constructor(options: VtdOptions) {
     this.memory = options.memory;
@@ -221,9 +232,11 @@ export class VtdRemapper implements FaultSink {
     }
     this.prefetch = options.iotlbPrefetch ?? true;
     this.pdeEntries = options.pdeCacheEntries ?? 256;
-    const pe = this.pdeEntries;
-    if (!Number.isInteger(pe) || pe < 0 || pe > 1 << 20 || (pe & (pe - 1)) !== 0) {
-      throw new ViommuError('invalid-option', `PDE cache size ${String(pe)} is not 0 or a power of two up to 2^20`, pe);
+    this.pdpteEntries = options.pdpteCacheEntries ?? 16;
+    for (const [name, n] of [['PDE', this.pdeEntries], ['PDPTE', this.pdpteEntries]] as const) {
+      if (!Number.isInteger(n) || n < 0 || n > 1 << 20 || (n & (n - 1)) !== 0) {
+        throw new ViommuError('invalid-option', `${name} cache size ${String(n)} is not 0 or a power of two up to 2^20`, n);
+      }
     }
     this.maxFaults = options.maxFaults ?? 256;
     this.onFault = options.onFault;
@@ -321,6 +334,7 @@ export class VtdRemapper implements FaultSink {
     this.bump(-1, 0, Infinity);
     for (const t of this.tlbs.values()) t.flush();
     for (const p of this.pdes.values()) p.flush();
+    for (const p of this.pdptes.values()) p.flush();
     this.stats.iotlbInvalidations++;
   }
 
@@ -329,6 +343,7 @@ export class VtdRemapper implements FaultSink {
     this.bump(domainId, 0, Infinity);
     this.tlbs.get(domainId)?.flush();
     this.pdes.get(domainId)?.flush();
+    this.pdptes.get(domainId)?.flush();
     this.stats.iotlbInvalidations++;
   }
 
@@ -358,7 +373,10 @@ export class VtdRemapper implements FaultSink {
     this.tlbs.get(domainId)?.invalidatePages(start, start + size);
     // IH = 0: the paging-structure entries used for the range may have changed too (§6.5.2.3):
     // the PDEs of the 2 MiB frames the range touches, and no others.
-    if (!ih) this.pdes.get(domainId)?.flushFrames(Math.floor(start / TWO_M), Math.floor((start + size - 1) / TWO_M));
+    if (!ih) {
+      this.pdes.get(domainId)?.flushFrames(Math.floor(start / TWO_M), Math.floor((start + size - 1) / TWO_M));
+      this.pdptes.get(domainId)?.flushFrames(Math.floor(start / TWO_G), Math.floor((start + size - 1) / TWO_G));
+    }
     this.stats.iotlbInvalidations++;
   }
 
@@ -456,7 +474,7 @@ export class VtdRemapper implements FaultSink {
     let ctx: Context;
     if (tt === 2) {
       if (!this.pt) return FaultCode.contextInvalid;
-      ctx = { domainId, passThrough: true, fpd, levels: 0, limit: 2 ** this.haw, tableLo: 0, tableHi: 0, tlb: undefined, pde: undefined };
+      ctx = { domainId, passThrough: true, fpd, levels: 0, limit: 2 ** this.haw, tableLo: 0, tableHi: 0, tlb: undefined, pde: undefined, pdpte: undefined };
     } else if (tt === 3) {
       return FaultCode.contextInvalid;
     } else {
@@ -472,7 +490,12 @@ export class VtdRemapper implements FaultSink {
         pde = this.pdes.get(domainId);
         if (pde === undefined) this.pdes.set(domainId, (pde = new PdeCache(this.pdeEntries)));
       }
-      ctx = { domainId, passThrough: false, fpd, levels, limit: 2 ** (12 + 9 * levels), tableLo: (lo.lo & 0xffff_f000) >>> 0, tableHi: lo.hi, tlb, pde };
+      let pdpte: PdeCache | undefined;
+      if (this.pdpteEntries > 0) {
+        pdpte = this.pdptes.get(domainId);
+        if (pdpte === undefined) this.pdptes.set(domainId, (pdpte = new PdeCache(this.pdpteEntries)));
+      }
+      ctx = { domainId, passThrough: false, fpd, levels, limit: 2 ** (12 + 9 * levels), tableLo: (lo.lo & 0xffff_f000) >>> 0, tableHi: lo.hi, tlb, pde, pdpte };
     }
     this.contexts.set(sid, ctx);
     return ctx;
@@ -492,20 +515,33 @@ export class VtdRemapper implements FaultSink {
     let rights = 3;
     let level = ctx.levels;
     const pde = ctx.pde;
-    // addr < 2^48: the frame is below 2^27, so masking it is exact.
+    const pdpte = ctx.pdpte;
+    // addr < 2^48: the frames are below 2^27 and 2^18, so masking them is exact.
     const frame = Math.floor(addr / TWO_M);
     const slot = pde === undefined ? 0 : frame & pde.mask;
-    if (pde !== undefined) {
-      if (pde.frame[slot] === frame) {
-        this.stats.pdeHits++;
-        rights = pde.rights[slot]!;
-        // The full walk faults at the upper level that took the right away: the same code, and no leaf to read.
-        if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
-        tableLo = pde.tableLo[slot]!;
-        tableHi = pde.tableHi[slot]!;
-        level = 1;
-      } else {
-        this.stats.pdeMisses++;
+    const gframe = Math.floor(addr / TWO_G);
+    const gslot = pdpte === undefined ? 0 : gframe & pdpte.mask;
+    if (pde !== undefined && pde.frame[slot] === frame) {
+      this.stats.pdeHits++;
+      rights = pde.rights[slot]!;
+      // The full walk faults at the upper level that took the right away: the same code, and no leaf to read.
+      if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+      tableLo = pde.tableLo[slot]!;
+      tableHi = pde.tableHi[slot]!;
+      level = 1;
+    } else {
+      if (pde !== undefined) this.stats.pdeMisses++;
+      if (pdpte !== undefined) {
+        if (pdpte.frame[gslot] === gframe) {
+          this.stats.pdpteHits++;
+          rights = pdpte.rights[gslot]!;
+          if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+          tableLo = pdpte.tableLo[gslot]!;
+          tableHi = pdpte.tableHi[gslot]!;
+          level = 2;
+        } else {
+          this.stats.pdpteMisses++;
+        }
       }
     }
     for (; level >= 1; level--) {
@@ -549,6 +585,11 @@ export class VtdRemapper implements FaultSink {
         pde.tableLo[slot] = tableLo;
         pde.tableHi[slot] = tableHi;
         pde.rights[slot] = rights;
+      } else if (level === 3 && pdpte !== undefined) {
+        pdpte.frame[gslot] = gframe;
+        pdpte.tableLo[gslot] = tableLo;
+        pdpte.tableHi[gslot] = tableHi;
+        pdpte.rights[gslot] = rights;
       }
     }
     return FaultCode.pagingEntryInvalid;

@@ -434,12 +434,55 @@ describe('VT-d paging-structure (PDE) cache', () => {
     // Leaves are not PDE-cached: the 2 MiB leaf and the 1 GiB leaf are walked in full.
     expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
     expect(vtd.stats.pdeHits).toBe(1);
-    const off = new VtdRemapper({ memory, pdeCacheEntries: 0, runPages: 1, iotlbPrefetch: false });
+    const off = new VtdRemapper({ memory, pdeCacheEntries: 0, pdpteCacheEntries: 0, runPages: 1, iotlbPrefetch: false });
     off.setRootTable(0x1000);
     tr(off, SID4, 0x1000);
     const before = c.reads;
     tr(off, SID4, 0x2000);
     expect(c.reads - before).toBe(8);
+  });
+
+  it('a PDE miss under a cached PDPTE starts at the page directory: one or two entries, not three or four', () => {
+    const { ram } = tables();
+    const { c, memory } = counting(ram);
+    const vtd = new VtdRemapper({ memory, runPages: 1, iotlbPrefetch: false, pdeCacheEntries: 0 });
+    vtd.setRootTable(0x1000);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x7000, 0x2000]);
+    expect(vtd.stats.pdpteMisses).toBe(1);
+    let before = c.reads;
+    // Another 2 MiB frame of the same GiB: the PD entry alone (a 2 MiB leaf).
+    expect(tr(vtd, SID4, 0x20_0000)).toEqual([0x40_0000, 0x40_0000]);
+    expect(c.reads - before).toBe(2);
+    before = c.reads;
+    expect(tr(vtd, SID4, 0x2000, 'write')).toEqual([0x8000, 0x3000]);
+    expect(c.reads - before).toBe(4); // PD entry, then the leaf
+    expect(vtd.stats.pdpteHits).toBe(2);
+    // The next GiB is another PDPT entry (a 1 GiB leaf, never cached as a table pointer): walked from the top.
+    before = c.reads;
+    expect(tr(vtd, SID4, 0x4000_0000)).toEqual([0x8000_0000, 0x8000_0000]);
+    expect(c.reads - before).toBe(4);
+    expect(vtd.stats.pdpteMisses).toBe(2);
+  });
+
+  it('a PSI with IH = 1 keeps a stale PDPTE; IH = 0 in its GiB, a DSI or a global invalidation drops it', () => {
+    for (const drop of [
+      (v: VtdRemapper) => v.invalidateIotlbPages(5, 0x3000_0000, 0, false),
+      (v: VtdRemapper) => v.invalidateIotlbDomain(5),
+      (v: VtdRemapper) => v.invalidateIotlbGlobal(),
+    ]) {
+      const { vtd, q } = tables({ pdeCacheEntries: 0, iotlbEntries: 0 });
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+      // The guest points PDPT[0] at a new page directory whose PD[0] leads to a new table.
+      q(0xf000, 0x10000n | RW);
+      q(0x10000 + 2 * 8, 0x11000n | RW);
+      q(0x4000, 0xf000n | RW);
+      vtd.invalidateIotlbPages(5, 0x2000, 0, true);
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]); // still the old PD: allowed, software said IH = 1
+      vtd.invalidateIotlbPages(5, 0x4000_0000, 0, false); // IH = 0, but in the next GiB
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x8000, 0x3000]);
+      drop(vtd);
+      expect(tr(vtd, SID4, 0x2000)).toEqual([0x11000, 0x3000]);
+    }
   });
 
   it('a PSI with IH = 1 keeps a stale PDE (software said only leaves changed); IH = 0, DSI and global drop it', () => {
