@@ -28,6 +28,8 @@ const INTERRUPT_RANGE = { start: 0xfee0_0000, end: 0xfef0_0000 };
 const EMPTY_KEEP = 4;
 /** Strict unmaps of more runs than this in one call go as one domain-selective invalidation. */
 const PSI_LIMIT = 16;
+/** A batch whose runs take more aligned blocks than this goes as one domain-selective invalidation. */
+const BATCH_PSI_LIMIT = 32;
 /** A page-selective invalidation covering more than 2^PSI_MAX_AM pages goes as domain-selective. */
 const PSI_MAX_AM = 9;
 
@@ -44,6 +46,12 @@ export interface VtdInvalidator {
    * batch goes this way, so the guest does not stall on the unit.
    */
   postIotlbDomain?(domainId: number): number;
+  /**
+   * Optional (a queued unit): `count` page-selective invalidations (the
+   * 2^ams[i] pages aligned around addrs[i]) sent without waiting, as
+   * `postIotlbDomain`; returns a ticket for `retired`.
+   */
+  postIotlbPages?(domainId: number, addrs: readonly number[], ams: readonly number[], count: number, ih: boolean): number;
   /** With `postIotlbDomain`: whether what was posted up to `ticket` is done; with `wait`, waits (bounded) until it is. */
   retired?(ticket: number, wait: boolean): boolean;
 }
@@ -215,6 +223,9 @@ export class VtdDmaDomain extends DmaMapper {
   /** Staged unmap runs, [start, end). */
   private readonly runStart: number[] = [];
   private readonly runEnd: number[] = [];
+  /** A batch's runs as aligned blocks of pages: address and address mask of each (`batchBlocks`). */
+  private readonly blockAddr: number[] = [];
+  private readonly blockAm: number[] = [];
   private readonly levels: number;
   private readonly mem: DmaMemory;
   private readonly gpaLimit: number;
@@ -366,20 +377,32 @@ export class VtdDmaDomain extends DmaMapper {
   protected commitUnmaps(n: number, batch: boolean): boolean {
     const unit = this.driver.unit;
     const ih = this.unlinked.length === 0;
-    if (batch || n > PSI_LIMIT) {
-      this.stats.requests++;
+    if (batch) {
+      // A deferred or optimistic batch: page-selective invalidations of exactly its runs when they
+      // take few aligned blocks (a next-fit batch is mostly one run), so the rest of the domain's
+      // cached translations — the rings, the buffers in flight, the IOVAs prefetched ahead — stay;
+      // else one domain-selective invalidation, as Linux's flush queue always sends.
+      const k = this.batchBlocks(n);
+      this.stats.requests += k > 0 ? k : 1;
       // A batch need not be waited for: its IOVAs, and the tables it unlinked, are held until the
       // unit is done (a table page reused earlier could be walked through a stale PDE-cache entry).
-      if (batch && unit.postIotlbDomain !== undefined) {
-        const ticket = unit.postIotlbDomain(this.id);
-        this.ticket = ticket;
+      const posted = k > 0 ? unit.postIotlbPages?.(this.id, this.blockAddr, this.blockAm, k, ih) : unit.postIotlbDomain?.(this.id);
+      if (posted !== undefined) {
+        this.ticket = posted;
         const u = this.unlinked;
         while (u.length > 0) {
           this.heldPages.push(u.pop()!);
-          this.heldPageTickets.push(ticket);
+          this.heldPageTickets.push(posted);
         }
         return true;
       }
+      if (k > 0) for (let i = 0; i < k; i++) unit.invalidateIotlbPages(this.id, this.blockAddr[i]!, this.blockAm[i]!, ih);
+      else unit.invalidateIotlbDomain(this.id);
+      this.freeUnlinked();
+      return true;
+    }
+    if (n > PSI_LIMIT) {
+      this.stats.requests++;
       unit.invalidateIotlbDomain(this.id);
       this.freeUnlinked();
       return true;
@@ -396,6 +419,30 @@ export class VtdDmaDomain extends DmaMapper {
     }
     this.freeUnlinked();
     return true;
+  }
+
+  /**
+   * Splits the `n` staged runs into aligned blocks of 2^am pages (am ≤
+   * PSI_MAX_AM) covering exactly them, into blockAddr / blockAm; returns how
+   * many, or 0 if that takes more than BATCH_PSI_LIMIT.
+   */
+  private batchBlocks(n: number): number {
+    let k = 0;
+    for (let r = 0; r < n; r++) {
+      let p = Math.floor(this.runStart[r]! / PAGE);
+      const end = Math.ceil(this.runEnd[r]! / PAGE);
+      while (p < end) {
+        if (k === BATCH_PSI_LIMIT) return 0;
+        // The largest block aligned at p that stays inside the run.
+        let am = 0;
+        while (am < PSI_MAX_AM && p % 2 ** (am + 1) === 0 && p + 2 ** (am + 1) <= end) am++;
+        this.blockAddr[k] = p * PAGE;
+        this.blockAm[k] = am;
+        k++;
+        p += 2 ** am;
+      }
+    }
+    return k;
   }
 
   /** The ticket of the batch invalidation just posted (-1: none). */

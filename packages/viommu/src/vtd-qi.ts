@@ -759,6 +759,32 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
   }
 
   /**
+   * `postIotlbDomain` for `count` page-selective invalidations instead (the
+   * 2^ams[i] pages aligned around addrs[i], `ih` on each): the descriptors
+   * and one wait, published without waiting. When they would fill the ring
+   * past half (the unit is lagging), one domain-selective invalidation goes
+   * instead: it covers them all and takes two descriptors, so a guest posting
+   * faster than the unit runs does not stall on a full ring sooner.
+   */
+  postIotlbPages(domainId: number, addrs: readonly number[], ams: readonly number[], count: number, ih: boolean): number {
+    if (this.pending + this.inFlight + count + 1 > this.size / 2) return this.postIotlbDomain(domainId);
+    for (let i = 0; i < count; i++) {
+      const addr = addrs[i]!;
+      const am = ams[i]!;
+      if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(am) || am < 0 || am > 63) throw new ViommuError('invalid-option', `page-selective invalidation 0x${String(addr)} / ${String(am)} is not an address and a 6-bit mask`, addr);
+      this.put(QI_TYPE.iotlb | (3 << 4) | ((domainId & 0xffff) << 16), 0, ((addr % U32) & 0xffff_f000) + (ih ? 0x40 : 0) + am, Math.floor(addr / U32));
+    }
+    if (this.batching > 0) return nextSeq(this.seq);
+    const seq = this.appendWait();
+    this.inFlight += this.pending;
+    this.pending = 0;
+    this.posted = seq;
+    Atomics.store(this.a, QI_REG.IQT, this.tail * DESC);
+    this.notify();
+    return seq;
+  }
+
+  /**
    * Whether every submission up to wait `ticket` is done: the status dword
    * has reached it (wait descriptors complete in queue order). With `wait`,
    * submits an empty wait and waits for it (bounded, as any submission).

@@ -172,7 +172,7 @@ describe('VT-d guest driver: invalidation modes', () => {
     expect(a.map((x) => reachable(dma, x))).toEqual([false, false, true, false]);
   });
 
-  it('deferred: unmapped buffers stay reachable until the batch is full or old, then one domain-selective invalidation; IOVAs not reused before', () => {
+  it('deferred: unmapped buffers stay reachable until the batch is full or old, then page-selective invalidations of exactly its runs; IOVAs not reused before', () => {
     const { dma, attach, calls, tick } = rig();
     const dom = attach({ mode: 'deferred', batchSize: 3, flushDelayMs: 10 });
     const a = dom.map(DATA, PAGE, 'bidirectional');
@@ -186,10 +186,35 @@ describe('VT-d guest driver: invalidation modes', () => {
     expect([a, b]).not.toContain(c);
     tick(10);
     dom.syncMaps();
-    expect(calls).toEqual([`dsi ${dom.id}`]);
+    // Pages 1 and 2: no aligned block of two covers them exactly, so one PSI each (IH: no table freed).
+    expect([a, b]).toEqual([0x1000, 0x2000]);
+    expect(calls).toEqual([`psi ${dom.id} 0x1000 0 ih`, `psi ${dom.id} 0x2000 0 ih`]);
     expect(reachable(dma, a)).toBe(false);
     expect(reachable(dma, b)).toBe(false);
     expect(reachable(dma, c)).toBe(true);
+  });
+
+  it('a deferred batch splits each run into the largest aligned blocks that cover it exactly', () => {
+    const { dma, attach, calls } = rig();
+    const dom = attach({ mode: 'deferred', batchSize: 6 });
+    // IOVA pages 1..6: blocks 1, 2–3, 4–5, 6.
+    const iovas = Array.from({ length: 6 }, (_, i) => dom.map(DATA + i * PAGE, PAGE, 'bidirectional'));
+    expect(iovas).toEqual([1, 2, 3, 4, 5, 6].map((p) => p * PAGE));
+    const keep = dom.map(DATA + 6 * PAGE, PAGE, 'bidirectional');
+    dma.readU32(keep);
+    for (const iova of iovas) dom.unmap(iova);
+    expect(calls).toEqual([`psi ${dom.id} 0x1000 0 ih`, `psi ${dom.id} 0x2000 1 ih`, `psi ${dom.id} 0x4000 1 ih`, `psi ${dom.id} 0x6000 0 ih`]);
+    for (const iova of iovas) expect(reachable(dma, iova)).toBe(false);
+    expect(dma.readU32(keep)).toBe(DATA + 6 * PAGE);
+  });
+
+  it('a deferred batch of more than 32 aligned blocks goes as one domain-selective invalidation', () => {
+    const { attach, calls } = rig();
+    // 40 one-page runs (every other page unmapped): more blocks than a batch sends.
+    const many = attach({ mode: 'deferred', batchSize: 40 });
+    const pages = Array.from({ length: 80 }, (_, i) => many.map(DATA + (i % 64) * PAGE, PAGE, 'bidirectional'));
+    for (let i = 0; i < 80; i += 2) many.unmap(pages[i]!);
+    expect(calls).toEqual([`dsi ${many.id}`]);
   });
 
   it('optimistic: an unmapped mapping is handed back for the same pages and direction, with no table write or invalidation', () => {

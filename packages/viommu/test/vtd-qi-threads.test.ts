@@ -103,7 +103,7 @@ describe('VT-d queued invalidation across two threads', () => {
       expect(done.head).toBe(regs.head);
       expect(fault(() => dma.readU32(iova!))).toBe('vtd-read');
 
-      // Deferred: unmaps are batched; the batch's domain-selective invalidation crosses when it is full.
+      // Deferred: unmaps are batched; the batch's invalidations cross when it is full.
       q.serve(5);
       worker.postMessage({ type: 'deferred', count: 4 });
       const { iovas } = await box.next('deferred-mapped');
@@ -121,9 +121,11 @@ describe('VT-d queued invalidation across two threads', () => {
       await box.next('unmapped-some');
       expect(q.stats.waits).toBe(before.waits);
       for (let i = 0; i < 4; i++) expect(dma.readU32(iovas![i]!)).toBe(DATA + i * PAGE);
-      // Once the unit takes up the domain-selective invalidation and its wait, the device faults.
-      expect(q.process()).toBe(2);
-      expect(vtd.stats.iotlbInvalidations).toBe(before.inv + 1);
+      // Once the unit takes up the page-selective invalidations of the batch's run (the aligned
+      // blocks that cover it exactly) and their wait, the device faults.
+      const taken = q.process();
+      expect(taken).toBeGreaterThanOrEqual(2);
+      expect(vtd.stats.iotlbInvalidations).toBe(before.inv + taken - 1);
       expect(q.stats.waits).toBe(before.waits + 1);
       for (let i = 0; i < 4; i++) expect(fault(() => dma.readU32(iovas![i]!))).toBe('vtd-read');
       expect(q.error).toBeUndefined();
