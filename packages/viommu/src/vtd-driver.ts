@@ -212,6 +212,13 @@ export class VtdDmaDomain extends DmaMapper {
   /** Level-1 tables unlinked by the staged unmaps: given back only after the invalidation. */
   private readonly unlinked: number[] = [];
   /**
+   * The 2 MiB frame (IOVA / 2^21) each of `unlinked` mapped. A table is
+   * unlinked when a later one empties, so its frame may lie outside every
+   * staged run: the commit invalidates it too, with IH = 0, or the unit's
+   * PDE cache could still lead into the page once it is reused.
+   */
+  private readonly unlinkedFrame: number[] = [];
+  /**
    * Unlinked tables of posted batches, oldest first, and each one's ticket:
    * a page goes back to the driver when the unit reports its batch done
    * (`unmapsRetired`), as the batch's IOVAs do.
@@ -354,6 +361,7 @@ export class VtdDmaDomain extends DmaMapper {
       if (this.slotCount[s] !== 0 || this.slotOf.get(key) !== s || e.includes(s)) continue;
       this.driver.writeEntry(this.slotPde[s]!, 0);
       this.unlinked.push(this.slotTable[s]!);
+      this.unlinkedFrame.push(key);
       this.slotOf.delete(key);
       this.slotView[s] = undefined;
       this.freeSlots.push(s);
@@ -382,7 +390,7 @@ export class VtdDmaDomain extends DmaMapper {
       // take few aligned blocks (a next-fit batch is mostly one run), so the rest of the domain's
       // cached translations — the rings, the buffers in flight, the IOVAs prefetched ahead — stay;
       // else one domain-selective invalidation, as Linux's flush queue always sends.
-      const k = this.batchBlocks(n);
+      const k = this.batchBlocks(n, this.unlinkedFrame);
       this.stats.requests += k > 0 ? k : 1;
       // A batch need not be waited for: its IOVAs, and the tables it unlinked, are held until the
       // unit is done (a table page reused earlier could be walked through a stale PDE-cache entry).
@@ -394,6 +402,7 @@ export class VtdDmaDomain extends DmaMapper {
           this.heldPages.push(u.pop()!);
           this.heldPageTickets.push(posted);
         }
+        this.unlinkedFrame.length = 0;
         return true;
       }
       if (k > 0) for (let i = 0; i < k; i++) unit.invalidateIotlbPages(this.id, this.blockAddr[i]!, this.blockAm[i]!, ih);
@@ -417,16 +426,22 @@ export class VtdDmaDomain extends DmaMapper {
       if (am > PSI_MAX_AM) unit.invalidateIotlbDomain(this.id);
       else unit.invalidateIotlbPages(this.id, (first - (first % 2 ** am)) * PAGE, am, ih);
     }
+    // The frames of the tables unlinked, whole, with IH = 0: their PDEs may be cached.
+    for (const f of this.unlinkedFrame) {
+      this.stats.requests++;
+      unit.invalidateIotlbPages(this.id, f * TWO_21, PSI_MAX_AM, false);
+    }
     this.freeUnlinked();
     return true;
   }
 
   /**
    * Splits the `n` staged runs into aligned blocks of 2^am pages (am ≤
-   * PSI_MAX_AM) covering exactly them, into blockAddr / blockAm; returns how
-   * many, or 0 if that takes more than BATCH_PSI_LIMIT.
+   * PSI_MAX_AM) covering exactly them, then adds the 2 MiB frames `frames`
+   * whole, into blockAddr / blockAm; returns how many, or 0 if that takes
+   * more than BATCH_PSI_LIMIT.
    */
-  private batchBlocks(n: number): number {
+  private batchBlocks(n: number, frames: readonly number[]): number {
     let k = 0;
     for (let r = 0; r < n; r++) {
       let p = Math.floor(this.runStart[r]! / PAGE);
@@ -441,6 +456,12 @@ export class VtdDmaDomain extends DmaMapper {
         k++;
         p += 2 ** am;
       }
+    }
+    for (const f of frames) {
+      if (k === BATCH_PSI_LIMIT) return 0;
+      this.blockAddr[k] = f * TWO_21;
+      this.blockAm[k] = PSI_MAX_AM;
+      k++;
     }
     return k;
   }
@@ -478,6 +499,7 @@ export class VtdDmaDomain extends DmaMapper {
   private freeUnlinked(): void {
     const u = this.unlinked;
     while (u.length > 0) this.driver.freePage(u.pop()!);
+    this.unlinkedFrame.length = 0;
   }
 
   /** Level-1 tables in use (each maps 2 MiB of IOVA space). */

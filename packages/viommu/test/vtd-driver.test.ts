@@ -194,6 +194,28 @@ describe('VT-d guest driver: invalidation modes', () => {
     expect(reachable(dma, c)).toBe(true);
   });
 
+  for (const mode of ['strict', 'deferred', 'optimistic'] as const) {
+    it(`${mode}: a table unlinked when a later one empties is invalidated whole: no cached PDE leads into its page once reused`, () => {
+      // Tables are unlinked oldest-first once more than a few are empty, so the one unlinked may map
+      // a frame no staged run touches; its PDE, cached by the device's walk, must go with IH = 0.
+      const ram = GuestMemory.create(0x1000000);
+      const vtd = new VtdRemapper({ memory: ram });
+      const driver = new VtdGuestDriver({ unit: vtd, mem: ram, area: { addr: 0x800000, len: 0x100000 } });
+      const dom = driver.attach(SID, { mode, batchSize: 1, quota: 0 });
+      const dma = vtd.dmaMemory(SID, ram);
+      const a = dom.map(0x10000, PAGE, 'bidirectional');
+      dma.readU32(a); // the device's walk caches frame 0's PDE
+      const filler = dom.map(0x200000, 0x20_0000 - 2 * PAGE, 'bidirectional');
+      const frames = Array.from({ length: 6 }, () => dom.map(0x200000, 0x20_0000, 'bidirectional'));
+      for (const iova of [a, filler, ...frames]) dom.unmap(iova);
+      dom.flush();
+      // Fresh mappings in new frames take the freed table pages, frame 0's among them, and fill
+      // entry 1 of each: a stale PDE for frame 0 would translate `a` through one of them.
+      for (let i = 0; i < 4 * 512; i++) dom.map(0x10000, PAGE, 'bidirectional');
+      expect(fault(() => dma.readU32(a))).toBe('vtd-read');
+    });
+  }
+
   it('a deferred batch splits each run into the largest aligned blocks that cover it exactly', () => {
     const { dma, attach, calls } = rig();
     const dom = attach({ mode: 'deferred', batchSize: 6 });
