@@ -394,7 +394,8 @@ export class VtdDmaDomain extends DmaMapper {
       this.stats.requests += k > 0 ? k : 1;
       // A batch need not be waited for: its IOVAs, and the tables it unlinked, are held until the
       // unit is done (a table page reused earlier could be walked through a stale PDE-cache entry).
-      const posted = k > 0 ? unit.postIotlbPages?.(this.id, this.blockAddr, this.blockAm, k, ih) : unit.postIotlbDomain?.(this.id);
+      // A unit that posts only domain-selective invalidations gets one (it covers the blocks).
+      const posted = k > 0 && unit.postIotlbPages !== undefined ? unit.postIotlbPages(this.id, this.blockAddr, this.blockAm, k, ih) : unit.postIotlbDomain?.(this.id);
       if (posted !== undefined) {
         this.ticket = posted;
         const u = this.unlinked;
