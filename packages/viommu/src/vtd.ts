@@ -521,28 +521,29 @@ export class VtdRemapper implements FaultSink {
     const slot = pde === undefined ? 0 : frame & pde.mask;
     const gframe = Math.floor(addr / TWO_G);
     const gslot = pdpte === undefined ? 0 : gframe & pdpte.mask;
+    // Start below the deepest cached level: at the page table (a PDE) or the page directory (a PDPTE).
+    let cached: PdeCache | undefined;
+    let cslot = 0;
     if (pde !== undefined && pde.frame[slot] === frame) {
       this.stats.pdeHits++;
-      rights = pde.rights[slot]!;
-      // The full walk faults at the upper level that took the right away: the same code, and no leaf to read.
-      if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
-      tableLo = pde.tableLo[slot]!;
-      tableHi = pde.tableHi[slot]!;
+      cached = pde;
+      cslot = slot;
       level = 1;
     } else {
       if (pde !== undefined) this.stats.pdeMisses++;
-      if (pdpte !== undefined) {
-        if (pdpte.frame[gslot] === gframe) {
-          this.stats.pdpteHits++;
-          rights = pdpte.rights[gslot]!;
-          if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
-          tableLo = pdpte.tableLo[gslot]!;
-          tableHi = pdpte.tableHi[gslot]!;
-          level = 2;
-        } else {
-          this.stats.pdpteMisses++;
-        }
-      }
+      if (pdpte !== undefined && pdpte.frame[gslot] === gframe) {
+        this.stats.pdpteHits++;
+        cached = pdpte;
+        cslot = gslot;
+        level = 2;
+      } else if (pdpte !== undefined) this.stats.pdpteMisses++;
+    }
+    if (cached !== undefined) {
+      rights = cached.rights[cslot]!;
+      // The full walk faults at the upper level that took the right away: the same code, and no entry to read.
+      if ((rights & need) === 0) return need === 1 ? FaultCode.vtdRead : FaultCode.vtdWrite;
+      tableLo = cached.tableLo[cslot]!;
+      tableHi = cached.tableHi[cslot]!;
     }
     for (; level >= 1; level--) {
       const span = SPAN[level]!;
