@@ -258,4 +258,17 @@ describe('VT-d guest driver: invalidation modes', () => {
       return { dom: driver.attach(SID, options), dma, tick };
     }, DATA, 200);
   });
+
+  it('property: the same with maps of up to 600 pages, so IOVAs cross many frames and emptied tables are unlinked and reused', () => {
+    const ram = GuestMemory.create(0x1000000);
+    const data = 0x100000;
+    for (let a = data; a < data + 64 * PAGE; a += 4) ram.writeU32(a, a);
+    checkModeBounds((options) => {
+      ram.fill(0x800000, 0x400000, 0);
+      const vtd = new VtdRemapper({ memory: ram });
+      let now = 0;
+      const driver = new VtdGuestDriver({ unit: vtd, mem: ram, area: { addr: 0x800000, len: 0x400000 }, now: () => now });
+      return { dom: driver.attach(SID, options), dma: vtd.dmaMemory(SID, ram), tick: (ms: number) => (now += ms) };
+    }, data, 60, 600);
+  });
 });
