@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig, type ViteUserConfig } from 'vitest/config';
 
 /**
@@ -14,6 +15,7 @@ export function packageTestConfig(overrides: NonNullable<ViteUserConfig['test']>
     test: {
       environment: 'node',
       include: ['test/**/*.test.ts'],
+      setupFiles: [fileURLToPath(new URL('./vitest.fast-check.ts', import.meta.url))],
       // Bounds, not timings: CI runs every package's suite on two shared cores.
       testTimeout: 120_000,
       hookTimeout: 120_000,
