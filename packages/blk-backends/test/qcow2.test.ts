@@ -209,6 +209,29 @@ describe('qcow2 specifics', () => {
     await q.close();
   });
 
+  it('a compressed write into freed space that yields the same L2 descriptor reads back its own data, not the cached old cluster', async () => {
+    // Found by the model property: compressed data, overwritten in part (copy-on-write frees the
+    // compressed cluster at the flush), then compressed data of the same size written again — it
+    // lands where the first was and gets the same descriptor, which keyed the decompression cache.
+    tmp = tempDir();
+    const f = tmp.path('z.qcow2');
+    await createImage(f, 'qcow2', { size: 1 << 20, clusterSize: 65536, version: 2 });
+    const q = await Qcow2Backend.open(f);
+    const cluster = (v: number) => {
+      const d = new Uint8Array(65536);
+      for (let i = 0; i < d.length; i++) d[i] = (v + (i >> 9)) & 0xff;
+      return d;
+    };
+    await q.writeCompressed(0, cluster(1));
+    await q.writeZeroes(0, 512, false);
+    await q.flush();
+    await q.writeCompressed(0, cluster(2));
+    const got = new Uint8Array(65536);
+    await q.read(0, [got]);
+    expect(Buffer.compare(got, cluster(2))).toBe(0);
+    await q.close();
+  });
+
   it('discard frees host space: the freed clusters are punched out of the file after the flush', async () => {
     tmp = tempDir();
     const f = tmp.path('p.qcow2');

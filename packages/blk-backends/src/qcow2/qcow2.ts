@@ -172,6 +172,12 @@ export class Qcow2Backend implements BlockBackend {
   #scratch: Uint8Array;
   #compressedCursor: { offset: number; used: number } | undefined;
   #lastCompressed: { key: string; data: Uint8Array } | undefined;
+  /**
+   * Compressed writes so far. The cache above is keyed by the L2 descriptor, and a compressed
+   * write into space freed since can produce the very same descriptor for other data: each one
+   * empties the cache, and a read that decompressed across one does not fill it.
+   */
+  #compressedWrites = 0;
   /** Refcount repair in progress: allocate only past every referenced cluster. */
   #allocFloor = 0;
   /** Guest clusters whose allocating write is in flight outside the lock (data first, then the L2 entry). */
@@ -576,6 +582,7 @@ export class Qcow2Backend implements BlockBackend {
   async #readCompressed(hi: number, lo: number): Promise<Uint8Array> {
     const key = `${hi}:${lo}`;
     if (this.#lastCompressed?.key === key) return this.#lastCompressed.data;
+    const writes = this.#compressedWrites;
     const { offset, sectors } = this.#compressedLocation(hi, lo);
     if (offset >= this.#file.size || offset < this.clusterSize) {
       this.#fail(`compressed cluster at ${hex(offset)} lies outside the ${this.#file.size}-byte file or in the header`, { offset });
@@ -596,7 +603,7 @@ export class Qcow2Backend implements BlockBackend {
     if (data.byteLength !== this.clusterSize) {
       throw corrupt(`compressed cluster at ${hex(offset)} decompresses to ${data.byteLength} bytes, not ${this.clusterSize}`, { offset });
     }
-    this.#lastCompressed = { key, data };
+    if (writes === this.#compressedWrites) this.#lastCompressed = { key, data };
     return data;
   }
 
@@ -1006,6 +1013,8 @@ export class Qcow2Backend implements BlockBackend {
       const hi = t.dv.getUint32(ei, false);
       const lo = t.dv.getUint32(ei + 4, false);
       const start = await this.#allocBytes(z.byteLength);
+      this.#compressedWrites++;
+      this.#lastCompressed = undefined;
       await this.#file.write(z, start);
       this.#dataDirty = true;
       const x = 62 - (this.clusterBits - 8);
