@@ -467,79 +467,86 @@ export class Qcow2Backend implements BlockBackend {
     };
     const end = off + len;
     let pos = off;
-    while (pos < end) {
-      const vc = Math.floor(pos / cs);
-      const inC = pos - vc * cs;
-      const n = Math.min(end - pos, cs - inC);
-      const reqAt = at + (pos - off);
-      let t = this.#l2Table(vc);
-      if (t instanceof Promise) t = await t;
-      if (t === null) {
-        flushRun();
-        ios.push(this.#readLower(pos, n, segs, reqAt));
-        pos += n;
-        continue;
-      }
-      const ei = (vc % this.l2Entries) * this.#entryBytes;
-      const hi = t.dv.getUint32(ei, false);
-      const lo = t.dv.getUint32(ei + 4, false);
-      if (hi & HI_COMPRESSED) {
-        flushRun();
-        ios.push(this.#readCompressed(hi, lo).then((data) => scatterFrom(segs, reqAt, data.subarray(inC, inC + n))));
-        pos += n;
-        continue;
-      }
-      const host = this.#dataOffset(hi, lo, vc);
-      if (this.extendedL2) {
-        flushRun();
-        const zeroBits = t.dv.getUint32(ei + 8, false);
-        const allocBits = t.dv.getUint32(ei + 12, false);
-        this.#checkBitmap(vc, host, allocBits, zeroBits);
-        const ss = this.subclusterSize;
-        let p = inC;
-        const stop = inC + n;
-        while (p < stop) {
-          const sc = Math.floor(p / ss);
-          const bit = 1 << sc;
-          let q = (sc + 1) * ss;
-          // Extend over following subclusters of the same state.
-          const state = allocBits & bit ? 1 : zeroBits & bit ? 2 : 0;
-          for (let s2 = sc + 1; s2 < 32 && q < stop; s2++) {
-            const b2 = 1 << s2;
-            const st2 = allocBits & b2 ? 1 : zeroBits & b2 ? 2 : 0;
-            if (st2 !== state) break;
-            q += ss;
-          }
-          q = Math.min(q, stop);
-          const ra = reqAt + (p - inC);
-          if (state === 1) ios.push(this.#file.readv(sliceSegments(segs, ra, q - p), host + p));
-          else if (state === 2) zeroSegments(segs, ra, q - p);
-          else ios.push(this.#readLower(vc * cs + p, q - p, segs, ra));
-          p = q;
-        }
-        pos += n;
-        continue;
-      }
-      if (lo & LO_ZERO && this.#h.version === 3) {
-        flushRun();
-        zeroSegments(segs, reqAt, n);
-      } else if (host === 0) {
-        flushRun();
-        ios.push(this.#readLower(pos, n, segs, reqAt));
-      } else {
-        if (runLen > 0 && runHost + runLen === host + inC) runLen += n;
-        else {
+    try {
+      while (pos < end) {
+        const vc = Math.floor(pos / cs);
+        const inC = pos - vc * cs;
+        const n = Math.min(end - pos, cs - inC);
+        const reqAt = at + (pos - off);
+        let t = this.#l2Table(vc);
+        if (t instanceof Promise) t = await t;
+        if (t === null) {
           flushRun();
-          runHost = host + inC;
-          runAt = reqAt;
-          runLen = n;
+          ios.push(this.#readLower(pos, n, segs, reqAt));
+          pos += n;
+          continue;
         }
+        const ei = (vc % this.l2Entries) * this.#entryBytes;
+        const hi = t.dv.getUint32(ei, false);
+        const lo = t.dv.getUint32(ei + 4, false);
+        if (hi & HI_COMPRESSED) {
+          flushRun();
+          ios.push(this.#readCompressed(hi, lo).then((data) => scatterFrom(segs, reqAt, data.subarray(inC, inC + n))));
+          pos += n;
+          continue;
+        }
+        const host = this.#dataOffset(hi, lo, vc);
+        if (this.extendedL2) {
+          flushRun();
+          const zeroBits = t.dv.getUint32(ei + 8, false);
+          const allocBits = t.dv.getUint32(ei + 12, false);
+          this.#checkBitmap(vc, host, allocBits, zeroBits);
+          const ss = this.subclusterSize;
+          let p = inC;
+          const stop = inC + n;
+          while (p < stop) {
+            const sc = Math.floor(p / ss);
+            const bit = 1 << sc;
+            let q = (sc + 1) * ss;
+            // Extend over following subclusters of the same state.
+            const state = allocBits & bit ? 1 : zeroBits & bit ? 2 : 0;
+            for (let s2 = sc + 1; s2 < 32 && q < stop; s2++) {
+              const b2 = 1 << s2;
+              const st2 = allocBits & b2 ? 1 : zeroBits & b2 ? 2 : 0;
+              if (st2 !== state) break;
+              q += ss;
+            }
+            q = Math.min(q, stop);
+            const ra = reqAt + (p - inC);
+            if (state === 1) ios.push(this.#file.readv(sliceSegments(segs, ra, q - p), host + p));
+            else if (state === 2) zeroSegments(segs, ra, q - p);
+            else ios.push(this.#readLower(vc * cs + p, q - p, segs, ra));
+            p = q;
+          }
+          pos += n;
+          continue;
+        }
+        if (lo & LO_ZERO && this.#h.version === 3) {
+          flushRun();
+          zeroSegments(segs, reqAt, n);
+        } else if (host === 0) {
+          flushRun();
+          ios.push(this.#readLower(pos, n, segs, reqAt));
+        } else {
+          if (runLen > 0 && runHost + runLen === host + inC) runLen += n;
+          else {
+            flushRun();
+            runHost = host + inC;
+            runAt = reqAt;
+            runLen = n;
+          }
+        }
+        pos += n;
       }
-      pos += n;
+      flushRun();
+    } catch (e) {
+      // A corrupt entry further on: the reads started for earlier clusters still run into the
+      // caller's buffers and may fail too. Let them finish, unobserved, before the error goes up.
+      await settled(ios);
+      throw e;
     }
-    flushRun();
     if (ios.length === 1) await ios[0];
-    else if (ios.length > 1) await Promise.all(ios);
+    else if (ios.length > 1) await settled(ios);
   }
 
   /** Host offset of a standard cluster descriptor, validated (Standard Cluster Descriptor). */
@@ -815,7 +822,7 @@ export class Qcow2Backend implements BlockBackend {
       at += n;
     }
     this.#dataDirty = true;
-    await Promise.all(ios);
+    await settled(ios);
     return true;
   }
 
@@ -1872,6 +1879,16 @@ export class Qcow2Backend implements BlockBackend {
  * One zstd-compressed cluster: a frame followed by sector padding or the next
  * cluster's bytes, so decoding stops once a cluster is out (as QEMU's does).
  */
+/**
+ * Waits for every one of `ios`, then throws the first failure. Unlike `Promise.all`, nothing is
+ * still writing into a caller's buffers, or into host clusters a failed allocation gives back,
+ * once the error is out.
+ */
+async function settled(ios: readonly Promise<void>[]): Promise<void> {
+  const rs = await Promise.allSettled(ios);
+  for (const r of rs) if (r.status === 'rejected') throw r.reason;
+}
+
 function zstdCluster(raw: Uint8Array, cs: number): Uint8Array {
   const out = new Uint8Array(cs);
   let n = 0;
