@@ -26,8 +26,10 @@ export function viewSlot(addr: number, len: number): number {
  * between regions are not memory; an access that touches one fails whole.
  *
  * Addresses and lengths are checked before anything is read or written, so a
- * failed access has no effect. `addr + len` is computed in doubles, which is
- * exact below 2^53 and monotone above it, so no range can wrap around.
+ * failed access has no effect. Range ends are compared as `len <= end - addr`,
+ * never as `addr + len <= end`: a region may end at 2^53, and there the sum
+ * can round down (2^53 - 1 + 2 is 2^53 in doubles) and let a range one byte
+ * past the top through. The difference of two safe integers is exact.
  */
 export class GuestMemory implements DmaMemory, AtomicMemory {
   readonly regions: readonly Region[];
@@ -97,7 +99,7 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
     // Fast path, every buffer of every descriptor comes here: wholly inside
     // the region last found. Inside a region an integer address is safe.
     const last = this.last;
-    if (addr >= last.gpa && len > 0 && addr + len <= last.end && Number.isInteger(addr) && Number.isInteger(len) && (access === 'read' || (access === 'write' && !last.readonly))) return;
+    if (addr >= last.gpa && len > 0 && len <= last.end - addr && Number.isInteger(addr) && Number.isInteger(len) && (access === 'read' || (access === 'write' && !last.readonly))) return;
     validate(addr, len, access);
     if (len === 0) return;
     let a = addr;
@@ -116,7 +118,7 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
     // integer address there is safe), no validation or search. NaN fails the
     // comparisons and takes the full path.
     const last = this.last;
-    if (addr >= last.gpa && addr + len <= last.end && Number.isInteger(addr) && (access === 'read' || !last.readonly)) return last;
+    if (addr >= last.gpa && len <= last.end - addr && Number.isInteger(addr) && (access === 'read' || !last.readonly)) return last;
     validate(addr, len, access);
     const r = this.findRegion(addr);
     if (r !== undefined && addr + len <= r.end) {
@@ -376,7 +378,7 @@ function validate(addr: number, len: number, access: Access | undefined): void {
   if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len < 0) {
     throw new GuestMemoryError('invalid-address', addr, len, `guest memory access of ${String(len)} byte(s) at ${String(addr)} is not a valid address range`, access);
   }
-  if (addr + len > MAX_GUEST_ADDRESS + 1) {
+  if (len > MAX_GUEST_ADDRESS + 1 - addr) {
     throw outOfBounds(addr, len, access);
   }
 }

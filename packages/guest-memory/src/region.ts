@@ -79,6 +79,6 @@ export class Region {
   }
 
   contains(addr: number, len: number): boolean {
-    return addr >= this.gpa && addr + len <= this.end;
+    return addr >= this.gpa && len <= this.end - addr;
   }
 }

@@ -105,6 +105,24 @@ describe('scalar access', () => {
     expectGmError(() => m.readU32(2 ** 53), 'invalid-address');
     expectGmError(() => m.readU32(2 ** 53 - 2), 'out-of-bounds');
   });
+
+  it('refuses a range one byte past a region that ends at 2^53', () => {
+    // 2^53 - 1 + 2 rounds to 2^53 in doubles, so a sum compared with the end let these through.
+    const top = 2 ** 53;
+    const m = new GuestMemory([{ gpa: top - 16, size: 16 }]);
+    m.writeFrom(top - 2, Uint8Array.of(1, 2));
+    expect(m.readU16(top - 2)).toBe(0x0201);
+    expectGmError(() => m.checkRange(top - 1, 2, 'read'), 'out-of-bounds', top - 1, 2);
+    expectGmError(() => m.readU16(top - 1), 'out-of-bounds', top - 1, 2);
+    expectGmError(() => m.writeU16(top - 1, 0xffff), 'out-of-bounds', top - 1, 2);
+    expectGmError(() => m.readInto(top - 1, new Uint8Array(2)), 'out-of-bounds');
+    expectGmError(() => m.writeFrom(top - 1, new Uint8Array(2)), 'out-of-bounds');
+    expectGmError(() => m.slices(top - 1, 2, 'read'), 'out-of-bounds');
+    expectGmError(() => m.tryView(top - 1, 2, 'read'), 'out-of-bounds');
+    expectGmError(() => m.readU8(top), 'invalid-address');
+    expect(m.regions[0]!.contains(top - 1, 2)).toBe(false);
+    expect(m.readU16(top - 2)).toBe(0x0201);
+  });
 });
 
 describe('byte ranges, views and scatter/gather', () => {
