@@ -10,10 +10,13 @@ type Op =
   | { t: 'link'; vf: number; state: string };
 
 const vf = fc.integer({ min: -1, max: 3 });
+// The E810-like PF's link speed, and the values either side of it and of 0, where an off-by-one in the bound shows.
+const LINK_SPEED = 100000;
+const rate = fc.oneof({ arbitrary: fc.constantFrom(0, 1, LINK_SPEED - 1, LINK_SPEED, LINK_SPEED + 1), weight: 2 }, { arbitrary: fc.integer({ min: 0, max: 120000 }), weight: 1 });
 const op: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ t: fc.constant('mac' as const), vf, bytes: fc.array(fc.nat(255), { minLength: 6, maxLength: 6 }) }),
   fc.record({ t: fc.constant('vlan' as const), vf, vlan: fc.integer({ min: -2, max: 4100 }), qos: fc.integer({ min: -1, max: 9 }), proto: fc.constantFrom(0x8100, 0x88a8, 0x9100, 0) }),
-  fc.record({ t: fc.constant('rate' as const), vf, min: fc.integer({ min: 0, max: 120000 }), max: fc.integer({ min: 0, max: 120000 }) }),
+  fc.record({ t: fc.constant('rate' as const), vf, min: rate, max: rate }),
   fc.record({ t: fc.constantFrom('spoof' as const, 'trust' as const), vf, on: fc.boolean() }),
   fc.record({ t: fc.constant('link' as const), vf, state: fc.constantFrom('auto', 'enable', 'disable', 'up') }),
 );
@@ -47,9 +50,13 @@ function expected(o: Op, cfg: VfConfig[], linkSpeed: number): { kind?: string; n
 
 describe('per-VF settings against a reference of the rtnetlink rules', () => {
   it('accept exactly what the rules accept, change only the VF addressed, and emit one event per change', () => {
+    // Rate limits tried at the link speed (accepted) and one above it (refused), on an existing VF.
+    let atLinkSpeedOk = 0;
+    let aboveLinkSpeedRefused = 0;
     fc.assert(
       fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
         const pf = intelE810LikePf();
+        expect(pf.linkSpeedMbps).toBe(LINK_SPEED);
         pf.setSriovNumVfs(2);
         const model: VfConfig[] = [DEFAULT_VF_CONFIG, DEFAULT_VF_CONFIG];
         let events = 0;
@@ -70,12 +77,18 @@ describe('per-VF settings against a reference of the rtnetlink rules', () => {
             got = e.kind;
           }
           expect(got).toBe(want.kind);
+          if (o.t === 'rate' && o.vf >= 0 && o.vf < 2) {
+            if (got === undefined && (o.max === LINK_SPEED || o.min === LINK_SPEED)) atLinkSpeedOk++;
+            if (got === 'invalid-setting' && (o.max === LINK_SPEED + 1 || o.min === LINK_SPEED + 1)) aboveLinkSpeedRefused++;
+          }
           if (want.next) model[o.vf] = want.next;
           expect(events - before).toBe(want.next ? 1 : 0);
           expect([pf.getVfConfig(0), pf.getVfConfig(1)]).toEqual(model);
         }
       }),
-      { numRuns: 200 },
+      { numRuns: 200, seed: 0x5ee4 },
     );
+    expect(atLinkSpeedOk).toBeGreaterThan(20);
+    expect(aboveLinkSpeedRefused).toBeGreaterThan(20);
   });
 });
