@@ -14,11 +14,15 @@ function live(t: Iotlb): string[] {
 describe('Iotlb.invalidatePages', () => {
   it('property: drops exactly what a full-scan invalidate drops, with single-page and wide entries mixed', () => {
     const op = fc.oneof(
-      // A leaf of 1, 512 (2 MiB) pages, filled through one of its pages.
-      fc.record({ kind: fc.constant('insert' as const), page: fc.integer({ min: 0, max: 4095 }), large: fc.boolean(), through: fc.nat() }),
-      fc.record({ kind: fc.constant('inval' as const), page: fc.integer({ min: 0, max: 4095 }), am: fc.integer({ min: 0, max: 10 }) }),
+      // A leaf of 1, 512 (2 MiB) pages, filled through one of its pages; pages in 0-1023 so entries are
+      // dense enough for invalidations to hit them, and wide leaves 1 in 6 so they do not swamp the rest.
+      fc.record({ kind: fc.constant('insert' as const), page: fc.integer({ min: 0, max: 1023 }), large: fc.oneof({ weight: 5, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }), through: fc.nat() }),
+      fc.record({ kind: fc.constant('inval' as const), page: fc.integer({ min: 0, max: 1023 }), am: fc.integer({ min: 0, max: 10 }) }),
+      // An invalidation aimed at a page of a live entry (its last page, often: where an off-by-one shows).
+      fc.record({ kind: fc.constant('aim' as const), pick: fc.nat(), last: fc.boolean(), at: fc.nat(), am: fc.integer({ min: 0, max: 10 }) }),
       fc.record({ kind: fc.constant('flush' as const) }),
     );
+    let dropped = 0;
     fc.assert(
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
         const a = new Iotlb(64);
@@ -33,9 +37,21 @@ describe('Iotlb.invalidatePages', () => {
             a.insert(addr, first * PAGE, (first + pages) * PAGE, 0x1000, 3);
             b.insert(addr, first * PAGE, (first + pages) * PAGE, 0x1000, 3);
             model[(addr / PAGE) % 64] = { start: first * PAGE, end: (first + pages) * PAGE };
-          } else if (o.kind === 'inval') {
+          } else if (o.kind === 'inval' || o.kind === 'aim') {
             const n = 2 ** o.am;
-            const start = (o.page - (o.page % n)) * PAGE;
+            let page: number;
+            if (o.kind === 'inval') page = o.page;
+            else {
+              const liveRuns = model.filter((m) => m !== undefined);
+              if (liveRuns.length === 0) continue;
+              const m = liveRuns[o.pick % liveRuns.length]!;
+              const pages = (m.end - m.start) / PAGE;
+              page = m.start / PAGE + (o.last ? pages - 1 : o.at % pages);
+            }
+            const start = (page - (page % n)) * PAGE;
+            let hit = 0;
+            for (const m of model) if (m !== undefined && m.start < start + n * PAGE && m.end > start) hit++;
+            dropped += hit;
             a.invalidatePages(start, start + n * PAGE);
             b.invalidate(start, start + n * PAGE);
             for (let i = 0; i < 64; i++) if (model[i] !== undefined && model[i]!.start < start + n * PAGE && model[i]!.end > start) model[i] = undefined;
@@ -61,5 +77,7 @@ describe('Iotlb.invalidatePages', () => {
       }),
       { numRuns: 300 },
     );
+    // Invalidations do drop entries (~975 a run; before, 211 in 2,836 invalidations).
+    expect(dropped).toBeGreaterThan(500);
   });
 });

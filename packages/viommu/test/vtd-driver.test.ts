@@ -8,6 +8,7 @@ const PAGE = 4096;
 const SID = 0x0108; // 01:01.0
 const TABLES = { addr: 0x80000, len: 0x40000 };
 const DATA = 0x10000;
+const FRAME = 0x20_0000;
 
 function rig(options: { levels?: 3 | 4; area?: { addr: number; len: number } } = {}) {
   const ram = GuestMemory.create(0x100000);
@@ -28,7 +29,7 @@ function rig(options: { levels?: 3 | 4; area?: { addr: number; len: number } } =
     },
     invalidateIotlbPages: (did: number, addr: number, am: number, ih?: boolean) => {
       calls.push(`psi ${did} 0x${addr.toString(16)} ${am}${ih === true ? ' ih' : ''}`);
-      vtd.invalidateIotlbPages(did, addr, am);
+      vtd.invalidateIotlbPages(did, addr, am, ih);
     },
   };
   const driver = new VtdGuestDriver({ unit, mem: ram, area: options.area ?? TABLES, levels: options.levels, now: () => now });
@@ -256,14 +257,18 @@ describe('VT-d guest driver: invalidation modes', () => {
   it('property (strict): a page the device reads translates exactly when a live mapping covers it, through page-table reclaim and reuse', () => {
     // The device reads as it goes, so the unit's IOTLB and PDE cache hold the frames it touched;
     // maps of up to 700 pages cross frames, empty tables get unlinked and their pages reused.
+    // A sweep reads one page in every frame a buffer crosses: a stale PDE of a frame is seen only there.
     const ram = GuestMemory.create(0x1000000);
+    let unlinked = 0;
+    let staleFrameReads = 0;
     fc.assert(
       fc.property(
         fc.array(
           fc.oneof(
             { weight: 3, arbitrary: fc.record({ t: fc.constant('map' as const), pages: fc.integer({ min: 1, max: 700 }) }) },
             { weight: 3, arbitrary: fc.record({ t: fc.constant('unmap' as const), pick: fc.nat() }) },
-            { weight: 6, arbitrary: fc.record({ t: fc.constant('read' as const), pick: fc.nat(), page: fc.nat() }) },
+            { weight: 4, arbitrary: fc.record({ t: fc.constant('read' as const), pick: fc.nat(), page: fc.nat() }) },
+            { weight: 2, arbitrary: fc.record({ t: fc.constant('sweep' as const), pick: fc.nat(), page: fc.nat() }) },
           ),
           { maxLength: 80 },
         ),
@@ -273,29 +278,53 @@ describe('VT-d guest driver: invalidation modes', () => {
           const driver = new VtdGuestDriver({ unit: vtd, mem: ram, area: { addr: 0x800000, len: 0x400000 } });
           const dom = driver.attach(SID, { mode: 'strict' });
           const dma = vtd.dmaMemory(SID, ram);
-          const live: { iova: number; pages: number }[] = [];
+          const live: { iova: number; gpa: number; pages: number }[] = [];
           const seen: { iova: number; pages: number }[] = [];
+          // Each map takes the next guest pages (of 1024), so a walk through another frame's table shows.
+          let nextGpa = 0;
+          const check = (iova: number): void => {
+            const owner = live.find((l) => iova >= l.iova && iova < l.iova + l.pages * PAGE);
+            const got = fault(() => dma.checkRange(iova, 4, 'read'));
+            if (owner === undefined) expect(got, `unmapped IOVA 0x${iova.toString(16)}`).not.toBe('none');
+            else expect(dma.translateRange(iova, 4, 'read'), `IOVA 0x${iova.toString(16)}`).toBe(owner.gpa + (iova - owner.iova));
+          };
           for (const o of ops) {
             if (o.t === 'map') {
-              const iova = dom.map(0x100000, o.pages * PAGE, 'bidirectional');
-              live.push({ iova, pages: o.pages });
+              const gpa = 0x100000 + (nextGpa % 1024) * PAGE;
+              nextGpa += o.pages;
+              const iova = dom.map(gpa, o.pages * PAGE, 'bidirectional');
+              live.push({ iova, gpa, pages: o.pages });
               seen.push({ iova, pages: o.pages });
             } else if (o.t === 'unmap') {
-              if (live.length > 0) dom.unmap(live.splice(o.pick % live.length, 1)[0]!.iova);
+              if (live.length === 0) continue;
+              const before = dom.leafTableCount;
+              dom.unmap(live.splice(o.pick % live.length, 1)[0]!.iova);
+              if (dom.leafTableCount < before) unlinked++;
             } else if (seen.length > 0) {
               const b = seen[o.pick % seen.length]!;
               const page = o.page % b.pages;
-              const iova = b.iova + page * PAGE;
-              const owner = live.find((l) => iova >= l.iova && iova < l.iova + l.pages * PAGE);
-              const got = fault(() => dma.checkRange(iova, 4, 'read'));
-              if (owner === undefined) expect(got, `unmapped IOVA 0x${iova.toString(16)}`).not.toBe('none');
-              else expect(dma.translateRange(iova, 4, 'read'), `IOVA 0x${iova.toString(16)}`).toBe(0x100000 + (iova - owner.iova));
+              if (o.t === 'read') check(b.iova + page * PAGE);
+              else {
+                // Four page indexes, a quarter-table apart, in every frame the buffer crosses (clamped to it).
+                const first = Math.floor(b.iova / FRAME);
+                const last = Math.floor((b.iova + b.pages * PAGE - 1) / FRAME);
+                for (let f = first; f <= last; f++) {
+                  for (let q = 0; q < 512; q += 128) {
+                    const iova = Math.min(Math.max(f * FRAME + ((page + q) % 512) * PAGE, b.iova), b.iova + (b.pages - 1) * PAGE);
+                    if (!live.some((l) => iova >= l.iova && iova < l.iova + l.pages * PAGE)) staleFrameReads++;
+                    check(iova);
+                  }
+                }
+              }
             }
           }
         },
       ),
       { numRuns: 150 },
     );
+    // The generator reaches reclaim, and reads unmapped frames after it.
+    expect(unlinked).toBeGreaterThan(100);
+    expect(staleFrameReads).toBeGreaterThan(1200);
   });
 
   it('property: buffers placed in a few 2 MiB frames and unmapped in turn: tables empty, are unlinked and reused, and no read goes through a stale PDE', () => {
@@ -303,7 +332,6 @@ describe('VT-d guest driver: invalidation modes', () => {
     // at once (the point where the oldest is unlinked); here every buffer is placed with mapAt in
     // one of seven frames, at the same few page indexes, so tables empty and are unlinked often
     // and a reused table page has entries where a stale PDE of the old frame would look.
-    const FRAME = 0x20_0000;
     const BASE = 0x4000_0000;
     const ram = GuestMemory.create(0x1000000);
     let unlinked = 0;
@@ -396,13 +424,14 @@ describe('VT-d guest driver: invalidation modes', () => {
   it('property: the same with maps of up to 600 pages, so IOVAs cross many frames and emptied tables are unlinked and reused', () => {
     const ram = GuestMemory.create(0x1000000);
     const data = 0x100000;
-    for (let a = data; a < data + 64 * PAGE; a += 4) ram.writeU32(a, a);
+    // 1536 pages of data (up to the tables): a pool of 936 guest pages for maps of up to 600.
+    for (let a = data; a < 0x700000; a += 4) ram.writeU32(a, a);
     checkModeBounds((options) => {
       ram.fill(0x800000, 0x400000, 0);
       const vtd = new VtdRemapper({ memory: ram });
       let now = 0;
       const driver = new VtdGuestDriver({ unit: vtd, mem: ram, area: { addr: 0x800000, len: 0x400000 }, now: () => now });
       return { dom: driver.attach(SID, options), dma: vtd.dmaMemory(SID, ram), tick: (ms: number) => (now += ms) };
-    }, data, 60, 600);
+    }, data, 60, 600, 936);
   });
 });

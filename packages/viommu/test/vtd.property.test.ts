@@ -75,8 +75,8 @@ class Tables {
 const LARGE_BASE = 512; // 2 MiB frames from 1 GiB up
 
 type Op =
-  | { t: 'small'; page: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global' }
-  | { t: 'large'; frame: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global' }
+  | { t: 'small'; page: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global'; am: number }
+  | { t: 'large'; frame: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global'; am: number }
   | { t: 'probe'; large: boolean; n: number; off: number; write: boolean }
   /** Probe inside the k-th edited leaf: where a missed invalidation would show. */
   | { t: 'reprobe'; k: number; off: number; write: boolean };
@@ -88,8 +88,10 @@ const inval = fc.oneof(
   { weight: 1, arbitrary: fc.constant('global' as const) },
 );
 const op: fc.Arbitrary<Op> = fc.oneof(
-  fc.record({ t: fc.constant('small' as const), page: fc.nat(80), gpa: fc.nat(2047), perm: fc.nat(3), inval }),
-  fc.record({ t: fc.constant('large' as const), frame: fc.nat(3), gpa: fc.nat(4000), perm: fc.nat(3), inval }),
+  // A page-selective invalidation of any aligned block (2^am pages) holding the edited leaf: the unit
+  // must drop every page of the block, not just its first.
+  fc.record({ t: fc.constant('small' as const), page: fc.nat(80), gpa: fc.nat(2047), perm: fc.nat(3), inval, am: fc.nat(10) }),
+  fc.record({ t: fc.constant('large' as const), frame: fc.nat(3), gpa: fc.nat(4000), perm: fc.nat(3), inval, am: fc.integer({ min: 9, max: 10 }) }),
   fc.record({ t: fc.constant('probe' as const), large: fc.boolean(), n: fc.nat(1100), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
   fc.record({ t: fc.constant('reprobe' as const), k: fc.nat(), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
   fc.record({ t: fc.constant('reprobe' as const), k: fc.nat(), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
@@ -118,7 +120,7 @@ describe('VT-d walker agrees with a naive page map after each invalidation (prop
               edited.push([iova, o.t === 'small' ? PAGE : TWO_M]);
               if (o.t === 'small') tb.setSmall(o.page, o.gpa, o.perm);
               else tb.setLarge(LARGE_BASE + o.frame, o.gpa, o.perm);
-              if (o.inval === 'page') vtd.invalidateIotlbPages(DID, iova, o.t === 'small' ? 0 : 9);
+              if (o.inval === 'page') vtd.invalidateIotlbPages(DID, iova, o.am);
               else if (o.inval === 'domain') vtd.invalidateIotlbDomain(DID);
               else vtd.invalidateIotlbGlobal();
             } else if (o.t === 'probe') {
