@@ -3,8 +3,6 @@ import { describe, expect, it } from 'vitest';
 import {
   BufferList,
   type DescriptorChain,
-  type DeviceQueue,
-  type DriverQueue,
   type RingFeatures,
   type UsedBuffer,
   createDeviceQueue,
@@ -12,6 +10,7 @@ import {
   layoutQueue,
 } from '../src/index.js';
 import { testMemory } from '../src/testing.js';
+import { warmUp } from './wrap.js';
 
 /**
  * A driver and a device run random interleavings of their operations on one
@@ -63,32 +62,6 @@ const featArb = fc.record({
 
 const readByte = (token: number, seg: number, j: number): number => (token * 31 + seg * 7 + j) & 0xff;
 const writeByte = (token: number, j: number): number => (token * 17 + j + 0x55) & 0xff;
-
-/**
- * Moves a fresh split ring to avail and used index `target` with full
- * add/pop/complete/poll cycles: neither side can start elsewhere, and the
- * 16-bit wrap (`& 0xffff`, `vring_need_event`, used_event's `>= 0x8000`
- * test) is only reached after 65,536 buffers.
- */
-function warmUp(drv: DriverQueue<number>, dev: DeviceQueue, target: number): void {
-  const list = new BufferList().push(DATA, 8, true);
-  const c = dev.createChain();
-  const out: UsedBuffer<number> = { token: undefined, len: 0 };
-  for (let at = 0; at < target; ) {
-    let k = 0;
-    while (at + k < target && drv.add(list, -1)) k++;
-    // Each publish asks about a kick / an interrupt, as a real driver and device do:
-    // vring_need_event only compares indices less than 2^15 apart.
-    drv.publish();
-    drv.needsNotify();
-    while (dev.pop(c)) dev.pushUsed(c, 0);
-    dev.publishUsed();
-    dev.needsInterrupt();
-    while (drv.pollUsed(out));
-    at += k;
-  }
-  expect(dev.state()).toEqual({ nextAvail: target, nextUsed: target });
-}
 
 /** Returns the device's used index after the drain. */
 function run(features: RingFeatures, sizeSeed: number, ops: Op[], start = 0): number {
