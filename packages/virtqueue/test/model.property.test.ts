@@ -10,6 +10,7 @@ import {
   layoutQueue,
 } from '../src/index.js';
 import { testMemory } from '../src/testing.js';
+import { warmUp } from './wrap.js';
 
 /**
  * A driver and a device run random interleavings of their operations on one
@@ -62,7 +63,8 @@ const featArb = fc.record({
 const readByte = (token: number, seg: number, j: number): number => (token * 31 + seg * 7 + j) & 0xff;
 const writeByte = (token: number, j: number): number => (token * 17 + j + 0x55) & 0xff;
 
-function run(features: RingFeatures, sizeSeed: number, ops: Op[]): void {
+/** Returns the device's used index after the drain. */
+function run(features: RingFeatures, sizeSeed: number, ops: Op[], start = 0): number {
   const size = features.packed ? 1 + (sizeSeed % 9) : 1 << (sizeSeed % 5);
   const mem = testMemory(1 << 20);
   const { config } = layoutQueue(features.packed, size, RING);
@@ -70,6 +72,7 @@ function run(features: RingFeatures, sizeSeed: number, ops: Op[]): void {
   const indirectFrom = 2 + (Math.floor(sizeSeed / 10) % 4);
   const drv = createDriverQueue<number>(mem, config, features, { indirectArea: { addr: INDIRECT, maxIndirect: MAX_INDIRECT }, indirectFrom });
   const dev = createDeviceQueue(mem, config, features);
+  if (start !== 0) warmUp(drv, dev, start);
 
   const tokenOfAddr = new Map<number, number>();
   const outstanding = new Map<number, { writable: number; expectLen?: number }>();
@@ -242,6 +245,7 @@ function run(features: RingFeatures, sizeSeed: number, ops: Op[]): void {
   expect(dev.broken).toBeUndefined();
   expect(drv.broken).toBeUndefined();
   void peekCount;
+  return dev.state().nextUsed;
 }
 
 describe('driver and device against a model, random interleavings', () => {
@@ -252,6 +256,27 @@ describe('driver and device against a model, random interleavings', () => {
       }),
       { numRuns: 600 },
     );
+  });
+
+  it('split ring from just below the 16-bit index wrap: the same, across it', () => {
+    let runs = 0;
+    let crossed = 0;
+    fc.assert(
+      fc.property(
+        fc.record({ indirect: fc.boolean(), eventIdx: fc.boolean(), inOrder: fc.boolean() }),
+        fc.nat(1000),
+        fc.integer({ min: 1, max: 6 }),
+        fc.array(opArb, { minLength: 100, maxLength: 160 }),
+        (f, sizeSeed, back, ops) => {
+          const start = 0x10000 - back;
+          runs++;
+          if (run({ ...f, packed: false }, sizeSeed, ops, start) < start) crossed++;
+        },
+      ),
+      { numRuns: 60 },
+    );
+    // Most runs must take the indices through 0xffff -> 0, else this proves nothing.
+    expect(crossed).toBeGreaterThanOrEqual(runs * 0.7);
   });
 
   for (const packed of [false, true]) {
