@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { expect } from 'vitest';
 import { BufferList, type DeviceQueue, type DriverQueue, type UsedBuffer } from '../src/index.js';
 
@@ -27,3 +28,35 @@ export function warmUp(drv: DriverQueue<number>, dev: DeviceQueue, target: numbe
   expect(dev.state()).toEqual({ nextAvail: target, nextUsed: target });
 }
 
+
+/** Ring features a split-ring model run takes (packed is fixed to false). */
+export interface SplitFeatures {
+  indirect: boolean;
+  eventIdx: boolean;
+  inOrder: boolean;
+}
+
+/**
+ * Runs a split-ring model (`run`: features, size seed, ops, starting index → the device's
+ * final used index) from 1–6 below the 16-bit wrap, over `ops`, and asserts that most runs
+ * cross it — else the property proves nothing about the wrap.
+ */
+export function checkAcrossWrap<Op>(run: (f: SplitFeatures & { packed: false }, sizeSeed: number, ops: Op[], start: number) => number, ops: fc.Arbitrary<Op>, maxLength: number): void {
+  let runs = 0;
+  let crossed = 0;
+  fc.assert(
+    fc.property(
+      fc.record({ indirect: fc.boolean(), eventIdx: fc.boolean(), inOrder: fc.boolean() }),
+      fc.nat(1000),
+      fc.integer({ min: 1, max: 6 }),
+      fc.array(ops, { minLength: 100, maxLength }),
+      (f, sizeSeed, back, list) => {
+        const start = 0x10000 - back;
+        runs++;
+        if (run({ ...f, packed: false }, sizeSeed, list, start) < start) crossed++;
+      },
+    ),
+    { numRuns: 60 },
+  );
+  expect(crossed).toBeGreaterThanOrEqual(runs * 0.7);
+}
