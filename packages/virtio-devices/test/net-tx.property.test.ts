@@ -83,8 +83,8 @@ type Prediction = { sent: false } | { sent: true; how: 'plain' } | { sent: true;
  */
 function predict(h: HdrSpec, f: FrameSpec, n: number): Prediction {
   const bad = { sent: false } as const;
-  // §5.1.6.2.1: DATA_VALID and RSC_INFO are receive-only; the device also refuses bits it does not know.
-  if ((h.flags & ~NEEDS_CSUM) !== 0) return bad;
+  // §5.1.6.2.1: DATA_VALID (2) and RSC_INFO (4) are receive-only; §5.1.6.2.2: other unknown bits are ignored.
+  if ((h.flags & (2 | 4)) !== 0) return bad;
   if (n < ETH) return bad;
   const csum = (h.flags & NEEDS_CSUM) !== 0;
   if (csum && h.csumStart + h.csumOffset + 2 > n) return bad;

@@ -451,7 +451,7 @@ export class VirtioNetDevice extends VirtioDevice {
     if (bad !== undefined) return this.txMalformed(st, bad);
     let frame: Uint8Array | undefined;
     try {
-      if (hdr.flags === 0 && hdr.gsoType === VIRTIO_NET_HDR_GSO_NONE) {
+      if ((hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 && hdr.gsoType === VIRTIO_NET_HDR_GSO_NONE) {
         // Zero-copy when the packet is one contiguous piece of guest memory.
         let skip = NET_HDR_SIZE;
         let i = 0;

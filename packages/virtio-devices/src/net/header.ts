@@ -74,7 +74,7 @@ function put16(b: Uint8Array, o: number, v: number): void {
 
 /** Why a transmitted header was refused (constant strings: naming the rule allocates nothing). */
 export type TxHdrError =
-  | 'unknown flags'
+  | 'receive-only flags'
   | 'NEEDS_CSUM without VIRTIO_NET_F_CSUM'
   | 'csum_start + csum_offset + 2 past the frame'
   | 'gso_type not negotiated'
@@ -98,7 +98,8 @@ const has = (f: bigint, n: number): boolean => (f & (1n << BigInt(n))) !== 0n;
 /**
  * Checks a header the driver put on a transmitted packet of `frameLen` bytes
  * (VirtIO 1.2 §5.1.6.2.1, driver requirements the device enforces):
- * - flags: only NEEDS_CSUM (DATA_VALID and RSC_INFO are for received packets, §5.1.6.2.1);
+ * - flags: DATA_VALID and RSC_INFO are for received packets (§5.1.6.2.1); bits the device
+ *   does not know are ignored (§5.1.6.2.2);
  * - NEEDS_CSUM only when VIRTIO_NET_F_CSUM was negotiated, and csum_start +
  *   csum_offset + 2 within the frame;
  * - gso_type other than NONE only when the matching HOST_* feature was
@@ -108,7 +109,9 @@ const has = (f: bigint, n: number): boolean => (f & (1n << BigInt(n))) !== 0n;
  */
 export function validateTxHdr(h: NetHdr, frameLen: number, l: TxHdrLimits): TxHdrError | undefined {
   const f = l.features;
-  if ((h.flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0) return 'unknown flags';
+  // §5.1.6.2.2: the device MUST ignore flag bits it does not recognize; the two it knows as
+  // receive-only, the driver MUST NOT set (§5.1.6.2.1).
+  if ((h.flags & (VIRTIO_NET_HDR_F_DATA_VALID | VIRTIO_NET_HDR_F_RSC_INFO)) !== 0) return 'receive-only flags';
   if (frameLen < 14) return 'frame too short';
   const gso = h.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
   if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0) {
