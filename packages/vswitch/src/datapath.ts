@@ -536,6 +536,10 @@ export function applyToKey(key: Uint32Array, code: number, a: number, b: number)
     case Op.PUSH_VLAN: {
       const old = key[7]! & 0xffff;
       const present = (old & 0x1000) !== 0;
+      // The key holds two tags, as the parser reads two (and Open vSwitch's flow key,
+      // FLOW_MAX_VLAN_HEADERS): a third would leave the frame's bytes and its key apart, so
+      // that a later pop, set_field or match would act on a tag the key does not show.
+      if (present && (key[8]! & 0x10000000) !== 0) return false;
       key[8] = present ? ((old << 16) | a) >>> 0 : a;
       key[7] = ((key[7]! & 0xffff0000) | (present ? old : 0x1000)) >>> 0;
       return true;

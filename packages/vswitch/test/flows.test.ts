@@ -135,6 +135,45 @@ describe('flow-mods (§6.4)', () => {
     s[0]!.inject(udpFrame(1, 2));
     expect(s[1]!.sent.length).toBe(1);
   });
+
+  it('a frame carries at most two VLAN tags: a third push is not applied, so later pops and set_fields act on the tags the frame has', () => {
+    // Found by the model property: push, push, pop on a tagged frame, then the action set's
+    // pop and a group's set_field vlan_vid. With the third tag applied to the bytes but not to
+    // the two-tag key, the key showed an untagged frame after the second pop while one tag
+    // remained, the set_field was skipped, and the frame left with its old VID.
+    setup();
+    br.groupMod('add', { groupId: 3, type: 'all', buckets: [{ actions: [{ type: 'set_field', field: 'vlan_vid', value: 1 }, { type: 'output', port: 2 }] }] });
+    br.addFlow({ match: { in_port: 1 }, instructions: [
+      { type: 'apply_actions', actions: [{ type: 'push_vlan' }, { type: 'push_vlan' }, { type: 'pop_vlan' }] },
+      { type: 'write_actions', actions: [{ type: 'group', groupId: 3 }, { type: 'pop_vlan' }] },
+    ] });
+    const tagsOf = (f: Uint8Array): number[] => {
+      const vids: number[] = [];
+      for (let at = 12; f[at] === 0x81 && f[at + 1] === 0; at += 4) vids.push(((f[at + 2]! << 8) | f[at + 3]!) & 0xfff);
+      return vids;
+    };
+    // Two tags after the pushes (the second push not applied), one after the apply's pop, none
+    // after the action set's pop: the group's set_field has no tag to write.
+    s[0]!.inject(udpFrame(1, 2, { vlan: 2 }));
+    expect(s[1]!.sent.map(tagsOf)).toEqual([[]]);
+    // An untagged frame: [0], [0, 0], [0], then []: untagged again.
+    s[0]!.inject(udpFrame(1, 2));
+    expect(s[1]!.sent.map(tagsOf)).toEqual([[], []]);
+    // With the action set's pop gone, the tag left after the apply's pop is the one the
+    // set_field writes.
+    br.addFlow({ match: { in_port: 1 }, instructions: [
+      { type: 'apply_actions', actions: [{ type: 'push_vlan' }, { type: 'push_vlan' }, { type: 'pop_vlan' }] },
+      { type: 'write_actions', actions: [{ type: 'group', groupId: 3 }] },
+    ] });
+    s[0]!.inject(udpFrame(1, 2, { vlan: 2 }));
+    expect(s[1]!.sent.slice(2).map(tagsOf)).toEqual([[1]]);
+    // A plain double push keeps two tags; the frame keeps its payload.
+    br.addFlow({ match: { in_port: 1 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'push_vlan' }, { type: 'push_vlan' }, { type: 'output', port: 2 }] }] });
+    s[0]!.inject(udpFrame(1, 2, { vlan: 2 }));
+    const last = s[1]!.sent[3]!;
+    expect(tagsOf(last)).toEqual([2, 2]);
+    expect(last.length).toBe(udpFrame(1, 2, { vlan: 2 }).length + 4);
+  });
 });
 
 describe('caches', () => {

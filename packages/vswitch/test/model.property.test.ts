@@ -4,9 +4,9 @@ import {
   buildArp, buildIcmpEcho, buildUdp, fillIpv4HeaderChecksum, fillL4Checksum, PacketInfo, parseIpv4, parseIpv6, parseMac, parsePacket, writeEthernet,
   writeIpHeader,
 } from '@ioplane/packet';
-import { Bridge, Port, type Action, type GroupConfig, type Instruction, type Match, type SetField } from '../src/index.js';
+import { Bridge, Port, type Action, type FlowStats, type GroupConfig, type Instruction, type Match, type SetField } from '../src/index.js';
 import { SinkBackend, hex, tag } from './helpers.js';
-import { Reference, snapshot } from './reference.js';
+import { Reference, refCoverage, valueMask, type RefFlow } from './reference.js';
 
 // ── packets ──
 const MACS = ['02:00:00:00:00:01', '02:00:00:00:00:02', '02:00:00:00:00:03', 'ff:ff:ff:ff:ff:ff'];
@@ -91,45 +91,50 @@ function buildPacket(s: PktSpec): Uint8Array {
 type Profile = 'l2' | 'ipv4' | 'tcp' | 'udp' | 'icmp' | 'arp' | 'ipv6';
 
 const maybe = <T>(a: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> => fc.option(a, { nil: undefined, freq: 2 });
+// A match field present one time in five: with each present half the time, random packets met
+// almost no entry, never two at once (1.6% of lookups matched, none more than one entry).
+const rarely = <T>(a: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> => fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: a });
 
-const matchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tcp', 'udp', 'icmp', 'arp', 'ipv6').chain((profile) => {
+const profileMatchArb: fc.Arbitrary<Match> = fc.constantFrom<Profile>('l2', 'ipv4', 'tcp', 'udp', 'icmp', 'arp', 'ipv6').chain((profile) => {
   const l2 = {
-    in_port: maybe(fc.integer({ min: 1, max: 4 })),
-    eth_src: maybe(fc.oneof(fc.constantFrom(...MACS.slice(0, 3)), fc.constant('02:00:00:00:00:00/ff:ff:ff:00:00:00'))),
-    eth_dst: maybe(fc.oneof(fc.constantFrom(...MACS), fc.constant('01:00:00:00:00:00/01:00:00:00:00:00'))),
-    vlan_vid: maybe(fc.oneof(fc.constantFrom(0, 0x1001, 0x1002), fc.constant({ value: 0x1000, mask: 0x1000 }))),
-    metadata: maybe(fc.oneof(fc.constantFrom(0n, 1n, 2n), fc.constant({ value: 1n, mask: 1n }))),
-    reg0: maybe(fc.constantFrom(0, 5, 9)),
-    tunnel_id: maybe(fc.oneof(fc.constantFrom<number | bigint>(0, 5, 0x1_0000_0005n), fc.constant({ value: 0x1_0000_0000n, mask: 0xffff_ffff_0000_0000n }))),
+    in_port: rarely(fc.integer({ min: 1, max: 4 })),
+    eth_src: rarely(fc.oneof(fc.constantFrom(...MACS.slice(0, 3)), fc.constant('02:00:00:00:00:00/ff:ff:ff:00:00:00'))),
+    eth_dst: rarely(fc.oneof(fc.constantFrom(...MACS), fc.constant('01:00:00:00:00:00/01:00:00:00:00:00'))),
+    vlan_vid: rarely(fc.oneof(fc.constantFrom(0, 0x1001, 0x1002), fc.constant({ value: 0x1000, mask: 0x1000 }))),
+    metadata: rarely(fc.oneof(fc.constantFrom(0n, 1n, 2n), fc.constant({ value: 1n, mask: 1n }))),
+    reg0: rarely(fc.constantFrom(0, 5, 9)),
+    tunnel_id: rarely(fc.oneof(fc.constantFrom<number | bigint>(0, 5, 0x1_0000_0005n), fc.constant({ value: 0x1_0000_0000n, mask: 0xffff_ffff_0000_0000n }))),
   };
   const ipv4 = {
-    ip_proto: maybe(fc.constantFrom(6, 17, 1)),
-    ip_dscp: maybe(fc.constantFrom(0, 46)),
-    ipv4_src: maybe(fc.oneof(fc.constantFrom(...IPS), fc.constantFrom('10.0.0.0/24', '10.0.0.0/16', '0.0.0.0/0'))),
-    ipv4_dst: maybe(fc.oneof(fc.constantFrom(...IPS), fc.constantFrom('10.0.1.0/24', '10.0.0.0/8'))),
+    ip_proto: rarely(fc.constantFrom(6, 17, 1)),
+    ip_dscp: rarely(fc.constantFrom(0, 46)),
+    ipv4_src: rarely(fc.oneof(fc.constantFrom(...IPS), fc.constantFrom('10.0.0.0/24', '10.0.0.0/16', '0.0.0.0/0'))),
+    ipv4_dst: rarely(fc.oneof(fc.constantFrom(...IPS), fc.constantFrom('10.0.1.0/24', '10.0.0.0/8'))),
   };
   switch (profile) {
     case 'l2':
-      return fc.record({ ...l2, eth_type: maybe(fc.constantFrom(0x0800, 0x0806, 0x86dd)) }, { requiredKeys: [] });
+      return fc.record({ ...l2, eth_type: rarely(fc.constantFrom(0x0800, 0x0806, 0x86dd)) }, { requiredKeys: [] });
     case 'ipv4':
       return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800) }, { requiredKeys: ['eth_type'] });
     case 'tcp':
-      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(6), tcp_src: maybe(fc.constantFrom(...TPORTS)), tcp_dst: maybe(fc.constantFrom(...TPORTS)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
+      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(6), tcp_src: rarely(fc.constantFrom(...TPORTS)), tcp_dst: rarely(fc.constantFrom(...TPORTS)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
     case 'udp':
-      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(17), udp_src: maybe(fc.constantFrom(...TPORTS)), udp_dst: maybe(fc.constantFrom(...TPORTS)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
+      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(17), udp_src: rarely(fc.constantFrom(...TPORTS)), udp_dst: rarely(fc.constantFrom(...TPORTS)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
     case 'icmp':
-      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(1), icmpv4_type: maybe(fc.constantFrom(0, 8)), icmpv4_code: maybe(fc.constant(0)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
+      return fc.record({ ...l2, ...ipv4, eth_type: fc.constant(0x0800), ip_proto: fc.constant(1), icmpv4_type: rarely(fc.constantFrom(0, 8)), icmpv4_code: rarely(fc.constant(0)) }, { requiredKeys: ['eth_type', 'ip_proto'] });
     case 'arp':
-      return fc.record({ ...l2, eth_type: fc.constant(0x0806), arp_op: maybe(fc.constantFrom(1, 2)), arp_spa: maybe(fc.constantFrom(...IPS)), arp_tpa: maybe(fc.constantFrom('10.0.0.0/24', ...IPS)), arp_sha: maybe(fc.constantFrom(...MACS.slice(0, 3))) }, { requiredKeys: ['eth_type'] });
+      return fc.record({ ...l2, eth_type: fc.constant(0x0806), arp_op: rarely(fc.constantFrom(1, 2)), arp_spa: rarely(fc.constantFrom(...IPS)), arp_tpa: rarely(fc.constantFrom('10.0.0.0/24', ...IPS)), arp_sha: rarely(fc.constantFrom(...MACS.slice(0, 3))) }, { requiredKeys: ['eth_type'] });
     case 'ipv6':
-      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: maybe(fc.constant(17)), ipv6_src: maybe(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: maybe(fc.constantFrom(...IP6S, '2001:db8::/64')), ipv6_flabel: maybe(fc.oneof(fc.constantFrom(0, 0xabcde), fc.constant({ value: 0x80000, mask: 0x80000 }))) }, { requiredKeys: ['eth_type'] });
+      return fc.record({ ...l2, eth_type: fc.constant(0x86dd), ip_proto: rarely(fc.constant(17)), ipv6_src: rarely(fc.constantFrom(...IP6S, '2001:db8::/32')), ipv6_dst: rarely(fc.constantFrom(...IP6S, '2001:db8::/64')), ipv6_flabel: rarely(fc.oneof(fc.constantFrom(0, 0xabcde), fc.constant({ value: 0x80000, mask: 0x80000 }))) }, { requiredKeys: ['eth_type'] });
   }
 }).map((m) => {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(m)) if (v !== undefined) out[k] = v;
-  // vlan_pcp needs a VID with OFPVID_PRESENT (§7.2.3.6); add it sometimes.
   return out;
 });
+
+// Sometimes a catch-all, which every packet of its table matches (ties and shadowing below it).
+const matchArb: fc.Arbitrary<Match> = fc.oneof({ weight: 7, arbitrary: profileMatchArb }, { weight: 1, arbitrary: fc.constant({}) });
 
 // ── actions ──
 const setArb = (m: Match | null): fc.Arbitrary<Action> => {
@@ -163,7 +168,10 @@ const outputArb: fc.Arbitrary<Action> = fc.constantFrom(1, 2, 3, 4, Port.IN_PORT
 
 function actionArb(m: Match | null, groups: boolean): fc.Arbitrary<Action> {
   const choices: fc.Arbitrary<Action>[] = [outputArb, outputArb, setArb(m), fc.constant({ type: 'push_vlan' }), fc.constant({ type: 'pop_vlan' })];
-  if (groups) choices.push(fc.constantFrom(1, 2, 3).map((groupId) => ({ type: 'group', groupId })));
+  if (groups) {
+    const group = fc.constantFrom(1, 2, 3).map((groupId): Action => ({ type: 'group', groupId }));
+    choices.push(group, group);
+  }
   return fc.oneof(...choices);
 }
 
@@ -174,7 +182,10 @@ interface FlowSpec {
   instructions: Instruction[];
 }
 
-const flowArb: fc.Arbitrary<FlowSpec> = fc.integer({ min: 0, max: 2 }).chain((tableId) =>
+// Mostly table 0, where every packet starts; tables 1 and 2 see the packets a goto sends on.
+const tableArb = fc.oneof({ weight: 5, arbitrary: fc.constant(0) }, { weight: 2, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(2) });
+
+const flowArb: fc.Arbitrary<FlowSpec> = tableArb.chain((tableId) =>
   matchArb.chain((match) =>
     fc.record({
       tableId: fc.constant(tableId),
@@ -207,12 +218,19 @@ const flowArb: fc.Arbitrary<FlowSpec> = fc.integer({ min: 0, max: 2 }).chain((ta
   ),
 );
 
-const groupArb: fc.Arbitrary<GroupConfig> = fc.record({
-  groupId: fc.constantFrom(1, 2, 3),
-  type: fc.constantFrom<GroupConfig['type']>('all', 'select', 'indirect', 'ff'),
+// A bucket may watch a group of lower id only: no loops, and the watched group usually exists.
+const groupFor = (groupId: number, type?: GroupConfig['type']): fc.Arbitrary<GroupConfig> => fc.record({
+  groupId: fc.constant(groupId),
+  type: type === undefined ? fc.constantFrom<GroupConfig['type']>('all', 'select', 'select', 'indirect', 'ff', 'ff') : fc.constant(type),
   buckets: fc.array(
-    fc.record({ actions: fc.array(actionArb(null, false), { maxLength: 3 }), weight: fc.integer({ min: 0, max: 3 }), watchPort: fc.integer({ min: 1, max: 4 }) }),
-    { minLength: 1, maxLength: 3 },
+    fc.record({
+      // Every bucket outputs somewhere, so the bucket chosen shows in the outputs.
+      actions: fc.tuple(fc.array(actionArb(null, false), { maxLength: 2 }), outputArb).map(([a, o]) => [...a, o]),
+      weight: fc.integer({ min: 0, max: 3 }),
+      watchPort: fc.integer({ min: 1, max: 4 }),
+      watchGroup: groupId > 1 ? fc.option(fc.integer({ min: 1, max: groupId - 1 }), { nil: undefined, freq: 4 }) : fc.constant(undefined),
+    }),
+    { minLength: 1, maxLength: 4 },
   ),
 }).map((g) => ({
   groupId: g.groupId,
@@ -220,32 +238,109 @@ const groupArb: fc.Arbitrary<GroupConfig> = fc.record({
   buckets: (g.type === 'indirect' ? g.buckets.slice(0, 1) : g.buckets).map((b) => ({
     actions: b.actions,
     weight: g.type === 'select' ? b.weight : undefined,
-    watchPort: g.type === 'ff' || (g.type === 'select' && b.weight === 3) ? b.watchPort : undefined,
+    watchPort: g.type === 'ff' || (g.type === 'select' && b.weight >= 2) ? b.watchPort : undefined,
+    watchGroup: g.type === 'ff' || g.type === 'select' ? b.watchGroup : undefined,
   })),
 }));
+const groupArb = fc.constantFrom(1, 2, 3).chain(groupFor);
 
+// ── packets that match installed entries ──
+const inPrefix = (addr: string, v: string): boolean => {
+  const [a, len] = v.split('/');
+  const n = len === undefined ? 32 : Number(len);
+  const mask = n === 0 ? 0 : (0xffffffff << (32 - n)) >>> 0;
+  return ((parseIpv4(addr) & mask) >>> 0) === ((parseIpv4(a!) & mask) >>> 0);
+};
+const pickIndex = (list: readonly string[], ok: (x: string) => boolean, current: number): number => (ok(list[current]!) ? current : Math.max(0, list.findIndex(ok)));
+
+/**
+ * Rewrites a packet so that it meets `m` where the packet builder can (a packet starts with
+ * metadata, registers and tunnel_id zero, so those stay as they are): random packets alone
+ * rarely meet an entry that matches on more than one field.
+ */
+function conform(spec: PktSpec, m: Match): PktSpec {
+  const s = { ...spec };
+  const l4For = (proto: number | undefined, v6: boolean): PktSpec['l3'] => {
+    if (v6) return proto === 58 ? 'icmp6' : proto === 17 ? 'udp6' : s.l3 === 'udp6' || s.l3 === 'icmp6' ? s.l3 : 'udp6';
+    return proto === 6 ? 'tcp' : proto === 17 ? 'udp' : proto === 1 ? 'icmp' : s.l3 === 'tcp' || s.l3 === 'udp' || s.l3 === 'icmp' ? s.l3 : 'tcp';
+  };
+  if (m.eth_type === 0x0800) s.l3 = l4For(m.ip_proto, false);
+  else if (m.eth_type === 0x86dd) s.l3 = l4For(m.ip_proto, true);
+  else if (m.eth_type === 0x0806) s.l3 = 'arp';
+  if (typeof m.eth_src === 'string' && !m.eth_src.includes('/')) s.src = MACS.indexOf(m.eth_src);
+  if (typeof m.eth_dst === 'string') s.dst = m.eth_dst.includes('/') ? 3 : MACS.indexOf(m.eth_dst);
+  if (m.vlan_vid === 0) s.vlan = null;
+  else if (typeof m.vlan_vid === 'number') s.vlan = { vid: m.vlan_vid & 0xfff, pcp: s.vlan?.pcp ?? 0 };
+  else if (m.vlan_vid !== undefined) s.vlan ??= { vid: 1, pcp: 0 };
+  if (typeof m.ip_dscp === 'number') s.dscp = m.ip_dscp;
+  const v4 = (f: unknown, cur: number): number => (typeof f === 'string' ? pickIndex(IPS, (x) => inPrefix(x, f), cur) : cur);
+  s.sip = v4(m.ipv4_src ?? m.arp_spa, s.sip);
+  s.dip = v4(m.ipv4_dst ?? m.arp_tpa, s.dip);
+  if (typeof m.ipv6_src === 'string' && !m.ipv6_src.includes('/')) s.sip = IP6S.indexOf(m.ipv6_src);
+  if (typeof m.ipv6_dst === 'string' && !m.ipv6_dst.includes('/')) s.dip = IP6S.indexOf(m.ipv6_dst);
+  const port = (f: unknown, cur: number): number => (typeof f === 'number' ? TPORTS.indexOf(f) : cur);
+  s.sport = port(m.tcp_src ?? m.udp_src, s.sport);
+  s.dport = port(m.tcp_dst ?? m.udp_dst, s.dport);
+  if (typeof m.arp_op === 'number') s.sport = m.arp_op - 1;
+  if (typeof m.arp_sha === 'string') s.src = MACS.indexOf(m.arp_sha);
+  return s;
+}
+
+/** A field whose presence needs another (§7.2.3.6) keeps it when the match is generalised. */
+const L4_FIELDS = /^(tcp|udp|icmpv4|icmpv6)_/;
+
+/** `m` with only the fields whose bit is set in `keep`, plus what those need. */
+function generalize(m: Match, keep: number): Match {
+  const out: Record<string, unknown> = {};
+  const keys = Object.keys(m) as (keyof Match)[];
+  keys.forEach((k, i) => {
+    if (keep & (1 << i)) out[k] = m[k];
+  });
+  const kept = Object.keys(out);
+  if (kept.some((k) => L4_FIELDS.test(k))) out.ip_proto = m.ip_proto;
+  if (kept.some((k) => k !== 'eth_type' && !['in_port', 'eth_src', 'eth_dst', 'vlan_vid', 'metadata', 'reg0', 'tunnel_id'].includes(k))) out.eth_type = m.eth_type;
+  return out;
+}
+
+/** `from`: conform the packet to this installed entry (index modulo their number), or leave it random. */
 type Step =
-  | { kind: 'packet'; port: number; pkt: PktSpec }
-  | { kind: 'burst'; port: number; pkts: PktSpec[] }
+  | { kind: 'packet'; port: number; pkt: PktSpec; from: number | null }
+  | { kind: 'burst'; port: number; pkts: { pkt: PktSpec; from: number | null }[] }
   | { kind: 'add'; flow: FlowSpec }
-  | { kind: 'delete'; strict: boolean; flow: FlowSpec }
-  | { kind: 'modify'; flow: FlowSpec }
+  | { kind: 'delete'; strict: boolean; all: boolean; pick: number | null; keep: number; flow: FlowSpec }
+  | { kind: 'modify'; strict: boolean; pick: number | null; keep: number; flow: FlowSpec }
   | { kind: 'group'; g: GroupConfig; del: boolean }
   | { kind: 'link'; port: number; up: boolean }
   | { kind: 'noflood'; port: number; on: boolean }
   | { kind: 'miss'; table: number; controller: boolean };
 
+const fromArb = fc.oneof({ weight: 3, arbitrary: fc.nat() }, { weight: 2, arbitrary: fc.constant(null) });
+const pickArb = fc.oneof({ weight: 3, arbitrary: fc.nat() }, { weight: 1, arbitrary: fc.constant(null) });
+
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
-  { weight: 10, arbitrary: fc.record({ kind: fc.constant('packet' as const), port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }) },
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('burst' as const), port: fc.integer({ min: 1, max: 4 }), pkts: fc.array(pktArb, { minLength: 1, maxLength: 5 }) }) },
-  { weight: 4, arbitrary: fc.record({ kind: fc.constant('add' as const), flow: flowArb }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('delete' as const), strict: fc.boolean(), flow: flowArb }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('modify' as const), flow: flowArb }) },
+  { weight: 10, arbitrary: fc.record({ kind: fc.constant('packet' as const), port: fc.integer({ min: 1, max: 4 }), pkt: pktArb, from: fromArb }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('burst' as const), port: fc.integer({ min: 1, max: 4 }), pkts: fc.array(fc.record({ pkt: pktArb, from: fromArb }), { minLength: 1, maxLength: 5 }) }) },
+  { weight: 5, arbitrary: fc.record({ kind: fc.constant('add' as const), flow: flowArb }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('delete' as const), strict: fc.boolean(), all: fc.boolean(), pick: pickArb, keep: fc.nat(255), flow: flowArb }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('modify' as const), strict: fc.boolean(), pick: pickArb, keep: fc.nat(255), flow: flowArb }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('group' as const), g: groupArb, del: fc.boolean() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('link' as const), port: fc.integer({ min: 1, max: 4 }), up: fc.boolean() }) },
+  // Links go down often enough for fast-failover groups to fail over and select groups to lose buckets.
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('link' as const), port: fc.integer({ min: 1, max: 4 }), up: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('noflood' as const), port: fc.integer({ min: 1, max: 4 }), on: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('miss' as const), table: fc.integer({ min: 0, max: 2 }), controller: fc.boolean() }) },
 );
+
+/**
+ * Groups first, so that entries naming them can be installed (an entry naming a missing group is
+ * refused), and one port down from the start, so that fast-failover groups fail over.
+ */
+const scenarioArb: fc.Arbitrary<Step[]> = fc.tuple(fc.tuple(groupFor(1, 'select'), groupFor(2, 'ff'), groupFor(3)), fc.integer({ min: 1, max: 4 }), fc.array(stepArb, { minLength: 5, maxLength: 80 }))
+  .map(([[g1, g2, g3], down, steps]) => {
+    // The fast-failover group's first bucket watches the port that starts down (and has another
+    // bucket to fail over to): packets reach it failing over until a step brings the port up.
+    const ff: GroupConfig = g2.buckets.length > 1 ? { ...g2, buckets: [{ ...g2.buckets[0]!, watchPort: down, watchGroup: undefined }, ...g2.buckets.slice(1)] } : g2;
+    return [...[g1, ff, g3].map((g): Step => ({ kind: 'group', g, del: false })), { kind: 'link', port: down, up: false }, ...steps];
+  });
 
 let bridges: Bridge[] = [];
 /** Non-vacuity: frames compared, and frames the actions rewrote. */
@@ -255,6 +350,57 @@ afterEach(() => {
   bridges = [];
 });
 
+// ── the flow-mod model (§6.4), on (value, mask) pairs so that equal matches written differently compare equal ──
+type Norm = Map<string, readonly [bigint, bigint]>;
+
+function norm(m: Match): Norm {
+  const out: Norm = new Map();
+  for (const [k, v] of Object.entries(m)) {
+    if (v === undefined) continue;
+    const [value, mask] = valueMask(k, v);
+    if (mask !== 0n) out.set(k, [value & mask, mask]);
+  }
+  return out;
+}
+
+const sameMatch = (a: Norm, b: Norm): boolean => a.size === b.size && [...a].every(([k, [v, m]]) => b.get(k)?.[0] === v && b.get(k)?.[1] === m);
+
+/** Non-strict selection: the entry is at least as specific as the filter on every field the filter names. */
+const subsumedBy = (entry: Norm, filter: Norm): boolean => [...filter].every(([k, [v, m]]) => {
+  const e = entry.get(k);
+  return e !== undefined && (e[1] & m) === m && (e[0] & m) === v;
+});
+
+const groupsUsed = (ins: readonly Instruction[]): number[] =>
+  ins.flatMap((i) => (i.type === 'apply_actions' || i.type === 'write_actions' ? i.actions.flatMap((a) => (a.type === 'group' ? [a.groupId] : [])) : []));
+
+interface Model {
+  flows: RefFlow[];
+  seq: number;
+  groups: Map<number, GroupConfig>;
+  miss: Map<number, 'drop' | 'controller'>;
+  ports: { no: number; live: boolean; noFlood: boolean }[];
+}
+
+const byAge = (a: RefFlow, b: RefFlow): number => a.tableId - b.tableId || b.priority - a.priority || a.seq - b.seq;
+const dumpModel = (m: Model): Omit<RefFlow, 'seq'>[] => [...m.flows].sort(byAge).map(({ tableId, priority, match, instructions }) => ({ tableId, priority, match, instructions }));
+const dumpBridge = (fs: FlowStats[]): Omit<RefFlow, 'seq'>[] => fs.map(({ tableId, priority, match, instructions }) => ({ tableId, priority, match, instructions }));
+
+/** Runs a flow-mod the model predicts to fail for want of a group, or to succeed; returns whether it ran. */
+function expectGroupsExist(model: Model, ins: readonly Instruction[], mod: () => void, tolerate?: RegExp): boolean {
+  const missing = groupsUsed(ins).some((g) => !model.groups.has(g));
+  try {
+    mod();
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (missing && /does not exist/.test(msg)) return false;
+    if (tolerate?.test(msg)) return false;
+    throw e;
+  }
+  expect(missing, 'a flow-mod naming a missing group was accepted').toBe(false);
+  return true;
+}
+
 function runScenario(steps: Step[], options: { microflowSize?: number; megaflowLimit?: number }): void {
   const br = new Bridge({ clock: () => 0, microflowInsertInterval: 1, microflowSize: 8192, ...options });
   bridges.push(br);
@@ -263,90 +409,157 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
     br.addPort(s, { portNo: no });
     return s;
   });
+  const model: Model = { flows: [], seq: 0, groups: new Map(), miss: new Map(), ports: [1, 2, 3, 4].map((no) => ({ no, live: true, noFlood: false })) };
   const pins: { reason: string; tableId: number }[] = [];
   br.onPacketIn((p) => pins.push({ reason: p.reason, tableId: p.tableId }));
+  const derive = (pkt: PktSpec, from: number | null): PktSpec => (from === null || model.flows.length === 0 ? pkt : conform(pkt, model.flows[from % model.flows.length]!.match));
+  const collect = (): string[] => {
+    const got: string[] = [];
+    // Per-sink collection loses the global order: compare as sorted multisets.
+    sinks.forEach((s, i) => {
+      for (const f of s.take()) got.push(`${i + 1}:${hex(f)}`);
+    });
+    return got.sort();
+  };
   for (const step of steps) {
     switch (step.kind) {
       case 'packet': {
-        const frame = buildPacket(step.pkt);
-        const ref = new Reference(snapshot(br));
-        ref.process(step.port, frame);
-        sinks[step.port - 1]!.inject(frame);
-        const got: { port: number; hex: string }[] = [];
-        // Collect in port order per sink would lose the global order: compare as multisets sorted.
-        sinks.forEach((s, i) => {
-          for (const f of s.take()) got.push({ port: i + 1, hex: hex(f) });
-        });
-        const sortKey = (o: { port: number; hex: string }): string => `${o.port}:${o.hex}`;
-        expect(got.map(sortKey).sort(), `outputs for ${JSON.stringify(step.pkt)} on port ${step.port}`).toEqual(ref.outputs.map(sortKey).sort());
+        const spec = derive(step.pkt, step.from);
+        const entry = step.from === null || model.flows.length === 0 ? undefined : model.flows[step.from % model.flows.length];
+        const port = typeof entry?.match.in_port === 'number' ? entry.match.in_port : step.port;
+        const frame = buildPacket(spec);
+        const ref = new Reference(model);
+        ref.process(port, frame);
+        sinks[port - 1]!.inject(frame);
+        const got = collect();
+        expect(got, `outputs for ${JSON.stringify(spec)} on port ${port}`).toEqual(ref.outputs.map((o) => `${o.port}:${o.hex}`).sort());
         expect(pins.splice(0)).toEqual(ref.packetIns);
         seen.outputs += got.length;
         const inHex = hex(frame);
-        seen.rewritten += got.filter((o) => o.hex !== inHex).length;
+        seen.rewritten += got.filter((o) => o.slice(o.indexOf(':') + 1) !== inHex).length;
         break;
       }
       case 'burst': {
         // receiveBatch: outputs of unmodified frames are queued per port and sent at the end.
-        const frames = step.pkts.map(buildPacket);
-        const ref = new Reference(snapshot(br));
+        const frames = step.pkts.map((p) => buildPacket(derive(p.pkt, p.from)));
+        const ref = new Reference(model);
         for (const f of frames) ref.process(step.port, f);
         if (br.portInfo(step.port).live) br.receiveBatch(step.port, frames);
-        const got: { port: number; hex: string }[] = [];
-        sinks.forEach((s, i) => {
-          for (const f of s.take()) got.push({ port: i + 1, hex: hex(f) });
-        });
-        const sortKey = (o: { port: number; hex: string }): string => `${o.port}:${o.hex}`;
-        expect(got.map(sortKey).sort(), `outputs for a burst on port ${step.port}`).toEqual(ref.outputs.map(sortKey).sort());
+        const got = collect();
+        expect(got, `outputs for a burst on port ${step.port}`).toEqual(ref.outputs.map((o) => `${o.port}:${o.hex}`).sort());
         expect(pins.splice(0)).toEqual(ref.packetIns);
         seen.outputs += got.length;
         break;
       }
-      case 'add':
-        try {
-          br.addFlow(step.flow);
-        } catch (e) {
-          // A group that does not exist (yet) is refused (OFPBAC_BAD_OUT_GROUP): fine.
-          if (!(e instanceof Error) || !/does not exist/.test(e.message)) throw e;
+      case 'add': {
+        const f = step.flow;
+        if (expectGroupsExist(model, f.instructions, () => br.addFlow(f))) {
+          // §6.4: an add with an identical match and priority replaces the entry: a new, younger one.
+          const n = norm(f.match);
+          model.flows = model.flows.filter((e) => !(e.tableId === f.tableId && e.priority === f.priority && sameMatch(norm(e.match), n)));
+          model.flows.push({ tableId: f.tableId, priority: f.priority, match: f.match, instructions: f.instructions, seq: model.seq++ });
         }
         break;
-      case 'delete':
-        br.flowMod({ command: step.strict ? 'delete_strict' : 'delete', tableId: step.strict ? step.flow.tableId : 255, priority: step.flow.priority, match: step.strict ? step.flow.match : { in_port: step.flow.match.in_port } });
+      }
+      case 'delete': {
+        const target = step.pick === null || model.flows.length === 0 ? undefined : model.flows[step.pick % model.flows.length]!;
+        const match = target === undefined ? step.flow.match : step.strict ? target.match : generalize(target.match, step.keep);
+        const priority = target !== undefined && step.strict ? target.priority : step.flow.priority;
+        const tableId = step.all ? 255 : target?.tableId ?? step.flow.tableId;
+        br.flowMod({ command: step.strict ? 'delete_strict' : 'delete', tableId, priority, match });
+        // §6.4: strict names the entry of this priority and identical match; non-strict every entry at least as
+        // specific, whatever its priority. OFPTT_ALL (255) names every table.
+        const n = norm(match);
+        model.flows = model.flows.filter((e) => !((tableId === 255 || e.tableId === tableId) && (step.strict ? e.priority === priority && sameMatch(norm(e.match), n) : subsumedBy(norm(e.match), n))));
         break;
-      case 'modify':
-        try {
-          br.flowMod({ command: 'modify', tableId: step.flow.tableId, match: { eth_type: step.flow.match.eth_type }, instructions: step.flow.instructions.filter((i) => i.type !== 'goto_table' && i.type !== 'write_actions') });
-        } catch (e) {
-          if (!(e instanceof Error) || !/does not exist|prerequisite/.test(e.message)) throw e;
+      }
+      case 'modify': {
+        const target = step.pick === null || model.flows.length === 0 ? undefined : model.flows[step.pick % model.flows.length]!;
+        const match = target === undefined ? step.flow.match : step.strict ? target.match : generalize(target.match, step.keep);
+        const priority = target !== undefined && step.strict ? target.priority : step.flow.priority;
+        const tableId = target?.tableId ?? step.flow.tableId;
+        const instructions = step.flow.instructions.filter((i) => i.type !== 'goto_table');
+        const mod = (): void => br.flowMod({ command: step.strict ? 'modify_strict' : 'modify', tableId, priority, match, instructions });
+        // A set_field needs its prerequisites in the flow-mod's match, which the generalised one may lack.
+        if (expectGroupsExist(model, instructions, mod, /prerequisite/)) {
+          // §6.4: modify replaces the instructions and keeps the match, priority, age and counters; nothing matched, nothing added.
+          const n = norm(match);
+          for (const e of model.flows) {
+            if (e.tableId === tableId && (step.strict ? e.priority === priority && sameMatch(norm(e.match), n) : subsumedBy(norm(e.match), n))) e.instructions = instructions;
+          }
         }
         break;
-      case 'group':
-        if (step.del) br.groupMod('delete', { groupId: step.g.groupId });
-        else br.groupMod(br.groupConfigs().some((g) => g.groupId === step.g.groupId) ? 'modify' : 'add', step.g);
+      }
+      case 'group': {
+        const id = step.g.groupId;
+        if (step.del) {
+          br.groupMod('delete', { groupId: id });
+          // §5.6: deleting a group removes the entries that forward to it.
+          model.groups.delete(id);
+          model.flows = model.flows.filter((e) => !groupsUsed(e.instructions).includes(id));
+        } else {
+          try {
+            br.groupMod(model.groups.has(id) ? 'modify' : 'add', step.g);
+            model.groups.set(id, step.g);
+          } catch (e) {
+            // A bucket watching a group that is missing, or itself through a chain (OFPGMFC_LOOP / watch errors).
+            const watched = step.g.buckets.some((b) => b.watchGroup !== undefined);
+            if (!(watched && e instanceof Error && /unknown group|loop/.test(e.message))) throw e;
+          }
+          expect(br.groupConfigs()).toEqual([...model.groups.values()].sort((a, b) => a.groupId - b.groupId));
+        }
         break;
+      }
       case 'link':
         sinks[step.port - 1]!.link(step.up);
+        model.ports[step.port - 1]!.live = step.up;
         break;
       case 'noflood':
         br.setPortConfig(step.port, { noFlood: step.on });
+        model.ports[step.port - 1]!.noFlood = step.on;
         break;
       case 'miss':
         br.setTableMiss(step.table, step.controller ? 'controller' : 'drop');
+        model.miss.set(step.table, step.controller ? 'controller' : 'drop');
         break;
+    }
+    if (step.kind === 'add' || step.kind === 'delete' || step.kind === 'modify' || step.kind === 'group') {
+      expect(dumpBridge(br.flows()), `flow table after ${step.kind}`).toEqual(dumpModel(model));
     }
   }
 }
 
+/** Coverage of the lookups the reference made during `run`: the share that met an entry, two entries, a tie. */
+function coverageOf(run: () => void): typeof refCoverage {
+  const before = { ...refCoverage };
+  run();
+  const d = { ...refCoverage };
+  for (const k of Object.keys(d) as (keyof typeof refCoverage)[]) d[k] -= before[k];
+  return d;
+}
+
 describe('the cached fast path agrees with a linear reference model', () => {
   it('random rule sets, random packets, random changes between packets (microflow + megaflow)', () => {
-    fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, {})), { numRuns: 150 });
+    const cov = coverageOf(() => fc.assert(fc.property(scenarioArb, (steps) => runScenario(steps, {})), { numRuns: 150 }));
+    // Before packets were conformed to installed entries: 1.6% of lookups matched an entry, none met two, no
+    // priority ties, no select or fast-failover group ran. Measured over 46 seeds: 35-45% matched, 213-534
+    // lookups met two or more, 33-119 ties, 21-105 select choices among live buckets, and 31-86 failovers once
+    // the fast-failover group's first bucket watched the port that starts down (1-91 before: one seed in 40
+    // met a single failover). The floors sit well below the lowest seen.
+    const why = JSON.stringify(cov);
+    expect(cov.matched / cov.lookups, why).toBeGreaterThan(0.25);
+    expect(cov.multiMatch, why).toBeGreaterThan(120);
+    expect(cov.priorityTies, why).toBeGreaterThan(4);
+    expect(cov.selectChoices, why).toBeGreaterThan(3);
+    expect(cov.ffFailovers, why).toBeGreaterThan(5);
   });
 
   it('the same with a tiny microflow cache over a tiny megaflow cache (slots naming evicted entries, collisions)', () => {
-    fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, { microflowSize: 2, megaflowLimit: 3 })), { numRuns: 80 });
+    fc.assert(fc.property(scenarioArb, (steps) => runScenario(steps, { microflowSize: 2, megaflowLimit: 3 })), { numRuns: 80 });
   });
 
   it('the same with the microflow cache off and a tiny megaflow cache (evictions)', () => {
-    fc.assert(fc.property(fc.array(stepArb, { minLength: 5, maxLength: 60 }), (steps) => runScenario(steps, { microflowSize: 0, megaflowLimit: 3 })), { numRuns: 100 });
+    fc.assert(fc.property(scenarioArb, (steps) => runScenario(steps, { microflowSize: 0, megaflowLimit: 3 })), { numRuns: 100 });
   });
 
   it('set_field, push and pop rewrite bytes as the reference does (checksums recomputed from scratch there)', () => {
@@ -359,7 +572,7 @@ describe('the cached fast path agrees with a linear reference model', () => {
     fc.assert(
       fc.property(fc.array(rewriteFlow, { minLength: 1, maxLength: 5 }), fc.array(pktArb, { minLength: 1, maxLength: 8 }), (flows, pkts) => {
         const steps: Step[] = flows.map((flow) => ({ kind: 'add', flow }));
-        for (let r = 0; r < 2; r++) for (const pkt of pkts) steps.push({ kind: 'packet', port: 1, pkt });
+        for (let r = 0; r < 2; r++) for (const pkt of pkts) steps.push({ kind: 'packet', port: 1, pkt, from: null });
         runScenario(steps, {});
       }),
       { numRuns: 200 },
@@ -384,7 +597,7 @@ describe('the cached fast path agrees with a linear reference model', () => {
           { kind: 'group', del: false, g: { groupId: 1, type: g.type, buckets: g.type === 'indirect' ? g.buckets.slice(0, 1) : g.buckets } },
           { kind: 'add', flow: { tableId: 0, priority: 1, match: g.match, instructions: [{ type: 'apply_actions', actions: [{ type: 'group', groupId: 1 }, { type: 'output', port: 3 }] }] } },
         ];
-        for (let r = 0; r < 2; r++) for (const pkt of pkts) steps.push({ kind: 'packet', port: 1, pkt });
+        for (let r = 0; r < 2; r++) for (const pkt of pkts) steps.push({ kind: 'packet', port: 1, pkt, from: null });
         runScenario(steps, {});
       }),
       { numRuns: 300 },
@@ -404,7 +617,7 @@ describe('the cached fast path agrees with a linear reference model', () => {
     fc.assert(
       fc.property(fc.array(setFlow, { minLength: 1, maxLength: 4 }), fc.array(matchFlow, { minLength: 1, maxLength: 6 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }), { minLength: 1, maxLength: 6 }), (sets, matches, pkts) => {
         const steps: Step[] = [...sets, ...matches].map((flow) => ({ kind: 'add', flow }));
-        for (let r = 0; r < 2; r++) for (const p of pkts) steps.push({ kind: 'packet', ...p });
+        for (let r = 0; r < 2; r++) for (const p of pkts) steps.push({ kind: 'packet', ...p, from: null });
         runScenario(steps, {});
       }),
       { numRuns: 200 },
@@ -412,14 +625,19 @@ describe('the cached fast path agrees with a linear reference model', () => {
   });
 
   it('repeated packets hit the caches and still agree', () => {
-    fc.assert(
-      fc.property(fc.array(flowArb, { maxLength: 12 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb }), { minLength: 1, maxLength: 6 }), (flows, pkts) => {
+    const cov = coverageOf(() => fc.assert(
+      fc.property(fc.array(flowArb, { maxLength: 12 }), fc.array(fc.record({ port: fc.integer({ min: 1, max: 4 }), pkt: pktArb, from: fromArb }), { minLength: 1, maxLength: 6 }), (flows, pkts) => {
         const steps: Step[] = flows.map((flow) => ({ kind: 'add', flow }));
         for (let r = 0; r < 3; r++) for (const p of pkts) steps.push({ kind: 'packet', ...p });
         runScenario(steps, {});
       }),
       { numRuns: 150 },
-    );
+    ));
+    // Measured: 37-47% of lookups matched, 160-300 met two or more entries, 30-80 ties.
+    const why = JSON.stringify(cov);
+    expect(cov.matched / cov.lookups, why).toBeGreaterThan(0.25);
+    expect(cov.multiMatch, why).toBeGreaterThan(60);
+    expect(cov.priorityTies, why).toBeGreaterThan(3);
   });
 
   it('compared real traffic (not vacuous)', () => {

@@ -1,16 +1,18 @@
 /**
  * The reference model: OpenFlow 1.3 pipeline semantics written the plain way, for
  * the property test to compare the bridge against. No caches, no compiled key: a
- * linear scan over the flow entries the bridge dumps (`flows()`, sorted by
- * priority and age), the match evaluated field by field from the packet bytes
- * (parsed again after every change), actions applied to a byte copy with
- * checksums recomputed from scratch.
+ * linear scan over the flow entries the test itself keeps (it applies each flow-mod
+ * to its own list, never reading the bridge's tables), the highest priority winning
+ * and the oldest entry among equals, the match evaluated field by field from the
+ * packet bytes (parsed again after every change), actions applied to a byte copy
+ * with checksums recomputed from scratch, group buckets chosen from the test's own
+ * port and group state.
  */
 import {
   FlowKey, FlowKeyExtractor, PacketInfo, fillIpv4HeaderChecksum, fillL4Checksum, parseIpv4, parseIpv6, parseMac, parsePacket,
 } from '@ioplane/packet';
-import type { Action, Bridge, FlowStats, GroupConfig, Instruction, Match } from '../src/index.js';
-import { Port, tupleHash } from '../src/index.js';
+import type { Action, GroupBucket, GroupConfig, Instruction, Match } from '../src/index.js';
+import { Group, Port, tupleHash } from '../src/index.js';
 
 export interface RefOutput {
   port: number;
@@ -115,7 +117,7 @@ function bytesToBig(u: Uint8Array): bigint {
 }
 
 /** A match value as (value, mask) bigints, parsed independently of the bridge's compiler. */
-function valueMask(field: string, v: unknown): [bigint, bigint] {
+export function valueMask(field: string, v: unknown): [bigint, bigint] {
   const all = (bits: number): bigint => (1n << BigInt(bits)) - 1n;
   if (field === 'metadata' || field === 'tunnel_id') {
     if (typeof v === 'bigint' || typeof v === 'number') return [BigInt(v), all(64)];
@@ -161,26 +163,24 @@ export function refMatches(m: Match, p: RefPkt): boolean {
   return true;
 }
 
-export interface RefWorld {
-  flows: FlowStats[];
-  groups: Map<number, GroupConfig>;
-  miss: Map<number, 'drop' | 'controller'>;
-  ports: { no: number; live: boolean; noFlood: boolean }[];
-  bridge: Bridge;
+/** A flow entry as the test's model keeps it; `seq` orders entries by age (a replacing add is new). */
+export interface RefFlow {
+  tableId: number;
+  priority: number;
+  match: Match;
+  instructions: Instruction[];
+  seq: number;
 }
 
-export function snapshot(bridge: Bridge): RefWorld {
-  return {
-    flows: bridge.flows(),
-    groups: new Map(bridge.groupConfigs().map((g) => [g.groupId, g])),
-    miss: new Map(bridge.tableStats().map((t) => [t.tableId, t.miss])),
-    ports: bridge.portNumbers().map((no) => {
-      const i = bridge.portInfo(no);
-      return { no, live: i.live, noFlood: i.config.noFlood };
-    }),
-    bridge,
-  };
+export interface RefWorld {
+  flows: readonly RefFlow[];
+  groups: ReadonlyMap<number, GroupConfig>;
+  miss: ReadonlyMap<number, 'drop' | 'controller'>;
+  ports: readonly { no: number; live: boolean; noFlood: boolean }[];
 }
+
+/** What the reference met, summed over every instance: the properties assert these are not rare. */
+export const refCoverage = { lookups: 0, matched: 0, multiMatch: 0, priorityTies: 0, selectChoices: 0, ffFailovers: 0 };
 
 function fixChecksums(b: Uint8Array): void {
   // On an untagged copy (the parser stops after two tags), then copied back.
@@ -270,6 +270,9 @@ function setField(p: RefPkt, field: string, value: number | string | bigint): vo
 
 function pushVlan(p: RefPkt, tpid: number): void {
   const b = p.bytes;
+  // The bridge's documented limit: a frame carries at most two tags through the pipeline, and
+  // a push onto two is not applied.
+  if (l3Of(b).tags >= 2) return;
   const tagged = ((b[12]! << 8) | b[13]!) === 0x8100 || ((b[12]! << 8) | b[13]!) === 0x88a8;
   const tci = tagged ? (b[14]! << 8) | b[15]! : 0;
   const n = new Uint8Array(b.length + 4);
@@ -310,8 +313,7 @@ export class Reference {
     const set: { pop?: Action; push?: Action; sets: Map<string, Action>; group?: Action; output?: Action } = { sets: new Map() };
     let t = start;
     for (;;) {
-      // Linear scan; flows() lists by priority, then age (the bridge's tie-break).
-      const entry = this.w.flows.find((f) => f.tableId === t && refMatches(f.match, p));
+      const entry = this.lookup(t, p);
       if (!entry) {
         if (this.w.miss.get(t) === 'controller') this.packetIns.push({ reason: 'no_match', tableId: t });
         return;
@@ -354,6 +356,50 @@ export class Reference {
     }
   }
 
+  /** The highest-priority matching entry; among equal priorities the oldest (the README's tie-break). */
+  private lookup(t: number, p: RefPkt): RefFlow | undefined {
+    const hits = this.w.flows.filter((f) => f.tableId === t && refMatches(f.match, p));
+    refCoverage.lookups++;
+    if (hits.length === 0) return undefined;
+    refCoverage.matched++;
+    if (hits.length > 1) refCoverage.multiMatch++;
+    let best = hits[0]!;
+    for (const f of hits) if (f.priority > best.priority || (f.priority === best.priority && f.seq < best.seq)) best = f;
+    if (hits.some((f) => f !== best && f.priority === best.priority)) refCoverage.priorityTies++;
+    return best;
+  }
+
+  /** §5.6.1: a bucket is live when its watch port is live and its watch group has a live bucket. */
+  private bucketLive(b: GroupBucket, depth: number): boolean {
+    if (b.watchPort !== undefined && b.watchPort !== Port.ANY && !this.w.ports.some((q) => q.no === b.watchPort && q.live)) return false;
+    if (b.watchGroup !== undefined && b.watchGroup !== Group.ANY) {
+      const g = this.w.groups.get(b.watchGroup);
+      if (!g || depth > 8 || !g.buckets.some((x) => this.bucketLive(x, depth + 1))) return false;
+    }
+    return true;
+  }
+
+  /**
+   * SELECT: 256 hash slots (slot = the 5-tuple flow hash mod 256) dealt to the live buckets
+   * of nonzero weight in bucket order, each a contiguous run in proportion to its weight.
+   */
+  private selectBucket(g: GroupConfig, hash: number): number {
+    const live = g.buckets.flatMap((b, i) => {
+      const w = b.weight ?? 1;
+      return w > 0 && this.bucketLive(b, 0) ? [{ i, w }] : [];
+    });
+    const total = live.reduce((s, x) => s + x.w, 0);
+    if (total === 0) return -1;
+    if (live.length > 1) refCoverage.selectChoices++;
+    const pos = (((hash & 255) + 0.5) * total) / 256;
+    let acc = 0;
+    for (const x of live) {
+      acc += x.w;
+      if (pos < acc) return x.i;
+    }
+    return live[live.length - 1]!.i;
+  }
+
   private emit(port: number, p: RefPkt): void {
     const q = this.w.ports.find((x) => x.no === port);
     if (!q || !q.live) return;
@@ -381,11 +427,18 @@ export class Reference {
           if (g.type === 'all') g.buckets.forEach((_, i) => run(i));
           else if (g.type === 'indirect') run(0);
           else if (g.type === 'ff') {
-            const i = g.buckets.findIndex((_, j) => this.w.bridge.isBucketLive(g.groupId, j));
+            const i = g.buckets.findIndex((b) => this.bucketLive(b, 0));
+            if (i > 0) refCoverage.ffFailovers++;
             if (i >= 0) run(i);
           } else {
-            const key = this.ex.extract(p.bytes, new FlowKey(), p.inPort);
-            const i = this.w.bridge.selectBucket(g.groupId, tupleHash(key.words));
+            // The flow hash covers no VLAN field: hash the untagged packet, which the parser reads
+            // whatever the number of tags (it stops after two).
+            const { l3 } = l3Of(p.bytes);
+            const untagged = new Uint8Array(p.bytes.length - l3 + 14);
+            untagged.set(p.bytes.subarray(0, 12));
+            untagged.set(p.bytes.subarray(l3 - 2), 12);
+            const key = this.ex.extract(untagged, new FlowKey(), p.inPort);
+            const i = this.selectBucket(g, tupleHash(key.words));
             if (i >= 0) run(i);
           }
           break;
