@@ -145,6 +145,34 @@ describe('enableInterruptsDelayed', () => {
     expect(dev.needsInterrupt()).toBe(true);
   });
 
+  it('split, EVENT_IDX, the largest ring: a full ring reclaimed in one batch moves used_event 2^15 on, and the next completion interrupts', () => {
+    // used_event is 0 and the driver reclaims 32768 buffers: it is then exactly 0x8000 behind,
+    // the one distance where "behind" (>= 0x8000) and "ahead" meet. Left there, the device
+    // would not interrupt again until the index came round to it.
+    const size = 32768;
+    const mem = testMemory(4 << 20);
+    const { config } = layoutQueue(false, size, RING);
+    const drv = createDriverQueue<number>(mem, config, { ...none, eventIdx: true });
+    const dev = createDeviceQueue(mem, config, { ...none, eventIdx: true });
+    const list = new BufferList().push(DATA, 8, true);
+    for (let i = 0; i < size; i++) expect(drv.add(list, i)).toBe(true);
+    drv.publish();
+    const c = dev.createChain();
+    while (dev.pop(c)) dev.pushUsed(c, 8);
+    dev.publishUsed();
+    dev.needsInterrupt();
+    const out: UsedBuffer<number> = { token: undefined, len: 0 };
+    let got = 0;
+    while (drv.pollUsed(out)) got++;
+    expect(got).toBe(size);
+    expect(mem.readU16(config.driverAddr + 4 + 2 * size)).toBe(size);
+    expect(drv.add(list, 0)).toBe(true);
+    drv.publish();
+    expect(dev.pop(c)).toBe(true);
+    dev.complete(c, 8);
+    expect(dev.needsInterrupt()).toBe(true);
+  });
+
   it('split: used_event is written at avail + 4 + 2 × size', () => {
     const { drv, mem, driverAddr, size } = pair({ ...none, eventIdx: true });
     for (let i = 0; i < 12; i++) addOne(drv, i);
