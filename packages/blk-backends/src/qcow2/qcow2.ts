@@ -128,8 +128,10 @@ interface Snapshot {
  *     double-allocates).
  *
  * With lazy refcounts (compatible bit 0) the dirty bit is set before the first
- * change, metadata goes out with one fdatasync, and an image found dirty is
- * repaired on a read-write open, as QEMU does.
+ * change and refcount blocks go out without their own fdatasync; an image found
+ * dirty is repaired on a read-write open, as QEMU does. Data still reaches the
+ * disk before the L2 entries that point at it, and L2 tables before the L1
+ * entries that point at them.
  */
 export class Qcow2Backend implements BlockBackend {
   readonly size: number;
@@ -1281,10 +1283,15 @@ export class Qcow2Backend implements BlockBackend {
       }
     }
     if (this.#l2.dirtyCount > 0 || l1Dirty) {
-      if (!lazy) await this.#file.datasync();
+      // Lazy refcounts excuse the refcount order only: data still reaches the disk before an
+      // L2 entry points at it, or a crash leaves entries naming clusters that hold nothing
+      // (compressed data past the end of the file reads as an I/O error).
+      if (!lazy || this.#dataDirty) await this.#file.datasync();
       await this.#l2.writeBack();
       if (l1Dirty) {
-        if (!lazy) await this.#file.datasync();
+        // New L2 tables reach the disk before the L1 entries that point at them, lazy or not
+        // (as QEMU flushes its L2 cache before writing an L1 entry).
+        await this.#file.datasync();
         const lo = this.#l1DirtyLo;
         const hi = this.#l1DirtyHi;
         await this.#file.write(this.#l1.subarray(lo * 8, (hi + 1) * 8), this.#h.l1TableOffset + lo * 8);
