@@ -17,7 +17,7 @@
  * (`qemu-img convert`), and so does this back-end; the two must agree.
  */
 import fc from 'fast-check';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Backend, createImage, MemoryBackend } from '../src/index.js';
 import { tempDir } from './helpers.js';
@@ -48,6 +48,51 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ t: 'flush' as const }) },
 );
 
+/** The bytes an op touches, [start, end): `compressed` takes its whole cluster. */
+function span(o: Exclude<Op, { t: 'flush' }>, cs: number): [number, number] {
+  if (o.t === 'compressed') {
+    const c = Math.floor((o.s * 512) / cs) * cs;
+    return [c, Math.min(c + cs, SIZE)];
+  }
+  return [o.s * 512, Math.min(o.s + o.n, SECTORS) * 512];
+}
+
+/**
+ * Batches of ops issued together: often next to each other (a gap of 0–7 sectors), so that they
+ * share clusters and race for their allocation. A flush goes alone, after the batch it was in.
+ */
+const batchesArb = fc.array(
+  fc.tuple(fc.nat({ max: SECTORS - 1 }), fc.array(fc.tuple(opArb, fc.boolean(), fc.integer({ min: 0, max: 7 })), { minLength: 1, maxLength: 3 })).map(([base, raw]) => {
+    let cursor = base;
+    const ops = raw.map(([o, near, d]): Op => {
+      if (o.t === 'flush') return o;
+      const s = near ? Math.min(SECTORS - 1, cursor + d) : o.s;
+      const placed = { ...o, s, ...(near && o.t !== 'compressed' ? { n: 1 + (o.n % 16) } : {}) } as Op;
+      cursor = s + (placed.t === 'compressed' ? 1 : (placed as { n: number }).n);
+      return placed;
+    });
+    return ops;
+  }),
+  { minLength: 3, maxLength: 20 },
+);
+
+function inBatches(raw: Op[][], cs: number): Op[][] {
+  const out: Op[][] = [];
+  for (const b of raw) {
+    const taken: [number, number][] = [];
+    const rest = b.filter((o): o is Exclude<Op, { t: 'flush' }> => {
+      if (o.t === 'flush') return false;
+      const [x, y] = span(o, cs);
+      if (taken.some(([a, e]) => x < e && a < y)) return false;
+      taken.push([x, y]);
+      return true;
+    });
+    if (rest.length > 0) out.push(rest);
+    if (b.some((o) => o.t === 'flush')) out.push([{ t: 'flush' }]);
+  }
+  return out;
+}
+
 function pattern(len: number, v: number): Uint8Array {
   const d = new Uint8Array(len);
   for (let i = 0; i < d.length; i++) d[i] = (v + (i >> 9)) & 0xff;
@@ -55,13 +100,13 @@ function pattern(len: number, v: number): Uint8Array {
 }
 
 async function apply(b: MemoryBackend | Qcow2Backend, o: Op, cs: number): Promise<void> {
-  const clip = (s: number, n: number): number => Math.min(n, SECTORS - s) * 512;
+  const clip = (s: number, n: number): number => Math.min(n, b.size / 512 - s) * 512;
   switch (o.t) {
     case 'write':
       return b.write(o.s * 512, [pattern(clip(o.s, o.n), o.v)]);
     case 'compressed': {
       const at = Math.floor((o.s * 512) / cs) * cs;
-      const d = pattern(Math.min(cs, SIZE - at), o.v);
+      const d = pattern(Math.min(cs, b.size - at), o.v);
       return b instanceof Qcow2Backend && d.length === cs ? b.writeCompressed(at, d) : b.write(at, [d]);
     }
     case 'discard':
@@ -146,14 +191,127 @@ function crashImage(initial: Uint8Array, log: Event[], k: number, keep: (event: 
 
 const layouts = fc.record({
   clusterSize: fc.constantFrom(512, 4096, 65536),
-  refcountBits: fc.constantFrom(1, 16),
+  /** 64 with 512-byte clusters: a refcount block covers 32 KiB, so the refcount table grows and moves. */
+  refcountBits: fc.constantFrom(1, 16, 64),
   lazy: fc.boolean(),
   /** A raw backing file with data in its middle half: partial writes there copy the rest of the cluster up. */
   backing: fc.boolean(),
 });
 
 /** Across the runs: crash points checked, those that fell between a flush's writes, bytes found at an older value. */
-const seen = { crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
+const seen = { concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
+
+/** A run of batches on an image, with every file event recorded and the guest's view after each batch. */
+interface Recorded {
+  size: number;
+  lazy: boolean;
+  initial: Uint8Array;
+  log: Event[];
+  batches: Op[][];
+  /** views[j]: the guest's whole disk after batch j - 1 (views[0]: before any). */
+  views: Uint8Array[];
+  start: number[];
+  end: number[];
+}
+
+async function recordRun(f: string, size: number, lazy: boolean, batches: Op[][], cs: number, model: MemoryBackend): Promise<Recorded> {
+  const initial = new Uint8Array(readFileSync(f));
+  const q = await Qcow2Backend.open(f);
+  const log = record(q);
+  const views: Uint8Array[] = [new Uint8Array(size)];
+  await model.read(0, [views[0]!]);
+  const start: number[] = [];
+  const end: number[] = [];
+  try {
+    for (const batch of batches) {
+      if (batch.length > 1) seen.concurrent++;
+      start.push(log.length);
+      await Promise.all(batch.map((o) => apply(q, o, cs)));
+      end.push(log.length);
+      for (const o of batch) await apply(model, o, cs);
+      const v = new Uint8Array(size);
+      await model.read(0, [v]);
+      views.push(v);
+    }
+  } finally {
+    await q.close();
+  }
+  return { size, lazy, initial, log, batches, views, start, end };
+}
+
+/**
+ * The crash after the first `p` file events, losing what `keep` says of the unsynced writes:
+ * the image must pass `qemu-img check` (leaks at most; lazy refcounts: clean after this
+ * back-end's repair), read the same through QEMU and through this back-end, and hold at every
+ * byte its value at the last completed flush or one a batch begun since then wrote.
+ */
+async function checkCrash(rec: Recorded, p: number, keep: (event: number, page: number) => boolean, dir: ReturnType<typeof tempDir>, what: string): Promise<void> {
+  const { size, log, batches, views, start, end } = rec;
+  seen.crashes++;
+  const crashed = dir.path(`crash-${p}.qcow2`);
+  writeFileSync(crashed, crashImage(rec.initial, log, p, keep));
+  const where = `crash after ${p} of ${log.length} file events; ${what}`;
+  // The last batch whose flush had completed, and the last batch begun, at the crash.
+  let flushed = 0;
+  let begun = 0;
+  for (let j = 0; j < batches.length; j++) {
+    if (batches[j]![0]!.t === 'flush' && end[j]! <= p) flushed = j + 1;
+    if (start[j]! < p) begun = j + 1;
+    if (batches[j]![0]!.t === 'flush' && start[j]! < p && p < end[j]!) seen.midFlush++;
+  }
+  if (rec.lazy) {
+    // A read-write open repairs what lazy refcounts left; then QEMU finds it clean.
+    const r = await Qcow2Backend.open(crashed);
+    if (r.dirtyBit) throw new Error(`${where}: still dirty after open`);
+    await r.close();
+    seen.lazy++;
+  }
+  const chk = runTool('qemu-img', ['check', '-f', 'qcow2', crashed]);
+  if (chk.status === 3) seen.leaks++;
+  expect(rec.lazy ? [0] : [0, 3], `${where}: qemu-img check says ${chk.stdout}${chk.stderr}`).toContain(chk.status);
+  const raw = dir.path(`crash-${p}.raw`);
+  const cv = runTool('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', crashed, raw]);
+  expect(cv.status, `${where}: ${cv.stderr}`).toBe(0);
+  const got = new Uint8Array(readFileSync(raw));
+  // This back-end reads the crashed image as QEMU does.
+  const r = await Qcow2Backend.open(crashed, { readOnly: true });
+  const ours = new Uint8Array(size);
+  try {
+    await r.read(0, [ours]);
+  } finally {
+    await r.close();
+  }
+  expect(Buffer.compare(ours, got), `${where}: this back-end and qemu-img read the crashed image differently`).toBe(0);
+  // Every byte: its value at the last completed flush, or one a batch begun since then left.
+  const base = views[flushed]!;
+  for (let i = 0; i < size; i++) {
+    const b = got[i]!;
+    if (b === base[i]) continue;
+    let ok = false;
+    for (let j = flushed + 1; j <= begun && !ok; j++) ok = views[j]![i] === b;
+    if (!ok) {
+      const allowed = [base[i]!, ...views.slice(flushed + 1, begun + 1).map((v) => v[i]!)];
+      throw new Error(`${where}: byte ${i} (sector ${i >> 9}) reads 0x${b.toString(16)}; after the last completed flush (batch ${flushed}) it may only be one of ${[...new Set(allowed)].map((x) => `0x${x.toString(16)}`).join(', ')}`);
+    }
+  }
+  for (let i = 0; i < size; i += 512) {
+    if (got[i] !== views[begun]![i]) {
+      seen.unflushedLost++;
+      break;
+    }
+  }
+  rmSync(crashed);
+  rmSync(raw);
+}
+
+/** A seeded generator (fast-check's numbers lean to the edges). */
+function lcg(seed: number): () => number {
+  let rng = seed >>> 0;
+  return () => {
+    rng = (Math.imul(rng, 1103515245) + 12345) >>> 0;
+    return rng >>> 8;
+  };
+}
 
 describe('qcow2 crash consistency', () => {
   beforeAll(() => requireQemu());
@@ -202,11 +360,12 @@ describe('qcow2 crash consistency', () => {
 
   it('a crash anywhere, losing any writes since the last fdatasync, leaves a checkable image holding flushed data', async () => {
     await fc.assert(
-      fc.asyncProperty(layouts, fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.integer(), async (layout, ops, seed) => {
+      fc.asyncProperty(layouts, batchesArb, fc.integer(), async (layout, raw, seed) => {
         tmp?.remove();
         tmp = tempDir();
         const f = tmp.path('c.qcow2');
         const cs = layout.clusterSize;
+        const batches = inBatches(raw, cs);
         const model = new MemoryBackend({ size: SIZE });
         if (layout.backing) {
           const d = new Uint8Array(SIZE / 2);
@@ -223,89 +382,12 @@ describe('qcow2 crash consistency', () => {
           lazyRefcounts: layout.lazy,
           ...(layout.backing ? { backingFile: 'base.raw', backingFormat: 'raw' } : {}),
         });
-        const initial = new Uint8Array(readFileSync(f));
-        const q = await Qcow2Backend.open(f);
-        const log = record(q);
-        // The guest's view after each op (index 0: before any), and where each op's events lie.
-        const views: Uint8Array[] = [new Uint8Array(SIZE)];
-        await model.read(0, [views[0]!]);
-        const start: number[] = [];
-        const end: number[] = [];
-        try {
-          for (const o of ops) {
-            start.push(log.length);
-            await apply(q, o, cs);
-            end.push(log.length);
-            await apply(model, o, cs);
-            const v = new Uint8Array(SIZE);
-            await model.read(0, [v]);
-            views.push(v);
-          }
-        } finally {
-          await q.close();
-        }
-        if (log.length === 0) return;
-        // Crash points and lost pages from the run's seed (fast-check's numbers lean to the edges).
-        let rng = seed >>> 0;
-        const next = (): number => {
-          rng = (Math.imul(rng, 1103515245) + 12345) >>> 0;
-          return rng >>> 8;
-        };
-        const keep = (): boolean => (next() & 1) === 1;
+        const rec = await recordRun(f, SIZE, layout.lazy, batches, cs, model);
+        if (rec.log.length === 0) return;
+        const next = lcg(seed);
         const points = new Set<number>();
-        for (let i = 0; i < 5; i++) points.add(1 + (next() % log.length));
-        for (const p of points) {
-          seen.crashes++;
-          const crashed = tmp.path(`crash-${p}.qcow2`);
-          writeFileSync(crashed, crashImage(initial, log, p, keep));
-          const where = `crash after ${p} of ${log.length} file events; ops ${JSON.stringify(ops)}; layout ${JSON.stringify(layout)}`;
-          // The last op whose flush had completed, and the last op begun, at the crash.
-          let flushed = 0;
-          let begun = 0;
-          for (let j = 0; j < ops.length; j++) {
-            if (ops[j]!.t === 'flush' && end[j]! <= p) flushed = j + 1;
-            if (start[j]! < p) begun = j + 1;
-            if (ops[j]!.t === 'flush' && start[j]! < p && p < end[j]!) seen.midFlush++;
-          }
-          if (layout.lazy) {
-            // A read-write open repairs what lazy refcounts left; then QEMU finds it clean.
-            const r = await Qcow2Backend.open(crashed);
-            if (r.dirtyBit) throw new Error(`${where}: still dirty after open`);
-            await r.close();
-            seen.lazy++;
-          }
-          const chk = runTool('qemu-img', ['check', '-f', 'qcow2', crashed]);
-          if (chk.status === 3) seen.leaks++;
-          expect(layout.lazy ? [0] : [0, 3], `${where}: qemu-img check says ${chk.stdout}${chk.stderr}`).toContain(chk.status);
-          const raw = tmp.path(`crash-${p}.raw`);
-          const cv = runTool('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', crashed, raw]);
-          expect(cv.status, `${where}: ${cv.stderr}`).toBe(0);
-          const got = new Uint8Array(readFileSync(raw));
-          // This back-end reads the crashed image as QEMU does.
-          const r = await Qcow2Backend.open(crashed, { readOnly: true });
-          const ours = new Uint8Array(SIZE);
-          try {
-            await r.read(0, [ours]);
-          } finally {
-            await r.close();
-          }
-          expect(Buffer.compare(ours, got), `${where}: this back-end and qemu-img read the crashed image differently`).toBe(0);
-          // Every byte: its value at the last completed flush, or one an op begun since then left.
-          const base = views[flushed]!;
-          let lost = false;
-          for (let i = 0; i < SIZE; i++) {
-            const b = got[i]!;
-            if (b === base[i]) continue;
-            let ok = false;
-            for (let j = flushed + 1; j <= begun && !ok; j++) ok = views[j]![i] === b;
-            if (!ok) {
-              const allowed = [base[i]!, ...views.slice(flushed + 1, begun + 1).map((v) => v[i]!)];
-              throw new Error(`${where}: byte ${i} (sector ${i >> 9}) reads 0x${b.toString(16)}; after the last completed flush (op ${flushed}) it may only be one of ${[...new Set(allowed)].map((x) => `0x${x.toString(16)}`).join(', ')}`);
-            }
-          }
-          for (let i = 0; i < SIZE && !lost; i += 512) if (got[i] !== views[begun]![i]) lost = true;
-          if (lost) seen.unflushedLost++;
-        }
+        for (let i = 0; i < 5; i++) points.add(1 + (next() % rec.log.length));
+        for (const p of points) await checkCrash(rec, p, () => (next() & 1) === 1, tmp, `batches ${JSON.stringify(batches)}; layout ${JSON.stringify(layout)}`);
       }),
       // No shrinking: each step spawns qemu-img; the message names the ops, the layout and the crash.
       { numRuns: 60, endOnFailure: true },
@@ -316,5 +398,38 @@ describe('qcow2 crash consistency', () => {
     expect(seen.midFlush).toBeGreaterThan(10);
     expect(seen.unflushedLost).toBeGreaterThan(10);
     expect(seen.lazy).toBeGreaterThan(20);
+    expect(seen.concurrent).toBeGreaterThan(100);
   }, 300_000);
+
+  for (const lazy of [false, true]) {
+    it(`the refcount table outgrows its cluster and moves (${lazy ? 'lazy refcounts' : 'refcounts in order'}): a crash at any step of it`, async () => {
+      // 512-byte clusters with 64-bit refcounts: a refcount block covers 32 KiB of the file, and
+      // the first refcount table's one cluster 2 MiB. Writing 3 MiB moves the table.
+      tmp = tempDir();
+      const f = tmp.path('g.qcow2');
+      const size = 4 << 20;
+      const cs = 512;
+      await createImage(f, 'qcow2', { size, clusterSize: cs, refcountBits: 64, lazyRefcounts: lazy });
+      const batches: Op[][] = [];
+      for (let at = 0; at < 3 << 20; at += 64 << 10) {
+        batches.push([{ t: 'write', s: at / 512, n: 128, v: 1 + ((at >> 16) % 250) }]);
+        if (at % (512 << 10) === 0) batches.push([{ t: 'flush' }]);
+      }
+      batches.push([{ t: 'flush' }]);
+      const rec = await recordRun(f, size, lazy, batches, cs, new MemoryBackend({ size }));
+      const reftableAt = (b: Uint8Array): bigint => new DataView(b.buffer, b.byteOffset).getBigUint64(48);
+      expect(reftableAt(new Uint8Array(readFileSync(f))), 'the refcount table moved').not.toBe(reftableAt(rec.initial));
+      // Where the header that names the new table was written: every crash point around it,
+      // and a spread over the rest.
+      const moved = rec.log.findIndex((e, i) => i > 0 && e.t === 'write' && e.pos === 0 && reftableAt(e.data) !== reftableAt(rec.initial));
+      expect(moved).toBeGreaterThan(0);
+      const points = new Set<number>();
+      for (let p = Math.max(1, moved - 12); p <= Math.min(rec.log.length, moved + 4); p++) points.add(p);
+      for (let p = 1; p <= rec.log.length; p += Math.ceil(rec.log.length / 12)) points.add(p);
+      const next = lcg(lazy ? 7 : 3);
+      for (const p of points) {
+        for (const keep of [() => false, () => true, () => (next() & 1) === 1]) await checkCrash(rec, p, keep, tmp, `refcount table move at event ${moved}`);
+      }
+    }, 120_000);
+  }
 });

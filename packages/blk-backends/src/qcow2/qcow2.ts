@@ -169,6 +169,12 @@ export class Qcow2Backend implements BlockBackend {
   #freeHint = 0;
   /** One past the highest cluster allocated in this session (some may not be written yet). */
   #highWater = 0;
+  /**
+   * Clusters `#allocClusters` has found free and is recording one by one: a refcount block
+   * (or a bigger refcount table) allocated while it does must not be placed among them.
+   */
+  #reservedStart = 0;
+  #reservedEnd = 0;
   #dataDirty = false;
   #closed = false;
   #scratch: Uint8Array;
@@ -1150,18 +1156,27 @@ export class Qcow2Backend implements BlockBackend {
       if (now !== 0) return this.#rc.get(now);
     }
     const c = await this.#findFree(1);
+    // The new block's own refcount: in itself when it covers itself, else in another block.
+    const cti = Math.floor(c / this.refblockEntries);
+    if (cti !== ti && this.#refblockOffset(cti) === 0) {
+      // That other block does not exist yet: make it first, then start over. Making it may grow
+      // the refcount table, which puts the table on disk and switches the header to it; had
+      // this block been in the table by then with its own refcount still unrecorded, a crash
+      // there would leave a referenced cluster with refcount 0 (an error, not a leak).
+      await this.#ensureRefblock(cti, depth + 1);
+      return this.#ensureRefblock(ti, depth + 1);
+    }
     this.#freeHint = c + 1;
     this.#highWater = Math.max(this.#highWater, c + 1);
     const t = this.#rc.create(c * this.clusterSize);
-    this.#reftable[ti] = c * this.clusterSize;
-    this.#reftableDirty = true;
-    // The new block's own refcount: in itself when it covers itself, else in another block.
-    const cti = Math.floor(c / this.refblockEntries);
     if (cti === ti) this.#writeRc(t, c % this.refblockEntries, 1);
     else {
-      const other = await this.#ensureRefblock(cti, depth + 1);
+      let other = this.#rc.get(this.#refblockOffset(cti));
+      if (other instanceof Promise) other = await other;
       this.#writeRc(other, c % this.refblockEntries, 1);
     }
+    this.#reftable[ti] = c * this.clusterSize;
+    this.#reftableDirty = true;
     return t;
   }
 
@@ -1226,22 +1241,28 @@ export class Qcow2Backend implements BlockBackend {
     const beyond = Math.max(Math.ceil(this.#file.size / this.clusterSize), this.#highWater);
     while (run < n) {
       if (c >= limit) throw new BlockError('unsupported', 'the image has no free cluster below 2^53 bytes');
+      if (c >= this.#reservedStart && c < this.#reservedEnd) {
+        run = 0;
+        c = start = this.#reservedEnd;
+        continue;
+      }
       if (c >= beyond) {
         if (run === 0) start = c;
         return start;
       }
       const ti = Math.floor(c / rbe);
       const off = this.#refblockOffset(ti);
+      // Up to the end of this block's range, or to the reservation if it starts before then.
+      const blockEnd = c < this.#reservedStart ? Math.min((ti + 1) * rbe, this.#reservedStart) : (ti + 1) * rbe;
       if (off === 0) {
         // A whole block range with no refcount block: all free.
-        const take = Math.min(n - run, (ti + 1) * rbe - c);
+        const take = Math.min(n - run, blockEnd - c);
         run += take;
         c += take;
         continue;
       }
       let t = this.#rc.get(off);
       if (t instanceof Promise) t = await t;
-      const blockEnd = (ti + 1) * rbe;
       while (c < blockEnd && run < n) {
         if (this.#readRc(t, c % rbe) === 0) run++;
         else {
@@ -1259,7 +1280,13 @@ export class Qcow2Backend implements BlockBackend {
     const start = await this.#findFree(n);
     this.#freeHint = start + n;
     this.#highWater = Math.max(this.#highWater, start + n);
-    for (let c = start; c < start + n; c++) await this.#setRefcount(c, 1);
+    this.#reservedStart = start;
+    this.#reservedEnd = start + n;
+    try {
+      for (let c = start; c < start + n; c++) await this.#setRefcount(c, 1);
+    } finally {
+      this.#reservedStart = this.#reservedEnd = 0;
+    }
     return start * this.clusterSize;
   }
 
