@@ -196,7 +196,16 @@ const layouts = fc.record({
   lazy: fc.boolean(),
   /** A raw backing file with data in its middle half: partial writes there copy the rest of the cluster up. */
   backing: fc.boolean(),
-});
+  /** Version 2 (16-bit refcounts, no lazy refcounts, no zero flag); version 3 with extended L2 entries (subclusters). */
+  version: fc.constantFrom(2 as const, 3 as const, 3 as const),
+  extendedL2: fc.boolean(),
+}).map((l) => ({
+  ...l,
+  refcountBits: l.version === 2 ? 16 : l.refcountBits,
+  lazy: l.version === 3 && l.lazy,
+  extendedL2: l.version === 3 && l.extendedL2,
+  clusterSize: l.version === 3 && l.extendedL2 ? Math.max(16384, l.clusterSize) : l.clusterSize,
+}));
 
 /** Across the runs: crash points checked, those that fell between a flush's writes, bytes found at an older value. */
 const seen = { concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
@@ -380,6 +389,8 @@ describe('qcow2 crash consistency', () => {
           clusterSize: cs,
           refcountBits: layout.refcountBits,
           lazyRefcounts: layout.lazy,
+          version: layout.version,
+          extendedL2: layout.extendedL2,
           ...(layout.backing ? { backingFile: 'base.raw', backingFormat: 'raw' } : {}),
         });
         const rec = await recordRun(f, SIZE, layout.lazy, batches, cs, model);
