@@ -300,6 +300,8 @@ const clone = (p: RefPkt): RefPkt => ({ bytes: p.bytes.slice(), inPort: p.inPort
 export class Reference {
   readonly outputs: RefOutput[] = [];
   readonly packetIns: RefPacketIn[] = [];
+  /** Every entry a lookup met, once per lookup (what the entry's packet counter and idle timer see). */
+  readonly hits: RefFlow[] = [];
   private readonly ex = new FlowKeyExtractor();
   constructor(private readonly w: RefWorld) {}
 
@@ -366,6 +368,7 @@ export class Reference {
     let best = hits[0]!;
     for (const f of hits) if (f.priority > best.priority || (f.priority === best.priority && f.seq < best.seq)) best = f;
     if (hits.some((f) => f !== best && f.priority === best.priority)) refCoverage.priorityTies++;
+    this.hits.push(best);
     return best;
   }
 
