@@ -155,6 +155,50 @@ function record(q: Qcow2Backend): Event[] {
   return log;
 }
 
+/**
+ * Opens `path` read-write (a dirty lazy-refcount image is repaired there) and closes it,
+ * recording every event on that file: the repair's writes are made inside `open`, before a
+ * back-end exists to hook, so the HostFile prototype is patched for the duration.
+ */
+async function recordRepair(path: string): Promise<Event[]> {
+  const probe = await Qcow2Backend.open(path, { readOnly: true });
+  const proto = Object.getPrototypeOf(probe.hostFile) as Record<'writev' | 'datasync' | 'zeroRange' | 'truncate', (...a: never[]) => Promise<unknown>>;
+  await probe.close();
+  const saved = { writev: proto.writev, datasync: proto.datasync, zeroRange: proto.zeroRange, truncate: proto.truncate };
+  const log: Event[] = [];
+  const mine = (f: { path: string }): boolean => f.path === path;
+  proto.writev = async function (this: { path: string }, bufs: Uint8Array[], pos: number) {
+    await saved.writev.call(this, bufs as never, pos as never);
+    if (!mine(this)) return;
+    let at = pos;
+    for (const b of bufs) {
+      log.push({ t: 'write', pos: at, data: b.slice() });
+      at += b.length;
+    }
+  } as never;
+  proto.datasync = async function (this: { path: string }) {
+    await saved.datasync.call(this);
+    if (mine(this)) log.push({ t: 'sync' });
+  } as never;
+  proto.zeroRange = async function (this: { path: string; size: number }, pos: number, len: number, unmap: boolean) {
+    const size = this.size;
+    const r = await saved.zeroRange.call(this, pos as never, len as never, unmap as never);
+    const end = Math.min(pos + len, size);
+    if (mine(this) && end > pos) log.push({ t: 'write', pos, data: new Uint8Array(end - pos) });
+    return r;
+  } as never;
+  proto.truncate = async function (this: { path: string }, size: number) {
+    await saved.truncate.call(this, size as never);
+    if (mine(this)) log.push({ t: 'truncate', size });
+  } as never;
+  try {
+    await (await Qcow2Backend.open(path)).close();
+  } finally {
+    Object.assign(proto, saved);
+  }
+  return log;
+}
+
 /** The file a crash after the first `k` events leaves: all before the last sync, a subset after. */
 function crashImage(initial: Uint8Array, log: Event[], k: number, keep: (event: number, page: number) => boolean): Uint8Array {
   let lastSync = -1;
@@ -208,7 +252,7 @@ const layouts = fc.record({
 }));
 
 /** Across the runs: crash points checked, those that fell between a flush's writes, bytes found at an older value. */
-const seen = { concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
+const seen = { repairCrashes: 0, concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
 
 /** A run of batches on an image, with every file event recorded and the guest's view after each batch. */
 interface Recorded {
@@ -254,7 +298,7 @@ async function recordRun(f: string, size: number, lazy: boolean, batches: Op[][]
  * back-end's repair), read the same through QEMU and through this back-end, and hold at every
  * byte its value at the last completed flush or one a batch begun since then wrote.
  */
-async function checkCrash(rec: Recorded, p: number, keep: (event: number, page: number) => boolean, dir: ReturnType<typeof tempDir>, what: string): Promise<void> {
+async function checkCrash(rec: Recorded, p: number, keep: (event: number, page: number) => boolean, dir: ReturnType<typeof tempDir>, what: string, repairCrash?: () => number): Promise<void> {
   const { size, log, batches, views, start, end } = rec;
   seen.crashes++;
   const crashed = dir.path(`crash-${p}.qcow2`);
@@ -269,6 +313,17 @@ async function checkCrash(rec: Recorded, p: number, keep: (event: number, page: 
     if (batches[j]![0]!.t === 'flush' && start[j]! < p && p < end[j]!) seen.midFlush++;
   }
   if (rec.lazy) {
+    if (repairCrash !== undefined) {
+      // A second crash, in the middle of the repair that the first one called for: the next
+      // open must still repair it, and the guest's data must not have moved.
+      const before = new Uint8Array(readFileSync(crashed));
+      const rlog = await recordRepair(crashed);
+      if (rlog.length > 0) {
+        const p2 = 1 + (repairCrash() % rlog.length);
+        writeFileSync(crashed, crashImage(before, rlog, p2, () => (repairCrash() & 1) === 1));
+        seen.repairCrashes++;
+      }
+    }
     // A read-write open repairs what lazy refcounts left; then QEMU finds it clean.
     const r = await Qcow2Backend.open(crashed);
     if (r.dirtyBit) throw new Error(`${where}: still dirty after open`);
@@ -398,7 +453,7 @@ describe('qcow2 crash consistency', () => {
         const next = lcg(seed);
         const points = new Set<number>();
         for (let i = 0; i < 5; i++) points.add(1 + (next() % rec.log.length));
-        for (const p of points) await checkCrash(rec, p, () => (next() & 1) === 1, tmp, `batches ${JSON.stringify(batches)}; layout ${JSON.stringify(layout)}`);
+        for (const p of points) await checkCrash(rec, p, () => (next() & 1) === 1, tmp, `batches ${JSON.stringify(batches)}; layout ${JSON.stringify(layout)}`, (next() & 1) === 1 ? next : undefined);
       }),
       // No shrinking: each step spawns qemu-img; the message names the ops, the layout and the crash.
       { numRuns: 60, endOnFailure: true },
@@ -410,6 +465,7 @@ describe('qcow2 crash consistency', () => {
     expect(seen.unflushedLost).toBeGreaterThan(10);
     expect(seen.lazy).toBeGreaterThan(20);
     expect(seen.concurrent).toBeGreaterThan(100);
+    expect(seen.repairCrashes).toBeGreaterThan(10);
   }, 300_000);
 
   for (const lazy of [false, true]) {
