@@ -175,22 +175,22 @@ async function recordRepair(path: string): Promise<Event[]> {
       log.push({ t: 'write', pos: at, data: b.slice() });
       at += b.length;
     }
-  } as never;
+  };
   proto.datasync = async function (this: { path: string }) {
     await saved.datasync.call(this);
     if (mine(this)) log.push({ t: 'sync' });
-  } as never;
+  };
   proto.zeroRange = async function (this: { path: string; size: number }, pos: number, len: number, unmap: boolean) {
     const size = this.size;
     const r = await saved.zeroRange.call(this, pos as never, len as never, unmap as never);
     const end = Math.min(pos + len, size);
     if (mine(this) && end > pos) log.push({ t: 'write', pos, data: new Uint8Array(end - pos) });
     return r;
-  } as never;
+  };
   proto.truncate = async function (this: { path: string }, size: number) {
     await saved.truncate.call(this, size as never);
     if (mine(this)) log.push({ t: 'truncate', size });
-  } as never;
+  };
   try {
     await (await Qcow2Backend.open(path)).close();
   } finally {
