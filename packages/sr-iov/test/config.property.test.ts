@@ -142,7 +142,7 @@ interface Coverage {
  * falls back to 0 when VFs are disabled through the API. Initiate FLR is
  * left out (a reset legitimately changes everything).
  */
-function checkWrites(doc: Documented, runs: number, seed: number): Coverage {
+function checkWrites(doc: Documented, runs: number): Coverage {
   const cov: Coverage = { runs: 0, sriovAccesses: 0, accesses: 0, ariFlipRuns: 0, layoutChangeRuns: 0, vfEnableRuns: 0, vfDisableRuns: 0, vfWrites: 0 };
   fc.assert(
     fc.property(fc.array(fc.tuple(mixedAccess, fc.boolean()), { maxLength: 60 }), fc.nat(4), (ops, numVfs) => {
@@ -233,23 +233,25 @@ function checkWrites(doc: Documented, runs: number, seed: number): Coverage {
       if (enabled) cov.vfEnableRuns++;
       if (disabled) cov.vfDisableRuns++;
     }),
-    { numRuns: runs, seed },
+    { numRuns: runs },
   );
   return cov;
 }
 
 describe('random writes to real PFs and VFs', () => {
   it('82599-like: never change read-only bits (masks and spec); RW1C bits only clear; layout as documented', () => {
-    const cov = checkWrites(I82599, 150, 0x82599);
-    expect(cov.sriovAccesses / (cov.accesses - cov.vfWrites)).toBeGreaterThan(0.25);
+    // Random seeds, 300 runs: over 14 seeds the lowest counts were 56 ARI flips (82599), 81 VF
+    // enables, 116 disables and 2,610 VF writes; SR-IOV accesses 28 % or more of the PF's.
+    const cov = checkWrites(I82599, 300);
+    expect(cov.sriovAccesses / (cov.accesses - cov.vfWrites)).toBeGreaterThan(0.2);
     expect(cov.ariFlipRuns).toBeGreaterThan(20);
     expect(cov.vfEnableRuns).toBeGreaterThan(20);
     expect(cov.vfDisableRuns).toBeGreaterThan(20);
     expect(cov.vfWrites).toBeGreaterThan(200);
   });
   it('E810-like (layout depends on ARI): never change read-only bits (masks and spec); RW1C bits only clear; layout as documented', () => {
-    const cov = checkWrites(E810, 150, 0xe810);
-    expect(cov.sriovAccesses / (cov.accesses - cov.vfWrites)).toBeGreaterThan(0.25);
+    const cov = checkWrites(E810, 300);
+    expect(cov.sriovAccesses / (cov.accesses - cov.vfWrites)).toBeGreaterThan(0.2);
     expect(cov.ariFlipRuns).toBeGreaterThan(20);
     expect(cov.layoutChangeRuns).toBeGreaterThan(20);
     expect(cov.vfEnableRuns).toBeGreaterThan(20);

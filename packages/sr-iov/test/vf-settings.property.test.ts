@@ -86,8 +86,9 @@ describe('per-VF settings against a reference of the rtnetlink rules', () => {
           expect([pf.getVfConfig(0), pf.getVfConfig(1)]).toEqual(model);
         }
       }),
-      { numRuns: 200, seed: 0x5ee4 },
+      { numRuns: 400 },
     );
+    // Random seeds, 400 runs: over 10 seeds the lowest counts were 63 and 128.
     expect(atLinkSpeedOk).toBeGreaterThan(20);
     expect(aboveLinkSpeedRefused).toBeGreaterThan(20);
   });
