@@ -127,37 +127,47 @@ async function apply(b: MemoryBackend | Qcow2Backend, o: Op, cs: number): Promis
 /** What reached the host file, in issue order. */
 type Event = { t: 'write'; pos: number; data: Uint8Array } | { t: 'sync' } | { t: 'truncate'; size: number };
 
-/** Records every write, zeroing, truncation and fdatasync the back-end makes to its file. */
-function record(q: Qcow2Backend): Event[] {
-  const log: Event[] = [];
-  const file = q.hostFile;
-  const writev = file.writev.bind(file);
-  const datasync = file.datasync.bind(file);
-  const zeroRange = file.zeroRange.bind(file);
-  const truncate = file.truncate.bind(file);
-  file.writev = async (bufs, pos) => {
-    await writev(bufs, pos);
+type HostFile = Qcow2Backend['hostFile'];
+type Hooked = Pick<HostFile, 'writev' | 'datasync' | 'zeroRange' | 'truncate'>;
+
+/**
+ * Patches `target` (a HostFile, or HostFile.prototype) so that every write, zeroing,
+ * truncation and fdatasync of a file `mine` accepts is appended to `log`, after it is done.
+ * Returns the undo.
+ */
+function hook(target: Hooked, log: Event[], mine: (f: HostFile) => boolean): () => void {
+  const saved = { writev: target.writev, datasync: target.datasync, zeroRange: target.zeroRange, truncate: target.truncate };
+  target.writev = async function (this: HostFile, bufs, pos) {
+    await saved.writev.call(this, bufs, pos);
+    if (!mine(this)) return;
     let at = pos;
     for (const b of bufs) {
       log.push({ t: 'write', pos: at, data: b.slice() });
       at += b.length;
     }
   };
-  file.datasync = async () => {
-    await datasync();
-    log.push({ t: 'sync' });
+  target.datasync = async function (this: HostFile) {
+    await saved.datasync.call(this);
+    if (mine(this)) log.push({ t: 'sync' });
   };
-  file.zeroRange = async (pos, len, unmap) => {
-    const size = file.size;
-    const r = await zeroRange(pos, len, unmap);
+  target.zeroRange = async function (this: HostFile, pos, len, unmap) {
+    const size = this.size;
+    const r = await saved.zeroRange.call(this, pos, len, unmap);
     const end = Math.min(pos + len, size);
-    if (end > pos) log.push({ t: 'write', pos, data: new Uint8Array(end - pos) });
+    if (mine(this) && end > pos) log.push({ t: 'write', pos, data: new Uint8Array(end - pos) });
     return r;
   };
-  file.truncate = async (size) => {
-    await truncate(size);
-    log.push({ t: 'truncate', size });
+  target.truncate = async function (this: HostFile, size) {
+    await saved.truncate.call(this, size);
+    if (mine(this)) log.push({ t: 'truncate', size });
   };
+  return () => Object.assign(target, saved);
+}
+
+/** Records every write, zeroing, truncation and fdatasync the back-end makes to its file. */
+function record(q: Qcow2Backend): Event[] {
+  const log: Event[] = [];
+  hook(q.hostFile, log, () => true);
   return log;
 }
 
@@ -168,39 +178,14 @@ function record(q: Qcow2Backend): Event[] {
  */
 async function recordRepair(path: string): Promise<Event[]> {
   const probe = await Qcow2Backend.open(path, { readOnly: true });
-  const proto = Object.getPrototypeOf(probe.hostFile) as Record<'writev' | 'datasync' | 'zeroRange' | 'truncate', (...a: never[]) => Promise<unknown>>;
+  const proto = Object.getPrototypeOf(probe.hostFile) as Hooked;
   await probe.close();
-  const saved = { writev: proto.writev, datasync: proto.datasync, zeroRange: proto.zeroRange, truncate: proto.truncate };
   const log: Event[] = [];
-  const mine = (f: { path: string }): boolean => f.path === path;
-  proto.writev = async function (this: { path: string }, bufs: Uint8Array[], pos: number) {
-    await saved.writev.call(this, bufs as never, pos as never);
-    if (!mine(this)) return;
-    let at = pos;
-    for (const b of bufs) {
-      log.push({ t: 'write', pos: at, data: b.slice() });
-      at += b.length;
-    }
-  };
-  proto.datasync = async function (this: { path: string }) {
-    await saved.datasync.call(this);
-    if (mine(this)) log.push({ t: 'sync' });
-  };
-  proto.zeroRange = async function (this: { path: string; size: number }, pos: number, len: number, unmap: boolean) {
-    const size = this.size;
-    const r = await saved.zeroRange.call(this, pos as never, len as never, unmap as never);
-    const end = Math.min(pos + len, size);
-    if (mine(this) && end > pos) log.push({ t: 'write', pos, data: new Uint8Array(end - pos) });
-    return r;
-  };
-  proto.truncate = async function (this: { path: string }, size: number) {
-    await saved.truncate.call(this, size as never);
-    if (mine(this)) log.push({ t: 'truncate', size });
-  };
+  const undo = hook(proto, log, (f) => f.path === path);
   try {
     await (await Qcow2Backend.open(path)).close();
   } finally {
-    Object.assign(proto, saved);
+    undo();
   }
   return log;
 }
