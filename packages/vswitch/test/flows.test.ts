@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Bridge, Port, VswitchError, compileMatch, type Match } from '../src/index.js';
-import { SinkBackend, udpFrame } from './helpers.js';
+import { SinkBackend, tag, udpFrame } from './helpers.js';
 
 const kindOf = (fn: () => unknown): string => {
   try {
@@ -173,6 +173,18 @@ describe('flow-mods (§6.4)', () => {
     const last = s[1]!.sent[3]!;
     expect(tagsOf(last)).toEqual([2, 2]);
     expect(last.length).toBe(udpFrame(1, 2, { vlan: 2 }).length + 4);
+  });
+
+  it('a frame arriving with three tags matches as two tags and eth_type 0x8100; two pops leave the third', () => {
+    setup();
+    const three = tag(tag(udpFrame(1, 2, { vlan: 7 }), 6), 5);
+    br.addFlow({ priority: 1, match: { in_port: 1 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'output', port: 3 }] }] });
+    br.addFlow({ priority: 2, match: { in_port: 1, vlan_vid: 0x1005, eth_type: 0x8100 }, instructions: [{ type: 'apply_actions', actions: [{ type: 'pop_vlan' }, { type: 'pop_vlan' }, { type: 'output', port: 2 }] }] });
+    s[0]!.inject(three);
+    expect(s[2]!.sent).toHaveLength(0);
+    const out = s[1]!.sent[0]!;
+    expect([out[12], out[13], out[14], out[15]]).toEqual([0x81, 0, 0, 7]);
+    expect(out.length).toBe(three.length - 8);
   });
 });
 
