@@ -79,7 +79,9 @@ type Op =
   | { t: 'large'; frame: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global'; am: number }
   | { t: 'probe'; large: boolean; n: number; off: number; write: boolean }
   /** Probe inside the k-th edited leaf: where a missed invalidation would show. */
-  | { t: 'reprobe'; k: number; off: number; write: boolean };
+  | { t: 'reprobe'; k: number; off: number; write: boolean }
+  /** Edit the k-th edited leaf again: its old translation may be cached by a probe since. */
+  | { t: 'reedit'; k: number; gpa: number; perm: number; inval: 'page' | 'domain' | 'global'; am: number };
 
 // Mostly page-selective: a domain or global flush in between would hide a missed page invalidation.
 const inval = fc.oneof(
@@ -95,11 +97,15 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ t: fc.constant('probe' as const), large: fc.boolean(), n: fc.nat(1100), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
   fc.record({ t: fc.constant('reprobe' as const), k: fc.nat(), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
   fc.record({ t: fc.constant('reprobe' as const), k: fc.nat(), off: fc.nat(TWO_M - 1), write: fc.boolean() }),
+  // am 0-3 mostly: the edited page is then often the first of its block, where an invalidation
+  // that skips the block's first page would leave it stale.
+  fc.record({ t: fc.constant('reedit' as const), k: fc.nat(), gpa: fc.nat(2047), perm: fc.nat(3), inval, am: fc.oneof(fc.nat(3), fc.nat(10)) }),
 );
 
 describe('VT-d walker agrees with a naive page map after each invalidation (property)', () => {
   for (const entries of [0, 1, 64]) {
     it(`random 4 KiB / 2 MiB leaf edits, each followed by its invalidation, IOTLB of ${entries}`, () => {
+      let reedits = 0;
       fc.assert(
         fc.property(fc.array(op, { minLength: 1, maxLength: 80, size: 'max' }), (ops) => {
           const tb = new Tables();
@@ -114,6 +120,14 @@ describe('VT-d walker agrees with a naive page map after each invalidation (prop
               const [base, size] = edited[o.k % edited.length]!;
               const addr = base + (o.off % size);
               o = size === PAGE ? { t: 'probe', large: false, n: addr / PAGE, off: o.off % PAGE, write: o.write } : { t: 'probe', large: true, n: addr / TWO_M - LARGE_BASE, off: o.off, write: o.write };
+            }
+            if (o.t === 'reedit') {
+              if (edited.length === 0) continue;
+              const [base, size] = edited[o.k % edited.length]!;
+              o = size === PAGE
+                ? { t: 'small', page: base / PAGE, gpa: o.gpa, perm: o.perm, inval: o.inval, am: o.am }
+                : { t: 'large', frame: base / TWO_M - LARGE_BASE, gpa: o.gpa % 4001, perm: o.perm, inval: o.inval, am: Math.max(9, o.am) };
+              reedits++;
             }
             if (o.t === 'small' || o.t === 'large') {
               const iova = o.t === 'small' ? o.page * PAGE : (LARGE_BASE + o.frame) * TWO_M;
@@ -139,6 +153,7 @@ describe('VT-d walker agrees with a naive page map after each invalidation (prop
         }),
         { numRuns: 200 },
       );
+      expect(reedits).toBeGreaterThan(1000);
     });
   }
 });
