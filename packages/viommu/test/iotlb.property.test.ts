@@ -98,6 +98,7 @@ describe('Iotlb.invalidatePages', () => {
     // Invalidations do drop entries (~975 a run; before, 211 in 2,836 invalidations).
     expect(dropped).toBeGreaterThan(500);
     // Lookups that hit away from the fill address (wide entries, other pages of their slot).
-    expect(probes).toBeGreaterThan(10000);
+    // 14,470-16,022 over four runs.
+    expect(probes).toBeGreaterThan(5000);
   });
 });
