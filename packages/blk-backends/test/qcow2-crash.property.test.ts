@@ -234,6 +234,7 @@ const layouts = fc.record({
   /** Version 2 (16-bit refcounts, no lazy refcounts, no zero flag); version 3 with extended L2 entries (subclusters). */
   version: fc.constantFrom(2 as const, 3 as const, 3 as const),
   extendedL2: fc.boolean(),
+  tinyCaches: fc.boolean(),
 }).map((l) => ({
   ...l,
   refcountBits: l.version === 2 ? 16 : l.refcountBits,
@@ -243,7 +244,7 @@ const layouts = fc.record({
 }));
 
 /** Across the runs: crash points checked, those that fell between a flush's writes, bytes found at an older value. */
-const seen = { leakRepairCrashes: 0, flushBesideWrites: 0, leaksRepaired: 0, repairCrashes: 0, concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
+const seen = { writebackMidBatch: 0, leakRepairCrashes: 0, flushBesideWrites: 0, leaksRepaired: 0, repairCrashes: 0, concurrent: 0, crashes: 0, midFlush: 0, unflushedLost: 0, lazy: 0, leaks: 0 };
 
 /** A run of batches on an image, with every file event recorded and the guest's view after each batch. */
 interface Recorded {
@@ -258,9 +259,10 @@ interface Recorded {
   end: number[];
 }
 
-async function recordRun(f: string, size: number, lazy: boolean, batches: Op[][], cs: number, model: MemoryBackend): Promise<Recorded> {
+async function recordRun(f: string, size: number, lazy: boolean, batches: Op[][], cs: number, model: MemoryBackend, tinyCaches = false): Promise<Recorded> {
   const initial = new Uint8Array(readFileSync(f));
-  const q = await Qcow2Backend.open(f);
+  // Tiny caches: metadata is written back whenever they overflow, in the middle of operations.
+  const q = await Qcow2Backend.open(f, tinyCaches ? { l2CacheTables: 2, refcountCacheBlocks: 1 } : {});
   const log = record(q);
   const views: Uint8Array[] = [new Uint8Array(size)];
   await model.read(0, [views[0]!]);
@@ -273,6 +275,8 @@ async function recordRun(f: string, size: number, lazy: boolean, batches: Op[][]
       start.push(log.length);
       await Promise.all(batch.map((o) => apply(q, o, cs)));
       end.push(log.length);
+      // Metadata written back in the middle of a batch without a flush (caches overflowing).
+      if (!batch.some((o) => o.t === 'flush') && log.slice(start[start.length - 1], log.length).some((e) => e.t === 'sync')) seen.writebackMidBatch++;
       for (const o of batch) await apply(model, o, cs);
       const v = new Uint8Array(size);
       await model.read(0, [v]);
@@ -473,7 +477,7 @@ describe('qcow2 crash consistency', () => {
           extendedL2: layout.extendedL2,
           ...(layout.backing ? { backingFile: 'base.raw', backingFormat: 'raw' } : {}),
         });
-        const rec = await recordRun(f, SIZE, layout.lazy, batches, cs, model);
+        const rec = await recordRun(f, SIZE, layout.lazy, batches, cs, model, layout.tinyCaches);
         if (rec.log.length === 0) return;
         const next = lcg(seed);
         const points = new Set<number>();
@@ -494,6 +498,7 @@ describe('qcow2 crash consistency', () => {
     expect(seen.leaksRepaired).toBeGreaterThan(10);
     expect(seen.flushBesideWrites).toBeGreaterThan(15);
     expect(seen.leakRepairCrashes).toBeGreaterThan(5);
+    expect(seen.writebackMidBatch).toBeGreaterThan(30);
   }, 300_000);
 
   for (const lazy of [false, true]) {
