@@ -455,6 +455,19 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
   const checkRemoved = (what: string): void => {
     expect(removed.splice(0).sort(), `flow-removed reports ${what}`).toEqual(expected.splice(0).sort());
   };
+  /** Removes the model's entries `gone` names; those with timeouts (sent with SEND_FLOW_REM) are reported (§6.5). */
+  const removeFlows = (gone: (e: RefFlow) => boolean, reason: 'delete' | 'group_delete'): void => {
+    model.flows = model.flows.filter((e) => {
+      if (!gone(e)) return true;
+      const t = timers.get(e.seq);
+      if (t !== undefined) {
+        expected.push(`${t.cookie}:${reason}:${t.packets}`);
+        seen.deleteReports++;
+      }
+      return false;
+    });
+    checkRemoved(`(${reason})`);
+  };
   const sinks = [1, 2, 3, 4].map((no) => {
     const s = new SinkBackend();
     br.addPort(s, { portNo: no });
@@ -537,17 +550,7 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
         // §6.4: strict names the entry of this priority and identical match; non-strict every entry at least as
         // specific, whatever its priority. OFPTT_ALL (255) names every table.
         const n = norm(match);
-        model.flows = model.flows.filter((e) => {
-          const gone = (tableId === 255 || e.tableId === tableId) && (step.strict ? e.priority === priority && sameMatch(norm(e.match), n) : subsumedBy(norm(e.match), n));
-          // Entries with timeouts were added with SEND_FLOW_REM: a delete reports them (§6.5).
-          const t = timers.get(e.seq);
-          if (gone && t !== undefined) {
-            expected.push(`${t.cookie}:delete:${t.packets}`);
-            seen.deleteReports++;
-          }
-          return !gone;
-        });
-        checkRemoved('by a delete');
+        removeFlows((e) => (tableId === 255 || e.tableId === tableId) && (step.strict ? e.priority === priority && sameMatch(norm(e.match), n) : subsumedBy(norm(e.match), n)), 'delete');
         break;
       }
       case 'modify': {
@@ -573,16 +576,7 @@ function runScenario(steps: Step[], options: { microflowSize?: number; megaflowL
           br.groupMod('delete', { groupId: id });
           // §5.6: deleting a group removes the entries that forward to it.
           model.groups.delete(id);
-          model.flows = model.flows.filter((e) => {
-            const gone = groupsUsed(e.instructions).includes(id);
-            const t = timers.get(e.seq);
-            if (gone && t !== undefined) {
-              expected.push(`${t.cookie}:group_delete:${t.packets}`);
-              seen.deleteReports++;
-            }
-            return !gone;
-          });
-          checkRemoved('with their group');
+          removeFlows((e) => groupsUsed(e.instructions).includes(id), 'group_delete');
         } else {
           try {
             br.groupMod(model.groups.has(id) ? 'modify' : 'add', step.g);
