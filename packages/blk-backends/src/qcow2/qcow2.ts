@@ -1305,7 +1305,10 @@ export class Qcow2Backend implements BlockBackend {
     if (this.#rc.dirtyCount > 0 || this.#reftableDirty) {
       await this.#rc.writeBack();
       if (this.#reftableDirty) {
-        if (!lazy) await this.#file.datasync();
+        // Lazy or not, new refcount blocks reach the disk before the table entries that name
+        // them: an entry naming a block past the end of the file is an error a repair cannot
+        // mend (the table changes only when a block is added, so this costs little).
+        await this.#file.datasync();
         await this.#writeReftable();
       }
     }
