@@ -33,6 +33,11 @@ const TRACE_IOS = Number(process.env.TRACE_IOS ?? 20000);
 /** Which back-end I/O engines to measure (each with its own direct baseline): ENGINES=threadpool,sync. */
 const ENGINES = (process.env.ENGINES ?? 'threadpool,sync').split(',') as IoEngine[];
 /** The device's settings over the sync engine: publish every 16 requests, poll 50 µs before sleeping. */
+/**
+ * The guest vCPU's halt polling, µs (HaltPollGovernor's maxUs; HALT_POLL_US=0 for none): 200, as KVM
+ * polls a halted vCPU by default on x86 (halt_poll_ns). The `no-halt-poll` variant runs without it.
+ */
+const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 200);
 const SYNC_DEVICE = { maxBatch: Number(process.env.SYNC_BATCH ?? 16), pollNs: Number(process.env.POLL_NS ?? 50_000) };
 
 /**
@@ -82,6 +87,8 @@ interface GuestMode {
   maxBatch?: number;
   /** The guest driver's ListenOptions.spinUs (default 0). */
   spinUs?: number;
+  /** The guest thread's halt polling, µs (default HALT_POLL_US). */
+  haltPollUs?: number;
   /** The guest driver's VirtioBlkDriverOptions.indirectFrom (default: the driver's, 4). */
   indirectFrom?: number;
 }
@@ -98,7 +105,7 @@ async function startGuest(backend: BlockBackend, mode: GuestMode = { wait: 'asyn
   const served = serveTransport(device, port1, [kick]);
   const worker = new Worker(new URL('./ts-worker.mjs', import.meta.url), {
     execArgv: ['--conditions=@ioplane/source', ...(process.env.PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PROFILE_DIR}`] : [])],
-    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, indirectFrom: mode.indirectFrom, spinUs: mode.spinUs ?? 0, __entry: new URL('./guest-worker.ts', import.meta.url).href },
+    workerData: { sab, bells, port: port2, packed: PACKED, wait: mode.wait, indirectFrom: mode.indirectFrom, spinUs: mode.spinUs ?? 0, haltPollUs: mode.haltPollUs ?? HALT_POLL_US, __entry: new URL('./guest-worker.ts', import.meta.url).href },
     transferList: [port2],
   });
   const ctl = await guestControl(worker, 'guest', served);
@@ -190,6 +197,9 @@ async function main(): Promise<void> {
       // The guest keeps looking at the used ring for 50 / 200 µs after a completion before sleeping.
       ['raw virtio sync spin50', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, spinUs: 50 }],
       ['raw virtio sync spin200', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, spinUs: 200 }],
+      // The guest thread sleeps as soon as it has nothing to do (no halt polling).
+      ['raw virtio sync no-halt-poll', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, haltPollUs: 0 }],
+      ['raw virtio no-halt-poll', { wait: 'async', pollWhileBusy: true, haltPollUs: 0 }],
       ['raw virtio sync indirect', { wait: 'async', pollWhileBusy: true, ...SYNC_DEVICE, indirectFrom: 2 }],
       ['raw virtio sync no-poll', { wait: 'async', pollWhileBusy: true, maxBatch: SYNC_DEVICE.maxBatch }],
       ['raw virtio sync whole-pass', { wait: 'async', pollWhileBusy: true, pollNs: SYNC_DEVICE.pollNs }],
@@ -205,6 +215,7 @@ async function main(): Promise<void> {
     console.log(`virtio-blk read benchmark: ${SIZE >> 20} MiB image, warm page cache, ${RUNS} runs per cell, ${PACKED ? 'packed' : 'split'} rings, medians (min–max of IOPS)`);
     console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} CPU(s)\n`);
     const summary: string[] = [];
+    const idleTotals = new Map<string, { caught: number; slept: number }>();
     for (const p of patterns) {
       const res = new Map<string, JobResult[]>();
       for (let run = 0; run < RUNS + 1; run++) {
@@ -217,6 +228,12 @@ async function main(): Promise<void> {
           out.cpuUs = (cpu.user + cpu.system) / job.ops;
           out.mainCpuUs = ((threadCpuMs() - main0) * 1000) / job.ops;
           if (run === 0) continue; // warm-up round
+          if (out.idleCaught !== undefined) {
+            const t = idleTotals.get(c.name) ?? { caught: 0, slept: 0 };
+            t.caught += out.idleCaught;
+            t.slept += out.idleSlept ?? 0;
+            idleTotals.set(c.name, t);
+          }
           const list = res.get(c.name) ?? [];
           list.push(out);
           res.set(c.name, list);
@@ -274,7 +291,9 @@ async function main(): Promise<void> {
       const st = g.device.stats;
       const bs = g.device.blkStats;
       if (bs.requests === 0) continue;
-      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt), polls ${bs.pollHits} hit / ${bs.pollMisses} missed`);
+      const idle = idleTotals.get(name);
+      const halt = idle === undefined ? '' : `; guest idle ${idle.caught} times caught by halt polling, ${idle.slept} asleep (measured rounds)`;
+      console.log(`${name} device: ${bs.requests} requests, ${st.notifications} kicks, ${st.queueInterrupts} interrupts (${(bs.requests / Math.max(1, st.notifications)).toFixed(1)} requests per kick, ${(bs.requests / Math.max(1, st.queueInterrupts)).toFixed(1)} per interrupt), polls ${bs.pollHits} hit / ${bs.pollMisses} missed${halt}`);
     }
     console.log('ratios (IOPS medians):');
     for (const l of summary) console.log(`  ${l}`);

@@ -28,6 +28,9 @@ export interface JobResult {
   guestCpuUs?: number;
   /** CPU time of the harness's main thread over the job, µs per request: the device's thread, or the direct loop's. */
   mainCpuUs?: number;
+  /** The guest thread's halt polling over the job: idle periods the interrupt ended while it polled, and ones it slept through. */
+  idleCaught?: number;
+  idleSlept?: number;
 }
 
 /**

@@ -3,7 +3,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
-import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
+import { HaltPollGovernor, MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
 import { IRQ_BELL, KICK_BELL, futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
 
 interface Setup {
@@ -18,6 +18,8 @@ interface Setup {
   wait: 'async' | 'sync' | 'poll';
   /** ListenOptions.spinUs. */
   spinUs: number;
+  /** HaltPollOptions.maxUs of the guest thread's halt polling (0: none). */
+  haltPollUs: number;
   /** VirtioBlkDriverOptions.indirectFrom (undefined: the driver's default). */
   indirectFrom: number | undefined;
 }
@@ -27,6 +29,7 @@ const mem = new GuestMemory([{ gpa: 0, backing: setup.sab }]);
 const kick = new Doorbell(setup.bells, KICK_BELL);
 const irq = new Doorbell(setup.bells, IRQ_BELL);
 const transport = new MessagePortTransport(setup.port, [kick]);
+const haltPoll = setup.haltPollUs > 0 ? new HaltPollGovernor({ maxUs: setup.haltPollUs }) : undefined;
 const DATA = 8 << 20;
 const SLOT = 64 << 10;
 
@@ -38,6 +41,8 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   let seq = 0;
   const sectorsPerBlock = job.bs / 512;
   const cpu0 = threadCpuMs();
+  const caught0 = haltPoll?.stats.caught ?? 0;
+  const slept0 = haltPoll?.stats.slept ?? 0;
   const t0 = performance.now();
   const worker = async (slot: number): Promise<void> => {
     const at = DATA + slot * SLOT;
@@ -68,12 +73,16 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   await all;
   const r = summarize(lat, job, performance.now() - t0);
   r.guestCpuUs = ((threadCpuMs() - cpu0) * 1000) / job.ops;
+  if (haltPoll !== undefined) {
+    r.idleCaught = haltPoll.stats.caught - caught0;
+    r.idleSlept = haltPoll.stats.slept - slept0;
+  }
   return r;
 }
 
 async function main(): Promise<void> {
   const driver = await VirtioBlkDriver.create({ transport, mem, area: { addr: 0x10000, len: 4 << 20 }, ring: { packed: setup.packed }, indirectFrom: setup.indirectFrom });
-  const listening = driver.listen([irq], { spinUs: setup.spinUs });
+  const listening = driver.listen([irq], { spinUs: setup.spinUs, haltPoll });
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 

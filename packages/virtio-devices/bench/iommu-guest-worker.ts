@@ -8,7 +8,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
-import { MessagePortTransport, VirtioBlkDriver, VirtioIommuDriver } from '../src/index.js';
+import { HaltPollGovernor, MessagePortTransport, VirtioBlkDriver, VirtioIommuDriver } from '../src/index.js';
 import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     if (setup.scenario === 'static') for (let s = 0; s < 64; s++) fixed.push(domain.map(DATA + s * SLOT, SLOT, 'from-device'));
   }
   const driver = await VirtioBlkDriver.create({ transport, mem, area: BLK_AREA, ring: { packed: setup.packed } });
-  const listening = driver.listen([irq]);
+  const listening = driver.listen([irq], { haltPoll: setup.haltPollUs > 0 ? new HaltPollGovernor({ maxUs: setup.haltPollUs }) : undefined });
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 

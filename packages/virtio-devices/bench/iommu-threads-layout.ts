@@ -28,6 +28,8 @@ export interface IommuGuestSetup {
   sid: number;
   /** How the guest thread waits for completions while a job runs: Atomics.waitAsync on its event loop, a futex sleep ('sync'), or polling a queue that sends no interrupts ('poll'). */
   wait: 'async' | 'sync' | 'poll';
+  /** HaltPollOptions.maxUs of the guest thread's halt polling (0: none). */
+  haltPollUs: number;
   /** The invalidation queue's shared registers (`VtdQiRegisters.array`; absent when the vIOMMU is off). */
   qi: Int32Array | undefined;
   /** Packed rings (else split). */

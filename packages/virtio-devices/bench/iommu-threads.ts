@@ -42,6 +42,8 @@ const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const BACKEND = process.env.BACKEND ?? 'sync';
 /** How the guest waits: WAIT=async (Atomics.waitAsync on its event loop, the default), sync (a futex sleep, like a halted vCPU) or poll (a polled queue, no interrupts). */
 const WAIT = process.env.WAIT === 'sync' || process.env.WAIT === 'poll' ? process.env.WAIT : 'async';
+/** The guest vCPU's halt polling with WAIT=async, µs (HALT_POLL_US=0: none; default 200, KVM's halt_poll_ns on x86). */
+const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 200);
 const DISK = 64 << 20;
 /** QI_HINT=0: poll at translation misses only (the control: the plain read stays, nothing acts on it). */
 const HINT = process.env.QI_HINT !== '0';
@@ -245,6 +247,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     bells,
     scenario: guestScenario,
     wait: WAIT,
+    haltPollUs: HALT_POLL_US,
     sid: SID,
     qi: registers,
     packed: process.env.PACKED !== '0',
@@ -305,7 +308,7 @@ async function main(): Promise<void> {
       backends.push(b);
       guests.push(await startGuest(s, b));
     }
-    console.log(`virtio-blk behind ${UNIT === 'virtio' ? 'the virtio-iommu device' : 'VT-d'} on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : 'waiting with Atomics.waitAsync'}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
+    console.log(`virtio-blk behind ${UNIT === 'virtio' ? 'the virtio-iommu device' : 'VT-d'} on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : `waiting with Atomics.waitAsync${HALT_POLL_US > 0 ? ` after halt polling (up to ${HALT_POLL_US} µs)` : ''}`}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
     for (const qd of QDS) {
       // QD 1 is ruled by its wake-up tail (p99 ~8× p50): half the reads of QD 32, not an eighth, keep its median steady.
       const ops = qd === 1 ? Math.max(1000, OPS >> 1) : OPS;

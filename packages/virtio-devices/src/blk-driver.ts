@@ -40,6 +40,7 @@ import {
 } from './defs.js';
 import { driverOk, negotiateFeatures } from './driver-init.js';
 import { VirtioError } from './errors.js';
+import type { HaltPollGovernor } from './halt-poll.js';
 import type { DriverTransport } from './transport.js';
 
 /** A guest buffer: address and length in guest memory. */
@@ -104,7 +105,16 @@ export interface ListenOptions {
    * own thread pays for; the guest's thread spins meanwhile.
    */
   spinUs?: number;
-  /** Clock for `spinUs`, in milliseconds (default `performance.now`). */
+  /**
+   * The thread's halt polling (none by default): when a queue has nothing to
+   * take and its interrupt is armed, look at the doorbell once per turn of
+   * the event loop for the governor's window before sleeping on it, as a
+   * halted vCPU under KVM does. An interrupt that comes while the thread
+   * polls costs the device's thread no wake-up; this thread spins meanwhile.
+   * One governor is the vCPU's: share it between the queues one thread serves.
+   */
+  haltPoll?: HaltPollGovernor;
+  /** Clock for `spinUs` and `haltPoll`, in milliseconds (default `performance.now`). */
   now?: () => number;
 }
 
@@ -533,7 +543,7 @@ export class VirtioBlkDriver {
    * `configBell`, configuration change notifications too (DEVICE_NEEDS_RESET).
    */
   listen(bells: readonly Doorbell[], options: ListenOptions = {}): Promise<void> {
-    const { pollMs = 50, configBell, spinUs = 0, now = () => performance.now() } = options;
+    const { pollMs = 50, configBell, spinUs = 0, haltPoll, now = () => performance.now() } = options;
     if (!(spinUs >= 0 && spinUs <= 1e6)) throw new VirtioError('invalid-argument', `spinUs ${spinUs} is outside 0..1e6`, { spinUs });
     const spinMs = spinUs / 1000;
     this.#bells.push(...bells);
@@ -560,7 +570,16 @@ export class VirtioBlkDriver {
           busyAt = now();
           continue;
         }
-        await bell.waitAsync(seen, pollMs);
+        if (haltPoll === undefined) {
+          await bell.waitAsync(seen, pollMs);
+          continue;
+        }
+        const idleAt = now();
+        const windowMs = haltPoll.windowUs / 1000;
+        while (bell.count === seen && !this.#closed && now() - idleAt < windowMs) await new Promise<void>(this.#turn);
+        const caught = bell.count !== seen;
+        if (!caught) await bell.waitAsync(seen, pollMs);
+        haltPoll.idleEnded((now() - idleAt) * 1000, caught);
       }
     });
     if (configBell !== undefined) {

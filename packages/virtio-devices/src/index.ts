@@ -18,6 +18,7 @@ export {
   type SectorRange,
   type VirtioBlkDriverOptions,
 } from './blk-driver.js';
+export { HaltPollGovernor, type HaltPollOptions, type HaltPollStats } from './halt-poll.js';
 export {
   DirectTransport,
   MessagePortTransport,

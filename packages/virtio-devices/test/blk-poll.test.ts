@@ -3,7 +3,7 @@ import { type DeviceQueue, Doorbell } from '@ioplane/virtqueue';
 import { describe, expect, it } from 'vitest';
 import { GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import { STATUS_DEVICE_NEEDS_RESET } from '../src/defs.js';
-import { DirectTransport, VirtioBlkDevice, VirtioBlkDriver, VirtioError } from '../src/index.js';
+import { DirectTransport, HaltPollGovernor, VirtioBlkDevice, VirtioBlkDriver, VirtioError } from '../src/index.js';
 import { AREA, DATA, DelegatingBackend, MEM_SIZE, harness, pattern } from './harness.js';
 
 /** A memory back-end that completes at once (as the sync engine does) and records, at each read, how many interrupts the driver had been sent. */
@@ -165,6 +165,50 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
       expect(spinning).toBeLessThanOrEqual(1);
     });
   }
+
+  it('listen with haltPoll: short idle periods grow the window until the interrupts come while the thread polls; a long idle shrinks it', async () => {
+    const backend = new CountingBackend(1 << 20);
+    // Each read completes a turn of the event loop later, and each turn moves the injected clock 10 µs.
+    backend.gate = true;
+    let clock = 0;
+    let releasing = true;
+    const release = (): void => {
+      clock += 0.01;
+      for (const go of backend.held.splice(0)) go();
+      if (releasing) setImmediate(release);
+    };
+    setImmediate(release);
+    const data = pattern(32 * 4096, 11);
+    await backend.inner.write(0, [data]);
+    const irq = new Doorbell();
+    const h = await harness({ backend, device: { merge: false, maxBatch: 4, interrupts: { queue: () => irq.ring(), config: () => {} } } });
+    const governor = new HaltPollGovernor();
+    const listening = h.driver.listen([irq], { haltPoll: governor, now: () => clock });
+    // One at a time: each idle period lasts a turn or two (10-20 µs), under maxUs; the first ones sleep and grow the window to 50.
+    for (let i = 0; i < 8; i++) await h.driver.read(i * 8, DATA + i * 4096, 4096);
+    expect(governor.windowUs).toBe(50);
+    const { caught: caughtBefore, slept: sleptBefore } = governor.stats;
+    expect(sleptBefore).toBeGreaterThanOrEqual(1);
+    const interruptsBefore = h.device.stats.queueInterrupts;
+    await Promise.all(Array.from({ length: 32 }, (_, i) => h.driver.read(i * 8, DATA + i * 4096, 4096)));
+    for (let i = 0; i < 32; i++) expect(h.mem.view(DATA + i * 4096, 4096, 'read')).toEqual(data.subarray(i * 4096, (i + 1) * 4096));
+    // The device still interrupted once per pass; the thread was polling for each, and slept for none.
+    expect(h.device.stats.queueInterrupts - interruptsBefore).toBeGreaterThanOrEqual(6);
+    expect(governor.stats.caught - caughtBefore).toBeGreaterThanOrEqual(6);
+    expect(governor.stats.slept).toBe(sleptBefore);
+    // Nothing to do for 5 ms: the poll runs out, the thread sleeps, and the next interrupt wakes it after more than maxUs.
+    releasing = false;
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    clock += 5;
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+    backend.gate = false;
+    await h.driver.read(0, DATA, 4096);
+    for (let i = 0; i < 3 && governor.stats.slept === sleptBefore; i++) await new Promise((r) => setImmediate(r));
+    expect(governor.stats.slept).toBe(sleptBefore + 1);
+    expect(governor.windowUs).toBe(0);
+    await h.driver.close();
+    await listening;
+  });
 
   it('listen rejects a spin window outside 0..1e6 µs', async () => {
     const h = await harness();
