@@ -7,7 +7,7 @@ import { MemoryBackend, RawFileBackend, createImage, openImage } from '@ioplane/
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
 import { afterEach, describe, expect, it } from 'vitest';
-import { VirtioBlkDevice, serveTransport, type VirtioError } from '../src/index.js';
+import { type HaltPollStats, VirtioBlkDevice, serveTransport, type VirtioError } from '../src/index.js';
 import type { E2eGuestSetup } from './guest-worker.js';
 import { pattern } from './harness.js';
 
@@ -28,6 +28,7 @@ interface GuestDone {
   image: Uint8Array;
   id: string;
   info: { capacitySectors: number; numQueues: number };
+  haltPoll?: HaltPollStats;
 }
 
 async function runGuest<T = GuestDone>(setup: Omit<E2eGuestSetup, 'port'>, device: VirtioBlkDevice, kicks: Doorbell[]): Promise<T> {
@@ -59,7 +60,8 @@ async function runGuest<T = GuestDone>(setup: Omit<E2eGuestSetup, 'port'>, devic
 
 describe('end to end: guest driver in a worker, virtio-blk in this thread, qcow2 back-end', () => {
   for (const packed of [false, true]) {
-    it(`${packed ? 'packed' : 'split'} rings, 2 queues: write a pattern, flush, read back, qemu-img compare`, async () => {
+    // The packed case's guest halt-polls, one governor for both queues (the benchmark's guest does).
+    it(`${packed ? 'packed' : 'split'} rings, 2 queues${packed ? ', a halt-polling guest' : ''}: write a pattern, flush, read back, qemu-img compare`, async () => {
       requireQemuImg();
       const dir = mkdtempSync(join(tmpdir(), 'ioplane-e2e-'));
       dirs.push(dir);
@@ -102,7 +104,12 @@ describe('end to end: guest driver in a worker, virtio-blk in this thread, qcow2
       ];
       for (const [sector, count] of zeroes) expected.fill(0, sector * 512, (sector + count) * 512);
       try {
-        const done = await runGuest({ sab, bells, numQueues, writes, zeroes, packed, depth: 8 }, device, kicks);
+        const done = await runGuest({ sab, bells, numQueues, writes, zeroes, packed, depth: 8, haltPoll: packed }, device, kicks);
+        if (packed) {
+          const st = done.haltPoll!;
+          expect(st.idle).toBeGreaterThan(0);
+          expect(st.caught + st.slept).toBe(st.idle);
+        } else expect(done.haltPoll).toBeUndefined();
         expect(done.id).toBe('ioplane-e2e');
         expect(done.info.numQueues).toBe(2);
         expect(done.info.capacitySectors).toBe(SIZE / 512);

@@ -4,7 +4,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { Doorbell } from '@ioplane/virtqueue';
-import { MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
+import { HaltPollGovernor, MessagePortTransport, VirtioBlkDriver } from '../src/index.js';
 
 export interface E2eGuestSetup {
   sab: SharedArrayBuffer;
@@ -17,6 +17,8 @@ export interface E2eGuestSetup {
   zeroes: [number, number, boolean][];
   packed: boolean;
   depth: number;
+  /** The guest thread halt-polls (one HaltPollGovernor for all its queues) instead of sleeping at once. */
+  haltPoll?: boolean;
   /** 'corrupt': after set-up, break the available ring as a hostile guest would and report what the driver saw. */
   mode?: 'io' | 'corrupt';
 }
@@ -68,7 +70,8 @@ async function corrupt(): Promise<void> {
 async function main(): Promise<void> {
   if (setup.mode === 'corrupt') return corrupt();
   const driver = await VirtioBlkDriver.create({ transport, mem, area: AREA, ring: { packed: setup.packed } });
-  const listening = driver.listen(irqs, { configBell });
+  const haltPoll = setup.haltPoll === true ? new HaltPollGovernor() : undefined;
+  const listening = driver.listen(irqs, { configBell, haltPoll });
   // Writes at queue depth `depth`, over every queue (round robin), out of order as the device completes them.
   let next = 0;
   const worker = async (slot: number): Promise<void> => {
@@ -102,7 +105,7 @@ async function main(): Promise<void> {
   await driver.close();
   await listening;
   transport.close();
-  parentPort!.postMessage({ type: 'done', image, id, info: { ...driver.info, features: driver.info.features.toString(16) } }, [image.buffer]);
+  parentPort!.postMessage({ type: 'done', image, id, info: { ...driver.info, features: driver.info.features.toString(16) }, haltPoll: haltPoll?.stats }, [image.buffer]);
 }
 
 main().catch((e: unknown) => {
