@@ -42,8 +42,12 @@ const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const BACKEND = process.env.BACKEND ?? 'sync';
 /** How the guest waits: WAIT=async (Atomics.waitAsync on its event loop, the default), sync (a futex sleep, like a halted vCPU) or poll (a polled queue, no interrupts). */
 const WAIT = process.env.WAIT === 'sync' || process.env.WAIT === 'poll' ? process.env.WAIT : 'async';
-/** The guest vCPU's halt polling with WAIT=async, µs (HALT_POLL_US=0: none; default 200, KVM's halt_poll_ns on x86). */
-const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 200);
+/**
+ * The guest vCPU's halt polling with WAIT=async, µs (HALT_POLL_US=200 as KVM's halt_poll_ns on x86; default 0,
+ * none): it helps `off` as much as the vIOMMU scenarios, and with both threads busy all the time the
+ * rounds spread twice as wide (viommu's BENCHMARKS.md, session 12).
+ */
+const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 0);
 const DISK = 64 << 20;
 /** QI_HINT=0: poll at translation misses only (the control: the plain read stays, nothing acts on it). */
 const HINT = process.env.QI_HINT !== '0';
