@@ -40,7 +40,7 @@ import {
 } from './defs.js';
 import { driverOk, negotiateFeatures } from './driver-init.js';
 import { VirtioError } from './errors.js';
-import type { HaltPollGovernor } from './halt-poll.js';
+import { type HaltPollGovernor, haltPollWait } from './halt-poll.js';
 import type { DriverTransport } from './transport.js';
 
 /** A guest buffer: address and length in guest memory. */
@@ -200,6 +200,7 @@ export class VirtioBlkDriver {
   readonly #publish = (): void => this.publishAll();
   /** One turn of the event loop (a macrotask: the turn's microtasks, the requests' continuations, run first). */
   readonly #turn = (resolve: () => void): void => void setImmediate(resolve);
+  readonly #isClosed = (): boolean => this.#closed;
 
   private constructor(transport: DriverTransport, mem: GuestMemory, info: BlkDeviceInfo, queues: DQ[], maxSegments: number) {
     this.#transport = transport;
@@ -570,16 +571,8 @@ export class VirtioBlkDriver {
           busyAt = now();
           continue;
         }
-        if (haltPoll === undefined) {
-          await bell.waitAsync(seen, pollMs);
-          continue;
-        }
-        const idleAt = now();
-        const windowMs = haltPoll.windowUs / 1000;
-        while (bell.count === seen && !this.#closed && now() - idleAt < windowMs) await new Promise<void>(this.#turn);
-        const caught = bell.count !== seen;
-        if (!caught) await bell.waitAsync(seen, pollMs);
-        haltPoll.idleEnded((now() - idleAt) * 1000, caught);
+        if (haltPoll === undefined) await bell.waitAsync(seen, pollMs);
+        else await haltPollWait(bell, seen, pollMs, haltPoll, now, this.#isClosed);
       }
     });
     if (configBell !== undefined) {

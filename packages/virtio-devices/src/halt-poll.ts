@@ -1,3 +1,4 @@
+import type { Doorbell } from '@ioplane/virtqueue';
 import { VirtioError } from './errors.js';
 
 export interface HaltPollOptions {
@@ -92,4 +93,22 @@ function check(name: string, v: number, lo: number, hi: number): void {
   if (!(typeof v === 'number' && v >= lo && v <= hi)) {
     throw new VirtioError('invalid-argument', `halt polling ${name} ${String(v)} is outside ${lo}..${hi}`, { [name]: v });
   }
+}
+
+const nextTurn = (resolve: () => void): void => void setImmediate(resolve);
+
+/**
+ * An idle period of a thread that waits for `bell` to move past `seen`, as a
+ * halted vCPU does: look at the doorbell once per turn of the event loop for
+ * the governor's window (so other work of the thread still runs), then sleep
+ * on it for at most `timeoutMs`. Reports the period to the governor. Stops
+ * polling early when `stop()` says so.
+ */
+export async function haltPollWait(bell: Doorbell, seen: number, timeoutMs: number, governor: HaltPollGovernor, now: () => number, stop: () => boolean): Promise<void> {
+  const idleAt = now();
+  const windowMs = governor.windowUs / 1000;
+  while (bell.count === seen && !stop() && now() - idleAt < windowMs) await new Promise<void>(nextTurn);
+  const caught = bell.count !== seen;
+  if (!caught) await bell.waitAsync(seen, timeoutMs);
+  governor.idleEnded((now() - idleAt) * 1000, caught);
 }

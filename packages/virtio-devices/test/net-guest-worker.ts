@@ -5,7 +5,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GuestMemory } from '@ioplane/guest-memory';
 import { ArpIcmpResponder, Layer, PacketInfo, buildArpRequest, buildIcmpEcho, parsePacket, readIpv4 } from '@ioplane/packet';
 import { Doorbell } from '@ioplane/virtqueue';
-import { MessagePortTransport, VirtioNetDriver } from '../src/index.js';
+import { HaltPollGovernor, MessagePortTransport, VirtioNetDriver } from '../src/index.js';
 
 export interface NetGuestSetup {
   sab: SharedArrayBuffer;
@@ -25,6 +25,8 @@ export interface PingResult {
   peerMac: number[];
   replies: { id: number; sequence: number; payloadOk: boolean }[];
   responder?: { arpReplies: number; echoReplies: number };
+  /** The responder's thread halt-polls: its idle periods, each ended while polling or after a sleep. */
+  haltPoll?: { idle: number; caught: number; slept: number };
 }
 
 const setup = workerData as NetGuestSetup;
@@ -40,7 +42,9 @@ function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 async function main(): Promise<void> {
   const driver = await VirtioNetDriver.create({ transport, mem, area: { addr: 0x10000, len: 12 << 20 } });
-  const listening = driver.listen(irqs, 20);
+  // The responder's thread halt-polls before it sleeps; the pinger's sleeps at once.
+  const haltPoll = setup.role === 'responder' ? new HaltPollGovernor() : undefined;
+  const listening = driver.listen(irqs, haltPoll === undefined ? 20 : { pollMs: 20, haltPoll });
   const mac = driver.info.mac;
   const out = new Uint8Array(2048);
   const info = new PacketInfo();
@@ -54,7 +58,7 @@ async function main(): Promise<void> {
     const stopped = new Promise<void>((resolve) => parentPort!.once('message', () => resolve()));
     parentPort!.postMessage({ type: 'ready' });
     await stopped;
-    result = { type: 'done', peerMac: [], replies: [], responder: { arpReplies: responder.stats.arpReplies, echoReplies: responder.stats.echoReplies } };
+    result = { type: 'done', peerMac: [], replies: [], responder: { arpReplies: responder.stats.arpReplies, echoReplies: responder.stats.echoReplies }, haltPoll: { ...haltPoll!.stats } };
   } else {
     // ARP: who has peerIp? (RFC 826)
     let peerMac: Uint8Array | undefined;

@@ -103,6 +103,9 @@ describe('two guests in worker threads, virtio-net, joined by a loopback back-en
       expect(ra.peerMac).toEqual(Array.from(macB));
       expect(ra.replies).toEqual(Array.from({ length: COUNT }, (_, i) => ({ id: 0x1234, sequence: i + 1, payloadOk: true })));
       expect(rb.responder).toEqual({ arpReplies: 1, echoReplies: COUNT });
+      // The responder halt-polled: every idle period ended one way or the other.
+      expect(rb.haltPoll!.idle).toBeGreaterThan(0);
+      expect(rb.haltPoll!.caught + rb.haltPoll!.slept).toBe(rb.haltPoll!.idle);
       expect(a.errors.map((e) => e.message)).toEqual([]);
       expect(b.errors.map((e) => e.message)).toEqual([]);
       // The responder's replies went out with NEEDS_CSUM and were completed by B's device.

@@ -8,6 +8,7 @@ import {
 } from '../defs.js';
 import { driverOk, negotiateFeatures } from '../driver-init.js';
 import { VirtioError } from '../errors.js';
+import { type HaltPollGovernor, haltPollWait } from '../halt-poll.js';
 import type { DriverTransport } from '../transport.js';
 import {
   NET_CFG_MAC,
@@ -74,6 +75,16 @@ export interface VirtioNetDriverOptions {
 }
 
 /** What the driver read from config space (§5.1.4). */
+/** How `VirtioNetDriver.listen` waits. */
+export interface NetListenOptions {
+  /** Longest sleep between looks at a queue (default 50 ms). */
+  pollMs?: number;
+  /** The thread's halt polling (none by default): see `HaltPollGovernor`. One governor per thread, shared by its queues. */
+  haltPoll?: HaltPollGovernor;
+  /** Clock for `haltPoll`, in milliseconds (default `performance.now`). */
+  now?: () => number;
+}
+
 export interface NetDeviceInfo {
   mac: Uint8Array;
   linkUp: boolean;
@@ -160,6 +171,7 @@ export class VirtioNetDriver {
   #rr = 0;
   #publishScheduled = false;
   #closed = false;
+  readonly #isClosed = (): boolean => this.#closed;
   #ctrlChain: Promise<void> = Promise.resolve();
   #ctrlWaiter: ((ack: number) => void) | undefined;
   readonly #publish = (): void => this.publishAll();
@@ -533,8 +545,14 @@ export class VirtioNetDriver {
     }
   }
 
-  /** Waits on one Doorbell per queue (rung by the device's thread) and reaps, until `close()`. */
-  listen(bells: readonly Doorbell[], pollMs = 50): Promise<void> {
+  /**
+   * Waits on one Doorbell per queue (rung by the device's thread) and reaps,
+   * until `close()`. `options` is the longest sleep between looks (ms, default
+   * 50), or `{ pollMs, haltPoll, now }`: with `haltPoll` the thread halt-polls
+   * each queue's doorbell before it sleeps, as `VirtioBlkDriver.listen` does.
+   */
+  listen(bells: readonly Doorbell[], options: number | NetListenOptions = {}): Promise<void> {
+    const { pollMs = 50, haltPoll, now = () => performance.now() } = typeof options === 'number' ? { pollMs: options } : options;
     const qs = [...this.#rx.map((r) => r.q), ...this.#tx.map((d) => d.q), ...(this.#ctrl ? [this.#ctrl.q] : [])];
     return Promise.all(
       qs.map(async (q) => {
@@ -543,7 +561,8 @@ export class VirtioNetDriver {
         while (!this.#closed) {
           const seen = bell.count;
           this.handleInterrupt(q);
-          await bell.waitAsync(seen, pollMs);
+          if (haltPoll === undefined) await bell.waitAsync(seen, pollMs);
+          else await haltPollWait(bell, seen, pollMs, haltPoll, now, this.#isClosed);
         }
       }),
     ).then(() => undefined);
