@@ -29,7 +29,22 @@ afterEach(() => {
   tmp = undefined;
 });
 
-const SIZE = 1 << 20;
+/**
+ * The regime: CI runs the defaults (1 MiB images, up to 20 batches, 60 runs, ~50 s). A longer
+ * hunt (`pnpm --filter @ioplane/blk-backends test:crash-long`) takes bigger images and more
+ * batches, which grow and move the refcount table (the third lazy-refcount bug was found so).
+ */
+const SIZE = envInt('CRASH_SIZE_MIB', 1, 1, 64) << 20;
+const MAX_BATCHES = envInt('CRASH_BATCHES', 20, 3, 200);
+const RUNS = envInt('CRASH_RUNS', 60, 1, 100_000);
+
+function envInt(name: string, dflt: number, min: number, max: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return dflt;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min || v > max) throw new Error(`${name}=${raw}: expected an integer in ${min}..${max}`);
+  return v;
+}
 const SECTORS = SIZE / 512;
 const PAGE = 4096;
 
@@ -73,7 +88,7 @@ const batchesArb = fc.array(
     });
     return ops;
   }),
-  { minLength: 3, maxLength: 20 },
+  { minLength: 3, maxLength: MAX_BATCHES },
 );
 
 function inBatches(raw: Op[][], cs: number): Op[][] {
@@ -485,21 +500,22 @@ describe('qcow2 crash consistency', () => {
         for (const p of points) await checkCrash(rec, p, () => (next() & 1) === 1, tmp, `batches ${JSON.stringify(batches)}; layout ${JSON.stringify(layout)}`, (next() & 1) === 1 ? next : undefined);
       }),
       // No shrinking: each step spawns qemu-img; the message names the ops, the layout and the crash.
-      { numRuns: 60, endOnFailure: true },
+      { numRuns: RUNS, endOnFailure: true },
     );
     if (process.env.CRASH_COV) console.log('COV', JSON.stringify(seen));
-    // The generator reaches what this is for.
-    expect(seen.crashes).toBeGreaterThan(100);
-    expect(seen.midFlush).toBeGreaterThan(10);
-    expect(seen.unflushedLost).toBeGreaterThan(10);
-    expect(seen.lazy).toBeGreaterThan(20);
-    expect(seen.concurrent).toBeGreaterThan(100);
-    expect(seen.repairCrashes).toBeGreaterThan(10);
-    expect(seen.leaksRepaired).toBeGreaterThan(10);
-    expect(seen.flushBesideWrites).toBeGreaterThan(15);
-    expect(seen.leakRepairCrashes).toBeGreaterThan(5);
-    expect(seen.writebackMidBatch).toBeGreaterThan(30);
-  }, 300_000);
+    // The generator reaches what this is for (floors set for 60 runs, scaled to the runs asked).
+    const floor = (n: number): number => Math.floor((n * Math.min(RUNS, 60)) / 60);
+    expect(seen.crashes).toBeGreaterThan(floor(100));
+    expect(seen.midFlush).toBeGreaterThan(floor(10));
+    expect(seen.unflushedLost).toBeGreaterThan(floor(10));
+    expect(seen.lazy).toBeGreaterThan(floor(20));
+    expect(seen.concurrent).toBeGreaterThan(floor(100));
+    expect(seen.repairCrashes).toBeGreaterThan(floor(10));
+    expect(seen.leaksRepaired).toBeGreaterThan(floor(10));
+    expect(seen.flushBesideWrites).toBeGreaterThan(floor(15));
+    expect(seen.leakRepairCrashes).toBeGreaterThan(floor(5));
+    expect(seen.writebackMidBatch).toBeGreaterThan(floor(30));
+  }, 300_000 * Math.max(1, Math.ceil((RUNS * MAX_BATCHES * (SIZE >> 20)) / (60 * 20))));
 
   it('lazy refcounts: a crash that keeps the refcount table and loses the new refcount blocks it names leaves a repairable image', async () => {
     // Found by a longer run of the property above (4 MiB, 512-byte clusters, 64-bit refcounts):
