@@ -7,7 +7,7 @@
  * holding the same data. Configurations alternate run by run; medians over
  * RUNS runs, spread as min–max.
  *   pnpm --filter @ioplane/virtio-devices bench     (RUNS=10 SIZE_MB=128 by default;
- *   PATTERN=4k-rand-qd32 runs one pattern, PACKED=1 uses packed rings,
+ *   PATTERN=4k-rand-qd32 runs one pattern (or a comma-separated list), PACKED=1 uses packed rings,
  *   CONFIG='raw direct,raw virtio' picks configurations,
  *   RECORD_TRACES=DIR records, after each pattern's measured runs, one more
  *   (unmeasured) virtio run per image as an interrupt-coalescing trace:
@@ -159,7 +159,7 @@ async function main(): Promise<void> {
       { name: '64k-seq-qd32', bs: 65536, qd: 32, random: false, ops: 8000 },
     ];
     const only = process.env.PATTERN;
-    if (only !== undefined) patterns.splice(0, patterns.length, ...patterns.filter((p) => p.name === only));
+    if (only !== undefined) patterns.splice(0, patterns.length, ...patterns.filter((p) => only.split(',').includes(p.name)));
     const allConfigs = [
       { name: 'raw direct', run: (j: Job) => direct(w, j) },
       { name: 'raw virtio', run: (j: Job) => raw.run(j) },
