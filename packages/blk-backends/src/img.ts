@@ -274,7 +274,7 @@ async function check(argv: string[], out: Output): Promise<number> {
   }
   let r: Qcow2CheckResult;
   try {
-    r = await q.check(repair !== undefined);
+    r = await q.check(repair === undefined ? false : repair);
   } finally {
     await q.close();
   }

@@ -349,3 +349,70 @@ describe('fuzzed images never crash or hang', () => {
     expect(outcome.clean).toBeGreaterThan(10);
   });
 });
+
+describe('check and repair of a refcount table naming blocks it cannot use', () => {
+  async function withRefblock0(opts: Parameters<typeof createImage>[2], at: (fileSize: number, h: Qcow2Backend['header']) => number): Promise<{ f: string; size: number }> {
+    const f = await fresh(opts);
+    const q = (await openImage(f, { readOnly: true })) as Qcow2Backend;
+    const h = q.header;
+    await q.close();
+    const size = readFileSync(f).length;
+    patch(f, (_b, dv) => dv.setBigUint64(h.refcountTableOffset, BigInt(at(size, h)), false));
+    return { f, size };
+  }
+
+  it('more than 1 GiB past the end of the file: reported, and a repair leaves the file as it was', async () => {
+    const { f, size } = await withRefblock0({ size: 4 << 20, clusterSize: 65536 }, (s) => (Math.ceil(s / 65536) + 2 * 16384) * 65536);
+    const q = (await openImage(f, { format: 'qcow2' })) as Qcow2Backend;
+    try {
+      const r = await q.check();
+      expect(r.corruptions).toBeGreaterThan(0);
+      expect(r.messages.some((m) => /refcount block 0 at 0x[0-9a-f]+ is outside the image/.test(m))).toBe(true);
+      const fixed = await q.check('all');
+      expect(fixed.corruptions).toBeGreaterThan(0);
+    } finally {
+      await q.close().catch(() => undefined);
+    }
+    expect(readFileSync(f).length).toBe(size);
+  });
+
+  it('overlapping the L1 table: check counts it as refcounts of zero instead of throwing', async () => {
+    const { f } = await withRefblock0({ size: 4 << 20, clusterSize: 65536 }, (_s, h) => h.l1TableOffset);
+    const q = (await openImage(f, { readOnly: true, format: 'qcow2' })) as Qcow2Backend;
+    try {
+      const r = await q.check();
+      expect(r.corruptions).toBeGreaterThan(0);
+      expect(r.messages.some((m) => /cluster \d+ refcount=0 reference=1/.test(m))).toBe(true);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it('a lazy-refcount image left dirty with its first refcount block past the end is repaired on a read-write open', async () => {
+    const { f } = await withRefblock0({ size: 4 << 20, clusterSize: 65536, lazyRefcounts: true }, (s) => (Math.ceil(s / 65536) + 1) * 65536);
+    patch(f, (b) => {
+      b[79] = b[79]! | 1; // incompatible_features bit 0: dirty
+    });
+    const q = (await openImage(f, { format: 'qcow2' })) as Qcow2Backend;
+    try {
+      const r = await q.check();
+      expect(r.corruptions).toBe(0);
+      expect(r.leaks).toBe(0);
+      const got = new Uint8Array(200 * 1024);
+      await q.read(0, [got]);
+      expect(got.every((x) => x === 0x5a)).toBe(true);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it('a repair mode other than false, true, leaks or all is refused', async () => {
+    const f = await fresh();
+    const q = (await openImage(f, { format: 'qcow2' })) as Qcow2Backend;
+    try {
+      await expect(q.check('everything' as 'all')).rejects.toMatchObject({ kind: 'invalid-argument' });
+    } finally {
+      await q.close();
+    }
+  });
+});

@@ -360,6 +360,42 @@ describe('images written by ioplane pass qemu-img check and compare', () => {
     expect((await img('check', f)).status).toBe(2);
   });
 
+  it('a refcount block named past the end of the file: check counts the errors qemu-img counts; -r leaks leaves them; -r all grows the file as qemu-img does', async () => {
+    tmp = tempDir();
+    const f = tmp.path('rb.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', f, '64M');
+    qemuIo(f, ['write -P 0xab 0 1M', 'write -P 0xcd 8M 64k']);
+    const expected = tmp.path('expected.raw');
+    qemuImg('convert', '-f', 'qcow2', '-O', 'raw', f, expected);
+    // Point refcount block 0 three clusters past the end of the file (as a crash that kept the
+    // refcount table but not the new block it names would leave it).
+    const b = readFile(f);
+    const dv = new DataView(b.buffer);
+    const table = Number(dv.getBigUint64(48, false));
+    const past = (Math.ceil(b.length / 65536) + 3) * 65536;
+    dv.setBigUint64(table, BigInt(past), false);
+    writeFileSync(f, b);
+    const qemuCopy = tmp.path('qemu.qcow2');
+    writeFileSync(qemuCopy, b);
+    const theirs = JSON.parse(run('qemu-img', ['check', '--output=json', f]).stdout) as { corruptions: number };
+    const mine = await img('check', '--output=json', f);
+    expect(mine.status).toBe(2);
+    expect((JSON.parse(mine.stdout) as { corruptions: number }).corruptions).toBe(theirs.corruptions);
+    // Leaks only: the errors stay, the file does not grow.
+    const leaks = await img('check', '-r', 'leaks', f);
+    expect(leaks.status).toBe(2);
+    expect(readFile(f).length).toBe(b.length);
+    const fix = await img('check', '-r', 'all', f);
+    expect(fix.status, fix.stdout + fix.stderr).toBe(0);
+    expect(fix.stdout).toMatch(/[1-9]\d* corruptions/);
+    expect(run('qemu-img', ['check', f]).status).toBe(0);
+    expect(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', f, expected]).status).toBe(0);
+    // qemu-img's own repair of the same image ends at the same size.
+    expect(run('qemu-img', ['check', '-r', 'all', qemuCopy]).status).toBe(0);
+    expect(readFile(f).length).toBe(past + 65536);
+    expect(readFile(qemuCopy).length).toBe(past + 65536);
+  });
+
   it('info --output=json matches qemu-img on the fields both print', async () => {
     tmp = tempDir();
     const base = tmp.path('b.raw');

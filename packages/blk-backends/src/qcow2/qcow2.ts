@@ -57,6 +57,8 @@ const TWO32 = 2 ** 32;
 export const MAX_BACKING_DEPTH = 64;
 /** Most L1+L2 entries one check walks (2^30: a 64 TiB image of 64 KiB clusters, or 1 TiB with 64 snapshots). */
 const CHECK_ENTRY_BUDGET = 2 ** 30;
+/** How far past the end of the file a repair grows it to take in a refcount block the table names there (as QEMU's check does). */
+const REPAIR_GROW_LIMIT = 2 ** 30;
 
 /** Opens a backing file; `openImage` in this package by default. */
 export type BackingOpener = (path: string, format: string | undefined, chain: readonly string[]) => Promise<BlockBackend>;
@@ -330,6 +332,12 @@ export class Qcow2Backend implements BlockBackend {
     if (off % cs !== 0) this.#fail(`${what} offset ${hex(off)} is not aligned to the ${cs}-byte cluster`, { offset: off });
     if (off + cs > this.#file.size) this.#fail(`${what} at ${hex(off)} lies outside the ${this.#file.size}-byte file`, { offset: off });
     if (this.#overlapsFixedMetadata(off, cs)) this.#fail(`${what} at ${hex(off)} overlaps the header, the L1 table or the refcount table`, { offset: off });
+  }
+
+  /** Whether the refcount block at `off` (0: none) can be read: aligned, inside the file, clear of the fixed metadata. */
+  #usableRefblock(off: number): boolean {
+    const cs = this.clusterSize;
+    return off !== 0 && off % cs === 0 && off + cs <= this.#file.size && !this.#overlapsFixedMetadata(off, cs);
   }
 
   #overlapsFixedMetadata(off: number, len: number): boolean {
@@ -1306,8 +1314,9 @@ export class Qcow2Backend implements BlockBackend {
       await this.#rc.writeBack();
       if (this.#reftableDirty) {
         // Lazy or not, new refcount blocks reach the disk before the table entries that name
-        // them: an entry naming a block past the end of the file is an error a repair cannot
-        // mend (the table changes only when a block is added, so this costs little).
+        // them: an entry naming a block past the end of the file makes the image fail
+        // `qemu-img check` until a repair grows the file (the table changes only when a block is
+        // added, so this costs little).
         await this.#file.datasync();
         await this.#writeReftable();
       }
@@ -1574,38 +1583,61 @@ export class Qcow2Backend implements BlockBackend {
 
   /**
    * Walk every structure, count references per host cluster and compare with
-   * the stored refcounts, as `qemu-img check` does. With `repair`, refcounts are
-   * rewritten to match (leaks and corruptions of refcounts; not broken tables)
-   * and OFLAG_COPIED flags are fixed.
+   * the stored refcounts, as `qemu-img check` does. `repair` as `qemu-img
+   * check -r`: 'leaks' lowers the refcounts of leaked clusters only; 'all'
+   * (or true) also raises refcounts below their references, fixes
+   * OFLAG_COPIED flags and grows the file over a refcount block named past its
+   * end. Broken tables are reported, not rebuilt.
    */
-  check(repair = false): Promise<Qcow2CheckResult> {
+  check(repair: boolean | 'leaks' | 'all' = false): Promise<Qcow2CheckResult> {
+    if (repair !== true && repair !== false && repair !== 'leaks' && repair !== 'all') {
+      return Promise.reject(new BlockError('invalid-argument', `check repair mode ${String(repair)} is not one of false, true, 'leaks', 'all'`));
+    }
+    const mode = repair === true ? 'all' : repair === false ? undefined : repair;
+    const fixable = (r: Qcow2CheckResult): number => r.leaks + (mode === 'all' ? r.corruptions : 0);
     const run = async (): Promise<Qcow2CheckResult> => {
       if (!this.readOnly) await this.#writeback();
-      const first = await this.#checkOnce(repair);
-      if (!repair || (first.leaks === 0 && first.corruptions === 0)) return first;
+      const first = await this.#checkOnce(mode);
+      if (mode === undefined || fixable(first) === 0) return first;
       let r = first;
       // Repair can allocate refcount blocks, which changes what is referenced: re-check, bounded.
       for (let round = 0; round < 4; round++) {
         await this.#writeback();
         if (this.#rc.dirtyCount > 0) await this.#writeback();
-        r = await this.#checkOnce(false);
-        if (r.leaks === 0 && r.corruptions === 0) break;
-        await this.#checkOnce(true);
+        r = await this.#checkOnce(undefined);
+        if (fixable(r) === 0) break;
+        await this.#checkOnce(mode);
       }
       r.leaksFixed = Math.max(0, first.leaks - r.leaks);
       r.corruptionsFixed = Math.max(0, first.corruptions - r.corruptions);
       return r;
     };
-    if (repair && this.readOnly) return Promise.reject(new BlockError('read-only', 'repair needs the image opened read-write'));
+    if (mode !== undefined && this.readOnly) return Promise.reject(new BlockError('read-only', 'repair needs the image opened read-write'));
     return this.readOnly ? this.#shared(run) : this.#exclusive(run);
   }
 
-  async #checkOnce(repair: boolean): Promise<Qcow2CheckResult> {
+  async #checkOnce(repair: 'leaks' | 'all' | undefined): Promise<Qcow2CheckResult> {
     const cs = this.clusterSize;
-    const fileClusters = Math.ceil(this.#file.size / cs);
-    const refs = new Uint32Array(fileClusters);
     const messages: string[] = [];
     let corruptions = 0;
+    const fixErrors = repair === 'all';
+    if (fixErrors) {
+      // A refcount block the table names past the end of the file (a crash kept the table but not
+      // the block): grow the file over it, as QEMU's check does; the block reads as zeros and the
+      // comparison below gives every cluster it covers its refcount. Not for offsets absurdly far.
+      let growTo = 0;
+      for (let ti = 0; ti < this.#reftable.length; ti++) {
+        const off = this.#reftable[ti]!;
+        if (off === 0 || off % cs !== 0 || off + cs <= this.#file.size || off + cs > this.#file.size + REPAIR_GROW_LIMIT) continue;
+        if (this.#overlapsFixedMetadata(off, cs)) continue;
+        messages.push(`Repairing refcount block ${ti} is outside the image`);
+        corruptions++;
+        growTo = Math.max(growTo, off + cs);
+      }
+      if (growTo > 0) await this.#file.truncate(growTo);
+    }
+    const fileClusters = Math.ceil(this.#file.size / cs);
+    const refs = new Uint32Array(fileClusters);
     let compressed = 0;
     let allocatedData = 0;
     let fragmented = 0;
@@ -1717,19 +1749,14 @@ export class Qcow2Backend implements BlockBackend {
     for (let c = 0; c < limit; c++) {
       const want = c < fileClusters ? refs[c]! : 0;
       const off = this.#refblockOffset(Math.floor(c / rbe));
-      let have = 0;
-      if (off !== 0 && off % cs === 0 && off + cs <= this.#file.size) {
-        let t = this.#rc.get(off);
-        if (t instanceof Promise) t = await t;
-        have = this.#readRc(t, c % rbe);
-      } else if (off !== 0) {
-        if (c % rbe === 0) err(`refcount block ${Math.floor(c / rbe)} at ${hex(off)} is unusable`);
-        continue;
-      }
+      // A block the table names but that cannot be read (its offset was reported above) counts
+      // as refcounts of zero, as QEMU counts it; only a rebuild could mend those clusters.
+      const usable = this.#usableRefblock(off);
+      const have = usable ? await this.#getRefcount(c) : 0;
       if (have === want) continue;
       if (have < want) {
         err(`cluster ${c} refcount=${have} reference=${want}`);
-        fixes.push([c, want]);
+        if (fixErrors && (usable || off === 0)) fixes.push([c, want]);
       } else {
         leaks++;
         if (messages.length < 1000) messages.push(want === 0 ? `Leaked cluster ${c} refcount=${have} reference=0` : `Leaked cluster ${c} refcount=${have} reference=${want}`);
@@ -1738,11 +1765,12 @@ export class Qcow2Backend implements BlockBackend {
     }
     // OFLAG_COPIED must be set exactly when the refcount is 1 (Cluster mapping, bit 63).
     for (const k of copiedChecks) {
-      const rc = await this.#getRefcount(k.host / cs);
-      const want = rc === 1 || (fixes.find((f) => f[0] === k.host / cs)?.[1] ?? rc) === 1;
+      const c = k.host / cs;
+      const rc = this.#usableRefblock(this.#refblockOffset(Math.floor(c / rbe))) ? await this.#getRefcount(c) : 0;
+      const want = rc === 1 || (fixes.find((f) => f[0] === c)?.[1] ?? rc) === 1;
       if (want !== k.copied) {
         err(`OFLAG_COPIED ${k.kind === 'l1' ? 'L2' : 'data'} cluster: ${k.kind === 'l1' ? `l1_index=${k.index}` : `l2 index ${k.index}`} refcount=${rc}`);
-        if (repair) {
+        if (fixErrors) {
           if (k.kind === 'l1') {
             const hi = this.#l1dv.getUint32(k.index * 8, false);
             this.#l1dv.setUint32(k.index * 8, want ? (hi | HI_COPIED) >>> 0 : hi & ~HI_COPIED, false);
@@ -1757,7 +1785,7 @@ export class Qcow2Backend implements BlockBackend {
         }
       }
     }
-    if (repair && fixes.length > 0) {
+    if (repair !== undefined && fixes.length > 0) {
       // New refcount blocks go past everything referenced, so repair never overwrites live data.
       this.#allocFloor = Math.max(fileClusters, limit);
       try {
