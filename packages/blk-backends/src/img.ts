@@ -286,10 +286,12 @@ async function check(argv: string[], out: Output): Promise<number> {
     if (r.corruptionsFixed > 0) j['corruptions-fixed'] = r.corruptionsFixed;
     out.write(`${JSON.stringify(j, null, 4)}\n`);
   } else {
-    for (const m of r.messages) out.write(`${m}\n`);
-    if (r.leaksFixed > 0 || r.corruptionsFixed > 0) {
-      out.write(`The following inconsistencies were found and repaired:\n\n    ${r.leaksFixed} leaked clusters\n    ${r.corruptionsFixed} corruptions\n\n`);
+    if (r.repairMessages !== undefined) {
+      // As qemu-img check -r: what the repair did, its totals, then the check of the result.
+      for (const m of r.repairMessages) out.write(`${m}\n`);
+      out.write(`The following inconsistencies were found and repaired:\n\n    ${r.leaksFixed} leaked clusters\n    ${r.corruptionsFixed} corruptions\n\nDouble checking the fixed image now...\n`);
     }
+    for (const m of r.messages) out.write(`${m}\n`);
     if (r.corruptions === 0 && r.leaks === 0) out.write('No errors were found on the image.\n');
     else {
       if (r.corruptions > 0) out.write(`\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`);

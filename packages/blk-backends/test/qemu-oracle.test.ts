@@ -360,6 +360,26 @@ describe('images written by ioplane pass qemu-img check and compare', () => {
     expect((await img('check', f)).status).toBe(2);
   });
 
+  it('a leaked cluster still flagged OFLAG_COPIED: the same leak and error counts as qemu-img; -r leaks prints what it repairs and double-checks', async () => {
+    tmp = tempDir();
+    const f = tmp.path('copied.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', f, '4M');
+    qemuIo(f, ['write -P 1 0 64k']);
+    // Clusters: 0 header, 1 refcount table, 2 refcount block, 3 L1, 4 L2, 5 guest 0..64k (COPIED, refcount 1 → 2).
+    const b = readFile(f);
+    new DataView(b.buffer).setUint16(0x20000 + 5 * 2, 2, false);
+    writeFileSync(f, b);
+    const theirs = JSON.parse(run('qemu-img', ['check', '--output=json', f]).stdout) as { corruptions?: number; leaks?: number };
+    const mine = JSON.parse((await img('check', '--output=json', f)).stdout) as { corruptions?: number; leaks?: number };
+    expect(theirs).toMatchObject({ corruptions: 1, leaks: 1 });
+    expect(mine).toMatchObject({ corruptions: theirs.corruptions, leaks: theirs.leaks });
+    const fix = await img('check', '-r', 'leaks', f);
+    expect(fix.status).toBe(0);
+    expect(fix.stdout).toContain('Repairing cluster 5 refcount=2 reference=1');
+    expect(fix.stdout).toMatch(/1 leaked clusters\n\s+0 corruptions\n\nDouble checking the fixed image now\.\.\.\nNo errors were found on the image\./);
+    expect(run('qemu-img', ['check', f]).status).toBe(0);
+  });
+
   it('a refcount block named past the end of the file: check counts the errors qemu-img counts; -r leaks leaves them; -r all grows the file as qemu-img does', async () => {
     tmp = tempDir();
     const f = tmp.path('rb.qcow2');

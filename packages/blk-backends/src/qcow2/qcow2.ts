@@ -102,6 +102,12 @@ export interface Qcow2CheckResult {
   /** Clusters whose refcount is higher than their references. */
   leaks: number;
   messages: string[];
+  /**
+   * After a repair: what its first pass found, a line each, "Repairing …" for
+   * what it fixed and "ERROR …" for what it could not (as `qemu-img check -r`
+   * prints them); `messages` is then what the check after the repair found.
+   */
+  repairMessages?: string[];
   /** After `repair`: how many of each were fixed. */
   corruptionsFixed: number;
   leaksFixed: number;
@@ -1610,6 +1616,7 @@ export class Qcow2Backend implements BlockBackend {
       }
       r.leaksFixed = Math.max(0, first.leaks - r.leaks);
       r.corruptionsFixed = Math.max(0, first.corruptions - r.corruptions);
+      r.repairMessages = first.messages;
       return r;
     };
     if (mode !== undefined && this.readOnly) return Promise.reject(new BlockError('read-only', 'repair needs the image opened read-write'));
@@ -1642,9 +1649,10 @@ export class Qcow2Backend implements BlockBackend {
     let allocatedData = 0;
     let fragmented = 0;
     let lastHost = -1;
-    const err = (m: string): void => {
+    /** A corruption; `repairing` when this pass fixes it (qemu-img check -r prints those as "Repairing"). */
+    const err = (m: string, repairing = false): void => {
       corruptions++;
-      if (messages.length < 1000) messages.push(`ERROR ${m}`);
+      if (messages.length < 1000) messages.push(`${repairing ? 'Repairing' : 'ERROR'} ${m}`);
     };
     const inc = (off: number, len: number, what: string): boolean => {
       if (len <= 0) return true;
@@ -1755,11 +1763,12 @@ export class Qcow2Backend implements BlockBackend {
       const have = usable ? await this.#getRefcount(c) : 0;
       if (have === want) continue;
       if (have < want) {
-        err(`cluster ${c} refcount=${have} reference=${want}`);
-        if (fixErrors && (usable || off === 0)) fixes.push([c, want]);
+        const fixing = fixErrors && (usable || off === 0);
+        err(`cluster ${c} refcount=${have} reference=${want}`, fixing);
+        if (fixing) fixes.push([c, want]);
       } else {
         leaks++;
-        if (messages.length < 1000) messages.push(want === 0 ? `Leaked cluster ${c} refcount=${have} reference=0` : `Leaked cluster ${c} refcount=${have} reference=${want}`);
+        if (messages.length < 1000) messages.push(`${repair !== undefined ? 'Repairing' : 'Leaked'} cluster ${c} refcount=${have} reference=${want}`);
         fixes.push([c, want]);
       }
     }
@@ -1767,9 +1776,12 @@ export class Qcow2Backend implements BlockBackend {
     for (const k of copiedChecks) {
       const c = k.host / cs;
       const rc = this.#usableRefblock(this.#refblockOffset(Math.floor(c / rbe))) ? await this.#getRefcount(c) : 0;
-      const want = rc === 1 || (fixes.find((f) => f[0] === c)?.[1] ?? rc) === 1;
+      // As QEMU checks it after the refcount repairs of this pass: against the refcount a repair
+      // is about to give the cluster, or the one it has when nothing is repaired.
+      const after = repair !== undefined ? (fixes.find((f) => f[0] === c)?.[1] ?? rc) : rc;
+      const want = after === 1;
       if (want !== k.copied) {
-        err(`OFLAG_COPIED ${k.kind === 'l1' ? 'L2' : 'data'} cluster: ${k.kind === 'l1' ? `l1_index=${k.index}` : `l2 index ${k.index}`} refcount=${rc}`);
+        err(`OFLAG_COPIED ${k.kind === 'l1' ? 'L2' : 'data'} cluster: ${k.kind === 'l1' ? `l1_index=${k.index}` : `l2 index ${k.index}`} refcount=${rc}`, fixErrors);
         if (fixErrors) {
           if (k.kind === 'l1') {
             const hi = this.#l1dv.getUint32(k.index * 8, false);
