@@ -40,7 +40,7 @@ import {
 } from './defs.js';
 import { driverOk, negotiateFeatures } from './driver-init.js';
 import { VirtioError } from './errors.js';
-import { type HaltPollGovernor, haltPollWait } from './halt-poll.js';
+import { type HaltPollGovernor, checkHaltPoll, haltPollWait } from './halt-poll.js';
 import type { DriverTransport } from './transport.js';
 
 /** A guest buffer: address and length in guest memory. */
@@ -544,7 +544,8 @@ export class VirtioBlkDriver {
    * `configBell`, configuration change notifications too (DEVICE_NEEDS_RESET).
    */
   listen(bells: readonly Doorbell[], options: ListenOptions = {}): Promise<void> {
-    const { pollMs = 50, configBell, spinUs = 0, haltPoll, now = () => performance.now() } = options;
+    const { pollMs = 50, configBell, spinUs = 0, now = () => performance.now() } = options;
+    const haltPoll = checkHaltPoll(options.haltPoll);
     if (!(spinUs >= 0 && spinUs <= 1e6)) throw new VirtioError('invalid-argument', `spinUs ${spinUs} is outside 0..1e6`, { spinUs });
     const spinMs = spinUs / 1000;
     this.#bells.push(...bells);

@@ -95,6 +95,16 @@ function check(name: string, v: number, lo: number, hi: number): void {
   }
 }
 
+/** `haltPoll` as `listen` takes it: a governor (not its options), or none. */
+export function checkHaltPoll(g: unknown): HaltPollGovernor | undefined {
+  if (g === undefined) return undefined;
+  const o = g as HaltPollGovernor | null;
+  if (o === null || typeof o !== 'object' || typeof o.idleEnded !== 'function' || typeof o.windowUs !== 'number') {
+    throw new VirtioError('invalid-argument', 'haltPoll must be a HaltPollGovernor (new HaltPollGovernor(options)), not its options', {});
+  }
+  return o;
+}
+
 const nextTurn = (resolve: () => void): void => void setImmediate(resolve);
 
 /**

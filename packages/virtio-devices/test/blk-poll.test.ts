@@ -210,8 +210,9 @@ describe('virtio-blk passes (maxBatch) and idle polling (pollNs)', () => {
     await listening;
   });
 
-  it('listen rejects a spin window outside 0..1e6 µs', async () => {
+  it('listen rejects a spin window outside 0..1e6 µs, and halt-polling options given where a governor belongs', async () => {
     const h = await harness();
+    expect(() => h.driver.listen([new Doorbell()], { haltPoll: { maxUs: 200 } as unknown as HaltPollGovernor })).toThrow(/haltPoll must be a HaltPollGovernor/);
     expect(() => h.driver.listen([new Doorbell()], { spinUs: -1 })).toThrow(/spinUs -1/);
     expect(() => h.driver.listen([new Doorbell()], { spinUs: 2e6 })).toThrow(/spinUs/);
   });

@@ -8,7 +8,7 @@ import {
 } from '../defs.js';
 import { driverOk, negotiateFeatures } from '../driver-init.js';
 import { VirtioError } from '../errors.js';
-import { type HaltPollGovernor, haltPollWait } from '../halt-poll.js';
+import { type HaltPollGovernor, checkHaltPoll, haltPollWait } from '../halt-poll.js';
 import type { DriverTransport } from '../transport.js';
 import {
   NET_CFG_MAC,
@@ -552,7 +552,8 @@ export class VirtioNetDriver {
    * each queue's doorbell before it sleeps, as `VirtioBlkDriver.listen` does.
    */
   listen(bells: readonly Doorbell[], options: number | NetListenOptions = {}): Promise<void> {
-    const { pollMs = 50, haltPoll, now = () => performance.now() } = typeof options === 'number' ? { pollMs: options } : options;
+    const { pollMs = 50, haltPoll: hp, now = () => performance.now() } = typeof options === 'number' ? { pollMs: options } : options;
+    const haltPoll = checkHaltPoll(hp);
     const qs = [...this.#rx.map((r) => r.q), ...this.#tx.map((d) => d.q), ...(this.#ctrl ? [this.#ctrl.q] : [])];
     return Promise.all(
       qs.map(async (q) => {
