@@ -59,9 +59,13 @@ describe('benchmarks run (smoke: tiny runs, figures not judged)', () => {
   });
 
   it('bench (virtio-blk against direct reads), the target pattern on the sync engine', { timeout: 160_000 }, async () => {
-    const r = await bench('bench/blk.ts', { RUNS: '1', SIZE_MB: '8', PATTERN: '4k-rand-qd32', ENGINES: 'sync', CONFIG: 'raw direct sync,raw virtio sync,raw virtio sync polled-guest' });
+    const r = await bench('bench/blk.ts', { RUNS: '1', SIZE_MB: '8', PATTERN: '4k-rand-qd32', ENGINES: 'sync', CONFIG: 'raw direct sync,raw virtio sync,raw virtio sync no-halt-poll,raw virtio sync polled-guest' });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/virtio\/direct raw \d\.\d\d/);
     expect(r.out).toMatch(/raw virtio sync\s+\d+\s/);
+    expect(r.out).toMatch(/virtio sync no-halt-poll \d\.\d\d/);
+    // The default guest halt-polls and says how its idle periods ended; the no-halt-poll one does not.
+    expect(r.out).toMatch(/raw virtio sync device: .*guest idle \d+ times caught by halt polling, \d+ asleep/);
+    expect(r.out).not.toMatch(/raw virtio sync no-halt-poll device: .*halt polling/);
   });
 });
