@@ -73,11 +73,19 @@ export interface LiveMapping {
   older: LiveMapping | undefined;
 }
 
-/** What a mapper needs from its driver: the IOMMU's granule and the guest's clock. */
+/** What a mapper needs from its driver: the IOMMU's granule, the guest's clock and, optionally, a timer. */
 export interface MapperHost {
   readonly granule: number;
   /** Milliseconds, monotonic. */
   now(): number;
+  /**
+   * A one-shot timer: calls `callback` once, about `delayMs` from now, on the
+   * mapper's thread (`setTimeout`). With it, deferred and optimistic
+   * teardown by age runs from the timer, as Linux's flush queue does from
+   * its timer, and `map`/`syncMaps` read no clock; without it every
+   * `map`/`syncMaps` reads the clock.
+   */
+  readonly schedule?: ((callback: () => void, delayMs: number) => void) | undefined;
 }
 
 export abstract class DmaMapper {
@@ -142,6 +150,7 @@ export abstract class DmaMapper {
     this.timeout = options.timeoutMs ?? 10;
     this.granule = host.granule;
     this.iovas = new IovaAllocator(iovaStart, iovaEnd, holes);
+    this.schedule = this.mode === 'strict' ? undefined : host.schedule;
   }
 
   // --- what a subclass does to the IOMMU ---
@@ -254,8 +263,29 @@ export abstract class DmaMapper {
    * every failed mapping (its IOVA returns to the allocator); the others stand.
    */
   syncMaps(): void {
-    this.expire();
+    // With a timer, age is its business; only what the unit has finished is taken back here (no clock read).
+    if (this.schedule === undefined) this.expire();
+    else if (this.heldHead < this.heldTicket.length) this.releaseHeld(false);
     this.commitQueued();
+  }
+
+  /** The host's timer (deferred and optimistic only), and whether it is set. */
+  private readonly schedule: ((callback: () => void, delayMs: number) => void) | undefined;
+  private armed = false;
+  private readonly onTimer = (): void => {
+    this.armed = false;
+    if (this.pLen === 0 && this.heldHead === this.heldTicket.length) return;
+    this.expire();
+    this.arm();
+  };
+
+  /** Sets the timer for when the oldest pending unmap comes due (`this.clock` is fresh). */
+  private arm(): void {
+    const head = this.pHead;
+    if (this.armed || head === undefined || this.schedule === undefined) return;
+    this.armed = true;
+    const delay = (this.mode === 'deferred' ? this.flushDelay : this.timeout) - (this.clock - head.at);
+    this.schedule(this.onTimer, delay > 0 ? delay : 0);
   }
 
   /** `syncMaps` without applying the clock. */
@@ -376,9 +406,8 @@ export abstract class DmaMapper {
       this.tearDown(one, 1, false);
       return;
     }
-    const now = this.clock;
-    this.retire(m, now);
-    this.expireAt(now);
+    this.retire(m);
+    this.expireAt(this.clock);
   }
 
   /**
@@ -413,10 +442,9 @@ export abstract class DmaMapper {
       }
       return;
     }
-    const now = this.clock;
-    for (let i = 0; i < count; i++) this.retire(batch[i]!, now);
+    for (let i = 0; i < count; i++) this.retire(batch[i]!);
     clear(batch);
-    this.expireAt(now);
+    this.expireAt(this.clock);
   }
 
   /** Scratch for `unmapMany`: the records being unmapped. */
@@ -434,10 +462,14 @@ export abstract class DmaMapper {
     return m;
   }
 
-  /** deferred / optimistic: `m` was unmapped at `now`; queue it (and tear down what is due by count; the clock is applied by the caller). */
-  private retire(m: LiveMapping, now: number): void {
-    m.at = now;
+  /** deferred / optimistic: `m` was unmapped now (stamped with the clock last read); queue it (and tear down what is due by count; the clock is applied by the caller). */
+  private retire(m: LiveMapping): void {
+    const starts = this.schedule !== undefined && this.pHead === undefined;
+    // A batch starts: its stamp sets the timer, so it is read fresh (once per batch; maps read no clock).
+    if (starts) this.clock = this.host.now();
+    m.at = this.clock;
     this.appendPending(m);
+    if (starts) this.arm();
     if (this.mode === 'optimistic') {
       if (!m.fixed) {
         const key = m.gpaPage / this.granule;

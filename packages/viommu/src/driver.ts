@@ -227,6 +227,8 @@ export class GuestIommuDriver {
     config: IommuConfig,
     /** Milliseconds, monotonic: the guest's clock (injected so tests are deterministic). */
     readonly now: () => number = () => 0,
+    /** A one-shot timer on the guest's thread: deferred and optimistic teardown by age runs from it (see `MapperHost.schedule`). */
+    readonly schedule?: (callback: () => void, delayMs: number) => void,
   ) {
     this.config = config;
     const g = config.pageSizeMask & -config.pageSizeMask;

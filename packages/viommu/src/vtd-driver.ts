@@ -69,6 +69,11 @@ export interface VtdGuestDriverOptions {
   haw?: number;
   /** Milliseconds, monotonic: the guest's clock (injected so tests are deterministic). */
   now?: () => number;
+  /**
+   * A one-shot timer on the guest's thread (`(cb, ms) => void setTimeout(cb, ms)`): deferred and
+   * optimistic teardown by age then runs from it, and maps read no clock (see `MapperHost.schedule`).
+   */
+  schedule?: (callback: () => void, delayMs: number) => void;
 }
 
 /** Builds the translation tables of a VT-d unit in guest memory and attaches devices to domains. */
@@ -79,6 +84,7 @@ export class VtdGuestDriver implements MapperHost {
   readonly levels: 3 | 4;
   readonly haw: number;
   readonly now: () => number;
+  readonly schedule: ((callback: () => void, delayMs: number) => void) | undefined;
   readonly rootTable: number;
   private bump: number;
   private readonly areaEnd: number;
@@ -97,6 +103,7 @@ export class VtdGuestDriver implements MapperHost {
     if (this.levels !== 3 && this.levels !== 4) throw new ViommuError('invalid-option', `page-table depth ${String(this.levels)} is not 3 or 4`, this.levels);
     this.haw = options.haw ?? 48;
     this.now = options.now ?? (() => 0);
+    this.schedule = options.schedule;
     this.bump = addr;
     this.areaEnd = addr + len - (len % PAGE);
     this.rootTable = this.allocPage();

@@ -21,6 +21,8 @@ const { DATA, SLOT, BLK_AREA, TABLES } = GUEST_LAYOUT;
 
 /** The scenario's mapper (undefined: vIOMMU off), and each slot's IOVA when mapped statically. */
 let domain: DmaMapper | undefined;
+/** The flush-queue timer (Linux's fq_timer): deferred batches are torn down by age from it, and maps read no clock. */
+const schedule = (cb: () => void, ms: number): void => void setTimeout(cb, ms);
 const fixed: number[] = [];
 
 /**
@@ -103,6 +105,7 @@ async function main(): Promise<void> {
       requestIrq: new Doorbell(setup.bells, 4),
       answerTimeoutMs: 10_000,
       now: () => performance.now(),
+      ...(setup.fqTimer ? { schedule } : {}),
     });
     const mode: InvalidationMode = setup.scenario === 'static' || setup.scenario === 'strict-many' ? 'strict' : setup.scenario;
     domain = iommu.iommu.attach(setup.sid, { mode });
@@ -110,7 +113,7 @@ async function main(): Promise<void> {
     if (setup.scenario === 'static') for (let s = 0; s < 64; s++) fixed.push(domain.map(DATA + s * SLOT, SLOT, 'from-device'));
   } else if (setup.scenario !== 'off') {
     const unit = new VtdQueuedInvalidator({ mem, regs: new VtdQiRegisters(setup.qi!), queue: { addr: GUEST_LAYOUT.QUEUE.addr }, status: GUEST_LAYOUT.STATUS });
-    const vtd = new VtdGuestDriver({ unit, mem, area: TABLES, now: () => performance.now() });
+    const vtd = new VtdGuestDriver({ unit, mem, area: TABLES, now: () => performance.now(), ...(setup.fqTimer ? { schedule } : {}) });
     const mode: InvalidationMode = setup.scenario === 'static' || setup.scenario === 'strict-many' ? 'strict' : setup.scenario;
     domain = vtd.attach(setup.sid, { mode });
     // The rings and the driver's own area: an identity mapping, as for memory a driver placed before it knew of the IOMMU.

@@ -32,6 +32,8 @@ export interface IommuGuestSetup {
   haltPollUs: number;
   /** The invalidation queue's shared registers (`VtdQiRegisters.array`; absent when the vIOMMU is off). */
   qi: Int32Array | undefined;
+  /** The guest driver's deferred/optimistic teardown by age runs from a timer (else every map reads the clock). */
+  fqTimer: boolean;
   /** Packed rings (else split). */
   packed: boolean;
   /** Which vIOMMU: VT-d (tables in guest memory, the invalidation queue) or the virtio-iommu device (its driver over `iommuPort`). */

@@ -20,6 +20,7 @@
  *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,off-again,static,strict,strict-many,deferred,optimistic)
  *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; QI_HINT=0: the unit polls its queue at translation misses only;
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
+ *   FQ_TIMER=0: the guest's deferred/optimistic teardown by age without a timer (every map reads the clock, as before December 2026);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
  *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
@@ -255,6 +256,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     sid: SID,
     qi: registers,
     packed: process.env.PACKED !== '0',
+    fqTimer: process.env.FQ_TIMER !== '0',
     unit: UNIT,
     iommuPort,
     port: port2,

@@ -32,6 +32,11 @@ export interface VirtioIommuDriverOptions {
   eventBuffers?: number;
   /** The guest's monotonic clock in ms, for deferred / optimistic invalidation (default: always 0). */
   now?: () => number;
+  /**
+   * A one-shot timer on the guest's thread (`(cb, ms) => void setTimeout(cb, ms)`): deferred and
+   * optimistic teardown by age then runs from it, and maps read no clock (`MapperHost.schedule`).
+   */
+  schedule?: (callback: () => void, delayMs: number) => void;
   /** Called with every fault report read from the event queue. */
   onFault?: (event: FaultEvent) => void;
   resetTimeoutMs?: number;
@@ -142,7 +147,7 @@ export class VirtioIommuDriver implements IommuTransport {
     this.#spinMs = (opts.answerSpinUs ?? 50) / 1000;
     this.#timeoutMs = opts.answerTimeoutMs ?? 1000;
     this.#clock = opts.clock ?? (() => performance.now());
-    this.iommu = new GuestIommuDriver(this, config, opts.now);
+    this.iommu = new GuestIommuDriver(this, config, opts.now, opts.schedule);
   }
 
   /** Bytes of driver-owned guest memory `create` needs for queues of `size` and a device with `probeSize`. */
