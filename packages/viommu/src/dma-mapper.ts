@@ -452,13 +452,11 @@ export abstract class DmaMapper {
 
   /** Removes and returns the live mapping holding `iova`'s granule; throws if there is none. */
   private takeLive(iova: number): LiveMapping {
-    const page = Math.floor(iova / this.granule);
-    const m = this.live.get(page);
+    const m = this.live.take(Math.floor(iova / this.granule));
     if (m === undefined) {
       const name = typeof iova === 'number' && Number.isFinite(iova) ? `0x${iova.toString(16)}` : String(iova);
       throw new ViommuError('driver-state', `IOVA ${name} is not mapped in domain ${this.id}`, iova);
     }
-    this.live.delete(page);
     return m;
   }
 
@@ -575,23 +573,21 @@ export abstract class DmaMapper {
 
   /** Tears down the `n` oldest pending mappings in one batch. */
   private teardownOldest(n: number): void {
+    // Written by index and never emptied: a batch-sized scratch array that shrank would grow again every batch.
     const batch = this.batchScratch;
     for (let i = 0; i < n; i++) {
       const m = this.pHead!;
       this.unlinkPending(m);
-      batch.push(m);
+      batch[i] = m;
     }
     if (this.mode === 'optimistic') {
-      for (const m of batch) {
+      for (let i = 0; i < n; i++) {
+        const m = batch[i]!;
         if (m.fixed) continue;
         this.uncache(m);
       }
     }
-    try {
-      this.tearDown(batch, n, true);
-    } finally {
-      clear(batch);
-    }
+    this.tearDown(batch, n, true);
   }
 
   /**
@@ -605,19 +601,17 @@ export abstract class DmaMapper {
     if (count === 0) return;
     let sorted = batch;
     if (count > 1) {
-      // Sorted in a scratch array (no array or closure per batch); usually already in order (next-fit).
+      // Sorted in a scratch array (no array or closure per batch; written by index, never emptied); usually already in order (next-fit).
       sorted = this.sortScratch;
-      clear(sorted);
-      for (let i = 0; i < count; i++) sorted.push(batch[i]!);
-      sortByIova(sorted);
+      for (let i = 0; i < count; i++) sorted[i] = batch[i]!;
+      sortByIova(sorted, count);
     }
     const runs = this.runStarts;
-    clear(runs);
+    let n = 0;
     for (let i = 0; i < count; i++) {
-      if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs.push(i);
+      if (i === 0 || sorted[i - 1]!.iova + sorted[i - 1]!.size !== sorted[i]!.iova) runs[n++] = i;
     }
-    runs.push(count);
-    const n = runs.length - 1;
+    runs[n] = count;
     for (let r = 0; r < n; r++) {
       const first = sorted[runs[r]!]!;
       const last = sorted[runs[r + 1]! - 1]!;
@@ -645,7 +639,6 @@ export abstract class DmaMapper {
         for (let i = runs[r]!; i < runs[r + 1]! && spare.length < 1024; i++) spare.push(sorted[i]!);
       } else failed ??= err;
     }
-    if (sorted !== batch) clear(sorted);
     if (failed !== undefined) throw failed;
   }
 }
@@ -660,15 +653,15 @@ export function clear(a: unknown[]): void {
 }
 
 /**
- * Sorts by IOVA in place. A batch is nearly sorted — allocated next-fit,
+ * Sorts the first `count` by IOVA in place. A batch is nearly sorted — allocated next-fit,
  * unmapped in completion order, which strays from submission order by at
  * most the queue depth — so insertion sort does O(n + inversions) moves,
  * with no comparator calls; a batch far from sorted goes to `Array.sort`.
  */
-function sortByIova(l: LiveMapping[]): void {
+function sortByIova(l: LiveMapping[], count: number): void {
   let moves = 0;
-  const limit = 32 * l.length;
-  for (let i = 1; i < l.length; i++) {
+  const limit = 32 * count;
+  for (let i = 1; i < count; i++) {
     const m = l[i]!;
     const key = m.iova;
     let j = i - 1;
@@ -679,7 +672,9 @@ function sortByIova(l: LiveMapping[]): void {
     l[j + 1] = m;
     moves += i - 1 - j;
     if (moves > limit) {
-      l.sort((a, b) => a.iova - b.iova);
+      // Rare: the first `count` only (what lies beyond is stale scratch).
+      const head = l.slice(0, count).sort((a, b) => a.iova - b.iova);
+      for (let k = 0; k < count; k++) l[k] = head[k]!;
       return;
     }
   }

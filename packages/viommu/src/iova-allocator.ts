@@ -14,6 +14,8 @@ export class IovaAllocator {
   private free: number[] = [];
   /** Where the next search starts: the end of the last allocation. */
   private cursor = 0;
+  /** Index in `free` of the interval the last allocation cut (a guess, checked before use). */
+  private hint = 0;
   constructor(start: number, end: number, holes: readonly { start: number; end: number }[]) {
     let at = start;
     for (const h of [...holes].sort((a, b) => a.start - b.start)) {
@@ -26,15 +28,20 @@ export class IovaAllocator {
 
   alloc(size: number): number | undefined {
     const f = this.free;
-    // The first interval ending after the cursor (binary search over the ends).
-    let lo = 0;
-    let hi = f.length / 2;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (f[2 * mid + 1]! <= this.cursor) lo = mid + 1;
-      else hi = mid;
+    const cursor = this.cursor;
+    // The first interval ending after the cursor: usually the one the last allocation cut (checked in O(1)), else a binary search over the ends.
+    let first = this.hint;
+    if (!(first < f.length && f[first + 1]! > cursor && (first === 0 || f[first - 1]! <= cursor))) {
+      let lo = 0;
+      let hi = f.length / 2;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (f[2 * mid + 1]! <= cursor) lo = mid + 1;
+        else hi = mid;
+      }
+      first = 2 * lo;
     }
-    for (let i = 2 * lo; i < f.length; i += 2) {
+    for (let i = first; i < f.length; i += 2) {
       const s = f[i]!;
       const e = f[i + 1]!;
       const at = s < this.cursor ? this.cursor : s;
@@ -59,6 +66,7 @@ export class IovaAllocator {
     else if (e === end) f[i + 1] = at;
     else f.splice(i + 1, 0, at, end);
     this.cursor = end;
+    this.hint = i;
     return at;
   }
 

@@ -456,13 +456,14 @@ export class VtdDmaDomain extends DmaMapper {
       const end = Math.ceil(this.runEnd[r]! / PAGE);
       while (p < end) {
         if (k === BATCH_PSI_LIMIT) return 0;
-        // The largest block aligned at p that stays inside the run.
+        // The largest block aligned at p that stays inside the run (ToUint32 keeps the low bits the
+        // alignment test needs: no float modulo or power per step).
         let am = 0;
-        while (am < PSI_MAX_AM && p % 2 ** (am + 1) === 0 && p + 2 ** (am + 1) <= end) am++;
+        while (am < PSI_MAX_AM && ((p >>> 0) & ((2 << am) - 1)) === 0 && p + (2 << am) <= end) am++;
         this.blockAddr[k] = p * PAGE;
         this.blockAm[k] = am;
         k++;
-        p += 2 ** am;
+        p += 1 << am;
       }
     }
     for (const f of frames) {

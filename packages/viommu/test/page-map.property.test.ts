@@ -10,7 +10,7 @@ const FIRST_SLOT: number[] = [];
 for (let k = 1; FIRST_SLOT.length < 4; k++) if (Math.imul(k, 0x9e37_79b1) >>> 26 === 0) FIRST_SLOT.push(k);
 
 describe('PageMap', () => {
-  it('property: agrees with Map under sets, gets and deletes — clustered, colliding and huge keys, through growth', () => {
+  it('property: agrees with Map under sets, gets, deletes and takes — clustered, colliding and huge keys, through growth', () => {
     const key = fc.oneof(
       fc.integer({ min: 0, max: 40 }), // dense: long probe runs
       fc.integer({ min: 0, max: 40 }).map((k) => 2 ** 36 + k * 64), // above 2^32
@@ -21,6 +21,7 @@ describe('PageMap', () => {
     const op = fc.oneof(
       { arbitrary: fc.record({ kind: fc.constant('set' as const), key, value: fc.nat() }), weight: 10 },
       { arbitrary: fc.record({ kind: fc.constant('delete' as const), key }), weight: 6 },
+      { arbitrary: fc.record({ kind: fc.constant('take' as const), key }), weight: 3 },
       { arbitrary: fc.record({ kind: fc.constant('clear' as const) }), weight: 1 },
     );
     fc.assert(
@@ -35,6 +36,10 @@ describe('PageMap', () => {
             touched.add(o.key);
           } else if (o.kind === 'delete') {
             expect(a.delete(o.key)).toBe(b.delete(o.key));
+          } else if (o.kind === 'take') {
+            const want = b.get(o.key);
+            b.delete(o.key);
+            expect(a.take(o.key)).toBe(want);
           } else {
             a.clear();
             b.clear();
