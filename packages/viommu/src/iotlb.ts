@@ -5,10 +5,12 @@
  * permission bits (1 = device may read, 2 = device may write).
  *
  * An entry never extends past the mapping (or leaf page) it was filled from,
- * and it is stored at the index of a page inside its own run. Invalidation
- * scans every entry for overlap (`size` compares, about a microsecond for the
- * default 512), so an entry can never outlive the translation it caches,
- * whatever page it was filled through.
+ * and it is stored at the index of a page inside its own run. A general
+ * invalidation scans every entry for overlap (`size` compares, about a
+ * microsecond for the default 512); a page-selective one visits the range's
+ * pages and the entries spanning more than one page, which are listed. So
+ * an entry can never outlive the translation it caches, whatever page it
+ * was filled through.
  *
  * Addresses are JS numbers below 2^53; runs above that are never cached.
  */
@@ -30,6 +32,9 @@ export class Iotlb {
    * that page's index.
    */
   private wide = 0;
+  /** The indices of the wide entries (`wide` of them), and each index's place in that list (−1: not wide). */
+  private readonly wideAt: Int32Array;
+  private readonly widePos: Int32Array;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1 || size > 1 << 20 || (size & (size - 1)) !== 0) {
@@ -41,6 +46,21 @@ export class Iotlb {
     this.end = new Float64Array(size);
     this.delta = new Float64Array(size);
     this.perm = new Uint8Array(size);
+    this.wideAt = new Int32Array(size);
+    this.widePos = new Int32Array(size).fill(-1);
+  }
+
+  private addWide(i: number): void {
+    this.widePos[i] = this.wide;
+    this.wideAt[this.wide++] = i;
+  }
+
+  private dropWide(i: number): void {
+    const at = this.widePos[i]!;
+    const last = this.wideAt[--this.wide]!;
+    this.wideAt[at] = last;
+    this.widePos[last] = at;
+    this.widePos[i] = -1;
   }
 
   /** The index of the entry holding `addr`, or -1 (counts a hit or a miss). */
@@ -57,8 +77,10 @@ export class Iotlb {
   /** Caches the run [start, end) → start + delta with `perm`, at the index of `addr` (which must lie in the run). */
   insert(addr: number, start: number, end: number, delta: number, perm: number): void {
     const i = ((addr / Iotlb.PAGE_SIZE) >>> 0) & this.mask;
-    if (this.end[i]! - this.start[i]! > Iotlb.PAGE_SIZE) this.wide--;
-    if (end - start > Iotlb.PAGE_SIZE) this.wide++;
+    const wasWide = this.widePos[i]! >= 0;
+    const isWide = end - start > Iotlb.PAGE_SIZE;
+    if (wasWide && !isWide) this.dropWide(i);
+    else if (isWide && !wasWide) this.addWide(i);
     this.start[i] = start;
     this.end[i] = end;
     this.delta[i] = delta;
@@ -72,7 +94,7 @@ export class Iotlb {
     const e = this.end;
     for (let i = 0; i < this.size; i++) {
       if (s[i]! < endExclusive && e[i]! > start) {
-        if (e[i]! - s[i]! > Iotlb.PAGE_SIZE) this.wide--;
+        if (this.widePos[i]! >= 0) this.dropWide(i);
         s[i] = 1;
         e[i] = 0;
       }
@@ -81,14 +103,22 @@ export class Iotlb {
 
   /**
    * `invalidate` for page-table leaves (VT-d): drops every entry overlapping
-   * [start, endExclusive), visiting only the range's pages while every live
-   * entry is a single page (each then sits at its own page's index), else
-   * scanning everything.
+   * [start, endExclusive), visiting the range's pages (a single-page entry
+   * sits at its own page's index) and the few wide entries (which may sit at
+   * any of their pages' indices) — or scanning everything when the range has
+   * more pages than there are entries.
    */
   invalidatePages(start: number, endExclusive: number): void {
-    if (this.wide > 0) {
-      this.invalidate(start, endExclusive);
-      return;
+    const s = this.start;
+    const e = this.end;
+    // Wide entries first, from the end of the list: dropping one moves only the last into its place.
+    for (let k = this.wide - 1; k >= 0; k--) {
+      const i = this.wideAt[k]!;
+      if (s[i]! < endExclusive && e[i]! > start) {
+        this.dropWide(i);
+        s[i] = 1;
+        e[i] = 0;
+      }
     }
     this.invalidateRun(start, endExclusive);
   }
@@ -112,7 +142,7 @@ export class Iotlb {
     for (let p = first; p <= last; p++) {
       const i = (p >>> 0) & this.mask;
       if (s[i]! < endExclusive && e[i]! > start) {
-        if (e[i]! - s[i]! > Iotlb.PAGE_SIZE) this.wide--;
+        if (this.widePos[i]! >= 0) this.dropWide(i);
         s[i] = 1;
         e[i] = 0;
       }
@@ -121,6 +151,7 @@ export class Iotlb {
 
   flush(): void {
     this.invalidations++;
+    for (let k = 0; k < this.wide; k++) this.widePos[this.wideAt[k]!] = -1;
     this.wide = 0;
     this.start.fill(1);
     this.end.fill(0);
