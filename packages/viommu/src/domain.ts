@@ -177,10 +177,11 @@ export class Endpoint implements TranslationSource {
       if (tlb !== undefined) {
         const i = tlb.find(addr);
         if (i >= 0) {
-          if ((tlb.perm[i]! & need) === 0) return FaultCode.permission;
-          out.gpa = addr + tlb.delta[i]!;
-          out.start = tlb.start[i]!;
-          out.end = tlb.end[i]!;
+          const x = tlb.entries;
+          if ((x[i + 3]! & need) === 0) return FaultCode.permission;
+          out.gpa = addr + x[i + 2]!;
+          out.start = x[i]!;
+          out.end = x[i + 1]!;
           return 0;
         }
       }

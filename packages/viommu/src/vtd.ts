@@ -671,10 +671,11 @@ export class VtdRemapper implements FaultSink {
     if (tlb !== undefined) {
       const i = tlb.find(addr);
       if (i >= 0) {
-        if ((tlb.perm[i]! & (access === 'read' ? 1 : 2)) === 0) return access === 'read' ? FaultCode.vtdRead : FaultCode.vtdWrite;
-        out.gpa = addr + tlb.delta[i]!;
-        out.start = tlb.start[i]!;
-        out.end = tlb.end[i]!;
+        const x = tlb.entries;
+        if ((x[i + 3]! & (access === 'read' ? 1 : 2)) === 0) return access === 'read' ? FaultCode.vtdRead : FaultCode.vtdWrite;
+        out.gpa = addr + x[i + 2]!;
+        out.start = x[i]!;
+        out.end = x[i + 1]!;
         return 0;
       }
     }
