@@ -19,7 +19,7 @@
  * OPS / the sum of its slice times; its ratio is that / off's IOPS in the same
  * round; the figure is the median over ROUNDS rounds, with the interquartile
  * range and the full min–max spread beside it.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|raw-sync|memory ONLY=off,static,strict,strict-many,…)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu   (ROUNDS=11 OPS=40000 SLICES=20 QD=1,32 BACKEND=raw|raw-sync|memory ONLY=off,static,strict,strict-many,… FQ_TIMER=0: the guest drivers read the clock at every map instead of a flush-queue timer)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -36,6 +36,8 @@ const SLICES = Number(process.env.SLICES ?? 20);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const DISK = 16 << 20;
 const BACKEND = process.env.BACKEND ?? 'raw';
+/** The guest drivers' flush-queue timer (Linux's fq_timer), so maps read no clock; FQ_TIMER=0: every map reads it. */
+const FQ_TIMER = process.env.FQ_TIMER === '0' ? {} : { schedule: (cb: () => void, ms: number): void => void setTimeout(cb, ms) };
 const BS = 4096;
 const MEM = 32 << 20;
 const IOMMU_AREA = 0x10000;
@@ -107,13 +109,13 @@ async function rig(s: Scenario, { mem, backend }: Host, qd: number): Promise<Rig
   const mode: InvalidationMode = b === 'static' || b === 'strict-many' ? 'strict' : (b as InvalidationMode);
   if (s.startsWith('vtd-')) {
     const vtd = new VtdRemapper({ memory: mem });
-    const drv = new VtdGuestDriver({ unit: vtd, mem, area: VTD_TABLES, now: () => performance.now() });
+    const drv = new VtdGuestDriver({ unit: vtd, mem, area: VTD_TABLES, now: () => performance.now(), ...FQ_TIMER });
     domain = drv.attach(SID, { mode });
     dma = vtd.dmaMemory(SID, mem);
   } else if (s !== 'off' && s !== 'off-again') {
     const dev = new VirtioIommuDevice({ mem, interrupts: { queue: (q) => void ref.iommu?.handleInterrupt(q), config: () => undefined } });
     dev.iommu.addEndpoint(EP);
-    const iommu = await VirtioIommuDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: IOMMU_AREA, len: VirtioIommuDriver.areaSize() }, now: () => performance.now() });
+    const iommu = await VirtioIommuDriver.create({ transport: new DirectTransport(dev), mem, area: { addr: IOMMU_AREA, len: VirtioIommuDriver.areaSize() }, now: () => performance.now(), ...FQ_TIMER });
     ref.iommu = iommu;
     domain = iommu.iommu.attach(EP, { mode });
     dma = dev.iommu.dmaMemory(EP, mem);
