@@ -202,6 +202,7 @@ export abstract class DmaMapper {
    * covers whole granules; the device may reach the rest of them too.
    */
   map(gpa: number, len: number, dir: DmaDirection): number {
+    if (this.timerError !== undefined) this.throwTimerError();
     const iova = this.queueMap(gpa, len, dir);
     this.syncMaps();
     return iova;
@@ -263,6 +264,7 @@ export abstract class DmaMapper {
    * every failed mapping (its IOVA returns to the allocator); the others stand.
    */
   syncMaps(): void {
+    if (this.timerError !== undefined) this.throwTimerError();
     // With a timer, age is its business; only what the unit has finished is taken back here (no clock read).
     if (this.schedule === undefined) this.expire();
     else if (this.heldHead < this.heldTicket.length) this.releaseHeld(false);
@@ -275,9 +277,27 @@ export abstract class DmaMapper {
   private readonly onTimer = (): void => {
     this.armed = false;
     if (this.pLen === 0 && this.heldHead === this.heldTicket.length) return;
-    this.expire();
+    try {
+      this.expire();
+    } catch (e) {
+      // No caller to throw to (it would be an uncaught exception on the guest's thread): the next driver call throws it.
+      this.timerError ??= e;
+    }
     this.arm();
   };
+
+  /**
+   * A failure of a teardown the timer ran (an UNMAP refused, a unit that
+   * reported a queue error): thrown once, before it does anything, by the
+   * next `map`, `syncMaps`, `unmap`, `unmapMany` or `flush`.
+   */
+  private timerError: unknown = undefined;
+
+  private throwTimerError(): void {
+    const e = this.timerError;
+    this.timerError = undefined;
+    throw e;
+  }
 
   /** Sets the timer for when the oldest pending unmap comes due (`this.clock` is fresh). */
   private arm(): void {
@@ -396,6 +416,7 @@ export abstract class DmaMapper {
 
   /** Ends the device's use of the buffer mapped at `iova` (what it guarantees depends on the mode; see the README). */
   unmap(iova: number): void {
+    if (this.timerError !== undefined) this.throwTimerError();
     // A map still staged goes first: the unmap must find what it removes.
     if (this.queued.length > 0) this.commitQueued();
     const m = this.takeLive(iova);
@@ -422,6 +443,7 @@ export abstract class DmaMapper {
   unmapMany(iovas: ArrayLike<number>, count: number = iovas.length): void {
     if (!Number.isSafeInteger(count) || count < 0 || count > iovas.length) throw new ViommuError('driver-state', `cannot unmap ${String(count)} of ${iovas.length} IOVAs`, count);
     if (count === 0) return;
+    if (this.timerError !== undefined) this.throwTimerError();
     if (this.queued.length > 0) this.commitQueued();
     const batch = this.manyBatch;
     clear(batch);
@@ -519,6 +541,7 @@ export abstract class DmaMapper {
    * buffer is reachable.
    */
   flush(): void {
+    if (this.timerError !== undefined) this.throwTimerError();
     this.tearDownAll();
     if (this.heldHead < this.heldTicket.length) this.releaseHeld(true);
   }

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { type DmaMemory, GuestMemory } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
-import { type DmaMapper, GuestIommuDriver, type InvalidationMode, VirtioIommu, VtdGuestDriver, VtdRemapper, directTransport, parseConfig } from '../src/index.js';
+import { type DmaMapper, GuestIommuDriver, type InvalidationMode, VIRTIO_IOMMU_S_NOENT, VirtioIommu, VtdGuestDriver, VtdRemapper, detachRequest, directTransport, parseConfig } from '../src/index.js';
 import { reachable } from './vtd-helpers.js';
 
 const PAGE = 4096;
@@ -188,5 +188,28 @@ describe.each(rigs)('deferred and optimistic teardown by age from a timer (%s)',
     );
     // Some buffers were seen stale while young (the bound is not met by tearing everything down at once).
     expect(aged).toBeGreaterThan(20);
+  });
+});
+
+describe('a teardown the timer runs that fails', () => {
+  it('is not thrown on the timer (no uncaught exception) but by the next driver call, once, before it does anything', () => {
+    const t = fakeTimers();
+    const dev = new VirtioIommu({ domainRange: { start: 1, end: 1000 } });
+    dev.addEndpoint(1);
+    const ram = GuestMemory.create(0x100000);
+    const driver = new GuestIommuDriver(directTransport(dev), parseConfig(dev.config), t.now, t.schedule);
+    const dom = driver.attach(1, { mode: 'deferred', batchSize: 100, flushDelayMs: 10 });
+    const dma = dev.dmaMemory(1, ram);
+    const a = dom.map(DATA, PAGE, 'to-device');
+    dom.unmap(a);
+    // The domain disappears behind the driver's back: the batch's UNMAP will get NOENT.
+    driver.send(detachRequest(dom.id, 1));
+    expect(() => t.advance(10)).not.toThrow();
+    const maps = dom.stats.maps;
+    expect(() => dom.map(DATA + PAGE, PAGE, 'to-device')).toThrow(expect.objectContaining({ kind: 'request-failed', status: VIRTIO_IOMMU_S_NOENT }));
+    // Nothing was done by the call that threw it: no map staged or counted.
+    expect(dom.stats.maps).toBe(maps);
+    expect(() => dom.flush()).not.toThrow();
+    expect(reachable(dma, a)).toBe(false);
   });
 });
