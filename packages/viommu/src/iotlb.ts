@@ -141,14 +141,18 @@ export class Iotlb {
     }
     this.invalidations++;
     const x = this.entries;
-    for (let p = first; p <= last; p++) {
-      const i = (p >>> 0) & this.mask;
+    const mask = this.mask;
+    // Slot indices walked as small integers (the page numbers may be doubles past 2^31).
+    const count = last - first + 1;
+    let i = (first >>> 0) & mask;
+    for (let k = 0; k < count; k++) {
       const b = i << 2;
       if (x[b]! < endExclusive && x[b + 1]! > start) {
         if (this.widePos[i]! >= 0) this.dropWide(i);
         x[b] = 1;
         x[b + 1] = 0;
       }
+      i = (i + 1) & mask;
     }
   }
 

@@ -9,6 +9,17 @@ export interface TranslationOut {
   start: number;
   /** One past the last bus address contiguous with `addr` under the same translation and permission (> addr). */
   end: number;
+  /**
+   * Optional, for a source that reads ahead (a VT-d walk that caches the
+   * other leaves of the table line it read): room for more translations it
+   * found on the way, four numbers each — start, end, delta (guest-physical
+   * minus bus address), permission (1 read, 2 write) — and how many it wrote
+   * (`aheadCount`, which the caller zeroes before asking). They are
+   * translations the source could cache itself under the same generation; a
+   * caller may cache them as it caches `[start, end)`.
+   */
+  ahead?: Float64Array;
+  aheadCount?: number;
 }
 
 /**
@@ -84,7 +95,8 @@ export function rangeSlot(addr: number): number {
  * (the `DmaMemory` interface takes whole arrays).
  */
 export class TranslatingMemory implements DmaMemory {
-  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0 };
+  /** `ahead` room: as many as a 64-byte line of VT-d leaves holds after the one walked. */
+  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(4 * 8), aheadCount: 0 };
   /**
    * The last two runs translated for each direction (a small TLB in front of
    * the source's IOTLB: a request's accesses alternate between the ring area
@@ -498,15 +510,18 @@ export class TranslatingMemory implements DmaMemory {
     this.rangeStats.misses++;
     r[i] = 1;
     r[i + 1] = 0;
+    const out = this.out;
+    out.aheadCount = 0;
     // One translation, through the run cache and the source; records nothing.
-    if (this.translateOne(addr, access) === 0 && this.out.end >= addr + len) {
-      const gpa = this.out.gpa;
+    if (this.translateOne(addr, access) === 0 && out.end >= addr + len) {
+      const gpa = out.gpa;
       if (this.runChecked()) {
         // The whole run is RAM for this direction: record all of it.
-        r[i] = this.out.start;
-        r[i + 1] = this.out.end;
+        r[i] = out.start;
+        r[i + 1] = out.end;
         r[i + 2] = gpa - addr;
         r[i + 3] = gen;
+        if ((out.aheadCount ?? 0) > 0) this.recordAhead(access, gen);
         return gpa;
       }
       // The run could not be verified whole (a bypass run reaching 2^53, or one partly outside RAM):
@@ -521,6 +536,38 @@ export class TranslatingMemory implements DmaMemory {
     // A fault (thrown here, as checkRange throws it) or a range over several runs (not carried).
     this.checkRange(addr, len, access);
     return -1;
+  }
+
+  /**
+   * Records in the checked-range table the translations the source read
+   * ahead with the last one (`out.ahead`: a VT-d walk's neighbouring leaves,
+   * the IOVAs a next-fit allocator hands out next), each verified against
+   * RAM for `access`, under the generation `gen` read before asking — so a
+   * device's next requests find their buffers with one compare, as a device
+   * that caches translations (an ATS device-TLB) would. One the direction
+   * does not permit, or that is not RAM, is left out; an invalidation since
+   * `gen` drops them as it drops any entry (`unchangedSince`).
+   */
+  private recordAhead(access: Access, gen: number): void {
+    const out = this.out;
+    const a = out.ahead!;
+    const n = Math.min(out.aheadCount!, a.length >> 2);
+    out.aheadCount = 0;
+    const need = access === 'read' ? 1 : 2;
+    const side = access === 'read' ? 0 : RANGE_SLOTS;
+    const r = this.range;
+    for (let k = 0; k < n; k++) {
+      const b = k << 2;
+      const start = a[b]!;
+      const end = a[b + 1]!;
+      const delta = a[b + 2]!;
+      if ((a[b + 3]! & need) === 0 || !(end > start) || !this.verify(start, end, delta, access)) continue;
+      const i = (rangeSlot(start) + side) << 2;
+      r[i] = start;
+      r[i + 1] = end;
+      r[i + 2] = delta;
+      r[i + 3] = gen;
+    }
   }
 
   /**

@@ -225,6 +225,8 @@ export class VtdInvalidationQueue {
   private readonly a: Int32Array;
   private readonly mamv: number;
   private readonly mgaw: number;
+  /** 2^mgaw, which page-selective addresses must be below. */
+  private readonly addressLimit: number;
   private readonly onWaitComplete: (() => void) | undefined;
   private readonly onError: ((f: VtdQiFault) => void) | undefined;
   private enabled = false;
@@ -252,6 +254,7 @@ export class VtdInvalidationQueue {
     this.mgaw = options.mgaw ?? 48;
     if (!Number.isInteger(this.mamv) || this.mamv < 0 || this.mamv > 52) throw new ViommuError('invalid-option', `MAMV ${String(this.mamv)} is not between 0 and 52`, this.mamv);
     if (!Number.isInteger(this.mgaw) || this.mgaw < 32 || this.mgaw > 52) throw new ViommuError('invalid-option', `MGAW ${String(this.mgaw)} is not between 32 and 52 bits`, this.mgaw);
+    this.addressLimit = 2 ** this.mgaw;
     this.onWaitComplete = options.onWaitComplete;
     this.onError = options.onError;
     this.cmdSeen = Atomics.load(this.a, QI_REG.CMD_SEQ);
@@ -350,7 +353,7 @@ export class VtdInvalidationQueue {
         const am = hi0 & 0x3f;
         if (am > this.mamv) return E_AM;
         const addr = hi1 * U32 + ((hi0 & 0xffff_f000) >>> 0);
-        if (addr >= 2 ** this.mgaw) return E_ADDRESS;
+        if (addr >= this.addressLimit) return E_ADDRESS;
         // DR/DW (drain reads/writes) are satisfied: requests are translated in order on one thread.
         unit.invalidateIotlbPages(did, addr, am, (hi0 & 0x40) !== 0);
       } else return E_GRANULARITY;

@@ -367,8 +367,10 @@ export class VtdRemapper implements FaultSink {
   invalidateIotlbPages(domainId: number, addr: number, am: number, ih = false): void {
     if (!Number.isInteger(am) || am < 0 || am > 52) throw new ViommuError('invalid-option', `address mask ${String(am)} is not between 0 and 52`, am);
     if (!Number.isSafeInteger(addr) || addr < 0) throw new ViommuError('invalid-option', `invalidation address ${String(addr)} is not a non-negative safe integer`, addr);
-    const size = PAGE * 2 ** am;
-    const start = addr - (addr % size);
+    // 2^am pages aligned around addr: shifts and masks while the block fits in 31 bits (a float `%`
+    // and `**` are runtime calls in V8, and a deferred batch sends several of these).
+    const size = am <= 19 ? PAGE << am : PAGE * 2 ** am;
+    const start = am <= 19 ? addr - ((addr >>> 0) & (size - 1)) : addr - (addr % size);
     this.bump(domainId, start, start + size);
     this.tlbs.get(domainId)?.invalidatePages(start, start + size);
     // IH = 0: the paging-structure entries used for the range may have changed too (§6.5.2.3):
@@ -575,7 +577,7 @@ export class VtdRemapper implements FaultSink {
           out.end = this.extendRun(table, index, base, above, rights, pageStart + size);
           // A leaf that starts a longer run is better found again by a walk (which returns the run) than by
           // an IOTLB hit on a neighbour (one page): prefetch only among scattered leaves.
-          if (cache !== undefined && this.prefetch && out.end === pageStart + size) this.prefetchLine(table, index, pageStart, above, cache);
+          if (cache !== undefined && this.prefetch && out.end === pageStart + size) this.prefetchLine(table, index, pageStart, above, cache, out);
         } else {
           out.end = pageStart + size;
         }
@@ -632,18 +634,43 @@ export class VtdRemapper implements FaultSink {
    * them; the guest driver writes the high half first), and one that is not
    * present or has a reserved bit set is skipped, never cached.
    */
-  private prefetchLine(table: number, index: number, pageStart: number, above: number, cache: Iotlb): void {
+  private prefetchLine(table: number, index: number, pageStart: number, above: number, cache: Iotlb, out: TranslationOut): void {
     const last = index | 7;
+    const ahead = out.ahead;
+    const room = ahead === undefined ? 0 : ahead.length >> 2;
+    let n = 0;
+    // The line lies in one page of RAM (a table is a 4 KiB page): one region lookup for all of it.
+    const r = this.ram?.findRegion(table);
+    const view = r !== undefined && table + PAGE <= r.end ? r.view : undefined;
+    const base = r === undefined ? 0 : table - r.gpa;
     for (let i = index + 1; i <= last; i++) {
-      if (!this.readEntry(table + i * 8)) continue;
-      const lo = this.eLo;
-      const hi = this.eHi;
+      let lo: number;
+      let hi: number;
+      if (view !== undefined) {
+        lo = view.getUint32(base + i * 8, true);
+        hi = view.getUint32(base + i * 8 + 4, true);
+      } else {
+        if (!this.readEntry(table + i * 8)) continue;
+        lo = this.eLo;
+        hi = this.eHi;
+      }
       const rights = above & lo & 3;
       if (rights === 0 || (lo & RESERVED_LO_LEAF[1]) !== 0 || (hi & this.hiAboveHawLeaf) !== 0) continue;
       const page = pageStart + (i - index) * PAGE;
-      cache.insert(page, page, page + PAGE, (hi & this.hawHiMask) * U32 + ((lo & 0xffff_f000) >>> 0) - page, rights);
+      const delta = (hi & this.hawHiMask) * U32 + ((lo & 0xffff_f000) >>> 0) - page;
+      cache.insert(page, page, page + PAGE, delta, rights);
       this.stats.prefetched++;
+      // The caller may cache them too (TranslatingMemory's checked ranges): the same translations, under the same generation.
+      if (n < room) {
+        const b = n << 2;
+        ahead![b] = page;
+        ahead![b + 1] = page + PAGE;
+        ahead![b + 2] = delta;
+        ahead![b + 3] = rights;
+        n++;
+      }
     }
+    if (n > 0) out.aheadCount = n;
   }
 
   /** Translates one request of source-id `sid` (bus << 8 | devfn). */

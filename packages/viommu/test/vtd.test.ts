@@ -1,6 +1,6 @@
 import { GuestMemory } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, FAULT_REASONS, type TranslationOut, VtdRemapper, type VtdOptions } from '../src/index.js';
+import { DmaFault, FAULT_REASONS, TranslatingMemory, type TranslationOut, type TranslationSource, VtdRemapper, VtdSource, type VtdOptions } from '../src/index.js';
 
 /*
  * Golden tests on hand-built VT-d tables (legacy mode, second-level). Layout:
@@ -654,6 +654,62 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
     expect(tr(vtd, SID4, 0x2000)).toEqual([0x40000, 0x3000]); // the cached translation until it does
     vtd.invalidateIotlbPages(5, 0x2000, 0, true);
     expect(tr(vtd, SID4, 0x2000)).toEqual([0xc0000, 0x3000]);
+  });
+
+  /** The device's memory through a source that counts what it is asked (what the device did not find in its own caches). */
+  function counted(vtd: VtdRemapper, ram: GuestMemory) {
+    const inner = new VtdSource(vtd, SID4);
+    const asked = { n: 0 };
+    const source: TranslationSource = {
+      endpoint: SID4,
+      get generation() {
+        return inner.generation;
+      },
+      translate(addr, access, o) {
+        asked.n++;
+        return inner.translate(addr, access, o);
+      },
+      unchangedSince: (since, start, end) => inner.unchangedSince(since, start, end),
+    };
+    return { dma: new TranslatingMemory(ram, source, vtd), asked };
+  }
+
+  it("lets the device's TranslatingMemory keep the line's leaves as checked ranges: a neighbour's translateRange asks the unit nothing", () => {
+    const { vtd, ram } = scattered();
+    const { dma, asked } = counted(vtd, ram);
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(asked.n).toBe(1);
+    // PT[2], [3], [5], [7] are read-write: recorded for reads, found with one compare.
+    expect(dma.translateRange(0x2000, 4096, 'read')).toBe(0x40000);
+    expect(dma.translateRange(0x3000 + 8, 100, 'read')).toBe(0x50008);
+    expect(dma.translateRange(0x7000, 4096, 'read')).toBe(0x90000);
+    expect(dma.rangeStats.hits).toBe(3);
+    expect(asked.n).toBe(1);
+    // Only for the direction of the access that walked: a write to PT[2] asks the unit (its IOTLB has it).
+    expect(dma.translateRange(0x2000, 4096, 'write')).toBe(0x40000);
+    expect(asked.n).toBe(2);
+    expect(vtd.stats.walks).toBe(1);
+  });
+
+  it('records a neighbour only for a direction its rights allow, and an invalidation drops a recorded one', () => {
+    const { vtd, q, ram } = scattered();
+    const dma = vtd.dmaMemory(SID4, ram);
+    // A write walks PT[5]; PT[6] (read-only) rides along in the IOTLB but is not recorded for writes.
+    expect(dma.translateRange(0x5000, 4096, 'write')).toBe(0x70000);
+    expect(() => dma.translateRange(0x6000, 4096, 'write')).toThrow(DmaFault);
+    expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0x90000);
+    expect(vtd.stats.walks).toBe(1);
+    // PT[7] remapped and invalidated (IH = 1): the recorded range goes with the IOTLB entry.
+    q(0x6000 + 7 * 8, 0xd0000n | RW);
+    vtd.invalidateIotlbPages(5, 0x7000, 0, true);
+    expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0xd0000);
+    // A leaf of the line that was not present when it was read is never recorded.
+    const fresh = scattered();
+    const dma2 = fresh.vtd.dmaMemory(SID4, fresh.ram);
+    fresh.q(0x6000 + 3 * 8, 0n);
+    expect(dma2.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    fresh.q(0x6000 + 3 * 8, 0xf0000n | RW); // mapped afterwards: no invalidation needed
+    expect(dma2.translateRange(0x3000, 4096, 'read')).toBe(0xf0000);
   });
 
   it('does not prefetch after a leaf that starts a run (a walk returns the run), nor when turned off', () => {
