@@ -95,8 +95,8 @@ export function rangeSlot(addr: number): number {
  * (the `DmaMemory` interface takes whole arrays).
  */
 export class TranslatingMemory implements DmaMemory {
-  /** `ahead` room: as many as a 64-byte line of VT-d leaves holds after the one walked. */
-  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(4 * 8), aheadCount: 0 };
+  /** `ahead` room: as many leaves as a VT-d prefetch reads after the walked one (eight lines of eight, less that one). */
+  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(4 * 63), aheadCount: 0 };
   /**
    * The last two runs translated for each direction (a small TLB in front of
    * the source's IOTLB: a request's accesses alternate between the ring area

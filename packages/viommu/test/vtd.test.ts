@@ -627,7 +627,7 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
   }
 
   it('caches the present leaves after a scattered leaf up to the end of its 64-byte line, and walks nothing for them', () => {
-    const { vtd } = scattered();
+    const { vtd } = scattered({ iotlbPrefetchLines: 1 });
     expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
     expect(vtd.stats.walks).toBe(1);
     expect(vtd.stats.prefetched).toBe(5); // PT[2], [3], [5], [6], [7]: not [4] (reserved), not [8] (next line)
@@ -641,6 +641,27 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
     expect(tr(vtd, SID4, 0x4000)).toBe('paging-reserved'); // never cached: walked, and refused as before
     expect(tr(vtd, SID4, 0x8000)).toEqual([0xa0000, 0x9000]); // the next line: walked
     expect(vtd.stats.walks).toBe(3);
+  });
+
+  it('reads iotlbPrefetchLines lines (default 3): the walked leaf\'s and whole lines after it, never past the table', () => {
+    const { vtd, q } = scattered();
+    for (let i = 10; i < 32; i++) q(0x6000 + i * 8, BigInt(0x200000 + i * 0x10000) | RW);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
+    // Line 0 after PT[1]: [2], [3], [5], [6], [7]; lines 1 and 2: [8]..[23]. Not [24] (a fourth line).
+    expect(vtd.stats.prefetched).toBe(5 + 16);
+    expect(tr(vtd, SID4, 0x17000)).toEqual([0x200000 + 23 * 0x10000, 0x18000]);
+    expect(vtd.stats.walks).toBe(1);
+    expect(tr(vtd, SID4, 0x18000)).toEqual([0x200000 + 24 * 0x10000, 0x19000]);
+    expect(vtd.stats.walks).toBe(2);
+    // A walk in a table's last lines reads no further than the table.
+    const end = scattered({ iotlbPrefetchLines: 8 });
+    end.q(0x6000 + 509 * 8, 0x300000n | RW);
+    end.q(0x6000 + 511 * 8, 0x320000n | RW);
+    end.q(0x7000, 0x340000n | RW); // the page after the table: would read as a present leaf
+    expect(tr(end.vtd, SID4, 509 * 0x1000)).toEqual([0x300000, 510 * 0x1000]);
+    expect(end.vtd.stats.prefetched).toBe(1);
+    expect(() => scattered({ iotlbPrefetchLines: 0 })).toThrow(/iotlbPrefetchLines/);
+    expect(() => scattered({ iotlbPrefetchLines: 9 })).toThrow(/iotlbPrefetchLines/);
   });
 
   it('never caches a leaf that was not present when the line was read, and a PSI drops a prefetched one', () => {

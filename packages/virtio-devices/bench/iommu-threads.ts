@@ -18,7 +18,7 @@
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
  *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,off-again,static,strict,strict-many,deferred,optimistic)
- *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; QI_HINT=0: the unit polls its queue at translation misses only;
+ *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; PREFETCH_LINES=n: lines of leaves a prefetch reads (default 3); QI_HINT=0: the unit polls its queue at translation misses only;
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   FQ_TIMER=0: the guest's deferred/optimistic teardown by age without a timer (every map reads the clock, as before December 2026);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
@@ -210,7 +210,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     dma = new TranslatingMemory(mem, ks, iommuDev.iommu);
     pollIommu = () => ks.poll();
   } else if (guestScenario !== 'off') {
-    const vtd = (unit = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}), iotlbPrefetch: process.env.PREFETCH !== '0' }));
+    const vtd = (unit = new VtdRemapper({ memory: mem, ...(process.env.IOTLB ? { iotlbEntries: Number(process.env.IOTLB) } : {}), ...(process.env.PDE ? { pdeCacheEntries: Number(process.env.PDE) } : {}), iotlbPrefetch: process.env.PREFETCH !== '0', ...(process.env.PREFETCH_LINES ? { iotlbPrefetchLines: Number(process.env.PREFETCH_LINES) } : {}) }));
     const regs = VtdQiRegisters.create();
     registers = regs.array;
     const queue = new VtdInvalidationQueue(vtd, mem, regs);
