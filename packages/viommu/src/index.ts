@@ -2,7 +2,7 @@ export * from './defs.js';
 export { ViommuError, type ViommuErrorKind, DmaFault, type FaultRecord, type FaultReason, type FaultSink, FAULT_REASONS, FaultCode, VTD_FAULT_CODES } from './errors.js';
 export { Iotlb } from './iotlb.js';
 export { Mapping, MappingTable, type UnmapResult } from './mapping-table.js';
-export { TranslatingMemory, type TranslationOut, type TranslationSource } from './translating-memory.js';
+export { TranslatingMemory, aheadRights, type TranslationOut, type TranslationSource } from './translating-memory.js';
 export { Domain, Endpoint, InvalidationLog, type ReservedRegion, type BypassState } from './domain.js';
 export { VirtioIommu, type ChainSegment, type VirtioIommuOptions, type VirtioIommuStats, DEFAULT_FEATURES, encodeFault } from './virtio-iommu.js';
 export {

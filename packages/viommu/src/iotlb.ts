@@ -5,12 +5,12 @@
  * permission bits (1 = device may read, 2 = device may write).
  *
  * An entry never extends past the mapping (or leaf page) it was filled from,
- * and it is stored at the index of a page inside its own run. A general
- * invalidation scans every entry for overlap (`size` compares, about a
- * microsecond for the default 512); a page-selective one visits the range's
- * pages and the entries spanning more than one page, which are listed. So
- * an entry can never outlive the translation it caches, whatever page it
- * was filled through.
+ * and it is stored at the index of a page inside its own run. The live
+ * entries are listed: a general invalidation checks each of them for
+ * overlap; a page-selective one visits the range's pages and the entries
+ * spanning more than one page (also listed), or the live entries when they
+ * are fewer than the pages. So an entry can never outlive the translation
+ * it caches, whatever page it was filled through.
  *
  * Addresses are JS numbers below 2^53; runs above that are never cached.
  */
@@ -37,6 +37,17 @@ export class Iotlb {
   /** The indices of the wide entries (`wide` of them), and each index's place in that list (−1: not wide). */
   private readonly wideAt: Int32Array;
   private readonly widePos: Int32Array;
+  /**
+   * The indices of the live entries (`live` of them), and each index's place
+   * in that list (−1: empty). An invalidation of more pages than there are
+   * live entries visits these instead of the pages: a deferred batch's few
+   * hundred pages, or a 2 MiB frame, against the few entries a device whose
+   * own caches hold the rest has left here — and those indices, not 512
+   * slots gone cold since the last batch.
+   */
+  private live = 0;
+  private readonly liveAt: Int32Array;
+  private readonly livePos: Int32Array;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1 || size > 1 << 20 || (size & (size - 1)) !== 0) {
@@ -48,6 +59,40 @@ export class Iotlb {
     for (let i = 0; i < size; i++) this.entries[4 * i] = 1;
     this.wideAt = new Int32Array(size);
     this.widePos = new Int32Array(size).fill(-1);
+    this.liveAt = new Int32Array(size);
+    this.livePos = new Int32Array(size).fill(-1);
+  }
+
+  /** Live entries (tests, statistics). */
+  get liveEntries(): number {
+    return this.live;
+  }
+
+  /** Empties entry `i` (live), with its places in the lists. */
+  private drop(i: number): void {
+    if (this.widePos[i]! >= 0) this.dropWide(i);
+    const at = this.livePos[i]!;
+    const last = this.liveAt[--this.live]!;
+    this.liveAt[at] = last;
+    this.livePos[last] = at;
+    this.livePos[i] = -1;
+    const b = i << 2;
+    this.entries[b] = 1;
+    this.entries[b + 1] = 0;
+  }
+
+  /**
+   * Drops the live entries overlapping [start, endExclusive), visiting the
+   * live list from its end (a drop moves the last, already visited, entry
+   * into the freed place).
+   */
+  private dropLive(start: number, endExclusive: number): void {
+    const x = this.entries;
+    for (let k = this.live - 1; k >= 0; k--) {
+      const i = this.liveAt[k]!;
+      const b = i << 2;
+      if (x[b]! < endExclusive && x[b + 1]! > start) this.drop(i);
+    }
   }
 
   private addWide(i: number): void {
@@ -82,6 +127,10 @@ export class Iotlb {
     const isWide = end - start > Iotlb.PAGE_SIZE;
     if (wasWide && !isWide) this.dropWide(i);
     else if (isWide && !wasWide) this.addWide(i);
+    if (this.livePos[i]! < 0) {
+      this.livePos[i] = this.live;
+      this.liveAt[this.live++] = i;
+    }
     const x = this.entries;
     const b = i << 2;
     x[b] = start;
@@ -93,15 +142,7 @@ export class Iotlb {
   /** Drops every entry overlapping [start, endExclusive). */
   invalidate(start: number, endExclusive: number): void {
     this.invalidations++;
-    const x = this.entries;
-    for (let i = 0; i < this.size; i++) {
-      const b = i << 2;
-      if (x[b]! < endExclusive && x[b + 1]! > start) {
-        if (this.widePos[i]! >= 0) this.dropWide(i);
-        x[b] = 1;
-        x[b + 1] = 0;
-      }
-    }
+    this.dropLive(start, endExclusive);
   }
 
   /**
@@ -117,11 +158,7 @@ export class Iotlb {
     for (let k = this.wide - 1; k >= 0; k--) {
       const i = this.wideAt[k]!;
       const b = i << 2;
-      if (x[b]! < endExclusive && x[b + 1]! > start) {
-        this.dropWide(i);
-        x[b] = 1;
-        x[b + 1] = 0;
-      }
+      if (x[b]! < endExclusive && x[b + 1]! > start) this.drop(i);
     }
     this.invalidateRun(start, endExclusive);
   }
@@ -135,23 +172,19 @@ export class Iotlb {
   invalidateRun(start: number, endExclusive: number): void {
     const first = Math.floor(start / Iotlb.PAGE_SIZE);
     const last = Math.floor((endExclusive - 1) / Iotlb.PAGE_SIZE);
-    if (last - first + 1 >= this.size) {
-      this.invalidate(start, endExclusive);
+    this.invalidations++;
+    const count = last - first + 1;
+    if (count > this.live) {
+      this.dropLive(start, endExclusive);
       return;
     }
-    this.invalidations++;
     const x = this.entries;
     const mask = this.mask;
     // Slot indices walked as small integers (the page numbers may be doubles past 2^31).
-    const count = last - first + 1;
     let i = (first >>> 0) & mask;
     for (let k = 0; k < count; k++) {
       const b = i << 2;
-      if (x[b]! < endExclusive && x[b + 1]! > start) {
-        if (this.widePos[i]! >= 0) this.dropWide(i);
-        x[b] = 1;
-        x[b + 1] = 0;
-      }
+      if (x[b]! < endExclusive && x[b + 1]! > start) this.drop(i);
       i = (i + 1) & mask;
     }
   }
@@ -161,9 +194,12 @@ export class Iotlb {
     for (let k = 0; k < this.wide; k++) this.widePos[this.wideAt[k]!] = -1;
     this.wide = 0;
     const x = this.entries;
-    for (let b = 0; b < x.length; b += 4) {
-      x[b] = 1;
-      x[b + 1] = 0;
+    for (let k = 0; k < this.live; k++) {
+      const i = this.liveAt[k]!;
+      this.livePos[i] = -1;
+      x[i << 2] = 1;
+      x[(i << 2) + 1] = 0;
     }
+    this.live = 0;
   }
 }

@@ -10,16 +10,25 @@ export interface TranslationOut {
   /** One past the last bus address contiguous with `addr` under the same translation and permission (> addr). */
   end: number;
   /**
-   * Optional, for a source that reads ahead (a VT-d walk that caches the
-   * other leaves of the table line it read): room for more translations it
-   * found on the way, four numbers each — start, end, delta (guest-physical
-   * minus bus address), permission (1 read, 2 write) — and how many it wrote
-   * (`aheadCount`, which the caller zeroes before asking). They are
-   * translations the source could cache itself under the same generation; a
-   * caller may cache them as it caches `[start, end)`.
+   * Optional, for a source that reads ahead (a VT-d walk that reads the
+   * leaves after the one it walked to): room for the translations of the
+   * 4 KiB pages that follow, one number per page — entry k for the page at
+   * `aheadStart + k × 4096`, k < `aheadCount` (which the caller zeroes
+   * before asking). An entry is 0 for a page not translated, else `delta +
+   * rights`: delta the guest-physical address minus the page's bus address
+   * (a multiple of 4096), rights 1 read, 2 write, 3 both in its low bits
+   * (`entry & 3`). A source may hand these to the caller instead of caching
+   * them itself; they are translations it could cache under the same
+   * generation, and a caller may cache them as it caches `[start, end)`.
    */
   ahead?: Float64Array;
+  aheadStart?: number;
   aheadCount?: number;
+}
+
+/** The rights of an `ahead` entry (its low bits: ToInt32 keeps them for any safe integer). */
+export function aheadRights(entry: number): number {
+  return entry & 3;
 }
 
 /**
@@ -57,6 +66,8 @@ const MAX_VERIFY = 2 ** 40;
 const RANGE_BITS = 7;
 const RANGE_SLOTS = 1 << RANGE_BITS;
 const RANGE_PAGE = 4096;
+/** Room for read-ahead translations (`TranslationOut.ahead`): a VT-d prefetch of eight 64-byte lines, less the walked leaf. */
+const AHEAD = 63;
 
 /**
  * The checked-range slot of `addr`: the low 32 bits of its page number
@@ -96,7 +107,24 @@ export function rangeSlot(addr: number): number {
  */
 export class TranslatingMemory implements DmaMemory {
   /** `ahead` room: as many leaves as a VT-d prefetch reads after the walked one (eight lines of eight, less that one). */
-  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(4 * 63), aheadCount: 0 };
+  private readonly out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(AHEAD), aheadStart: 0, aheadCount: 0 };
+  /**
+   * The read-ahead window: the translations the source read ahead with its
+   * last one (`out.ahead`, whose array is taken over, not copied: the spare
+   * goes back to `out`), for the pages [winStart, winStart + winCount ×
+   * 4096), made under generation `winGen`. A miss of the checked-range table
+   * inside it is served from it — the next requests' fresh IOVAs of a
+   * next-fit allocator — after the page is checked against RAM, and recorded
+   * in the table. A generation change keeps the window when nothing since
+   * touched it (`unchangedSince`), else keeps each page nothing touched.
+   */
+  private winBuf: Float64Array = new Float64Array(AHEAD);
+  private winSpare: Float64Array = new Float64Array(AHEAD);
+  private winStart = 0;
+  private winCount = 0;
+  private winGen = -1;
+  /** Checked-range table misses served from the read-ahead window (tests, benchmarks). */
+  readonly windowStats = { hits: 0, adopted: 0 };
   /**
    * The last two runs translated for each direction (a small TLB in front of
    * the source's IOTLB: a request's accesses alternate between the ring area
@@ -510,10 +538,16 @@ export class TranslatingMemory implements DmaMemory {
     this.rangeStats.misses++;
     r[i] = 1;
     r[i + 1] = 0;
+    if (this.winCount > 0) {
+      const g = this.fromWindow(addr, len, access, gen, i);
+      if (g >= 0) return g;
+    }
     const out = this.out;
     out.aheadCount = 0;
     // One translation, through the run cache and the source; records nothing.
-    if (this.translateOne(addr, access) === 0 && out.end >= addr + len) {
+    const code = this.translateOne(addr, access);
+    if (out.aheadCount > 0) this.adoptWindow(gen);
+    if (code === 0 && out.end >= addr + len) {
       const gpa = out.gpa;
       if (this.runChecked()) {
         // The whole run is RAM for this direction: record all of it.
@@ -521,7 +555,6 @@ export class TranslatingMemory implements DmaMemory {
         r[i + 1] = out.end;
         r[i + 2] = gpa - addr;
         r[i + 3] = gen;
-        if ((out.aheadCount ?? 0) > 0) this.recordAhead(access, gen);
         return gpa;
       }
       // The run could not be verified whole (a bypass run reaching 2^53, or one partly outside RAM):
@@ -539,35 +572,58 @@ export class TranslatingMemory implements DmaMemory {
   }
 
   /**
-   * Records in the checked-range table the translations the source read
-   * ahead with the last one (`out.ahead`: a VT-d walk's neighbouring leaves,
-   * the IOVAs a next-fit allocator hands out next), each verified against
-   * RAM for `access`, under the generation `gen` read before asking — so a
-   * device's next requests find their buffers with one compare, as a device
-   * that caches translations (an ATS device-TLB) would. One the direction
-   * does not permit, or that is not RAM, is left out; an invalidation since
-   * `gen` drops them as it drops any entry (`unchangedSince`).
+   * Takes the source's read-ahead (`out.ahead`, made under generation `gen`,
+   * read before asking) as the window; the window's old array becomes the
+   * room for the next.
    */
-  private recordAhead(access: Access, gen: number): void {
+  private adoptWindow(gen: number): void {
     const out = this.out;
-    const a = out.ahead!;
-    const n = Math.min(out.aheadCount!, a.length >> 2);
+    const buf = out.ahead!;
+    out.ahead = this.winSpare;
+    this.winSpare = this.winBuf;
+    this.winBuf = buf;
+    this.winStart = out.aheadStart!;
+    this.winCount = Math.min(out.aheadCount!, buf.length);
+    this.winGen = gen;
     out.aheadCount = 0;
+    this.windowStats.adopted++;
+  }
+
+  /**
+   * A checked-range table miss at `addr` (slot offset `i`, generation
+   * `gen`) served from the read-ahead window: the page's translation there
+   * permits `access`, holds [addr, addr+len), has not been revoked since the
+   * window was read, and lies in RAM accessible for `access` — then it is
+   * recorded in the table and the guest-physical address returned. Else −1,
+   * and the caller asks the source.
+   */
+  private fromWindow(addr: number, len: number, access: Access, gen: number, i: number): number {
+    const k = Math.floor((addr - this.winStart) / RANGE_PAGE);
+    if (!(k >= 0 && k < this.winCount)) return -1;
+    const entry = this.winBuf[k]!;
     const need = access === 'read' ? 1 : 2;
-    const side = access === 'read' ? 0 : RANGE_SLOTS;
-    const r = this.range;
-    for (let k = 0; k < n; k++) {
-      const b = k << 2;
-      const start = a[b]!;
-      const end = a[b + 1]!;
-      const delta = a[b + 2]!;
-      if ((a[b + 3]! & need) === 0 || !(end > start) || !this.verify(start, end, delta, access)) continue;
-      const i = (rangeSlot(start) + side) << 2;
-      r[i] = start;
-      r[i + 1] = end;
-      r[i + 2] = delta;
-      r[i + 3] = gen;
+    if ((aheadRights(entry) & need) === 0) return -1;
+    const page = this.winStart + k * RANGE_PAGE;
+    if (addr + len > page + RANGE_PAGE) return -1;
+    if (gen !== this.winGen) {
+      const src = this.source;
+      if (src.unchangedSince === undefined) return -1;
+      const end = this.winStart + this.winCount * RANGE_PAGE;
+      if (src.unchangedSince(this.winGen, this.winStart, end)) this.winGen = gen;
+      else if (!src.unchangedSince(this.winGen, page, page + RANGE_PAGE)) return -1;
     }
+    const delta = entry - aheadRights(entry);
+    // Checked against RAM as `verify` does, by one region lookup (translateRange gets here only over a GuestMemory).
+    const g = page + delta;
+    const reg = (this.inner as GuestMemory).findRegion(g);
+    if (reg === undefined || g + RANGE_PAGE > reg.end || (reg.readonly && need === 2)) return -1;
+    const r = this.range;
+    r[i] = page;
+    r[i + 1] = page + RANGE_PAGE;
+    r[i + 2] = delta;
+    r[i + 3] = gen;
+    this.windowStats.hits++;
+    return addr + delta;
   }
 
   /**

@@ -639,12 +639,14 @@ export class VtdRemapper implements FaultSink {
   }
 
   /**
-   * Caches the present, well-formed 4 KiB leaves that follow entry `index`
+   * Reads the present, well-formed 4 KiB leaves that follow entry `index`
    * in its 64-byte line of the level-1 table at `table` (the leaf of the
    * page at `pageStart`) and in the `iotlbPrefetchLines` − 1 lines after it,
-   * each as a one-page IOTLB entry with the rights of
-   * the levels above (`above`): the IOVAs a next-fit allocator hands out
-   * next. The walk has just brought the first line in; the
+   * with the rights of the levels above (`above`): the IOVAs a next-fit
+   * allocator hands out next. They go to the caller when it has room for
+   * them (`out.ahead`, one entry per page: a device's TranslatingMemory
+   * keeps them as its read-ahead window), else each to the IOTLB as a
+   * one-page entry. The walk has just brought the first line in; the
    * entries are read whole (low half, then high half, as the walk reads
    * them; the guest driver writes the high half first), and one that is not
    * present or has a reserved bit set is skipped, never cached.
@@ -653,40 +655,46 @@ export class VtdRemapper implements FaultSink {
     // To the end of the walked leaf's line, and whole lines after it (never past the table).
     const last = Math.min(511, (index & ~7) + this.prefetchSpan);
     const ahead = out.ahead;
-    const room = ahead === undefined ? 0 : ahead.length >> 2;
-    let n = 0;
+    // Handed to the caller, one entry per page after the walked one, as far as its room goes; the rest to the IOTLB.
+    const room = ahead === undefined ? 0 : Math.min(ahead.length, last - index);
     // The line lies in one page of RAM (a table is a 4 KiB page): one region lookup for all of it.
     const r = this.ram?.findRegion(table);
     const view = r !== undefined && table + PAGE <= r.end ? r.view : undefined;
     const base = r === undefined ? 0 : table - r.gpa;
+    const reservedHi = this.hiAboveHawLeaf;
+    const hawHi = this.hawHiMask;
+    let found = 0;
     for (let i = index + 1; i <= last; i++) {
+      const k = i - index - 1;
       let lo: number;
       let hi: number;
       if (view !== undefined) {
         lo = view.getUint32(base + i * 8, true);
         hi = view.getUint32(base + i * 8 + 4, true);
-      } else {
-        if (!this.readEntry(table + i * 8)) continue;
+      } else if (this.readEntry(table + i * 8)) {
         lo = this.eLo;
         hi = this.eHi;
+      } else {
+        lo = 0;
+        hi = 0;
       }
       const rights = above & lo & 3;
-      if (rights === 0 || (lo & RESERVED_LO_LEAF[1]) !== 0 || (hi & this.hiAboveHawLeaf) !== 0) continue;
-      const page = pageStart + (i - index) * PAGE;
-      const delta = (hi & this.hawHiMask) * U32 + ((lo & 0xffff_f000) >>> 0) - page;
-      cache.insert(page, page, page + PAGE, delta, rights);
-      this.stats.prefetched++;
-      // The caller may cache them too (TranslatingMemory's checked ranges): the same translations, under the same generation.
-      if (n < room) {
-        const b = n << 2;
-        ahead![b] = page;
-        ahead![b + 1] = page + PAGE;
-        ahead![b + 2] = delta;
-        ahead![b + 3] = rights;
-        n++;
+      if (rights === 0 || (lo & RESERVED_LO_LEAF[1]) !== 0 || (hi & reservedHi) !== 0) {
+        if (k < room) ahead![k] = 0;
+        continue;
       }
+      const page = pageStart + (k + 1) * PAGE;
+      const delta = (hi & hawHi) * U32 + ((lo & 0xffff_f000) >>> 0) - page;
+      found++;
+      // The caller caches them (TranslatingMemory's read-ahead window): the same translations, under the same generation.
+      if (k < room) ahead![k] = delta + rights;
+      else cache.insert(page, page, page + PAGE, delta, rights);
     }
-    if (n > 0) out.aheadCount = n;
+    this.stats.prefetched += found;
+    if (room > 0) {
+      out.aheadStart = pageStart + PAGE;
+      out.aheadCount = room;
+    }
   }
 
   /** Translates one request of source-id `sid` (bus << 8 | devfn). */

@@ -63,6 +63,9 @@ describe('Iotlb.invalidatePages', () => {
             model.fill(undefined);
           }
           expect(live(a)).toEqual(live(b));
+          // The live list the invalidations visit counts exactly the entries there are.
+          expect(a.liveEntries).toBe(live(a).length);
+          expect(b.liveEntries).toBe(live(b).length);
           expect(live(a)).toEqual(model.flatMap((m, i) => (m === undefined ? [] : [`${i}:${m.start}-${m.end}`])));
           // Any address of slot i (its page index ≡ i mod 64), first and last byte of the page, around
           // and inside the slot's entry: a hit exactly where the model's run covers it, never another

@@ -1,6 +1,6 @@
-import { GuestMemory } from '@ioplane/guest-memory';
+import { GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, FAULT_REASONS, TranslatingMemory, type TranslationOut, type TranslationSource, VtdRemapper, VtdSource, type VtdOptions } from '../src/index.js';
+import { DmaFault, FAULT_REASONS, type FaultRecord, TranslatingMemory, type TranslationOut, type TranslationSource, VtdRemapper, VtdSource, type VtdOptions } from '../src/index.js';
 
 /*
  * Golden tests on hand-built VT-d tables (legacy mode, second-level). Layout:
@@ -695,42 +695,142 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
     return { dma: new TranslatingMemory(ram, source, vtd), asked };
   }
 
-  it("lets the device's TranslatingMemory keep the line's leaves as checked ranges: a neighbour's translateRange asks the unit nothing", () => {
+  it("hands the line's leaves to the device's TranslatingMemory as its read-ahead window: a neighbour's translateRange asks the unit nothing", () => {
     const { vtd, ram } = scattered();
     const { dma, asked } = counted(vtd, ram);
     expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
     expect(asked.n).toBe(1);
-    // PT[2], [3], [5], [7] are read-write: recorded for reads, found with one compare.
+    expect(dma.windowStats.adopted).toBe(1);
+    // PT[2], [3], [5], [7] are read-write: served from the window, for reads and for writes alike.
     expect(dma.translateRange(0x2000, 4096, 'read')).toBe(0x40000);
     expect(dma.translateRange(0x3000 + 8, 100, 'read')).toBe(0x50008);
-    expect(dma.translateRange(0x7000, 4096, 'read')).toBe(0x90000);
-    expect(dma.rangeStats.hits).toBe(3);
+    expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0x90000);
+    expect(dma.windowStats.hits).toBe(3);
     expect(asked.n).toBe(1);
-    // Only for the direction of the access that walked: a write to PT[2] asks the unit (its IOTLB has it).
-    expect(dma.translateRange(0x2000, 4096, 'write')).toBe(0x40000);
-    expect(asked.n).toBe(2);
-    expect(vtd.stats.walks).toBe(1);
+    // Then recorded as checked ranges: found again with one compare.
+    const hits = dma.rangeStats.hits;
+    expect(dma.translateRange(0x2000 + 16, 16, 'read')).toBe(0x40010);
+    expect(dma.rangeStats.hits).toBe(hits + 1);
+    // PT[6] is read-only: a read is served, a write is not (the unit is asked, and faults).
+    expect(dma.translateRange(0x6000, 4096, 'read')).toBe(0x80000);
+    expect(asked.n).toBe(1);
+    expect(() => dma.translateRange(0x6000, 4096, 'write')).toThrow(DmaFault);
+    expect(asked.n).toBeGreaterThan(1);
+    // PT[4] (a reserved bit) was never handed over: the unit refuses it.
+    expect(() => dma.translateRange(0x4000, 4096, 'read')).toThrow(DmaFault);
+    // Handed to the device, not also cached in the unit's IOTLB: a walk at the unit reads them again.
+    const walks = vtd.stats.walks;
+    expect(tr(vtd, SID4, 0x5000)).toEqual([0x70000, 0x6000]);
+    expect(vtd.stats.walks).toBe(walks + 1);
   });
 
-  it('records a neighbour only for a direction its rights allow, and an invalidation drops a recorded one', () => {
+  it('drops from the window only what an invalidation revoked, and never a leaf that was not present when read', () => {
     const { vtd, q, ram } = scattered();
-    const dma = vtd.dmaMemory(SID4, ram);
-    // A write walks PT[5]; PT[6] (read-only) rides along in the IOTLB but is not recorded for writes.
+    const { dma, asked } = counted(vtd, ram);
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    // PT[3] remapped and invalidated (IH = 1): the window's other pages stay, PT[3] is asked anew.
+    q(0x6000 + 3 * 8, 0xd0000n | RW);
+    vtd.invalidateIotlbPages(5, 0x3000, 0, true);
     expect(dma.translateRange(0x5000, 4096, 'write')).toBe(0x70000);
-    expect(() => dma.translateRange(0x6000, 4096, 'write')).toThrow(DmaFault);
-    expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0x90000);
-    expect(vtd.stats.walks).toBe(1);
-    // PT[7] remapped and invalidated (IH = 1): the recorded range goes with the IOTLB entry.
-    q(0x6000 + 7 * 8, 0xd0000n | RW);
-    vtd.invalidateIotlbPages(5, 0x7000, 0, true);
-    expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0xd0000);
-    // A leaf of the line that was not present when it was read is never recorded.
+    expect(asked.n).toBe(1);
+    expect(dma.translateRange(0x3000, 4096, 'write')).toBe(0xd0000);
+    expect(asked.n).toBe(2);
+    expect(dma.translateRange(0x7000, 4096, 'read')).toBe(0x90000);
+    expect(asked.n).toBe(2);
+    // A domain-selective invalidation revokes the whole window.
+    vtd.invalidateIotlbDomain(5);
+    expect(dma.translateRange(0x8000, 4096, 'read')).toBe(0xa0000);
+    expect(asked.n).toBe(3);
+    // A leaf of the line that was not present when it was read is never handed over.
     const fresh = scattered();
-    const dma2 = fresh.vtd.dmaMemory(SID4, fresh.ram);
+    const c2 = counted(fresh.vtd, fresh.ram);
     fresh.q(0x6000 + 3 * 8, 0n);
-    expect(dma2.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(c2.dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
     fresh.q(0x6000 + 3 * 8, 0xf0000n | RW); // mapped afterwards: no invalidation needed
-    expect(dma2.translateRange(0x3000, 4096, 'read')).toBe(0xf0000);
+    expect(c2.dma.translateRange(0x3000, 4096, 'read')).toBe(0xf0000);
+    expect(c2.asked.n).toBe(2);
+  });
+
+  it('serves from the window only pages in RAM: a leaf pointing outside faults as a walk would', () => {
+    const { vtd, q, ram } = scattered();
+    q(0x6000 + 2 * 8, 0x20_0000n | RW); // PT[2] → 2 MiB, past the 1 MiB of RAM
+    const sink: FaultRecord[] = [];
+    const dma = new TranslatingMemory(ram, new VtdSource(vtd, SID4), { report: (f) => void sink.push(f) });
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(() => dma.translateRange(0x2000, 4096, 'read')).toThrow(GuestMemoryError);
+    expect(dma.windowStats.hits).toBe(0);
+    expect(dma.translateRange(0x3000, 4096, 'read')).toBe(0x50000);
+    expect(dma.windowStats.hits).toBe(1);
+  });
+
+  it('serves from the window only what RAM allows: a read-only page is not written, a page partly outside is not served', () => {
+    const { vtd, q, ram } = scattered();
+    // The device's memory: the same RAM, and 6 KiB of ROM above it.
+    const inner = new GuestMemory([{ gpa: 0, backing: ram.findRegion(0)!.bytes }, { gpa: 0x10_0000, size: 0x1800, readonly: true }]);
+    q(0x6000 + 2 * 8, 0x10_0000n | RW); // PT[2] → the ROM's first page
+    q(0x6000 + 3 * 8, 0x10_1000n | RW); // PT[3] → a page only half of which is ROM
+    const dma = new TranslatingMemory(inner, new VtdSource(vtd, SID4));
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(dma.translateRange(0x2000, 4096, 'read')).toBe(0x10_0000);
+    expect(dma.windowStats.hits).toBe(1);
+    expect(() => dma.translateRange(0x2000, 4096, 'write')).toThrow(GuestMemoryError);
+    expect(() => dma.translateRange(0x3000, 4096, 'read')).toThrow(GuestMemoryError);
+    expect(dma.translateRange(0x3000, 0x800, 'read')).toBe(0x10_1000); // the half inside, from the unit
+    expect(dma.windowStats.hits).toBe(1);
+    // A range running past the page's end is not one translation: not served from the window either.
+    expect(dma.translateRange(0x5000 + 4000, 200, 'read')).toBe(-1);
+    expect(dma.windowStats.hits).toBe(1);
+  });
+
+  it('never serves a page from what an earlier read-ahead left in a reused array', () => {
+    const { vtd, q, ram } = scattered();
+    for (const i of [40, 80, 120]) q(0x6000 + i * 8, BigInt(0x20000 + i * 0x1000) | RW);
+    const { dma, asked } = counted(vtd, ram);
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000); // the window: PT[2..23]
+    // PT[2] unmapped and invalidated; three more walks elsewhere rotate the window's arrays back to the first.
+    q(0x6000 + 2 * 8, 0n);
+    vtd.invalidateIotlbPages(5, 0x2000, 0, true);
+    for (const i of [40, 80, 120]) {
+      expect(dma.translateRange(i * 0x1000, 4096, 'read')).toBe(0x20000 + i * 0x1000);
+      // Every other page of the new window is unmapped: whatever the array held before, none is served.
+      for (let p = i + 1; p <= (i & ~7) + 23; p++) expect(() => dma.translateRange(p * 0x1000, 4096, 'read')).toThrow(DmaFault);
+    }
+    expect(dma.windowStats.adopted).toBe(4);
+    expect(dma.windowStats.hits).toBe(0);
+    vtd.invalidateIotlbPages(5, 0x1000, 0, true);
+    const n = asked.n;
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000); // walks PT[1] again into that array
+    expect(asked.n).toBe(n + 1);
+    expect(() => dma.translateRange(0x2000, 4096, 'read')).toThrow(DmaFault); // not present: the unit says so
+  });
+
+  it('keeps a read-ahead under the generation read before asking: an invalidation while the source translated is applied', () => {
+    const { vtd, q, ram } = scattered();
+    const inner = new VtdSource(vtd, SID4);
+    let during: (() => void) | undefined;
+    // A source that takes up queued invalidations after its walk (as a unit polling its queue may).
+    const source: TranslationSource = {
+      endpoint: SID4,
+      get generation() {
+        return inner.generation;
+      },
+      translate(addr, access, o) {
+        const code = inner.translate(addr, access, o);
+        during?.();
+        during = undefined;
+        return code;
+      },
+      unchangedSince: (since, start, end) => inner.unchangedSince(since, start, end),
+    };
+    const dma = new TranslatingMemory(ram, source, vtd);
+    during = () => {
+      q(0x6000 + 3 * 8, 0xd0000n | RW);
+      vtd.invalidateIotlbPages(5, 0x3000, 0, true);
+    };
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(dma.translateRange(0x3000, 4096, 'read')).toBe(0xd0000); // not the 0x50000 the walk read ahead
+    expect(dma.translateRange(0x5000, 4096, 'read')).toBe(0x70000);
+    expect(dma.windowStats.hits).toBe(1);
   });
 
   it('does not prefetch after a leaf that starts a run (a walk returns the run), nor when turned off', () => {

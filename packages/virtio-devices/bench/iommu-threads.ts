@@ -364,7 +364,7 @@ async function main(): Promise<void> {
       const rs = g.dma instanceof TranslatingMemory ? g.dma.rangeStats : undefined;
       const per =
         g.source !== undefined && rs !== undefined
-          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
+          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request (${((g.dma as TranslatingMemory).windowStats.hits / bs.requests).toFixed(2)} served from the read-ahead window)${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
           : '';
       console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts (${(g.irqTime.ns / Math.max(1, g.irqTime.n) / 1000).toFixed(1)} µs of wall time each to raise), ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
