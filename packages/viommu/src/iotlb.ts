@@ -24,6 +24,13 @@ export class Iotlb {
    * an IOTLB fill on every request in deferred mode).
    */
   readonly entries: Float64Array;
+  /**
+   * A number the owner keeps with each entry (`insert`'s `tag`): the VT-d
+   * unit stores the translation generation an entry was filled under, and
+   * checks its invalidation log for the entry's range when a lookup finds it
+   * under a later one.
+   */
+  readonly tags: Float64Array;
   hits = 0;
   misses = 0;
   invalidations = 0;
@@ -56,6 +63,7 @@ export class Iotlb {
     this.size = size;
     this.mask = size - 1;
     this.entries = new Float64Array(4 * size);
+    this.tags = new Float64Array(size);
     for (let i = 0; i < size; i++) this.entries[4 * i] = 1;
     this.wideAt = new Int32Array(size);
     this.widePos = new Int32Array(size).fill(-1);
@@ -120,8 +128,14 @@ export class Iotlb {
     return -1;
   }
 
-  /** Caches the run [start, end) → start + delta with `perm`, at the index of `addr` (which must lie in the run). */
-  insert(addr: number, start: number, end: number, delta: number, perm: number): void {
+  /** Drops the entry at offset `at` of `entries` (what `find` returned). */
+  dropAt(at: number): void {
+    const i = at >> 2;
+    if (this.livePos[i]! >= 0) this.drop(i);
+  }
+
+  /** Caches the run [start, end) → start + delta with `perm`, at the index of `addr` (which must lie in the run), with `tag` (see `tags`). */
+  insert(addr: number, start: number, end: number, delta: number, perm: number, tag = 0): void {
     const i = ((addr / Iotlb.PAGE_SIZE) >>> 0) & this.mask;
     const wasWide = this.widePos[i]! >= 0;
     const isWide = end - start > Iotlb.PAGE_SIZE;
@@ -137,6 +151,7 @@ export class Iotlb {
     x[b + 1] = end;
     x[b + 2] = delta;
     x[b + 3] = perm;
+    this.tags[i] = tag;
   }
 
   /** Drops every entry overlapping [start, endExclusive). */

@@ -385,8 +385,10 @@ export class VtdRemapper implements FaultSink {
     // and `**` are runtime calls in V8, and a deferred batch sends several of these).
     const size = am <= 19 ? PAGE << am : PAGE * 2 ** am;
     const start = am <= 19 ? addr - ((addr >>> 0) & (size - 1)) : addr - (addr % size);
+    // The IOTLB's entries of the range go when next found (`translateIn` checks the log): a
+    // deferred batch's invalidations then touch no IOTLB line, which a device thread's copies
+    // have long pushed out of its caches. An entry older than the log is dropped when found.
     this.bump(domainId, start, start + size);
-    this.tlbs.get(domainId)?.invalidatePages(start, start + size);
     // IH = 0: the paging-structure entries used for the range may have changed too (§6.5.2.3):
     // the PDEs of the 2 MiB frames the range touches, and no others.
     if (!ih) {
@@ -584,7 +586,7 @@ export class VtdRemapper implements FaultSink {
         const pageStart = Math.floor(addr / size) * size;
         const base = tableHi * U32 + tableLo;
         const delta = base - pageStart;
-        cache?.insert(addr, pageStart, pageStart + size, delta, rights);
+        cache?.insert(addr, pageStart, pageStart + size, delta, rights, this.translationGeneration);
         out.gpa = addr + delta;
         out.start = pageStart;
         if (level === 1) {
@@ -688,7 +690,7 @@ export class VtdRemapper implements FaultSink {
       found++;
       // The caller caches them (TranslatingMemory's read-ahead window): the same translations, under the same generation.
       if (k < room) ahead![k] = delta + rights;
-      else cache.insert(page, page, page + PAGE, delta, rights);
+      else cache.insert(page, page, page + PAGE, delta, rights, this.translationGeneration);
     }
     this.stats.prefetched += found;
     if (room > 0) {
@@ -723,6 +725,17 @@ export class VtdRemapper implements FaultSink {
       const i = tlb.find(addr);
       if (i >= 0) {
         const x = tlb.entries;
+        // Filled under an older generation: still good unless a page-selective invalidation since
+        // touched it (those are applied here, when an entry is next found, not at the invalidation).
+        const gen = this.translationGeneration;
+        const filled = tlb.tags[i >> 2]!;
+        if (filled !== gen) {
+          if (this.log.unchangedSince(gen, filled, ctx.domainId, x[i]!, x[i + 1]!)) tlb.tags[i >> 2] = gen;
+          else {
+            tlb.dropAt(i);
+            return this.walk(ctx, addr, access, out, tlb);
+          }
+        }
         if ((x[i + 3]! & (access === 'read' ? 1 : 2)) === 0) return access === 'read' ? FaultCode.vtdRead : FaultCode.vtdWrite;
         out.gpa = addr + x[i + 2]!;
         out.start = x[i]!;
