@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { parentPort, type Worker } from 'node:worker_threads';
 
 /** Int32 indices of the kick and interrupt doorbells in their shared array: 64 bytes apart, one cache line each. */
@@ -39,6 +39,29 @@ export interface JobResult {
  * it, else from /proc/thread-self/stat (user + system clock ticks, 10 ms
  * steps — then read it over whole runs only).
  */
+/**
+ * The scheduler's view of this process's threads (Linux `/proc/self/task/<tid>/schedstat`): per
+ * thread id, ns on a CPU and ns runnable but waiting for one. Undefined where there is no such file.
+ */
+export function processThreadTimes(): Map<number, { run: number; wait: number }> | undefined {
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return undefined;
+  }
+  const m = new Map<number, { run: number; wait: number }>();
+  for (const t of tids) {
+    try {
+      const f = readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').split(' ');
+      m.set(Number(t), { run: Number(f[0]), wait: Number(f[1]) });
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return m;
+}
+
 export function threadCpuMs(): number {
   if (schedstat) {
     try {

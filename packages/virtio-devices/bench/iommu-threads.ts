@@ -22,7 +22,7 @@
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   FQ_TIMER=0: the guest's deferred/optimistic teardown by age without a timer (every map reads the clock, as before December 2026);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
- *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
+ *   WARMUP=n: uncounted rounds first (default 2); PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -34,10 +34,12 @@ import { type Access } from '@ioplane/guest-memory';
 import { QI_REG, TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, VirtioIommuDevice, serveTransport, type ServedDevice } from '../src/index.js';
-import { type Job, type JobResult, guestControl, rng, threadCpuMs } from './common.js';
+import { type Job, type JobResult, guestControl, processThreadTimes, rng, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
+/** Warm-up rounds, not counted: with one, the first counted round still had V8 compiling (~2 µs of helper-thread CPU per request in deferred). */
+const WARMUP = Number(process.env.WARMUP ?? 2);
 const OPS = Number(process.env.OPS ?? 40000);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const BACKEND = process.env.BACKEND ?? 'sync';
@@ -325,21 +327,40 @@ async function main(): Promise<void> {
       // Cores the whole process kept busy over the run (every thread: near 2 means the machine was full).
       const cores = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
       const ratios = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
-      for (let round = -1; round < ROUNDS; round++) {
+      // The scheduler's view, ns per request: the device thread on a CPU, runnable but waiting for one, off
+      // CPU (blocked or asleep); and every other thread but the guest's (V8's compiler and GC helpers).
+      const sched = new Map<Scenario, { run: number[]; wait: number[]; off: number[]; others: number[] }>(SCENARIOS.map((s) => [s, { run: [], wait: [], off: [], others: [] }]));
+      for (let round = -WARMUP; round < ROUNDS; round++) {
         const got = new Map<Scenario, number>();
         for (let k = 0; k < guests.length; k++) {
-          const g = guests[(k + round + 1) % guests.length]!;
+          const g = guests[(k + round + WARMUP) % guests.length]!;
           const job: Job = { type: 'job', bs: 4096, qd, random: true, ops, seed: 100 + round };
           const c0 = threadCpuMs();
           const p0 = process.cpuUsage();
+          const t0 = processThreadTimes();
           const w0 = performance.now();
           const r = await g.run(job);
+          const wall = (performance.now() - w0) * 1e6;
+          const t1 = processThreadTimes();
           const p1 = process.cpuUsage(p0);
           got.set(g.scenario, r.iops);
           if (round >= 0) {
             devCpu.get(g.scenario)!.push(((threadCpuMs() - c0) * 1000) / ops);
             guestCpu.get(g.scenario)!.push(r.guestCpuUs ?? NaN);
             cores.get(g.scenario)!.push((p1.user + p1.system) / 1000 / (performance.now() - w0));
+            const dev0 = t0?.get(process.pid);
+            const dev1 = t1?.get(process.pid);
+            if (t0 !== undefined && t1 !== undefined && dev0 !== undefined && dev1 !== undefined) {
+              const x = sched.get(g.scenario)!;
+              const run = dev1.run - dev0.run;
+              const wait = dev1.wait - dev0.wait;
+              let others = -(r.guestCpuUs ?? 0) * 1000 * ops;
+              for (const [tid, t] of t1) if (tid !== process.pid) others += t.run - (t0.get(tid)?.run ?? 0);
+              x.run.push(run / ops);
+              x.wait.push(wait / ops);
+              x.off.push((wall - run - wait) / ops);
+              x.others.push(others / ops);
+            }
           }
         }
         if (round < 0) continue; // warm-up
@@ -357,6 +378,14 @@ async function main(): Promise<void> {
         const m = rs.length > 0 ? quantile(rs, 0.5) : NaN;
         const verdict = t === undefined || rs.length === 0 ? '' : `≥ ${t} ${m >= t ? 'met' : 'NOT met'}`;
         console.log(`| ${s} | ${fmt(quantile(iops.get(s)!, 0.5))} | ${rs.length === 0 ? '— (no off) | | ' : `${m.toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)}`} | ${verdict} | ${PAPER[s] ?? ''} | ${quantile(devCpu.get(s)!, 0.5).toFixed(2)}, ${quantile(guestCpu.get(s)!, 0.5).toFixed(2)} | ${quantile(cores.get(s)!, 0.5).toFixed(2)} |`);
+      }
+      if (sched.get(SCENARIOS[0]!)!.run.length > 0) {
+        console.log('\n| scenario | device thread, ns per request: on a CPU | runnable, waiting for one | off CPU | other threads (V8 compiler, GC; not the guest), ns per request |');
+        console.log('|---|---:|---:|---:|---:|');
+        for (const s of SCENARIOS) {
+          const x = sched.get(s)!;
+          console.log(`| ${s} | ${quantile(x.run, 0.5).toFixed(0)} | ${quantile(x.wait, 0.5).toFixed(0)} | ${quantile(x.off, 0.5).toFixed(0)} | ${quantile(x.others, 0.5).toFixed(0)} |`);
+        }
       }
     }
     for (const g of guests) {
