@@ -22,11 +22,13 @@ import type { VtdInvalidator } from './vtd-driver.js';
  *   ICS.IWC (bit 0): a wait descriptor with IF completed.
  *   GCMD/GSTS: QIE (bit 26) enables the queue; SRTP (bit 30) latches RTADDR; TE (bit 31).
  *   RTADDR: the root-table address (bits 11:10, TTM, must be 0: legacy mode).
- * Beside them, three cells that an MMIO write would make unnecessary on hardware:
+ * Beside them, cells that an MMIO write (or a spinning CPU) would make unnecessary on hardware:
  *   CMD_SEQ/CMD_ACK: software bumps CMD_SEQ after writing GCMD (a register write is one event
  *     on hardware; across threads it must be sequenced), the unit copies it to CMD_ACK when
  *     GSTS reflects the command. BELL: a counter rung after every register write (the MMIO
  *     trap), which the unit's thread waits on. IQE_INFO: why the unit stopped (`QI_ERRORS`).
+ *   SLEEPERS: how many software threads sleep on the status dword, IQH or CMD_ACK (a thread
+ *     that blocks counts itself in first; the unit wakes them only then).
  *
  * Descriptors (128-bit, two little-endian qwords lo, hi; type = lo bits 3:0 | bits 11:9 << 4):
  *   1 context-cache: lo G 5:4 (1 global, 2 domain, 3 device), DID 31:16, SID 47:32, FM 49:48;
@@ -58,6 +60,14 @@ export const QI_REG = {
   IQE_INFO: 13,
   /** Why the last command was refused (`QI_ERRORS` code), 0 if it was applied. */
   CMD_ERR: 14,
+  /**
+   * Software threads blocked (`Atomics.wait`) on the status dword, IQH or
+   * CMD_ACK: each adds 1 before it blocks and takes it back after. The unit
+   * wakes sleepers only while it is nonzero — a wake is a futex call costing
+   * the unit's thread ~0.5 µs beside a guest thread — so software that spins
+   * (as Linux's `qi_submit_sync` does) costs it nothing.
+   */
+  SLEEPERS: 15,
 } as const;
 const REG_CELLS = 16;
 
@@ -331,7 +341,7 @@ export class VtdInvalidationQueue {
     }
     this.head = h;
     Atomics.store(a, QI_REG.IQH, h * DESC);
-    if (n > 0) Atomics.notify(a, QI_REG.IQH);
+    if (n > 0 && Atomics.load(a, QI_REG.SLEEPERS) !== 0) Atomics.notify(a, QI_REG.IQH);
     this.stats.descriptors += n;
     return n;
   }
@@ -398,7 +408,9 @@ export class VtdInvalidationQueue {
     const host = r.hostOffset + (addr - r.gpa);
     if (r.shared && host % 4 === 0) {
       Atomics.store(r.i32, host / 4, data | 0);
-      Atomics.notify(r.i32, host / 4);
+      // Stored before SLEEPERS is read (both sequentially consistent): a thread counted in after the
+      // read sees the status before it blocks; one counted in before is woken.
+      if (Atomics.load(this.a, QI_REG.SLEEPERS) !== 0) Atomics.notify(r.i32, host / 4);
     } else r.view.setUint32(addr - r.gpa, data, true);
     this.stats.statusWrites++;
     return true;
@@ -695,7 +707,7 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
       if (ack === seq) return;
       const left = deadline - this.now();
       if (left <= 0) throw new ViommuError('timeout', `the unit did not acknowledge "${what}" within ${this.timeoutMs} ms`, gcmd);
-      Atomics.wait(a, QI_REG.CMD_ACK, ack, Math.min(this.sliceMs, left));
+      this.sleep(a, QI_REG.CMD_ACK, ack, Math.min(this.sliceMs, left));
     }
   }
 
@@ -897,7 +909,7 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
       if (left <= 0 || this.statusArray === undefined) {
         throw new ViommuError('timeout', `invalidation wait (status data ${seq}) not completed within ${this.timeoutMs} ms: IQH ${this.regs.head}, IQT ${this.tail}`, seq);
       }
-      Atomics.wait(this.statusArray, this.statusIndex, s, Math.min(this.sliceMs, left));
+      this.sleep(this.statusArray, this.statusIndex, s, Math.min(this.sliceMs, left));
     }
   }
 
@@ -959,7 +971,23 @@ export class VtdQueuedInvalidator implements VtdInvalidator {
       if (h === this.tail * DESC || (Atomics.load(a, QI_REG.FSTS) & FSTS_IQE) !== 0) return;
       const left = deadline - this.now();
       if (left <= 0) return;
-      Atomics.wait(a, QI_REG.IQH, h, Math.min(this.sliceMs, left));
+      this.sleep(a, QI_REG.IQH, h, Math.min(this.sliceMs, left));
+    }
+  }
+
+  /**
+   * Blocks while `array[index]` is `seen`, for at most `ms`, counted in
+   * SLEEPERS meanwhile (the unit wakes sleepers only when it is nonzero).
+   * Counted in before the value is compared, so a store the unit makes
+   * after reading SLEEPERS as 0 is one the comparison sees.
+   */
+  private sleep(array: Int32Array, index: number, seen: number, ms: number): void {
+    const a = this.a;
+    Atomics.add(a, QI_REG.SLEEPERS, 1);
+    try {
+      Atomics.wait(array, index, seen, ms);
+    } finally {
+      Atomics.sub(a, QI_REG.SLEEPERS, 1);
     }
   }
 

@@ -93,13 +93,20 @@ describe('VT-d queued invalidation across two threads', () => {
       // Give a guest that did not wait every chance to report back early.
       await new Promise((r) => setTimeout(r, 50));
       expect(box.seen('unmapped')).toBe(false);
+      // Past its spin it sleeps on the status dword, counted in SLEEPERS (its slices are 20 s long:
+      // only the unit's wake brings it back within the bound below).
+      while (Atomics.load(regs.array, QI_REG.SLEEPERS) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(regs.array, QI_REG.SLEEPERS)).toBe(1);
       // The leaf entry is cleared in guest memory, but nothing was invalidated: the IOTLB still serves the IOVA.
       expect(dma.readU32(iova!)).toBe(DATA);
       expect(q.stats.descriptors).toBe(processed);
 
       // Process the PSI and the wait: the guest's call returns, and the device faults.
       expect(q.process()).toBe(2);
+      const woken = Date.now();
       const done = await box.next('unmapped');
+      expect(Date.now() - woken).toBeLessThan(10_000);
+      expect(Atomics.load(regs.array, QI_REG.SLEEPERS)).toBe(0);
       expect(done.head).toBe(regs.head);
       expect(fault(() => dma.readU32(iova!))).toBe('vtd-read');
 
