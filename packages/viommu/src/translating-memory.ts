@@ -57,6 +57,17 @@ export interface TranslationSource {
    * it, only the current generation is trusted.
    */
   unchangedSince?(since: number, start: number, end: number): boolean;
+  /**
+   * Optional, for a source that reads ahead: reads the translations of the
+   * 4 KiB page holding `addr` and of the pages after it into `out.ahead`
+   * (entry 0 for that page; `aheadStart`, `aheadCount` set as a read-ahead
+   * sets them) from the paging structures the source has cached — no walk,
+   * nothing cached by the source. False when it cannot (nothing cached for
+   * `addr`, translation off, no room): the caller translates as usual.
+   * What it reads is current: a caller that missed its read-ahead on a page
+   * the driver had not mapped yet when it was read asks for it again this way.
+   */
+  readAhead?(addr: number, out: TranslationOut): boolean;
 }
 
 const TWO_53 = 2 ** 53;
@@ -68,6 +79,10 @@ const RANGE_SLOTS = 1 << RANGE_BITS;
 const RANGE_PAGE = 4096;
 /** Room for read-ahead translations (`TranslationOut.ahead`): a VT-d prefetch of eight 64-byte lines, less the walked leaf. */
 const AHEAD = 63;
+/** `fromWindow`: the page is in the window's reach but not usable there (read again with `readAhead`). */
+const WINDOW_STALE = -2;
+/** Pages past the window's end still in its reach (one 64-byte line of leaves). */
+const WINDOW_REACH = 8;
 
 /**
  * The checked-range slot of `addr`: the low 32 bits of its page number
@@ -114,8 +129,8 @@ export class TranslatingMemory implements DmaMemory {
    * goes back to `out`), for the pages [winStart, winStart + winCount ×
    * 4096), made under generation `winGen`. A miss of the checked-range table
    * inside it is served from it — the next requests' fresh IOVAs of a
-   * next-fit allocator — after the page is checked against RAM, and recorded
-   * in the table. A generation change keeps the window when nothing since
+   * next-fit allocator — after the page is checked against RAM (not recorded
+   * in the table: the window serves it again). A generation change keeps the window when nothing since
    * touched it (`unchangedSince`), else keeps each page nothing touched.
    */
   private winBuf: Float64Array = new Float64Array(AHEAD);
@@ -123,8 +138,12 @@ export class TranslatingMemory implements DmaMemory {
   private winStart = 0;
   private winCount = 0;
   private winGen = -1;
-  /** Checked-range table misses served from the read-ahead window (tests, benchmarks). */
-  readonly windowStats = { hits: 0, adopted: 0 };
+  /**
+   * Checked-range table misses served from the read-ahead window; read-aheads
+   * taken as the window; of those, the ones asked for again (`readAhead`) on
+   * a page in the window's reach it could not serve (tests, benchmarks).
+   */
+  readonly windowStats = { hits: 0, adopted: 0, reread: 0 };
   /**
    * The last two runs translated for each direction (a small TLB in front of
    * the source's IOTLB: a request's accesses alternate between the ring area
@@ -536,13 +555,28 @@ export class TranslatingMemory implements DmaMemory {
       }
     }
     this.rangeStats.misses++;
-    r[i] = 1;
-    r[i + 1] = 0;
-    if (this.winCount > 0) {
-      const g = this.fromWindow(addr, len, access, gen, i);
-      if (g >= 0) return g;
+    // The slot's run, if it held this range, was revoked: it goes. Another range's run stays.
+    if (addr >= start && addr + len <= end) {
+      r[i] = 1;
+      r[i + 1] = 0;
     }
     const out = this.out;
+    if (this.winCount > 0) {
+      let g = this.fromWindow(addr, len, access, gen);
+      if (g >= 0) return g;
+      // Near the window but not in it as a usable leaf: most often a page the driver mapped after
+      // the window was read. Read the window again from that page, through the source's cached
+      // paging structures, before anything costlier (a walk).
+      if (g === WINDOW_STALE && this.source.readAhead !== undefined) {
+        out.aheadCount = 0;
+        if (this.source.readAhead(addr, out) && out.aheadCount > 0) {
+          this.adoptWindow(gen);
+          this.windowStats.reread++;
+          g = this.fromWindow(addr, len, access, gen);
+          if (g >= 0) return g;
+        }
+      }
+    }
     out.aheadCount = 0;
     // One translation, through the run cache and the source; records nothing.
     const code = this.translateOne(addr, access);
@@ -590,19 +624,19 @@ export class TranslatingMemory implements DmaMemory {
   }
 
   /**
-   * A checked-range table miss at `addr` (slot offset `i`, generation
-   * `gen`) served from the read-ahead window: the page's translation there
-   * permits `access`, holds [addr, addr+len), has not been revoked since the
-   * window was read, and lies in RAM accessible for `access` — then it is
-   * recorded in the table and the guest-physical address returned. Else −1,
-   * and the caller asks the source.
+   * A checked-range table miss at `addr` (generation `gen`) served from
+   * the read-ahead window: the page's translation there permits `access`,
+   * holds [addr, addr+len), has not been revoked since the window was read,
+   * and lies in RAM accessible for `access` — then its guest-physical
+   * address is returned. Else `WINDOW_STALE` when the page is in the window
+   * without the rights, or just past its end (worth reading again), or −1.
    */
-  private fromWindow(addr: number, len: number, access: Access, gen: number, i: number): number {
+  private fromWindow(addr: number, len: number, access: Access, gen: number): number {
     const k = Math.floor((addr - this.winStart) / RANGE_PAGE);
-    if (!(k >= 0 && k < this.winCount)) return -1;
+    if (!(k >= 0 && k < this.winCount)) return k >= 0 && k < this.winCount + WINDOW_REACH ? WINDOW_STALE : -1;
     const entry = this.winBuf[k]!;
     const need = access === 'read' ? 1 : 2;
-    if ((aheadRights(entry) & need) === 0) return -1;
+    if ((aheadRights(entry) & need) === 0) return WINDOW_STALE;
     const page = this.winStart + k * RANGE_PAGE;
     if (addr + len > page + RANGE_PAGE) return -1;
     if (gen !== this.winGen) {
@@ -617,11 +651,8 @@ export class TranslatingMemory implements DmaMemory {
     const g = page + delta;
     const reg = (this.inner as GuestMemory).findRegion(g);
     if (reg === undefined || g + RANGE_PAGE > reg.end || (reg.readonly && need === 2)) return -1;
-    const r = this.range;
-    r[i] = page;
-    r[i + 1] = page + RANGE_PAGE;
-    r[i + 2] = delta;
-    r[i + 3] = gen;
+    // Not recorded in the checked-range table: the window serves the page again as cheaply, and a
+    // recording would take the slot of a page in constant use (a ring's) once per RANGE_SLOTS fresh IOVAs.
     this.windowStats.hits++;
     return addr + delta;
   }

@@ -223,7 +223,7 @@ export class VtdRemapper implements FaultSink {
   private readonly hiAboveHawLeaf: number;
   private readonly hawHiMask: number;
   readonly faults: FaultRecord[] = [];
-  readonly stats = { walks: 0, prefetched: 0, pdeHits: 0, pdeMisses: 0, pdpteHits: 0, pdpteMisses: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
+  readonly stats = { walks: 0, readAheads: 0, prefetched: 0, pdeHits: 0, pdeMisses: 0, pdpteHits: 0, pdpteMisses: 0, faults: 0, suppressedFaults: 0, contextInvalidations: 0, iotlbInvalidations: 0 };
 
   constructor(options: VtdOptions) {
     this.memory = options.memory;
@@ -659,15 +659,32 @@ export class VtdRemapper implements FaultSink {
     const ahead = out.ahead;
     // Handed to the caller, one entry per page after the walked one, as far as its room goes; the rest to the IOTLB.
     const room = ahead === undefined ? 0 : Math.min(ahead.length, last - index);
-    // The line lies in one page of RAM (a table is a 4 KiB page): one region lookup for all of it.
+    this.stats.prefetched += this.readLeaves(table, index + 1, last, pageStart + PAGE, above, ahead, room, cache);
+    if (room > 0) {
+      out.aheadStart = pageStart + PAGE;
+      out.aheadCount = room;
+    }
+  }
+
+  /**
+   * Reads leaves `first`..`last` of the level-1 table at `table` (the leaf
+   * of the page at `firstPage` first) with the rights of the levels above
+   * (`above`): the first `room` into `ahead` (0 for one that is not present
+   * or has a reserved bit set: never cached), the rest present into `cache`
+   * as one-page entries. Returns how many were present. The entries are read
+   * whole (low half, then high half, as the walk reads them; the guest
+   * driver writes the high half first).
+   */
+  private readLeaves(table: number, first: number, last: number, firstPage: number, above: number, ahead: Float64Array | undefined, room: number, cache: Iotlb | undefined): number {
+    // The table is a 4 KiB page of RAM: one region lookup for all of it.
     const r = this.ram?.findRegion(table);
     const view = r !== undefined && table + PAGE <= r.end ? r.view : undefined;
     const base = r === undefined ? 0 : table - r.gpa;
     const reservedHi = this.hiAboveHawLeaf;
     const hawHi = this.hawHiMask;
     let found = 0;
-    for (let i = index + 1; i <= last; i++) {
-      const k = i - index - 1;
+    for (let i = first; i <= last; i++) {
+      const k = i - first;
       let lo: number;
       let hi: number;
       if (view !== undefined) {
@@ -685,18 +702,46 @@ export class VtdRemapper implements FaultSink {
         if (k < room) ahead![k] = 0;
         continue;
       }
-      const page = pageStart + (k + 1) * PAGE;
+      const page = firstPage + k * PAGE;
       const delta = (hi & hawHi) * U32 + ((lo & 0xffff_f000) >>> 0) - page;
       found++;
       // The caller caches them (TranslatingMemory's read-ahead window): the same translations, under the same generation.
       if (k < room) ahead![k] = delta + rights;
-      else cache.insert(page, page, page + PAGE, delta, rights, this.translationGeneration);
+      else cache?.insert(page, page, page + PAGE, delta, rights, this.translationGeneration);
     }
-    this.stats.prefetched += found;
-    if (room > 0) {
-      out.aheadStart = pageStart + PAGE;
-      out.aheadCount = room;
-    }
+    return found;
+  }
+
+  /**
+   * `TranslationSource.readAhead` for a context: when the domain's
+   * paging-structure cache holds the 2 MiB frame of `addr` (a present PDE
+   * the unit may keep using until an invalidation with IH = 0, a
+   * domain-selective or a global one drops it — VT-d §6.2.4), reads the
+   * leaves from the one of `addr`'s page to the end of the read-ahead span
+   * (`iotlbPrefetchLines` lines from its line) into `out.ahead`, as the
+   * walk's prefetch would: the same leaves a walk through that cached PDE
+   * reads, without the walk. False otherwise (no cached PDE, pass-through,
+   * translation off, no room).
+   */
+  readAhead(ctx: Context, addr: number, out: TranslationOut): boolean {
+    const pde = ctx.pde;
+    const ahead = out.ahead;
+    if (!this.enabled || ctx.passThrough || pde === undefined || ahead === undefined || !(addr >= 0 && addr < ctx.limit)) return false;
+    const frame = Math.floor(addr / TWO_M);
+    const slot = frame & pde.mask;
+    if (pde.frame[slot] !== frame) return false;
+    const above = pde.rights[slot]!;
+    if (above === 0) return false;
+    const table = pde.tableHi[slot]! * U32 + pde.tableLo[slot]!;
+    const index = Math.floor(addr / PAGE) & 511;
+    const last = Math.min(511, (index & ~7) + this.prefetchSpan);
+    const room = Math.min(ahead.length, last - index + 1);
+    const page = Math.floor(addr / PAGE) * PAGE;
+    this.stats.readAheads++;
+    this.stats.prefetched += this.readLeaves(table, index, index + room - 1, page, above, ahead, room, undefined);
+    out.aheadStart = page;
+    out.aheadCount = room;
+    return true;
   }
 
   /** Translates one request of source-id `sid` (bus << 8 | devfn). */
@@ -804,6 +849,13 @@ export class VtdSource implements TranslationSource {
     const ctx = this.context();
     if (typeof ctx === 'number') return ctx;
     return unit.translateIn(ctx, addr, access, out);
+  }
+
+  readAhead(addr: number, out: TranslationOut): boolean {
+    const unit = this.unit;
+    if (!unit.translationEnabled) return false;
+    const ctx = this.context();
+    return typeof ctx !== 'number' && unit.readAhead(ctx, addr, out);
   }
 
   /** The device's context, decoded again after any context-cache invalidation (the unit's cache makes that a lookup unless it covered this device). */

@@ -1,6 +1,7 @@
 import { GuestMemory, GuestMemoryError } from '@ioplane/guest-memory';
 import { describe, expect, it } from 'vitest';
-import { DmaFault, FAULT_REASONS, type FaultRecord, TranslatingMemory, type TranslationOut, type TranslationSource, VtdRemapper, VtdSource, type VtdOptions } from '../src/index.js';
+import { DmaFault, FAULT_REASONS, type FaultRecord, TranslatingMemory, type TranslationOut, type TranslationSource, VtdRemapper, VtdSource, type VtdOptions, aheadRights } from '../src/index.js';
+import { rangeSlot } from '../src/translating-memory.js';
 
 /*
  * Golden tests on hand-built VT-d tables (legacy mode, second-level). Layout:
@@ -707,10 +708,11 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
     expect(dma.translateRange(0x7000, 4096, 'write')).toBe(0x90000);
     expect(dma.windowStats.hits).toBe(3);
     expect(asked.n).toBe(1);
-    // Then recorded as checked ranges: found again with one compare.
+    // Not recorded as checked ranges (a ring's page keeps its slot): served from the window again.
     const hits = dma.rangeStats.hits;
     expect(dma.translateRange(0x2000 + 16, 16, 'read')).toBe(0x40010);
-    expect(dma.rangeStats.hits).toBe(hits + 1);
+    expect(dma.rangeStats.hits).toBe(hits);
+    expect(dma.windowStats.hits).toBe(4);
     // PT[6] is read-only: a read is served, a write is not (the unit is asked, and faults).
     expect(dma.translateRange(0x6000, 4096, 'read')).toBe(0x80000);
     expect(asked.n).toBe(1);
@@ -749,6 +751,72 @@ describe('VT-d IOTLB prefetch of a leaf line', () => {
     fresh.q(0x6000 + 3 * 8, 0xf0000n | RW); // mapped afterwards: no invalidation needed
     expect(c2.dma.translateRange(0x3000, 4096, 'read')).toBe(0xf0000);
     expect(c2.asked.n).toBe(2);
+  });
+
+  it('reads the window again through the cached PDE for a page in its reach mapped after it was read: no walk', () => {
+    const { vtd, q, ram } = scattered();
+    const dma = new TranslatingMemory(ram, new VtdSource(vtd, SID4), vtd);
+    q(0x6000 + 3 * 8, 0n);
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000); // the window: PT[2..23], PT[3] absent
+    expect(vtd.stats.walks).toBe(1);
+    q(0x6000 + 3 * 8, 0xf0000n | RW); // mapped afterwards (a fresh IOVA needs no invalidation)
+    expect(dma.translateRange(0x3000, 4096, 'write')).toBe(0xf0000);
+    expect(vtd.stats.walks).toBe(1);
+    expect(vtd.stats.readAheads).toBe(1);
+    expect(dma.windowStats.reread).toBe(1);
+    // The window read again from PT[3] to the end of its third line, PT[23]: PT[5] is still served.
+    expect(dma.translateRange(0x5000, 4096, 'read')).toBe(0x70000);
+    // A page just past the window's end, mapped now: read ahead from it (PT[24..47]), no walk.
+    q(0x6000 + 24 * 8, 0xe0000n | RW);
+    expect(dma.translateRange(0x18000, 4096, 'read')).toBe(0xe0000);
+    expect(vtd.stats.walks).toBe(1);
+    expect(dma.windowStats.reread).toBe(2);
+    // A page far past it is not in its reach: walked.
+    q(0x6000 + 100 * 8, 0xc0000n | RW);
+    expect(dma.translateRange(0x64000, 4096, 'read')).toBe(0xc0000);
+    expect(vtd.stats.walks).toBe(2);
+    // A leaf that is still unusable is read again, then walked, and faults as before.
+    expect(() => dma.translateRange(0x65000, 4096, 'read')).toThrow(DmaFault);
+    expect(vtd.stats.walks).toBeGreaterThan(2);
+    expect(dma.windowStats.reread).toBe(3);
+  });
+
+  it('reads ahead only through a PDE the unit still caches: an IH = 0 invalidation of the frame, a DSI or translation off refuses', () => {
+    const { vtd } = scattered();
+    const src = new VtdSource(vtd, SID4);
+    const out: TranslationOut = { gpa: 0, start: 0, end: 0, ahead: new Float64Array(63) };
+    expect(src.readAhead(0x2000, out)).toBe(false); // nothing walked yet: no PDE cached
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
+    expect(src.readAhead(0x2000, out)).toBe(true);
+    expect(out.aheadStart).toBe(0x2000);
+    expect(out.aheadCount).toBe(22); // PT[2..23]
+    expect(Array.from(out.ahead!.subarray(0, 4), aheadRights)).toEqual([3, 3, 0, 3]); // PT[4] has a reserved bit
+    expect(out.ahead![0]! - 3).toBe(0x40000 - 0x2000);
+    vtd.invalidateIotlbPages(5, 0x3000, 0, true); // IH = 1: leaves only, the PDE stays
+    expect(src.readAhead(0x2000, out)).toBe(true);
+    vtd.invalidateIotlbPages(5, 0x3000, 0, false); // IH = 0: the frame's PDE goes
+    expect(src.readAhead(0x2000, out)).toBe(false);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
+    vtd.invalidateIotlbDomain(5);
+    expect(src.readAhead(0x2000, out)).toBe(false);
+    expect(tr(vtd, SID4, 0x1000)).toEqual([0x30000, 0x2000]);
+    expect(src.readAhead(0x2000, { gpa: 0, start: 0, end: 0 })).toBe(false); // no room
+    vtd.disable();
+    expect(src.readAhead(0x2000, out)).toBe(false);
+  });
+
+  it('a page served from the window takes no slot of the checked-range table: a page in constant use keeps its own', () => {
+    const { vtd, q, ram } = scattered();
+    // IOVA page 131 shares the checked-range slot of page 2 (PT[2], in the window).
+    expect(rangeSlot(131 * 4096)).toBe(rangeSlot(2 * 4096));
+    q(0x6000 + 131 * 8, 0xb0000n | RW);
+    const dma = new TranslatingMemory(ram, new VtdSource(vtd, SID4), vtd);
+    expect(dma.translateRange(131 * 4096, 64, 'read')).toBe(0xb0000);
+    expect(dma.translateRange(0x1000, 4096, 'read')).toBe(0x30000);
+    expect(dma.translateRange(0x2000, 4096, 'read')).toBe(0x40000); // from the window
+    const hits = dma.rangeStats.hits;
+    expect(dma.translateRange(131 * 4096, 64, 'read')).toBe(0xb0000);
+    expect(dma.rangeStats.hits).toBe(hits + 1);
   });
 
   it('serves from the window only pages in RAM: a leaf pointing outside faults as a walk would', () => {

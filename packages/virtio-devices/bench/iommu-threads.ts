@@ -54,6 +54,8 @@ const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 0);
 const DISK = 64 << 20;
 /** QI_HINT=0: poll at translation misses only (the control: the plain read stays, nothing acts on it). */
 const HINT = process.env.QI_HINT !== '0';
+/** READ_AHEAD=0: the device's TranslatingMemory does not read its window again through the unit's cached PDE (a walk instead). */
+const READ_AHEAD = process.env.READ_AHEAD !== '0';
 const SID = 0x0008;
 /** UNIT=virtio: the virtio-iommu device (its driver in the guest's worker, answers awaited with `requestIrq`) instead of VT-d. */
 const UNIT: 'vtd' | 'virtio' = process.env.UNIT === 'virtio' ? 'virtio' : 'vtd';
@@ -128,6 +130,10 @@ class PollingSource implements TranslationSource {
 
   unchangedSince(since: number, start: number, end: number): boolean {
     return this.inner.unchangedSince(since, start, end);
+  }
+
+  readAhead(addr: number, out: TranslationOut): boolean {
+    return READ_AHEAD && this.inner.readAhead(addr, out);
   }
 }
 
@@ -393,7 +399,7 @@ async function main(): Promise<void> {
       const rs = g.dma instanceof TranslatingMemory ? g.dma.rangeStats : undefined;
       const per =
         g.source !== undefined && rs !== undefined
-          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request (${((g.dma as TranslatingMemory).windowStats.hits / bs.requests).toFixed(2)} served from the read-ahead window)${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
+          ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request (${((g.dma as TranslatingMemory).windowStats.hits / bs.requests).toFixed(2)} served from the read-ahead window, which was read again ${((g.dma as TranslatingMemory).windowStats.reread / bs.requests).toFixed(3)} times)${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
           : '';
       console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts (${(g.irqTime.ns / Math.max(1, g.irqTime.n) / 1000).toFixed(1)} µs of wall time each to raise), ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
