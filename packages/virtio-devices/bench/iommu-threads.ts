@@ -133,7 +133,10 @@ class PollingSource implements TranslationSource {
   }
 
   readAhead(addr: number, out: TranslationOut): boolean {
-    return READ_AHEAD && this.inner.readAhead(addr, out);
+    if (!READ_AHEAD) return false;
+    // A translation the device has not cached, as in `translate`: the unit takes up its queue first.
+    this.queue.poll();
+    return this.inner.readAhead(addr, out);
   }
 }
 
