@@ -529,7 +529,9 @@ export class TranslatingMemory implements DmaMemory {
    * never change) is anything returned: a verified range stays verified.
    * Served from the checked-range table when it holds a run covering the
    * range under the current generation (or one the source says is
-   * unchanged); otherwise translated, verified and recorded there.
+   * unchanged); otherwise from the read-ahead window (read again through the
+   * source's `readAhead` when it falls short; not recorded), or translated,
+   * verified and recorded there.
    */
   translateRange(addr: number, len: number, access: Access): number {
     if (!this.stableInner || !(len > 0) || !Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || addr + len > TWO_53) {
