@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { parentPort, type Worker } from 'node:worker_threads';
 
 /** Int32 indices of the kick and interrupt doorbells in their shared array: 64 bytes apart, one cache line each. */
@@ -31,6 +32,32 @@ export interface JobResult {
   /** The guest thread's halt polling over the job: idle periods the interrupt ended while it polled, and ones it slept through. */
   idleCaught?: number;
   idleSlept?: number;
+  /** The guest thread's Linux thread id (`threadId()`), so the harness can tell its scheduler figures from the helpers'. */
+  guestTid?: number;
+}
+
+/** The calling thread's Linux thread id (from /proc/thread-self), or undefined elsewhere. */
+export function threadId(): number | undefined {
+  try {
+    return Number(readlinkSync('/proc/thread-self').split('/').pop());
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Binds a thread (by Linux thread id) to a CPU list such as "0" or "1-3",
+ * with util-linux `taskset`; false where that cannot be done (no taskset, not
+ * Linux, a CPU the process may not use). A thread created afterwards inherits
+ * its creator's binding.
+ */
+export function pinThread(tid: number, cpus: string): boolean {
+  try {
+    execFileSync('taskset', ['-pc', cpus, String(tid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**

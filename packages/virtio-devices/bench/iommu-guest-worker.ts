@@ -9,7 +9,7 @@ import { GuestMemory } from '@ioplane/guest-memory';
 import { type DmaMapper, type InvalidationMode, VtdGuestDriver, VtdQiRegisters, VtdQueuedInvalidator } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { HaltPollGovernor, MessagePortTransport, VirtioBlkDriver, VirtioIommuDriver } from '../src/index.js';
-import { futexInterrupts, type Job, type JobResult, rng, serveJobs, summarize, threadCpuMs } from './common.js';
+import { futexInterrupts, type Job, type JobResult, pinThread, rng, serveJobs, summarize, threadCpuMs, threadId } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup } from './iommu-threads-layout.js';
 
 const setup = workerData as IommuGuestSetup & { port: MessagePort };
@@ -92,10 +92,15 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   domain?.flush();
   const r = summarize(lat, job, performance.now() - t0);
   r.guestCpuUs = ((threadCpuMs() - cpu0) * 1000) / job.ops;
+  r.guestTid = tid;
   return r;
 }
 
+const tid = threadId();
+
 async function main(): Promise<void> {
+  // The guest's vCPU: off the device's core (the harness bound this thread's creator there).
+  if (setup.cpus !== undefined && tid !== undefined && !pinThread(tid, setup.cpus)) throw new Error(`could not bind the guest thread ${tid} to CPUs ${setup.cpus} (PIN=0 runs unbound)`);
   if (setup.scenario !== 'off' && setup.unit === 'virtio') {
     // The virtio-iommu driver: MAP and UNMAP over its request queue; each call waits for the device thread's answer.
     const iommu = await VirtioIommuDriver.create({

@@ -38,6 +38,8 @@ export interface IommuGuestSetup {
   packed: boolean;
   /** Which vIOMMU: VT-d (tables in guest memory, the invalidation queue) or the virtio-iommu device (its driver over `iommuPort`). */
   unit: 'vtd' | 'virtio';
+  /** CPUs (a taskset list) the guest's thread binds itself to; undefined: unbound. */
+  cpus: string | undefined;
   /** The virtio-iommu device's control port (unit 'virtio'). */
   iommuPort: MessagePort | undefined;
 }

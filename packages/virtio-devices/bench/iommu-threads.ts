@@ -22,10 +22,12 @@
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   FQ_TIMER=0: the guest's deferred/optimistic teardown by age without a timer (every map reads the clock, as before December 2026);
  *   PACKED=0: split rings (the guest driver takes packed ones by default; split measured 0.77–0.79 for deferred at QD 32 against 0.84 packed);
- *   WARMUP=n: uncounted rounds first (default 2); PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
+ *   WARMUP=n: uncounted rounds at each depth first (default 2); WARMUP_OPS=n: uncounted reads every scenario runs once before them (default 1 000 000);
+ *   PIN=0: leave the threads unbound (default: the device's on CPU 0, the rest on the other CPUs);
+ *   PROFILE_DIR=… with node --cpu-prof: the guest workers' profiles too)
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { type BlockBackend, MemoryBackend, RawFileBackend } from '@ioplane/blk-backends';
@@ -34,23 +36,62 @@ import { type Access } from '@ioplane/guest-memory';
 import { QI_REG, TranslatingMemory, type TranslationOut, type TranslationSource, VtdInvalidationQueue, VtdQiRegisters, VtdRemapper, VtdSource } from '@ioplane/viommu';
 import { Doorbell } from '@ioplane/virtqueue';
 import { VirtioBlkDevice, VirtioIommuDevice, serveTransport, type ServedDevice } from '../src/index.js';
-import { type Job, type JobResult, guestControl, processThreadTimes, rng, threadCpuMs } from './common.js';
+import { type Job, type JobResult, guestControl, pinThread, processThreadTimes, rng, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
-/** Warm-up rounds, not counted: with one, the first counted round still had V8 compiling (~2 µs of helper-thread CPU per request in deferred). */
+/** Warm-up rounds at each queue depth, not counted. */
 const WARMUP = Number(process.env.WARMUP ?? 2);
+/**
+ * Requests every scenario runs once, before any depth's rounds, not counted: V8 compiles a
+ * function only once it has run often enough, and the paths a deferred guest takes once a
+ * batch (its teardown, the allocator's wrap-around) were still being compiled 800 000
+ * requests in, 2–17 ms each on a helper thread that took the guest's CPU meanwhile.
+ */
+const WARMUP_OPS = Number(process.env.WARMUP_OPS ?? 1_000_000);
+/**
+ * PIN=0: threads unbound. Else (with two CPUs or more, and util-linux taskset) the device's
+ * thread is bound to CPU 0 and the guests' threads and every other thread (V8's compiler
+ * and GC helpers, libuv's pool) to the rest, as a host gives a device's I/O thread a core
+ * of its own (a vhost worker, an SPDK reactor): unbound, the scheduler put a guest or a
+ * helper on the device's CPU now and then and single rounds spread twice as wide.
+ */
+const CPUS = allowedCpus();
+const PIN = process.env.PIN !== '0' && CPUS.length >= 2;
+const DEVICE_CPUS = String(CPUS[0]);
+const GUEST_CPUS = CPUS.slice(1).join(',');
+
+/** The CPUs this process may run on (Linux's Cpus_allowed_list, e.g. "0-3,6"), ascending; one entry per CPU Node counts elsewhere. */
+function allowedCpus(): number[] {
+  let list: string | undefined;
+  try {
+    list = /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  } catch {
+    // Not Linux.
+  }
+  if (list === undefined) return Array.from({ length: availableParallelism() }, (_, i) => i);
+  const cpus: number[] = [];
+  for (const part of list.split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    for (let c = a!; c <= (b ?? a!); c++) cpus.push(c);
+  }
+  return cpus;
+}
 const OPS = Number(process.env.OPS ?? 40000);
 const QDS = (process.env.QD ?? '1,32').split(',').map(Number);
 const BACKEND = process.env.BACKEND ?? 'sync';
 /** How the guest waits: WAIT=async (Atomics.waitAsync on its event loop, the default), sync (a futex sleep, like a halted vCPU) or poll (a polled queue, no interrupts). */
 const WAIT = process.env.WAIT === 'sync' || process.env.WAIT === 'poll' ? process.env.WAIT : 'async';
 /**
- * The guest vCPU's halt polling with WAIT=async, µs (HALT_POLL_US=200 as KVM's halt_poll_ns on x86; default 0,
- * none): it helps `off` as much as the vIOMMU scenarios, and with both threads busy all the time the
- * rounds spread twice as wide (viommu's BENCHMARKS.md, session 12).
+ * The guest vCPU's halt polling with WAIT=async, µs: by default KVM's own on x86 (halt_poll_ns
+ * 200 000, grown and shrunk as KVM does) when the threads are bound (PIN), none when they are not —
+ * unbound, a polling guest and the polling device shared two CPUs with V8's helpers and rounds
+ * spread twice as wide (viommu's BENCHMARKS.md, session 12). Without it a halted guest thread on
+ * this VM takes 5–10 µs to wake, and a request the device finished a little later than another
+ * paid that whole wake-up: at QD 1 that, not the vIOMMU's work, made most of deferred's gap
+ * (BENCHMARKS.md, session 17).
  */
-const HALT_POLL_US = Number(process.env.HALT_POLL_US ?? 0);
+const haltPollUs = (): number => Number(process.env.HALT_POLL_US ?? (pinned ? 200 : 0));
 const DISK = 64 << 20;
 /** QI_HINT=0: poll at translation misses only (the control: the plain read stays, nothing acts on it). */
 const HINT = process.env.QI_HINT !== '0';
@@ -192,6 +233,18 @@ class KickPollingSource implements TranslationSource {
   }
 }
 
+/** Whether the threads were bound (PIN). */
+let pinned = false;
+
+/** Binds this thread (the device's) to DEVICE_CPUS and every other thread of the process to GUEST_CPUS; threads started later inherit the device's binding (a guest rebinds itself). */
+function pinThreads(): boolean {
+  for (const t of readdirSync('/proc/self/task')) {
+    const tid = Number(t);
+    if (tid !== process.pid && !pinThread(tid, GUEST_CPUS)) return false;
+  }
+  return pinThread(process.pid, DEVICE_CPUS);
+}
+
 async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Guest> {
   const sab = new SharedArrayBuffer(GUEST_LAYOUT.SIZE);
   const mem = new GuestMemory([{ gpa: 0, backing: sab }]);
@@ -265,12 +318,13 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
     bells,
     scenario: guestScenario,
     wait: WAIT,
-    haltPollUs: HALT_POLL_US,
+    haltPollUs: haltPollUs(),
     sid: SID,
     qi: registers,
     packed: process.env.PACKED !== '0',
     fqTimer: process.env.FQ_TIMER !== '0',
     unit: UNIT,
+    cpus: pinned ? GUEST_CPUS : undefined,
     iommuPort,
     port: port2,
     __entry: new URL('./iommu-guest-worker.ts', import.meta.url).href,
@@ -323,6 +377,8 @@ async function main(): Promise<void> {
     await w.flush();
     await w.read(0, [disk]); // warm the page cache
     await w.close();
+    // After the file work above started libuv's pool, so its threads are bound with the helpers.
+    pinned = PIN && pinThreads();
     for (const s of SCENARIOS) {
       let b: BlockBackend;
       if (BACKEND === 'memory') {
@@ -332,7 +388,18 @@ async function main(): Promise<void> {
       backends.push(b);
       guests.push(await startGuest(s, b));
     }
-    console.log(`virtio-blk behind ${UNIT === 'virtio' ? 'the virtio-iommu device' : 'VT-d'} on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : `waiting with Atomics.waitAsync${HALT_POLL_US > 0 ? ` after halt polling (up to ${HALT_POLL_US} µs)` : ''}`}, ${OPS} reads per scenario per round, ${ROUNDS} rounds, Node ${process.version}`);
+    console.log(`virtio-blk behind ${UNIT === 'virtio' ? 'the virtio-iommu device' : 'VT-d'} on two threads (guest worker, device + IOMMU here): 4 KiB random reads, ${BACKEND === 'memory' ? 'MemoryBackend' : `raw file, warm page cache, ${BACKEND} engine`}, guest ${WAIT === 'sync' ? 'sleeping on a futex' : WAIT === 'poll' ? 'polling (no interrupts)' : `waiting with Atomics.waitAsync${haltPollUs() > 0 ? ` after halt polling (up to ${haltPollUs()} µs)` : ''}`}, ${OPS} reads per scenario per round, ${ROUNDS} rounds after ${WARMUP_OPS} warm-up reads per scenario and ${WARMUP} warm-up rounds per depth, ${pinned ? `device thread on CPU ${DEVICE_CPUS}, guest and helper threads on CPUs ${GUEST_CPUS}` : 'threads unbound'}, Node ${process.version}`);
+    // The guests' thread ids, as their results report them: every other thread but this one is a helper.
+    const guestTids = new Set<number>();
+    if (WARMUP_OPS > 0) {
+      const qd = Math.max(...QDS);
+      for (let done = 0, k = 0; done < WARMUP_OPS; done += OPS, k++) {
+        for (const g of guests) {
+          const r = await g.run({ type: 'job', bs: 4096, qd, random: true, ops: Math.min(OPS, WARMUP_OPS - done), seed: 1000 + k });
+          if (r.guestTid !== undefined) guestTids.add(r.guestTid);
+        }
+      }
+    }
     for (const qd of QDS) {
       // QD 1 is ruled by its wake-up tail (p99 ~8× p50): half the reads of QD 32, not an eighth, keep its median steady.
       const ops = qd === 1 ? Math.max(1000, OPS >> 1) : OPS;
@@ -344,8 +411,9 @@ async function main(): Promise<void> {
       const cores = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
       const ratios = new Map<Scenario, number[]>(SCENARIOS.map((s) => [s, []]));
       // The scheduler's view, ns per request: the device thread on a CPU, runnable but waiting for one, off
-      // CPU (blocked or asleep); and every other thread but the guest's (V8's compiler and GC helpers).
-      const sched = new Map<Scenario, { run: number[]; wait: number[]; off: number[]; others: number[] }>(SCENARIOS.map((s) => [s, { run: [], wait: [], off: [], others: [] }]));
+      // CPU (blocked or asleep); the guest's thread runnable but waiting for a CPU; and the helper threads
+      // (V8's compiler and GC, libuv's pool: every thread but the device's and the guests') on a CPU.
+      const sched = new Map<Scenario, { run: number[]; wait: number[]; off: number[]; guestWait: number[]; helpers: number[] }>(SCENARIOS.map((s) => [s, { run: [], wait: [], off: [], guestWait: [], helpers: [] }]));
       for (let round = -WARMUP; round < ROUNDS; round++) {
         const got = new Map<Scenario, number>();
         for (let k = 0; k < guests.length; k++) {
@@ -360,6 +428,7 @@ async function main(): Promise<void> {
           const t1 = processThreadTimes();
           const p1 = process.cpuUsage(p0);
           got.set(g.scenario, r.iops);
+          if (r.guestTid !== undefined) guestTids.add(r.guestTid);
           if (round >= 0) {
             devCpu.get(g.scenario)!.push(((threadCpuMs() - c0) * 1000) / ops);
             guestCpu.get(g.scenario)!.push(r.guestCpuUs ?? NaN);
@@ -370,12 +439,14 @@ async function main(): Promise<void> {
               const x = sched.get(g.scenario)!;
               const run = dev1.run - dev0.run;
               const wait = dev1.wait - dev0.wait;
-              let others = -(r.guestCpuUs ?? 0) * 1000 * ops;
-              for (const [tid, t] of t1) if (tid !== process.pid) others += t.run - (t0.get(tid)?.run ?? 0);
+              let helpers = 0;
+              for (const [tid, t] of t1) if (tid !== process.pid && !guestTids.has(tid)) helpers += t.run - (t0.get(tid)?.run ?? 0);
+              const gt = r.guestTid === undefined ? undefined : t1.get(r.guestTid);
               x.run.push(run / ops);
               x.wait.push(wait / ops);
               x.off.push((wall - run - wait) / ops);
-              x.others.push(others / ops);
+              x.guestWait.push(gt === undefined ? NaN : (gt.wait - (t0.get(r.guestTid!)?.wait ?? 0)) / ops);
+              x.helpers.push(helpers / ops);
             }
           }
         }
@@ -396,11 +467,11 @@ async function main(): Promise<void> {
         console.log(`| ${s} | ${fmt(quantile(iops.get(s)!, 0.5))} | ${rs.length === 0 ? '— (no off) | | ' : `${m.toFixed(3)} | ${quantile(rs, 0.25).toFixed(2)}–${quantile(rs, 0.75).toFixed(2)} | ${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)}`} | ${verdict} | ${PAPER[s] ?? ''} | ${quantile(devCpu.get(s)!, 0.5).toFixed(2)}, ${quantile(guestCpu.get(s)!, 0.5).toFixed(2)} | ${quantile(cores.get(s)!, 0.5).toFixed(2)} |`);
       }
       if (sched.get(SCENARIOS[0]!)!.run.length > 0) {
-        console.log('\n| scenario | device thread, ns per request: on a CPU | runnable, waiting for one | off CPU | other threads (V8 compiler, GC; not the guest), ns per request |');
-        console.log('|---|---:|---:|---:|---:|');
+        console.log('\n| scenario | device thread, ns per request: on a CPU | runnable, waiting for one | off CPU | guest thread runnable, waiting for a CPU | helper threads (V8 compiler, GC; libuv) on a CPU |');
+        console.log('|---|---:|---:|---:|---:|---:|');
         for (const s of SCENARIOS) {
           const x = sched.get(s)!;
-          console.log(`| ${s} | ${quantile(x.run, 0.5).toFixed(0)} | ${quantile(x.wait, 0.5).toFixed(0)} | ${quantile(x.off, 0.5).toFixed(0)} | ${quantile(x.others, 0.5).toFixed(0)} |`);
+          console.log(`| ${s} | ${quantile(x.run, 0.5).toFixed(0)} | ${quantile(x.wait, 0.5).toFixed(0)} | ${quantile(x.off, 0.5).toFixed(0)} | ${quantile(x.guestWait, 0.5).toFixed(0)} | ${quantile(x.helpers, 0.5).toFixed(0)} |`);
         }
       }
     }

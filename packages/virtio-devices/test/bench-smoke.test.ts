@@ -39,14 +39,18 @@ function ratio(out: string, scenario: string): number {
 
 describe('benchmarks run (smoke: tiny runs, figures not judged)', () => {
   it('bench:iommu-threads, VT-d: every scenario, ratios printed', { timeout: 160_000 }, async () => {
-    const r = await bench('bench/iommu-threads.ts', { ROUNDS: '1', OPS: '800', QD: '32', ONLY: 'off,static,strict,strict-many,deferred,optimistic' });
+    const r = await bench('bench/iommu-threads.ts', { ROUNDS: '1', OPS: '800', WARMUP_OPS: '1600', QD: '32', ONLY: 'off,static,strict,strict-many,deferred,optimistic' });
     expect(r.code, r.out).toBe(0);
+    // Two warm-up jobs of 800 each, then the rounds; the threads bound where the machine allows (two CPUs, taskset).
+    expect(r.out).toMatch(/after 1600 warm-up reads per scenario/);
+    expect(r.out).toMatch(/device thread on CPU \d+, guest and helper threads on CPUs [\d,]+|threads unbound/);
+    expect(r.out).toMatch(/\| deferred \| \d+ \| \d+ \| -?\d+ \| \d+ \| \d+ \|/);
     for (const s of ['static', 'strict', 'strict-many', 'deferred', 'optimistic']) expect(ratio(r.out, s)).toBeGreaterThan(0);
     expect(r.out).toMatch(/deferred: \d+ requests, .* walks and [\d.]+ leaves prefetched/);
   });
 
   it('bench:iommu-threads, virtio-iommu with its driver in the guest worker', { timeout: 160_000 }, async () => {
-    const r = await bench('bench/iommu-threads.ts', { UNIT: 'virtio', ROUNDS: '1', OPS: '800', QD: '1,32', ONLY: 'off,static,strict,deferred' });
+    const r = await bench('bench/iommu-threads.ts', { UNIT: 'virtio', ROUNDS: '1', OPS: '800', WARMUP_OPS: '0', QD: '1,32', ONLY: 'off,static,strict,deferred' });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/behind the virtio-iommu device on two threads/);
     for (const s of ['static', 'strict', 'deferred']) expect(ratio(r.out, s)).toBeGreaterThan(0);
