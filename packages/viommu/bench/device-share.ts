@@ -59,14 +59,21 @@ let sink = 0;
 /** Per mode: the invalidation-queue passes that found descriptors, and their time. */
 const qi = new Map(MODES.map((m) => [m, { calls: 0, ns: 0 }]));
 
+/** Per mode: the guest's map and unmap calls, ns per request, per run (not the device's share: beside it). */
+const guest = new Map(MODES.map((m) => [m, { map: [] as number[], unmap: [] as number[] }]));
+
 /** One run: ns per request of the device's timed work. */
-function run(mode: (typeof MODES)[number], r: Rig): number {
+function run(mode: (typeof MODES)[number], r: Rig, record: boolean): number {
   const { dom, dma, queue, fixed } = r;
   let ns = 0;
+  let mapNs = 0;
+  let unmapNs = 0;
   let acc = 0;
   for (let w = 0; w < WAVES; w++) {
+    const m0 = process.hrtime.bigint();
     for (let i = 0; i < QD; i++) iovas[i] = mode === 'static' ? fixed[i]! : dom.map(DATA + i * SLOT, 4096, 'from-device');
     const t0 = process.hrtime.bigint();
+    mapNs += Number(t0 - m0);
     for (let i = 0; i < QD; i++) {
       // The request header (16 bytes) and status byte sit in the ring area, one request slot apart.
       const hdr = RINGS.addr + 0x200000 + i * 32;
@@ -80,10 +87,16 @@ function run(mode: (typeof MODES)[number], r: Rig): number {
       q.ns += Number(process.hrtime.bigint() - t1);
       q.calls++;
     }
-    ns += Number(process.hrtime.bigint() - t0);
+    const t2 = process.hrtime.bigint();
+    ns += Number(t2 - t0);
     if (mode !== 'static') for (let i = 0; i < QD; i++) dom.unmap(iovas[i]!);
+    unmapNs += Number(process.hrtime.bigint() - t2);
   }
   sink += acc;
+  if (record) {
+    guest.get(mode)!.map.push(mapNs / (WAVES * QD));
+    guest.get(mode)!.unmap.push(unmapNs / (WAVES * QD));
+  }
   return ns / (WAVES * QD);
 }
 
@@ -91,18 +104,19 @@ const rigs = new Map(MODES.map((m) => [m, rig(m)]));
 const samples = new Map(MODES.map((m) => [m, [] as number[]]));
 for (let round = -1; round < RUNS; round++) {
   for (const m of MODES) {
-    const ns = run(m, rigs.get(m)!);
+    const ns = run(m, rigs.get(m)!, round >= 0);
     if (round >= 0) samples.get(m)!.push(ns);
   }
 }
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const base = samples.has('static') ? median(samples.get('static')!) : NaN;
 console.log(`The device's share per 4 KiB request (three translateRange calls + the invalidation queue), one thread, QD ${QD}, ${WAVES} waves × ${RUNS} runs, Node ${process.version}`);
-console.log('| mode | ns per request (median) | min–max | over static |');
-console.log('|---|---:|---:|---:|');
+console.log('| mode | ns per request (median) | min–max | over static | beside it, the guest driver: map, unmap (ns per request) |');
+console.log('|---|---:|---:|---:|---:|');
 for (const m of MODES) {
   const s = samples.get(m)!;
-  console.log(`| ${m} | ${median(s).toFixed(0)} | ${Math.min(...s).toFixed(0)}–${Math.max(...s).toFixed(0)} | ${m === 'static' ? '' : `+${(median(s) - base).toFixed(0)}`} |`);
+  const g = guest.get(m)!;
+  console.log(`| ${m} | ${median(s).toFixed(0)} | ${Math.min(...s).toFixed(0)}–${Math.max(...s).toFixed(0)} | ${m === 'static' ? '' : `+${(median(s) - base).toFixed(0)}`} | ${median(g.map).toFixed(0)}, ${median(g.unmap).toFixed(0)} |`);
 }
 for (const [m, q] of qi) if (q.calls > 0) console.log(`${m}: the invalidation queue was taken up ${q.calls} times, ${(q.ns / q.calls / 1000).toFixed(1)} µs each`);
 if (sink === 0.5) console.log(sink);

@@ -52,6 +52,8 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   const sectorsPerBlock = job.bs / 512;
   const perRequest = domain !== undefined && setup.scenario !== 'static';
   const cpu0 = threadCpuMs();
+  const caught0 = haltPoll?.stats.caught ?? 0;
+  const slept0 = haltPoll?.stats.slept ?? 0;
   const t0 = performance.now();
   const worker = async (slot: number): Promise<void> => {
     const gpa = DATA + slot * SLOT;
@@ -93,10 +95,16 @@ async function run(driver: VirtioBlkDriver, job: Job): Promise<JobResult> {
   const r = summarize(lat, job, performance.now() - t0);
   r.guestCpuUs = ((threadCpuMs() - cpu0) * 1000) / job.ops;
   r.guestTid = tid;
+  if (haltPoll !== undefined) {
+    r.idleCaught = haltPoll.stats.caught - caught0;
+    r.idleSlept = haltPoll.stats.slept - slept0;
+  }
   return r;
 }
 
 const tid = threadId();
+/** The guest's halt polling (HALT_POLL_US), when on. */
+let haltPoll: HaltPollGovernor | undefined;
 
 async function main(): Promise<void> {
   // The guest's vCPU: off the device's core (the harness bound this thread's creator there).
@@ -126,7 +134,8 @@ async function main(): Promise<void> {
     if (setup.scenario === 'static') for (let s = 0; s < 64; s++) fixed.push(domain.map(DATA + s * SLOT, SLOT, 'from-device'));
   }
   const driver = await VirtioBlkDriver.create({ transport, mem, area: BLK_AREA, ring: { packed: setup.packed } });
-  const listening = driver.listen([irq], { haltPoll: setup.haltPollUs > 0 ? new HaltPollGovernor({ maxUs: setup.haltPollUs }) : undefined });
+  haltPoll = setup.haltPollUs > 0 ? new HaltPollGovernor({ maxUs: setup.haltPollUs }) : undefined;
+  const listening = driver.listen([irq], { haltPoll });
   serveJobs(driver, listening, transport, (job) => run(driver, job));
 }
 

@@ -114,6 +114,8 @@ interface Guest {
   source: PollingSource | KickPollingSource | undefined;
   unit: VtdRemapper | undefined;
   irqTime: { ns: number; n: number; last: Float64Array };
+  /** The guest's idle periods over the counted rounds: ended by an interrupt while it halt-polled, or slept through. */
+  idle: { caught: number; slept: number; requests: number };
   dma: GuestMemory | TranslatingMemory;
   run(job: Job): Promise<JobResult>;
   stop(): Promise<void>;
@@ -334,6 +336,7 @@ async function startGuest(scenario: Scenario, backend: BlockBackend): Promise<Gu
   return {
     scenario,
     irqTime,
+    idle: { caught: 0, slept: 0, requests: 0 },
     unit,
     device,
     qi,
@@ -430,6 +433,9 @@ async function main(): Promise<void> {
           got.set(g.scenario, r.iops);
           if (r.guestTid !== undefined) guestTids.add(r.guestTid);
           if (round >= 0) {
+            g.idle.caught += r.idleCaught ?? 0;
+            g.idle.slept += r.idleSlept ?? 0;
+            g.idle.requests += ops;
             devCpu.get(g.scenario)!.push(((threadCpuMs() - c0) * 1000) / ops);
             guestCpu.get(g.scenario)!.push(r.guestCpuUs ?? NaN);
             cores.get(g.scenario)!.push((p1.user + p1.system) / 1000 / (performance.now() - w0));
@@ -482,7 +488,7 @@ async function main(): Promise<void> {
         g.source !== undefined && rs !== undefined
           ? `, ${(g.source.translations / bs.requests).toFixed(2)} translations asked of the unit and ${((rs.hits + rs.revalidated) / bs.requests).toFixed(2)} hits, ${(rs.misses / bs.requests).toFixed(2)} misses of the checked-range table per request (${((g.dma as TranslatingMemory).windowStats.hits / bs.requests).toFixed(2)} served from the read-ahead window, which was read again ${((g.dma as TranslatingMemory).windowStats.reread / bs.requests).toFixed(3)} times)${g.unit !== undefined ? `, ${(g.unit.stats.walks / bs.requests).toFixed(2)} walks and ${(g.unit.stats.prefetched / bs.requests).toFixed(2)} leaves prefetched` : ''}`
           : '';
-      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts (${(g.irqTime.ns / Math.max(1, g.irqTime.n) / 1000).toFixed(1)} µs of wall time each to raise; median ${raiseQuantile(g, 0.5)}, p90 ${raiseQuantile(g, 0.9)}, p99 ${raiseQuantile(g, 0.99)} µs of the last ${Math.min(4096, g.irqTime.n)}), ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
+      console.log(`${g.scenario}: ${bs.requests} requests, ${(g.device.stats.queueInterrupts / bs.requests).toFixed(3)} interrupts (${(g.irqTime.ns / Math.max(1, g.irqTime.n) / 1000).toFixed(1)} µs of wall time each to raise; median ${raiseQuantile(g, 0.5)}, p90 ${raiseQuantile(g, 0.9)}, p99 ${raiseQuantile(g, 0.99)} µs of the last ${Math.min(4096, g.irqTime.n)}), ${(g.device.stats.notifications / bs.requests).toFixed(3)} kicks and ${(bs.pollMisses / bs.requests).toFixed(3)} idle polls that ran dry per request${g.idle.caught + g.idle.slept > 0 ? `, the guest idle ${(g.idle.caught / g.idle.requests).toFixed(3)} times caught by halt polling and ${(g.idle.slept / g.idle.requests).toFixed(3)} asleep per counted request` : ''}${per}${g.qi !== undefined ? `, invalidation queue ${JSON.stringify(g.qi.stats)}` : ''}`);
     }
     for (const g of guests.splice(0)) await g.stop();
   } finally {
