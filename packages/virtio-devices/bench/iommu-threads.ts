@@ -17,7 +17,7 @@
  * started once; rounds run the scenarios back to back in a rotating order,
  * and each round's ratio is a scenario's IOPS over `off`'s in that round.
  * Medians over ROUNDS, IQR and min–max beside them; `off-again` is the A/A control.
- *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=9 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,off-again,static,strict,strict-many,deferred,optimistic)
+ *   pnpm --filter @ioplane/virtio-devices bench:iommu-threads   (ROUNDS=15 OPS=40000 QD=1,32 BACKEND=sync|threadpool|memory WAIT=async|sync|poll ONLY=off,off-again,static,strict,strict-many,deferred,optimistic)
  *   IOTLB=n, PDE=n: the unit's IOTLB and PDE-cache entries per domain, default 512 and 256; PREFETCH=0: no IOTLB prefetch of a leaf's line; PREFETCH_LINES=n: lines of leaves a prefetch reads (default 3); QI_HINT=0: the unit polls its queue at translation misses only;
  *   UNIT=virtio: the virtio-iommu device instead of VT-d (its driver in the guest, blocking on each request's answer with requestIrq);
  *   FQ_TIMER=0: the guest's deferred/optimistic teardown by age without a timer (every map reads the clock, as before December 2026);
@@ -39,7 +39,7 @@ import { VirtioBlkDevice, VirtioIommuDevice, serveTransport, type ServedDevice }
 import { type Job, type JobResult, guestControl, pinThread, processThreadTimes, rng, threadCpuMs } from './common.js';
 import { GUEST_LAYOUT, type IommuGuestSetup, type IommuScenario } from './iommu-threads-layout.js';
 
-const ROUNDS = Number(process.env.ROUNDS ?? 9);
+const ROUNDS = Number(process.env.ROUNDS ?? 15);
 /** Warm-up rounds at each queue depth, not counted. */
 const WARMUP = Number(process.env.WARMUP ?? 2);
 /**
