@@ -270,7 +270,8 @@ export class GuestMemory implements DmaMemory, AtomicMemory {
       const reg = this.findRegion(a)!;
       const n = Math.min(end - a, reg.end - a);
       const off = a - reg.gpa;
-      reg.bytes.fill(value, off, off + n);
+      if (reg.shared && (value & 0xff) === 0 && n >= ZERO_MIN) zeroShared(reg.bytes, off, n);
+      else reg.bytes.fill(value, off, off + n);
       a += n;
     }
   }
@@ -385,4 +386,24 @@ function validate(addr: number, len: number, access: Access | undefined): void {
 
 function readOnly(addr: number, len: number): GuestMemoryError {
   return new GuestMemoryError('read-only', addr, len, `write of ${len} byte(s) at ${hex(addr)} hits read-only memory`, 'write');
+}
+
+/**
+ * Zeroes come from this page by `set`, a plain copy. V8 fills a typed array over a
+ * SharedArrayBuffer element by element with relaxed atomic stores: 4 KiB took 1.6 µs that way
+ * against 0.25 µs copied (and 85 ns filled over a plain ArrayBuffer), and zeroing a table page
+ * was 5.5 µs on a VT-d guest driver's map path.
+ */
+const ZERO = new Uint8Array(4096);
+/** Below this, `fill` is as quick as a copy (and takes no subarray). */
+const ZERO_MIN = 256;
+
+function zeroShared(bytes: Uint8Array, off: number, n: number): void {
+  while (n >= ZERO.length) {
+    bytes.set(ZERO, off);
+    off += ZERO.length;
+    n -= ZERO.length;
+  }
+  if (n >= ZERO_MIN) bytes.set(ZERO.subarray(0, n), off);
+  else if (n > 0) bytes.fill(0, off, off + n);
 }

@@ -191,6 +191,40 @@ describe('byte ranges, views and scatter/gather', () => {
     for (let k = 0; k < 32; k++) expect(m.slices(0x10000 + k * 4096, 4096, 'write')[0]).toBe(views[k]);
   });
 
+  it('fills shared memory like a plain fill, zeroes copied page by page, across adjacent regions', () => {
+    // Two adjacent shared regions of 3 and 2 pages and a little over: fills of every kind of length and alignment.
+    const sizes = [3 * 4096 + 100, 2 * 4096 + 60];
+    const backs = sizes.map((n) => new SharedArrayBuffer(n));
+    const m = new GuestMemory([
+      { gpa: 0x10000, backing: backs[0]! },
+      { gpa: 0x10000 + sizes[0]!, backing: backs[1]! },
+    ]);
+    const total = sizes[0]! + sizes[1]!;
+    const model = new Uint8Array(total);
+    let seed = 7;
+    const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    const bytes = (): Uint8Array => {
+      const out = new Uint8Array(total);
+      out.set(new Uint8Array(backs[0]!), 0);
+      out.set(new Uint8Array(backs[1]!), sizes[0]);
+      return out;
+    };
+    for (let i = 0; i < 400; i++) {
+      // Dirty a random stretch first, so a zero fill that skips a byte shows.
+      const d = rnd(total);
+      const dl = 1 + rnd(total - d);
+      m.fill(0x10000 + d, dl, 0xa5);
+      model.fill(0xa5, d, d + dl);
+      const at = rnd(total);
+      const len = [1, 255, 256, 257, 4095, 4096, 4097, 8192 + 17, rnd(total - at + 1)][i % 9]!;
+      const n = Math.min(len, total - at);
+      const value = [0, 0, 256, 0x5a][i % 4]!;
+      m.fill(0x10000 + at, n, value);
+      model.fill(value, at, at + n);
+      expect(bytes()).toEqual(model);
+    }
+  });
+
   it('fills', () => {
     const m = holey();
     m.fill(0x3ffe, 4, 0xee);
