@@ -173,8 +173,35 @@ export function scatterFrom(segments: Segments, from: number, src: Uint8Array): 
 
 /** Zero request bytes [from, from+len) of `segments`. */
 export function zeroSegments(segments: Segments, from: number, len: number): void {
-  forEachSegmentPiece(segments, from, len, (seg, s, _r, n) => seg.fill(0, s, s + n));
+  forEachSegmentPiece(segments, from, len, zeroPiece);
 }
+
+const zeroPiece = (seg: Uint8Array, s: number, _r: number, n: number): void => zeroFill(seg, s, s + n);
+
+/**
+ * Zeroes buf[start, end). A request's segments are usually views of guest RAM, a
+ * SharedArrayBuffer when the guest runs on another thread, and V8 fills a typed
+ * array over a shared buffer element by element with relaxed atomic stores
+ * (~19× a memset: 4 KiB 1.6 µs against 85 ns); copying from a zero page is a
+ * plain copy (0.25 µs).
+ */
+export function zeroFill(buf: Uint8Array, start = 0, end: number = buf.length): void {
+  if (end - start < ZERO_MIN || !(buf.buffer instanceof SharedArrayBuffer)) {
+    buf.fill(0, start, end);
+    return;
+  }
+  let at = start;
+  while (end - at >= ZERO_PAGE.length) {
+    buf.set(ZERO_PAGE, at);
+    at += ZERO_PAGE.length;
+  }
+  if (end - at >= ZERO_MIN) buf.set(ZERO_PAGE.subarray(0, end - at), at);
+  else buf.fill(0, at, end);
+}
+
+const ZERO_PAGE = new Uint8Array(4096);
+/** Below this a fill is as quick as a copy, and takes no subarray. */
+const ZERO_MIN = 256;
 
 /** A rejected promise for a caught value (always an Error). */
 export function rejectWith(e: unknown): Promise<never> {

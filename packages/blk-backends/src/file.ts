@@ -1,6 +1,6 @@
 import { constants, fdatasyncSync, fstatSync, ftruncateSync, promises as fsp, readSync, readv as fsReadv, readvSync, writevSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { COMPLETED } from './backend.js';
+import { COMPLETED, zeroFill } from './backend.js';
 import { BlockError, ioError } from './errors.js';
 import { ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, native, SEEK_DATA, SEEK_HOLE } from './native.js';
 
@@ -63,7 +63,7 @@ class IovCursor {
 
   /** Zero-fills the bytes left (a read that met the end of the file). */
   zeroRest(b: readonly Uint8Array[]): void {
-    for (let j = this.i; j < b.length; j++) b[j]!.fill(0, j === this.i ? this.skip : 0);
+    for (let j = this.i; j < b.length; j++) zeroFill(b[j]!, j === this.i ? this.skip : 0);
     this.i = b.length;
   }
 
@@ -251,7 +251,7 @@ export class HostFile {
         throw ioError(`read of ${this.path} at ${pos + done}`, e);
       }
       if (n === 0) {
-        buf.fill(0, done);
+        zeroFill(buf, done);
         return;
       }
       done += n;

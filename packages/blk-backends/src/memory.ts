@@ -8,6 +8,7 @@ segmentsLength,
   type BlockBackend,
   type Extent,
   type Segments,
+  zeroFill,
 } from './backend.js';
 import { BlockError } from './errors.js';
 
@@ -97,7 +98,7 @@ export class MemoryBackend implements BlockBackend {
             this.#chunks.set(ci, chunk);
           }
           chunk.set(seg.subarray(s, s + k), co);
-        } else if (chunk === undefined) seg.fill(0, s, s + k);
+        } else if (chunk === undefined) zeroFill(seg, s, s + k);
         else seg.set(chunk.subarray(co, co + k), s);
         dev += k;
         s += k;

@@ -105,6 +105,26 @@ export function testBlockBackend(api: TestApi, name: string, factory: BackendFac
       await b.read(SIZE, [new Uint8Array(0)]);
     });
 
+    withBackend('zeroes never-written bytes in segments over shared memory, around written ones', async (b) => {
+      // Guest RAM is a SharedArrayBuffer when the guest runs on another thread: a back-end that
+      // zero-fills holes must do it there too, every byte, whatever the segment boundaries.
+      const data = pattern(8192, 9);
+      await b.write(65536 + 4096, [data]);
+      const len = 3 * 65536;
+      const ram = new Uint8Array(new SharedArrayBuffer(len + 200)).fill(0xa5);
+      const segs: Uint8Array[] = [];
+      let last = 100;
+      for (const c of [100 + 1, 100 + 300, 100 + 4096 + 7, 100 + 65536, 100 + 65536 + 8000, 100 + len]) {
+        segs.push(ram.subarray(last, c));
+        last = c;
+      }
+      await b.read(65536, segs);
+      const want = new Uint8Array(len);
+      want.set(data, 4096);
+      assertEqual(ram.slice(100, 100 + len), want, 'read of written and never-written bytes into shared segments');
+      if (ram[99] !== 0xa5 || ram[100 + len] !== 0xa5) fail('a read into shared segments wrote outside them');
+    });
+
     withBackend('round-trips vectored writes with odd segment boundaries', async (b) => {
       const data = pattern(3 * 65536 + 4096, 1);
       const cuts = [1, 511, 513, 4096, 65535, 70000, 3 * 65536 + 4096];
